@@ -1,0 +1,76 @@
+//! Whole-response decoding and re-encoding, for the few responses the proxy must change.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::frame::{seal, SIZE_PREFIX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("cannot decode {api_key:?} v{version} response: {reason}")]
+    Decode {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("{api_key:?} v{version} response has {trailing} bytes after its last field")]
+    Trailing {
+        api_key: ApiKey,
+        version: i16,
+        trailing: usize,
+    },
+    #[error("cannot encode {api_key:?} v{version} response: {reason}")]
+    Encode {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+/// A decoded response: header and body.
+pub struct Response {
+    pub header: ResponseHeader,
+    pub body: ResponseKind,
+}
+
+impl Response {
+    /// Decodes a whole response frame (size prefix included). A frame that decodes with bytes
+    /// left over is refused: re-encoding it would silently drop what the proxy did not
+    /// understand.
+    pub fn decode(frame: &Bytes, api_key: ApiKey, version: i16) -> Result<Response, MessageError> {
+        let fail = |reason: String| MessageError::Decode {
+            api_key,
+            version,
+            reason,
+        };
+        let mut buf = frame.slice(SIZE_PREFIX.min(frame.len())..);
+        let header = ResponseHeader::decode(&mut buf, api_key.response_header_version(version))
+            .map_err(|e| fail(e.to_string()))?;
+        let body = ResponseKind::decode(api_key, &mut buf, version).map_err(|e| fail(e.to_string()))?;
+        if !buf.is_empty() {
+            return Err(MessageError::Trailing {
+                api_key,
+                version,
+                trailing: buf.len(),
+            });
+        }
+        Ok(Response { header, body })
+    }
+
+    /// Encodes into a frame, size prefix included.
+    pub fn encode(&self, api_key: ApiKey, version: i16) -> Result<Bytes, MessageError> {
+        let fail = |e: anyhow::Error| MessageError::Encode {
+            api_key,
+            version,
+            reason: e.to_string(),
+        };
+        let mut buf = BytesMut::with_capacity(256);
+        buf.extend_from_slice(&[0; SIZE_PREFIX]);
+        self.header
+            .encode(&mut buf, api_key.response_header_version(version))
+            .map_err(fail)?;
+        self.body.encode(&mut buf, version).map_err(fail)?;
+        Ok(seal(buf))
+    }
+}

@@ -1,0 +1,10 @@
+//! The Kafka wire protocol: frames, request headers, version negotiation, response rewriting
+//! and the Produce decoding that the mirror needs.
+
+pub mod frame;
+pub mod header;
+pub mod message;
+pub mod produce;
+pub mod records;
+pub mod rewrite;
+pub mod versions;

@@ -1,0 +1,9 @@
+//! kafka-kinesis-proxy: a Kafka wire-protocol proxy that forwards every request to the real
+//! cluster and mirrors a configurable share of produced records into Amazon Kinesis.
+//!
+//! The modules follow the data path: `kafka` (wire protocol), `proxy` (listeners, connections,
+//! address rewriting), `mirror` (record extraction and sampling), `ops` (config, metrics, logs).
+
+pub mod kafka;
+pub mod ops;
+pub mod proxy;

@@ -1,0 +1,409 @@
+//! The TOML configuration: parsing, defaults and validation.
+//!
+//! Every error names the file, the line and the key, because an operator editing the file during
+//! a cutover must be able to fix it without reading source code. Unknown keys are errors: a typo
+//! that silently disables a setting is worse than a refusal to start.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub bind: IpAddr,
+    pub advertised_host: String,
+    pub bootstrap_port: u16,
+    pub broker_ports: BrokerPortMap,
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: Vec<String>,
+    pub connect_timeout: Duration,
+}
+
+/// How upstream broker node ids map to proxy ports: an explicit entry wins, otherwise
+/// `base + node_id`. Deterministic, so clients that cached metadata reconnect to the same ports
+/// after a proxy restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerPortMap {
+    pub base: u16,
+    pub explicit: BTreeMap<i32, u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortMapError {
+    #[error("broker node id {node_id} maps to port {port}, outside 1..=65535; set listener.broker_ports = {{ {node_id} = PORT }} or lower listener.broker_port_base")]
+    OutOfRange { node_id: i32, port: i64 },
+    #[error("broker node id {node_id} maps to port {port}, which is already used by {other}; add listener.broker_ports = {{ {node_id} = PORT }}")]
+    Collision {
+        node_id: i32,
+        port: u16,
+        other: String,
+    },
+}
+
+impl BrokerPortMap {
+    /// The proxy port that serves `node_id`, checked against every other port the proxy owns.
+    pub fn port_for(&self, node_id: i32, bootstrap_port: u16) -> Result<u16, PortMapError> {
+        if let Some(port) = self.explicit.get(&node_id) {
+            return Ok(*port);
+        }
+        let port = i64::from(self.base) + i64::from(node_id);
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(PortMapError::OutOfRange { node_id, port })?;
+        if port == bootstrap_port {
+            return Err(PortMapError::Collision {
+                node_id,
+                port,
+                other: "listener.bootstrap_port".into(),
+            });
+        }
+        if let Some((other, _)) = self.explicit.iter().find(|(_, p)| **p == port) {
+            return Err(PortMapError::Collision {
+                node_id,
+                port,
+                other: format!("listener.broker_ports entry for node {other}"),
+            });
+        }
+        Ok(port)
+    }
+}
+
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0)]
+    Invalid(Located),
+}
+
+/// A problem at a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let locate = |span: Option<Range<usize>>, message: String| {
+            ConfigError::Invalid(Located {
+                path: path.to_owned(),
+                line: span.map_or(1, |s| line_of(text, s.start)),
+                message,
+            })
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's own message repeats the source snippet; keep the first line only.
+            let message = e.message().lines().next().unwrap_or_default().to_string();
+            locate(e.span(), message)
+        })?;
+        raw.validate().map_err(|(span, message)| locate(span, message))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+type Invalid = (Option<Range<usize>>, String);
+
+fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err((Some(span), message.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listener: Spanned<RawListener>,
+    kafka: Spanned<RawKafka>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    bind: Option<Spanned<String>>,
+    advertised_host: Option<Spanned<String>>,
+    bootstrap_port: Option<Spanned<u16>>,
+    broker_port_base: Option<Spanned<u16>>,
+    #[serde(default)]
+    broker_ports: BTreeMap<Spanned<String>, Spanned<u16>>,
+    max_frame_bytes: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    bootstrap_servers: Spanned<Vec<Spanned<String>>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Invalid> {
+        let listener_span = self.listener.span();
+        let listener = validate_listener(self.listener.into_inner(), listener_span)?;
+        let kafka = validate_kafka(self.kafka.into_inner())?;
+        Ok(Config { listener, kafka })
+    }
+}
+
+fn validate_listener(raw: RawListener, section: Range<usize>) -> Result<ListenerConfig, Invalid> {
+    let bind = match &raw.bind {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(b) => match b.get_ref().parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                return invalid(
+                    b.span(),
+                    format!("listener.bind: `{}` is not an IP address", b.get_ref()),
+                )
+            }
+        },
+    };
+    let advertised_host = match raw.advertised_host {
+        Some(h) if h.get_ref().trim().is_empty() => {
+            return invalid(h.span(), "listener.advertised_host: must not be empty")
+        }
+        Some(h) => h.into_inner(),
+        None if bind.is_unspecified() => {
+            return invalid(
+                section,
+                format!("listener.advertised_host: required when listener.bind is {bind}, because clients cannot connect to that address"),
+            )
+        }
+        None => bind.to_string(),
+    };
+    let bootstrap_port = positive_port(raw.bootstrap_port.as_ref(), 19092, "bootstrap_port")?;
+    let base = positive_port(raw.broker_port_base.as_ref(), 19100, "broker_port_base")?;
+
+    let mut explicit = BTreeMap::new();
+    let mut owners: BTreeMap<u16, String> = BTreeMap::new();
+    owners.insert(bootstrap_port, "listener.bootstrap_port".into());
+    for (node, port) in &raw.broker_ports {
+        let node_id = match node.get_ref().parse::<i32>() {
+            Ok(id) if id >= 0 => id,
+            _ => {
+                return invalid(
+                    node.span(),
+                    format!(
+                        "listener.broker_ports: key `{}` is not a broker node id (a non-negative integer)",
+                        node.get_ref()
+                    ),
+                )
+            }
+        };
+        let p = *port.get_ref();
+        if p == 0 {
+            return invalid(
+                port.span(),
+                format!("listener.broker_ports.{node_id}: port must be 1..=65535"),
+            );
+        }
+        let owner = format!("listener.broker_ports.{node_id}");
+        if let Some(previous) = owners.insert(p, owner.clone()) {
+            return invalid(
+                port.span(),
+                format!("{owner}: port {p} collides with {previous}"),
+            );
+        }
+        explicit.insert(node_id, p);
+    }
+
+    let max_frame_bytes = match &raw.max_frame_bytes {
+        None => DEFAULT_MAX_FRAME_BYTES,
+        Some(v) if *v.get_ref() < 1024 || *v.get_ref() > i32::MAX as u64 => {
+            return invalid(
+                v.span(),
+                "listener.max_frame_bytes: must be between 1024 and 2147483647",
+            )
+        }
+        Some(v) => *v.get_ref() as usize,
+    };
+    let idle_timeout_secs = positive(raw.idle_timeout_secs.as_ref(), 600, "listener.idle_timeout_secs")?;
+    let max_connections = positive(raw.max_connections.as_ref(), 10_000, "listener.max_connections")?;
+
+    Ok(ListenerConfig {
+        bind,
+        advertised_host,
+        bootstrap_port,
+        broker_ports: BrokerPortMap { base, explicit },
+        max_frame_bytes,
+        idle_timeout: Duration::from_secs(idle_timeout_secs),
+        max_connections: max_connections as usize,
+    })
+}
+
+fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
+    let servers_span = raw.bootstrap_servers.span();
+    let servers = raw.bootstrap_servers.into_inner();
+    if servers.is_empty() {
+        return invalid(servers_span, "kafka.bootstrap_servers: list at least one HOST:PORT");
+    }
+    let mut bootstrap_servers = Vec::with_capacity(servers.len());
+    for server in servers {
+        let text = server.get_ref();
+        let valid = text
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !valid {
+            return invalid(
+                server.span(),
+                format!("kafka.bootstrap_servers: `{text}` is not HOST:PORT"),
+            );
+        }
+        bootstrap_servers.push(server.into_inner());
+    }
+    let connect_timeout_ms = positive(raw.connect_timeout_ms.as_ref(), 10_000, "kafka.connect_timeout_ms")?;
+    Ok(KafkaConfig {
+        bootstrap_servers,
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+    })
+}
+
+fn positive(value: Option<&Spanned<u64>>, default: u64, key: &str) -> Result<u64, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 => invalid(v.span(), format!("{key}: must be greater than 0")),
+        Some(v) => Ok(*v.get_ref()),
+    }
+}
+
+fn positive_port(value: Option<&Spanned<u16>>, default: u16, key: &str) -> Result<u16, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 => {
+            invalid(v.span(), format!("listener.{key}: port must be 1..=65535"))
+        }
+        Some(v) => Ok(*v.get_ref()),
+    }
+}
+
+impl fmt::Display for Config {
+    /// The one-screen summary printed by `check-config`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.listener;
+        writeln!(f, "listener")?;
+        writeln!(f, "  bind              {}", l.bind)?;
+        writeln!(f, "  advertised_host   {}", l.advertised_host)?;
+        writeln!(f, "  bootstrap_port    {}", l.bootstrap_port)?;
+        writeln!(f, "  broker ports      {} + node id", l.broker_ports.base)?;
+        for (node, port) in &l.broker_ports.explicit {
+            writeln!(f, "    node {node:<10} -> {port}")?;
+        }
+        writeln!(f, "  max_frame_bytes   {}", l.max_frame_bytes)?;
+        writeln!(f, "  idle_timeout      {}s", l.idle_timeout.as_secs())?;
+        writeln!(f, "  max_connections   {}", l.max_connections)?;
+        writeln!(f, "kafka")?;
+        writeln!(f, "  bootstrap_servers {}", self.kafka.bootstrap_servers.join(", "))?;
+        writeln!(f, "  connect_timeout   {}ms", self.kafka.connect_timeout.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("proxy.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const MINIMAL: &str = "[listener]\nbootstrap_port = 19092\n[kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.listener.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.listener.advertised_host, "127.0.0.1");
+        assert_eq!(c.listener.broker_ports.base, 19100);
+        assert_eq!(c.listener.max_frame_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.kafka.bootstrap_servers, vec!["127.0.0.1:9092"]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[listener]\nbootstrap_port = 19092\nbootstrap_prot = 1\n[kafka]\nbootstrap_servers = [\"a:1\"]\n")
+            .unwrap_err();
+        assert!(err.starts_with("proxy.toml:3: "), "{err}");
+        assert!(err.contains("bootstrap_prot"), "{err}");
+    }
+
+    #[test]
+    fn explicit_port_colliding_with_bootstrap_is_rejected() {
+        let err = parse("[listener]\nbootstrap_port = 19092\nbroker_ports = { 1001 = 19092 }\n[kafka]\nbootstrap_servers = [\"a:1\"]\n")
+            .unwrap_err();
+        assert!(err.starts_with("proxy.toml:3: "), "{err}");
+        assert!(err.contains("collides with listener.bootstrap_port"), "{err}");
+    }
+
+    #[test]
+    fn bad_node_id_and_bad_server_are_located() {
+        let err = parse("[listener]\nbroker_ports = { x = 1 }\n[kafka]\nbootstrap_servers = [\"a:1\"]\n").unwrap_err();
+        assert!(err.starts_with("proxy.toml:2: ") && err.contains("`x`"), "{err}");
+        let err = parse("[listener]\n[kafka]\nbootstrap_servers = [\n  \"a:1\",\n  \"nohost\",\n]\n").unwrap_err();
+        assert!(err.starts_with("proxy.toml:5: ") && err.contains("`nohost`"), "{err}");
+    }
+
+    #[test]
+    fn unspecified_bind_requires_advertised_host() {
+        let err = parse("[listener]\nbind = \"0.0.0.0\"\n[kafka]\nbootstrap_servers = [\"a:1\"]\n").unwrap_err();
+        assert!(err.contains("listener.advertised_host: required"), "{err}");
+    }
+
+    #[test]
+    fn port_for_node_checks_range_and_collisions() {
+        let map = BrokerPortMap {
+            base: 65000,
+            explicit: BTreeMap::from([(7, 65001)]),
+        };
+        assert_eq!(map.port_for(7, 19092), Ok(65001));
+        assert_eq!(map.port_for(2, 19092), Ok(65002));
+        assert!(matches!(map.port_for(1, 19092), Err(PortMapError::Collision { .. })));
+        assert!(matches!(map.port_for(600, 19092), Err(PortMapError::OutOfRange { .. })));
+        assert!(matches!(map.port_for(0, 65000), Err(PortMapError::Collision { .. })));
+    }
+}

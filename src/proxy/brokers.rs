@@ -1,0 +1,96 @@
+//! Which upstream broker sits behind which proxy port.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use kafka_protocol::protocol::StrBytes;
+
+use crate::kafka::rewrite::{AddressError, AddressRewriter};
+use crate::ops::config::{BrokerPortMap, PortMapError};
+
+/// Upstream addresses learned from the cluster's own responses, and the fixed port mapping.
+pub struct BrokerDirectory {
+    ports: BrokerPortMap,
+    bootstrap_port: u16,
+    advertised_host: StrBytes,
+    upstream: RwLock<HashMap<i32, String>>,
+}
+
+impl BrokerDirectory {
+    pub fn new(ports: BrokerPortMap, bootstrap_port: u16, advertised_host: &str) -> Self {
+        BrokerDirectory {
+            ports,
+            bootstrap_port,
+            advertised_host: StrBytes::from_string(advertised_host.to_owned()),
+            upstream: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn port_for(&self, node_id: i32) -> Result<u16, PortMapError> {
+        self.ports.port_for(node_id, self.bootstrap_port)
+    }
+
+    /// The real address of broker `node_id`, once a response has named it.
+    pub fn upstream(&self, node_id: i32) -> Option<String> {
+        self.upstream.read().expect("directory lock").get(&node_id).cloned()
+    }
+
+    fn learn(&self, node_id: i32, address: String) {
+        let known = self.upstream.read().expect("directory lock").get(&node_id) == Some(&address);
+        if !known {
+            tracing::info!(node_id, upstream = %address, "learned broker address");
+            self.upstream.write().expect("directory lock").insert(node_id, address);
+        }
+    }
+
+    /// A rewriter for one response; it records the brokers the response named.
+    pub fn rewriter(&self) -> LearningRewriter<'_> {
+        LearningRewriter {
+            directory: self,
+            learned: Vec::new(),
+        }
+    }
+}
+
+/// Points broker addresses at the proxy and remembers the real ones.
+pub struct LearningRewriter<'a> {
+    directory: &'a BrokerDirectory,
+    /// Node ids named by the response, with the proxy port serving each.
+    pub learned: Vec<(i32, u16)>,
+}
+
+impl AddressRewriter for LearningRewriter<'_> {
+    fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> Result<(), AddressError> {
+        let proxy_port = self.directory.port_for(node_id).map_err(|e| AddressError {
+            node_id,
+            reason: e.to_string(),
+        })?;
+        self.directory.learn(node_id, format!("{}:{}", host.as_str(), port));
+        *host = self.directory.advertised_host.clone();
+        *port = i32::from(proxy_port);
+        self.learned.push((node_id, proxy_port));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn rewriter_learns_upstream_and_points_at_proxy() {
+        let dir = BrokerDirectory::new(BrokerPortMap { base: 19100, explicit: BTreeMap::from([(1001, 19201)]) }, 19092, "proxy.local");
+        let mut rw = dir.rewriter();
+        let (mut host, mut port) = (StrBytes::from_static_str("kafka-a"), 9092);
+        rw.rewrite(1001, &mut host, &mut port).unwrap();
+        assert_eq!((host.as_str(), port), ("proxy.local", 19201));
+        let (mut host, mut port) = (StrBytes::from_static_str("kafka-b"), 9093);
+        rw.rewrite(5, &mut host, &mut port).unwrap();
+        assert_eq!(port, 19105);
+        assert_eq!(rw.learned, vec![(1001, 19201), (5, 19105)]);
+        assert_eq!(dir.upstream(1001).as_deref(), Some("kafka-a:9092"));
+        assert_eq!(dir.upstream(5).as_deref(), Some("kafka-b:9093"));
+        assert_eq!(dir.upstream(6), None);
+    }
+}

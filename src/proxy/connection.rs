@@ -1,0 +1,302 @@
+//! One client connection and its one upstream connection.
+//!
+//! Two loops run side by side. `forward_requests` reads client frames, decides from the header
+//! alone how the response must be handled, queues that decision, and writes the original frame
+//! upstream. `forward_responses` takes the decisions in order and pairs each with the next
+//! upstream frame: Kafka answers requests on a connection in order, so FIFO pairing is exact,
+//! and the correlation id is checked to prove it. Requests that get no response (Produce with
+//! acks=0) queue nothing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use super::Proxy;
+use crate::kafka::frame::{FrameCodec, FrameError};
+use crate::kafka::header::{response_correlation_id, HeaderError, RequestHeader};
+use crate::kafka::produce::{peek_acks, ProduceDecodeError};
+use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
+use crate::kafka::versions::{max_api_versions_version, negotiate_response, unsupported_version_response};
+use crate::kafka::message::MessageError;
+
+/// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
+/// their own in-flight requests far below this; it only bounds memory for a misbehaving one.
+const MAX_PIPELINED: usize = 1024;
+
+/// Upstream responses are trusted to be well formed; the limit only guards against a
+/// nonsensical size prefix.
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// How a response must be treated before it goes back to the client.
+enum Handling {
+    Forward,
+    NegotiateVersions,
+    RewriteAddresses(ApiKey),
+    /// Answered by the proxy itself; nothing was sent upstream.
+    Local(Bytes),
+}
+
+struct Pending {
+    api_key: i16,
+    api_version: i16,
+    correlation_id: i32,
+    handling: Handling,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("client frame: {0}")]
+    ClientFrame(FrameError),
+    #[error("upstream frame: {0}")]
+    UpstreamFrame(FrameError),
+    #[error("request header: {0}")]
+    Header(#[from] HeaderError),
+    #[error("{api} v{version} request: {source}")]
+    Request {
+        api: String,
+        version: i16,
+        source: ProduceDecodeError,
+    },
+    #[error("{api} v{version} response: {source}")]
+    Response {
+        api: String,
+        version: i16,
+        source: RewriteError,
+    },
+    #[error("upstream answered correlation id {got}, expected {expected} ({api} v{version})")]
+    CorrelationMismatch {
+        expected: i32,
+        got: i32,
+        api: String,
+        version: i16,
+    },
+    #[error("upstream sent a response nobody asked for")]
+    Unsolicited,
+    #[error("write to client: {0}")]
+    ClientWrite(std::io::Error),
+    #[error("write to upstream: {0}")]
+    UpstreamWrite(std::io::Error),
+}
+
+/// Why a connection ended without error.
+#[derive(Debug)]
+pub enum Closed {
+    ByClient,
+    ByUpstream,
+    Idle,
+}
+
+pub struct Connection {
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    client_id: Mutex<Option<Arc<str>>>,
+    in_flight: AtomicUsize,
+}
+
+fn api_name(api_key: i16) -> String {
+    match ApiKey::try_from(api_key) {
+        Ok(key) => format!("{key:?}"),
+        Err(()) => format!("api_key {api_key}"),
+    }
+}
+
+impl Connection {
+    pub fn new(proxy: Arc<Proxy>, peer: SocketAddr) -> Self {
+        Connection {
+            proxy,
+            peer,
+            client_id: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Serves the connection until either side closes it, then closes the other side.
+    pub async fn run(self, client: TcpStream, upstream: TcpStream) {
+        let (client_rd, client_wr) = client.into_split();
+        let (upstream_rd, upstream_wr) = upstream.into_split();
+        let (tx, rx) = mpsc::channel(MAX_PIPELINED);
+        let outcome = tokio::select! {
+            r = self.forward_requests(client_rd, upstream_wr, tx) => r,
+            r = self.forward_responses(upstream_rd, client_wr, rx) => r,
+        };
+        let client_id = self.client_id.lock().expect("client id lock").clone();
+        let client_id = client_id.as_deref().unwrap_or("-");
+        match outcome {
+            Ok(how) => tracing::debug!(peer = %self.peer, client_id, ?how, "connection closed"),
+            Err(e) => tracing::warn!(peer = %self.peer, client_id, error = %e, "connection closed on error"),
+        }
+    }
+
+    async fn forward_requests(
+        &self,
+        client_rd: OwnedReadHalf,
+        mut upstream_wr: OwnedWriteHalf,
+        pending: mpsc::Sender<Pending>,
+    ) -> Result<Closed, ConnectionError> {
+        let mut frames = FramedRead::new(client_rd, FrameCodec::new(self.proxy.config.listener.max_frame_bytes));
+        let idle_timeout = self.proxy.config.listener.idle_timeout;
+        loop {
+            let frame = match tokio::time::timeout(idle_timeout, frames.next()).await {
+                Err(_elapsed) if self.in_flight.load(Ordering::Acquire) == 0 => return Ok(Closed::Idle),
+                Err(_elapsed) => continue,
+                Ok(None) => return Ok(Closed::ByClient),
+                Ok(Some(Err(e))) => return Err(ConnectionError::ClientFrame(e)),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let header = RequestHeader::parse(&frame)?;
+            self.note_client_id(header.client_id);
+            let handling = self.handling_for(&header, &frame)?;
+            let local = matches!(handling, Some(Handling::Local(_)));
+            if let Some(handling) = handling {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                let entry = Pending {
+                    api_key: header.api_key,
+                    api_version: header.api_version,
+                    correlation_id: header.correlation_id,
+                    handling,
+                };
+                // Queued before the request goes upstream, so the response always finds it.
+                if pending.send(entry).await.is_err() {
+                    return Ok(Closed::ByUpstream);
+                }
+            }
+            if !local {
+                upstream_wr.write_all(&frame).await.map_err(ConnectionError::UpstreamWrite)?;
+            }
+        }
+    }
+
+    /// Decides from the request header how its response is handled; `None` when no response
+    /// will come.
+    fn handling_for(&self, header: &RequestHeader<'_>, frame: &Bytes) -> Result<Option<Handling>, ConnectionError> {
+        let Ok(api_key) = ApiKey::try_from(header.api_key) else {
+            return Ok(Some(Handling::Forward));
+        };
+        let version = header.api_version;
+        let handling = match api_key {
+            ApiKey::ApiVersions if version > max_api_versions_version() => {
+                Handling::Local(unsupported_version_response(header.correlation_id))
+            }
+            ApiKey::ApiVersions => Handling::NegotiateVersions,
+            ApiKey::Produce => {
+                let body = header.body_offset.map_or(&frame[..0], |offset| &frame[offset..]);
+                let acks = peek_acks(version, body).map_err(|source| ConnectionError::Request {
+                    api: api_name(header.api_key),
+                    version,
+                    source,
+                })?;
+                if acks == 0 {
+                    return Ok(None);
+                }
+                self.address_handling(api_key, version)
+            }
+            _ => self.address_handling(api_key, version),
+        };
+        Ok(Some(handling))
+    }
+
+    fn address_handling(&self, api_key: ApiKey, version: i16) -> Handling {
+        if carries_addresses(api_key, version) {
+            Handling::RewriteAddresses(api_key)
+        } else {
+            Handling::Forward
+        }
+    }
+
+    fn note_client_id(&self, client_id: Option<&str>) {
+        let mut current = self.client_id.lock().expect("client id lock");
+        if current.as_deref() != client_id {
+            *current = client_id.map(Arc::from);
+        }
+    }
+
+    async fn forward_responses(
+        &self,
+        upstream_rd: OwnedReadHalf,
+        mut client_wr: OwnedWriteHalf,
+        mut pending: mpsc::Receiver<Pending>,
+    ) -> Result<Closed, ConnectionError> {
+        let mut frames = FramedRead::new(upstream_rd, FrameCodec::new(MAX_RESPONSE_BYTES));
+        loop {
+            // `biased`: a request's entry is queued before the request is written upstream, so
+            // when a response is readable its entry is already in the queue.
+            let entry = tokio::select! {
+                biased;
+                entry = pending.recv() => match entry {
+                    Some(entry) => entry,
+                    None => return Ok(Closed::ByClient),
+                },
+                frame = frames.next() => return match frame {
+                    None => Ok(Closed::ByUpstream),
+                    Some(Ok(_)) => Err(ConnectionError::Unsolicited),
+                    Some(Err(e)) => Err(ConnectionError::UpstreamFrame(e)),
+                },
+            };
+            let Pending {
+                api_key,
+                api_version,
+                correlation_id,
+                handling,
+            } = entry;
+            let response = match handling {
+                Handling::Local(response) => response,
+                handling => {
+                    let frame = match frames.next().await {
+                        None => return Ok(Closed::ByUpstream),
+                        Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
+                        Some(Ok(frame)) => frame,
+                    };
+                    let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
+                    if got != correlation_id {
+                        return Err(ConnectionError::CorrelationMismatch {
+                            expected: correlation_id,
+                            got,
+                            api: api_name(api_key),
+                            version: api_version,
+                        });
+                    }
+                    self.transform(handling, frame, api_key, api_version)?
+                }
+            };
+            client_wr.write_all(&response).await.map_err(ConnectionError::ClientWrite)?;
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn transform(&self, handling: Handling, frame: Bytes, api_key: i16, version: i16) -> Result<Bytes, ConnectionError> {
+        let failed = |source: RewriteError| ConnectionError::Response {
+            api: api_name(api_key),
+            version,
+            source,
+        };
+        match handling {
+            Handling::Forward | Handling::Local(_) => Ok(frame),
+            Handling::NegotiateVersions => {
+                let rewritten = negotiate_response(&frame, version)
+                    .map_err(|e: MessageError| failed(e.into()))?;
+                Ok(rewritten.unwrap_or(frame))
+            }
+            Handling::RewriteAddresses(key) => {
+                let (rewritten, learned) = {
+                    let mut rewriter = self.proxy.directory.rewriter();
+                    let rewritten = rewrite_response(&frame, key, version, &mut rewriter).map_err(failed)?;
+                    (rewritten, rewriter.learned)
+                };
+                // The listener for every broker named must exist before the client hears of it.
+                for (node_id, port) in learned {
+                    self.proxy.ensure_broker_listener(node_id, port);
+                }
+                Ok(rewritten.unwrap_or(frame))
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Listeners, connections and broker address rewriting.
+//!
+//! Clients bootstrap on one port. Every upstream broker gets its own proxy port
+//! (`broker_port_base + node_id`, or an explicit entry), opened as soon as a response names the
+//! broker. Each client connection gets exactly one upstream connection to the broker behind its
+//! port, so per-connection state such as SASL stays between the client and that broker.
+
+mod brokers;
+mod connection;
+mod discovery;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use brokers::BrokerDirectory;
+use connection::Connection;
+
+use crate::ops::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Which upstream a listener's connections go to.
+#[derive(Debug, Clone, Copy)]
+enum Upstream {
+    /// Any of `kafka.bootstrap_servers`.
+    Bootstrap,
+    Broker(i32),
+}
+
+pub struct Proxy {
+    config: Config,
+    directory: BrokerDirectory,
+    /// Broker listeners already open, by node id.
+    broker_listeners: Mutex<HashMap<i32, u16>>,
+    connection_slots: Arc<Semaphore>,
+    /// Spreads bootstrap connections over the configured servers.
+    next_bootstrap: AtomicUsize,
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Arc<Proxy> {
+        let listener = &config.listener;
+        let directory = BrokerDirectory::new(
+            listener.broker_ports.clone(),
+            listener.bootstrap_port,
+            &listener.advertised_host,
+        );
+        Arc::new(Proxy {
+            connection_slots: Arc::new(Semaphore::new(listener.max_connections)),
+            directory,
+            broker_listeners: Mutex::new(HashMap::new()),
+            next_bootstrap: AtomicUsize::new(0),
+            config,
+        })
+    }
+
+    /// Opens the bootstrap listener, learns the cluster's brokers in the background, and serves
+    /// until the process ends.
+    pub async fn serve(self: &Arc<Self>) -> Result<(), ProxyError> {
+        let addr = SocketAddr::new(self.config.listener.bind, self.config.listener.bootstrap_port);
+        let listener = bind(addr, "listener.bootstrap_port")?;
+        tracing::info!(%addr, "bootstrap listener open");
+        // Brokers' ports must be open after a restart even before any client asks for
+        // metadata: clients reconnect to the broker ports they cached.
+        tokio::spawn(discovery::discover_brokers(self.clone()));
+        self.clone().accept_loop(listener, Upstream::Bootstrap).await;
+        Ok(())
+    }
+
+    /// Opens the listener for broker `node_id` on `port` unless it is already open. A failure
+    /// is logged and retried the next time a response names the broker.
+    fn ensure_broker_listener(self: &Arc<Self>, node_id: i32, port: u16) {
+        let listener = {
+            let mut open = self.broker_listeners.lock().expect("listener lock");
+            if open.get(&node_id) == Some(&port) {
+                return;
+            }
+            let addr = SocketAddr::new(self.config.listener.bind, port);
+            match bind(addr, &format!("broker node {node_id}")) {
+                Ok(listener) => {
+                    open.insert(node_id, port);
+                    tracing::info!(node_id, %addr, "broker listener open");
+                    listener
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "broker listener unavailable; clients cannot reach this broker through the proxy");
+                    return;
+                }
+            }
+        };
+        tokio::spawn(self.clone().accept_loop(listener, Upstream::Broker(node_id)));
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, upstream: Upstream) {
+        loop {
+            let (client, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = self.connection_slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = self.config.listener.max_connections, "connection refused: listener.max_connections reached");
+                continue;
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                proxy.handle(client, peer, upstream).await;
+            });
+        }
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
+        let _ = client.set_nodelay(true);
+        let upstream_conn = match self.connect_upstream(upstream).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Closing the client makes it refresh metadata and retry, as after a broker failure.
+                tracing::warn!(%peer, ?upstream, error = %e, "cannot reach upstream; closing client connection");
+                return;
+            }
+        };
+        Connection::new(self, peer).run(client, upstream_conn).await;
+    }
+
+    async fn connect_upstream(&self, upstream: Upstream) -> std::io::Result<TcpStream> {
+        let candidates = match upstream {
+            Upstream::Broker(node_id) => vec![self.directory.upstream(node_id).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address known for broker node {node_id}"))
+            })?],
+            Upstream::Bootstrap => {
+                let servers = &self.config.kafka.bootstrap_servers;
+                let start = self.next_bootstrap.fetch_add(1, Ordering::Relaxed);
+                (0..servers.len()).map(|i| servers[(start + i) % servers.len()].clone()).collect()
+            }
+        };
+        let mut last_error = None;
+        for address in candidates {
+            match tokio::time::timeout(self.config.kafka.connect_timeout, TcpStream::connect(&address)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last_error = Some(std::io::Error::new(e.kind(), format!("{address}: {e}"))),
+                Err(_) => {
+                    last_error = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{address}: connect timed out")))
+                }
+            }
+        }
+        Err(last_error.expect("at least one upstream candidate"))
+    }
+}
+
+fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ProxyError> {
+    let fail = |source| ProxyError::Bind {
+        addr,
+        what: what.to_owned(),
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    TcpListener::from_std(std_listener).map_err(fail)
+}
