@@ -14,11 +14,42 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::mirror::partition_key::PartitionKeyRule;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listener: ListenerConfig,
     pub kafka: KafkaConfig,
+    pub admin: AdminConfig,
+    pub kinesis: KinesisConfig,
+    pub mirror: Vec<MirrorRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct KinesisConfig {
+    /// `None`: aws-config's region chain (AWS_REGION, profile, IMDS).
+    pub region: Option<String>,
+    /// `None`: normal AWS endpoint resolution, including AWS_ENDPOINT_URL_KINESIS.
+    pub endpoint_url: Option<String>,
+    pub linger: Duration,
+    pub max_in_flight_requests: usize,
+    pub max_attempts: u32,
+    pub shard_map_refresh: Duration,
+}
+
+/// One `[[mirror]]` entry: a Kafka topic mirrored into a Kinesis stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorRoute {
+    pub topic: String,
+    pub stream: String,
+    pub percent: f64,
+    pub partition_key: PartitionKeyRule,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +191,36 @@ fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Inval
 struct RawConfig {
     listener: Spanned<RawListener>,
     kafka: Spanned<RawKafka>,
+    admin: Option<RawAdmin>,
+    kinesis: Option<RawKinesis>,
+    #[serde(default)]
+    mirror: Vec<Spanned<RawMirror>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKinesis {
+    region: Option<Spanned<String>>,
+    endpoint_url: Option<Spanned<String>>,
+    linger_ms: Option<Spanned<u64>>,
+    max_in_flight_requests: Option<Spanned<u64>>,
+    max_attempts: Option<Spanned<u64>>,
+    shard_map_refresh_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    topic: Spanned<String>,
+    stream: Spanned<String>,
+    percent: Spanned<f64>,
+    partition_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -188,8 +249,101 @@ impl RawConfig {
         let listener_span = self.listener.span();
         let listener = validate_listener(self.listener.into_inner(), listener_span)?;
         let kafka = validate_kafka(self.kafka.into_inner())?;
-        Ok(Config { listener, kafka })
+        let admin = validate_admin(self.admin, &listener)?;
+        let kinesis = validate_kinesis(self.kinesis)?;
+        let mirror = validate_mirror(self.mirror)?;
+        Ok(Config {
+            listener,
+            kafka,
+            admin,
+            kinesis,
+            mirror,
+        })
     }
+}
+
+fn validate_admin(raw: Option<RawAdmin>, listener: &ListenerConfig) -> Result<AdminConfig, Invalid> {
+    let Some(bind) = raw.and_then(|a| a.bind) else {
+        return Ok(AdminConfig {
+            bind: ([127, 0, 0, 1], 9464).into(),
+        });
+    };
+    let addr = bind.get_ref().parse::<std::net::SocketAddr>().or_else(|_| {
+        invalid(bind.span(), format!("admin.bind: `{}` is not IP:PORT", bind.get_ref()))
+    })?;
+    if addr.port() == listener.bootstrap_port || listener.broker_ports.explicit.values().any(|p| *p == addr.port()) {
+        return invalid(bind.span(), format!("admin.bind: port {} collides with a Kafka listener port", addr.port()));
+    }
+    Ok(AdminConfig { bind: addr })
+}
+
+fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
+    let raw = raw.unwrap_or(RawKinesis {
+        region: None,
+        endpoint_url: None,
+        linger_ms: None,
+        max_in_flight_requests: None,
+        max_attempts: None,
+        shard_map_refresh_secs: None,
+    });
+    if let Some(url) = &raw.endpoint_url {
+        let u = url.get_ref();
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return invalid(url.span(), format!("kinesis.endpoint_url: `{u}` must start with http:// or https://"));
+        }
+    }
+    if let Some(region) = &raw.region {
+        if region.get_ref().trim().is_empty() {
+            return invalid(region.span(), "kinesis.region: must not be empty");
+        }
+    }
+    let linger_ms = match &raw.linger_ms {
+        None => 50,
+        Some(v) => *v.get_ref(),
+    };
+    Ok(KinesisConfig {
+        region: raw.region.map(Spanned::into_inner),
+        endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
+        linger: Duration::from_millis(linger_ms),
+        max_in_flight_requests: positive(raw.max_in_flight_requests.as_ref(), 16, "kinesis.max_in_flight_requests")? as usize,
+        max_attempts: positive(raw.max_attempts.as_ref(), 10, "kinesis.max_attempts")?.min(u64::from(u32::MAX)) as u32,
+        shard_map_refresh: Duration::from_secs(positive(raw.shard_map_refresh_secs.as_ref(), 60, "kinesis.shard_map_refresh_secs")?),
+    })
+}
+
+fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<MirrorRoute>, Invalid> {
+    let mut routes: Vec<MirrorRoute> = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let entry = entry.into_inner();
+        let topic = entry.topic.get_ref();
+        if topic.is_empty() {
+            return invalid(entry.topic.span(), "mirror.topic: must not be empty");
+        }
+        if routes.iter().any(|r| &r.topic == topic) {
+            return invalid(entry.topic.span(), format!("mirror.topic: `{topic}` has more than one [[mirror]] entry; a topic maps to one stream"));
+        }
+        let stream = entry.stream.get_ref();
+        let valid_stream = (1..=128).contains(&stream.len())
+            && stream.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid_stream {
+            return invalid(entry.stream.span(), format!("mirror.stream: `{stream}` is not a Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -)"));
+        }
+        let percent = *entry.percent.get_ref();
+        if !(0.0..=100.0).contains(&percent) {
+            return invalid(entry.percent.span(), format!("mirror.percent: {percent} for topic `{topic}` is outside 0..=100"));
+        }
+        let partition_key = match &entry.partition_key {
+            None => PartitionKeyRule::Key,
+            Some(rule) => rule.get_ref().parse().or_else(|e| invalid(rule.span(), format!("mirror.partition_key: {e}")))?,
+        };
+        routes.push(MirrorRoute {
+            topic: topic.clone(),
+            stream: stream.clone(),
+            percent,
+            partition_key,
+        });
+    }
+    Ok(routes)
 }
 
 fn validate_listener(raw: RawListener, section: Range<usize>) -> Result<ListenerConfig, Invalid> {
@@ -340,7 +494,19 @@ impl fmt::Display for Config {
         writeln!(f, "  max_connections   {}", l.max_connections)?;
         writeln!(f, "kafka")?;
         writeln!(f, "  bootstrap_servers {}", self.kafka.bootstrap_servers.join(", "))?;
-        writeln!(f, "  connect_timeout   {}ms", self.kafka.connect_timeout.as_millis())
+        writeln!(f, "  connect_timeout   {}ms", self.kafka.connect_timeout.as_millis())?;
+        writeln!(f, "admin")?;
+        writeln!(f, "  bind              {}", self.admin.bind)?;
+        let k = &self.kinesis;
+        writeln!(f, "kinesis")?;
+        writeln!(f, "  region            {}", k.region.as_deref().unwrap_or("(AWS default chain)"))?;
+        writeln!(f, "  endpoint_url      {}", k.endpoint_url.as_deref().unwrap_or("(AWS default resolution)"))?;
+        writeln!(f, "  linger            {}ms, {} requests in flight, {} attempts", k.linger.as_millis(), k.max_in_flight_requests, k.max_attempts)?;
+        writeln!(f, "mirror routes       {}", self.mirror.len())?;
+        for r in &self.mirror {
+            writeln!(f, "  {} -> {}  {}%  partition_key={:?}", r.topic, r.stream, r.percent, r.partition_key)?;
+        }
+        Ok(())
     }
 }
 
@@ -392,6 +558,23 @@ mod tests {
     fn unspecified_bind_requires_advertised_host() {
         let err = parse("[listener]\nbind = \"0.0.0.0\"\n[kafka]\nbootstrap_servers = [\"a:1\"]\n").unwrap_err();
         assert!(err.contains("listener.advertised_host: required"), "{err}");
+    }
+
+    #[test]
+    fn mirror_routes_are_validated_with_locations() {
+        let base = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n[kinesis]\nregion = \"us-east-1\"\n";
+        let ok = parse(&format!("{base}[[mirror]]\ntopic = \"orders\"\nstream = \"orders-stream\"\npercent = 25.5\npartition_key = \"header:tenant\"\n")).unwrap();
+        assert_eq!(ok.mirror[0].percent, 25.5);
+        assert_eq!(ok.mirror[0].partition_key, PartitionKeyRule::Header("tenant".into()));
+        assert_eq!(ok.kinesis.linger, Duration::from_millis(50));
+        let err = parse(&format!("{base}[[mirror]]\ntopic = \"orders\"\nstream = \"s\"\npercent = 101\n")).unwrap_err();
+        assert!(err.starts_with("proxy.toml:9: ") && err.contains("101"), "{err}");
+        let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\n[[mirror]]\ntopic = \"t\"\nstream = \"s2\"\npercent = 1\n")).unwrap_err();
+        assert!(err.starts_with("proxy.toml:11: ") && err.contains("more than one"), "{err}");
+        let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\npartition_key = \"value\"\n")).unwrap_err();
+        assert!(err.starts_with("proxy.toml:10: ") && err.contains("partition_key"), "{err}");
+        let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"bad name\"\npercent = 1\n")).unwrap_err();
+        assert!(err.starts_with("proxy.toml:8: "), "{err}");
     }
 
     #[test]

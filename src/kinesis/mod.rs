@@ -1,0 +1,3 @@
+//! The Kinesis writer: shard routing, PutRecords batching, sending and retries.
+
+pub mod shard_map;
