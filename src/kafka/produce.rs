@@ -257,8 +257,13 @@ impl ProduceResponseView {
     }
 
     /// The result for a topic (by name) and partition. Names are empty in v13 responses: use
-    /// [`ProduceResponseView::partition_by_topic_id`] there.
+    /// [`ProduceResponseView::partition_by_topic_id`] there. An empty `topic` never matches
+    /// (Kafka topic names are never empty), so a v13 lookup by name gives `None` rather than
+    /// some other topic's partition.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionProduceResult> {
+        if topic.is_empty() {
+            return None;
+        }
         self.topics
             .iter()
             .filter(|t| t.name == topic)
@@ -973,6 +978,9 @@ mod tests {
 
         let v13 = ProduceResponseView::decode(13, encode_response(&expected_response(13))).unwrap();
         assert!(v13.partition("orders", 0).is_none());
+        // Names are all empty in v13: a lookup by the (empty) name must not pick another topic.
+        assert!(v13.partition("", 7).is_none());
+        assert!(v13.partition("", 2).is_none());
         let p = v13.partition_by_topic_id(&TOPIC_ID_A, 7).unwrap();
         assert_eq!(p.error_code, 87);
         assert_eq!(p.record_errors.len(), 2);

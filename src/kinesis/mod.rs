@@ -1,3 +1,7 @@
-//! The Kinesis writer: shard routing, PutRecords batching, sending and retries.
+//! The Kinesis writer: stream inspection, shard routing, PutRecords batching, sending and
+//! retries.
 
+pub mod client;
+pub mod retry;
 pub mod shard_map;
+pub mod writer;

@@ -2,8 +2,8 @@
 //! so they are defined here in one place.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, GaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const PREFIX: &str = "kafka_kinesis_proxy";
@@ -19,8 +19,10 @@ pub struct Metrics {
     /// Produce data the mirror could not decode, per topic (the Kafka path is unaffected).
     pub mirror_decode_errors: IntCounterVec,
     pub mirror_percent: GaugeVec,
-    /// 1 when the route's stream was described successfully, else 0.
-    pub route_healthy: IntGaugeVec,
+    /// Produce requests not mirrored because the mirror stage's queue was full.
+    pub mirror_dropped_requests: IntCounter,
+    /// 1 when the stream was described successfully, else 0.
+    pub stream_healthy: IntGaugeVec,
     pub putrecords_duration: HistogramVec,
     pub shard_records: IntCounterVec,
     pub shard_map_mispredictions: IntCounterVec,
@@ -63,12 +65,18 @@ impl Metrics {
         );
         let mirror_percent = GaugeVec::new(Opts::new(name("mirror_percent"), "Mirror percentage in force."), &["topic"]).expect("valid metric");
         registry.register(Box::new(mirror_percent.clone())).expect("unique metric");
-        let route_healthy = IntGaugeVec::new(
-            Opts::new(name("mirror_route_healthy"), "1 when the route's stream was described successfully."),
-            &["topic", "stream"],
+        let stream_healthy = IntGaugeVec::new(
+            Opts::new(name("stream_healthy"), "1 when the stream was described successfully, else 0."),
+            &["stream"],
         )
         .expect("valid metric");
-        registry.register(Box::new(route_healthy.clone())).expect("unique metric");
+        registry.register(Box::new(stream_healthy.clone())).expect("unique metric");
+        let mirror_dropped_requests = IntCounter::new(
+            name("mirror_dropped_requests_total"),
+            "Produce requests not mirrored because the mirror stage's queue was full.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(mirror_dropped_requests.clone())).expect("unique metric");
         let connections = IntGaugeVec::new(Opts::new(name("connections"), "Open client connections."), &["listener"]).expect("valid metric");
         registry.register(Box::new(connections.clone())).expect("unique metric");
         let putrecords_duration = HistogramVec::new(
@@ -85,7 +93,8 @@ impl Metrics {
             mirror_records,
             mirror_decode_errors,
             mirror_percent,
-            route_healthy,
+            mirror_dropped_requests,
+            stream_healthy,
             putrecords_duration,
             shard_records,
             shard_map_mispredictions,

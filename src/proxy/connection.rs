@@ -27,6 +27,7 @@ use crate::kafka::produce::{peek_acks, ProduceDecodeError};
 use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
 use crate::kafka::versions::{max_api_versions_version, negotiate_response, unsupported_version_response};
 use crate::kafka::message::MessageError;
+use crate::mirror::ProduceExchange;
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
 /// their own in-flight requests far below this; it only bounds memory for a misbehaving one.
@@ -41,6 +42,9 @@ enum Handling {
     Forward,
     NegotiateVersions,
     RewriteAddresses(ApiKey),
+    /// Forwarded (with NodeEndpoints rewritten where the version has them), then handed to
+    /// the mirror together with the request body.
+    Produce { request_body: Bytes },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
 }
@@ -194,10 +198,17 @@ impl Connection {
                     version,
                     source,
                 })?;
+                let request_body = header.body_offset.map_or_else(Bytes::new, |offset| frame.slice(offset..));
                 if acks == 0 {
+                    // No response will come: mirror on send.
+                    self.proxy.mirror.observe(ProduceExchange {
+                        version,
+                        request_body,
+                        response_frame: None,
+                    });
                     return Ok(None);
                 }
-                self.address_handling(api_key, version)
+                Handling::Produce { request_body }
             }
             _ => self.address_handling(api_key, version),
         };
@@ -247,56 +258,64 @@ impl Connection {
                 correlation_id,
                 handling,
             } = entry;
-            let response = match handling {
-                Handling::Local(response) => response,
-                handling => {
-                    let frame = match frames.next().await {
-                        None => return Ok(Closed::ByUpstream),
-                        Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
-                        Some(Ok(frame)) => frame,
-                    };
-                    let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
-                    if got != correlation_id {
-                        return Err(ConnectionError::CorrelationMismatch {
-                            expected: correlation_id,
-                            got,
-                            api: api_name(api_key),
-                            version: api_version,
-                        });
-                    }
-                    self.transform(handling, frame, api_key, api_version)?
-                }
+            if let Handling::Local(response) = handling {
+                client_wr.write_all(&response).await.map_err(ConnectionError::ClientWrite)?;
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let frame = match frames.next().await {
+                None => return Ok(Closed::ByUpstream),
+                Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
+                Some(Ok(frame)) => frame,
             };
-            client_wr.write_all(&response).await.map_err(ConnectionError::ClientWrite)?;
+            let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
+            if got != correlation_id {
+                return Err(ConnectionError::CorrelationMismatch {
+                    expected: correlation_id,
+                    got,
+                    api: api_name(api_key),
+                    version: api_version,
+                });
+            }
+            let rewritten = self.rewrite(&handling, &frame, api_key, api_version)?;
+            client_wr
+                .write_all(rewritten.as_ref().unwrap_or(&frame))
+                .await
+                .map_err(ConnectionError::ClientWrite)?;
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            // Only now, with the client answered, does the mirror see the exchange.
+            if let Handling::Produce { request_body } = handling {
+                self.proxy.mirror.observe(ProduceExchange {
+                    version: api_version,
+                    request_body,
+                    response_frame: Some(frame),
+                });
+            }
         }
     }
 
-    fn transform(&self, handling: Handling, frame: Bytes, api_key: i16, version: i16) -> Result<Bytes, ConnectionError> {
+    /// The response to send instead of `frame`, if it must change.
+    fn rewrite(&self, handling: &Handling, frame: &Bytes, api_key: i16, version: i16) -> Result<Option<Bytes>, ConnectionError> {
         let failed = |source: RewriteError| ConnectionError::Response {
             api: api_name(api_key),
             version,
             source,
         };
-        match handling {
-            Handling::Forward | Handling::Local(_) => Ok(frame),
+        let key = match handling {
+            Handling::Forward | Handling::Local(_) => return Ok(None),
             Handling::NegotiateVersions => {
-                let rewritten = negotiate_response(&frame, version)
-                    .map_err(|e: MessageError| failed(e.into()))?;
-                Ok(rewritten.unwrap_or(frame))
+                return negotiate_response(frame, version).map_err(|e: MessageError| failed(e.into()));
             }
-            Handling::RewriteAddresses(key) => {
-                let (rewritten, learned) = {
-                    let mut rewriter = self.proxy.directory.rewriter();
-                    let rewritten = rewrite_response(&frame, key, version, &mut rewriter).map_err(failed)?;
-                    (rewritten, rewriter.learned)
-                };
-                // The listener for every broker named must exist before the client hears of it.
-                for (node_id, port) in learned {
-                    self.proxy.ensure_broker_listener(node_id, port);
-                }
-                Ok(rewritten.unwrap_or(frame))
-            }
+            Handling::Produce { .. } if !carries_addresses(ApiKey::Produce, version) => return Ok(None),
+            Handling::Produce { .. } => ApiKey::Produce,
+            Handling::RewriteAddresses(key) => *key,
+        };
+        let mut rewriter = self.proxy.directory.rewriter();
+        let rewritten = rewrite_response(frame, key, version, &mut rewriter).map_err(failed)?;
+        // The listener for every broker named must exist before the client hears of it.
+        for (node_id, port) in rewriter.learned {
+            self.proxy.ensure_broker_listener(node_id, port);
         }
+        Ok(rewritten)
     }
 }

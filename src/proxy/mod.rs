@@ -20,7 +20,9 @@ use tokio::sync::Semaphore;
 use brokers::BrokerDirectory;
 use connection::Connection;
 
+use crate::mirror::Mirror;
 use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -42,6 +44,8 @@ enum Upstream {
 
 pub struct Proxy {
     config: Config,
+    mirror: Mirror,
+    metrics: Arc<Metrics>,
     directory: BrokerDirectory,
     /// Broker listeners already open, by node id.
     broker_listeners: Mutex<HashMap<i32, u16>>,
@@ -51,7 +55,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: Config) -> Arc<Proxy> {
+    pub fn new(config: Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let listener = &config.listener;
         let directory = BrokerDirectory::new(
             listener.broker_ports.clone(),
@@ -64,6 +68,8 @@ impl Proxy {
             broker_listeners: Mutex::new(HashMap::new()),
             next_bootstrap: AtomicUsize::new(0),
             config,
+            mirror,
+            metrics,
         })
     }
 
@@ -128,6 +134,17 @@ impl Proxy {
     }
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
+        let listener = match upstream {
+            Upstream::Bootstrap => "bootstrap".to_owned(),
+            Upstream::Broker(node_id) => format!("broker-{node_id}"),
+        };
+        let gauge = self.metrics.connections.with_label_values(&[&listener]);
+        gauge.inc();
+        self.clone().serve_client(client, peer, upstream).await;
+        gauge.dec();
+    }
+
+    async fn serve_client(self: Arc<Self>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
         let _ = client.set_nodelay(true);
         let upstream_conn = match self.connect_upstream(upstream).await {
             Ok(conn) => conn,
