@@ -202,13 +202,9 @@ async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
     assert_eq!((num(&consumed, "distinct"), num(&consumed, "mismatched")), (KEYS as i64, 0), "{consumed}");
 }
 
-/// A Produce that Kafka rejects is answered with an error and mirrors nothing. The request is
-/// an idempotent batch from a producer id the broker never allocated, sent raw because real
-/// clients only send ids they were given. Apache Kafka would also reject a missing topic, a
-/// partition beyond the topic's count, a corrupt CRC or acks=5; tansu 0.6.0 accepts all four
-/// (a gap noted in README), while both reject an unknown producer id (UNKNOWN_PRODUCER_ID).
-#[tokio::test(flavor = "multi_thread")]
-async fn rejected_produce_mirrors_nothing() {
+/// Sends one Produce v7 (acks=all) with `records` as a single batch, as a raw request, and
+/// returns the partition's error code.
+async fn raw_produce(bootstrap: &str, topic: &'static str, producer_id: i64, records: Vec<(String, Vec<u8>)>) -> i16 {
     use bytes::BytesMut;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
@@ -216,26 +212,21 @@ async fn rejected_produce_mirrors_nothing() {
     use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let tansu = Tansu::start();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream("rejected", 2).await;
-    let extra = format!("{}{}", kinesis_section(&kinesis), route("small", "rejected", 100.0));
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
-    create_topic(&proxy.bootstrap(), "small", 1);
-
-    let records: Vec<Record> = (0..10)
-        .map(|i| Record {
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
             transactional: false,
             control: false,
             partition_leader_epoch: 0,
-            producer_id: 987_654,
-            producer_epoch: 0,
+            producer_id,
+            producer_epoch: if producer_id < 0 { -1 } else { 0 },
             timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: 5 + i as i32,
+            offset: i as i64,
+            sequence: if producer_id < 0 { -1 } else { 5 + i as i32 },
             timestamp: 0,
-            key: Some(format!("k{i}").into()),
-            value: Some(format!("v{i}").into()),
+            key: Some(key.into()),
+            value: Some(value.into()),
             headers: Default::default(),
             delete_horizon: false,
         })
@@ -244,7 +235,7 @@ async fn rejected_produce_mirrors_nothing() {
     RecordBatchEncoder::encode(&mut batch, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
     let version = 7;
     let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_static_str("small")))
+        .with_name(TopicName(StrBytes::from_static_str(topic)))
         .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch.freeze()))])]);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)
@@ -257,7 +248,7 @@ async fn rejected_produce_mirrors_nothing() {
     let size = (frame.len() - 4) as i32;
     frame[..4].copy_from_slice(&size.to_be_bytes());
 
-    let mut conn = tokio::net::TcpStream::connect(proxy.bootstrap()).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(bootstrap).await.unwrap();
     conn.write_all(&frame).await.unwrap();
     let size = conn.read_i32().await.unwrap();
     let mut body = vec![0u8; size as usize];
@@ -266,7 +257,25 @@ async fn rejected_produce_mirrors_nothing() {
     let header = ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
     assert_eq!(header.correlation_id, 1);
     let response = ProduceResponse::decode(&mut body, version).unwrap();
-    let error = response.responses[0].partition_responses[0].error_code;
+    response.responses[0].partition_responses[0].error_code
+}
+
+/// A Produce that Kafka rejects is answered with an error and mirrors nothing. The request is
+/// an idempotent batch from a producer id the broker never allocated, sent raw because real
+/// clients only send ids they were given. Apache Kafka would also reject a missing topic, a
+/// partition beyond the topic's count, a corrupt CRC or acks=5; tansu 0.6.0 accepts all four
+/// (a gap noted in README), while both reject an unknown producer id (UNKNOWN_PRODUCER_ID).
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_produce_mirrors_nothing() {
+    let tansu = Tansu::start();
+    let kinesis = KinesisLocal::start();
+    kinesis.create_stream("rejected", 2).await;
+    let extra = format!("{}{}", kinesis_section(&kinesis), route("small", "rejected", 100.0));
+    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    create_topic(&proxy.bootstrap(), "small", 1);
+
+    let records = (0..10).map(|i| (format!("k{i}"), format!("v{i}").into_bytes())).collect();
+    let error = raw_produce(&proxy.bootstrap(), "small", 987_654, records).await;
     assert_ne!(error, 0, "Kafka must reject a batch from an unknown producer id");
 
     let m = wait_for_metrics(proxy.admin_port, "the rejection counted", |m| {
@@ -276,6 +285,60 @@ async fn rejected_produce_mirrors_nothing() {
     assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "small")]), 0.0);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(kinesis.read_all("rejected").await.is_empty(), "a rejected produce must mirror nothing");
+}
+
+/// A record over the stream's per-record limit (data plus partition key, 1 MiB by default) is
+/// not sent, and is counted as `oversize`; its neighbours are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_record_is_counted_not_sent() {
+    let tansu = Tansu::start();
+    let kinesis = KinesisLocal::start();
+    kinesis.create_stream("limits", 1).await;
+    let extra = format!("{}{}", kinesis_section(&kinesis), route("big", "limits", 100.0));
+    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    create_topic(&proxy.bootstrap(), "big", 1);
+
+    let records = vec![
+        ("small-1".to_owned(), b"fits".to_vec()),
+        ("huge".to_owned(), vec![b'x'; 1024 * 1024]),
+        ("small-2".to_owned(), b"fits too".to_vec()),
+    ];
+    assert_eq!(raw_produce(&proxy.bootstrap(), "big", -1, records).await, 0);
+    let m = wait_for_metrics(proxy.admin_port, "both small records sent", |m| {
+        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "big"), ("result", "sent")]) >= 2.0
+    })
+    .await;
+    assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "big"), ("result", "oversize")]), 1.0);
+    let stored = kinesis.read_all("limits").await;
+    let keys: BTreeSet<&str> = stored.iter().map(|r| r.partition_key.as_str()).collect();
+    assert_eq!(keys, BTreeSet::from(["small-1", "small-2"]));
+    let mut proxy = proxy;
+    let log = proxy.daemon().log_tail(200);
+    assert!(log.contains("per-record limit") && log.contains("topic=big") && log.contains("offset=1"), "{log}");
+}
+
+/// With acks=0 Kafka sends no response: records are mirrored on send and counted apart from
+/// Kafka's verdicts.
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_zero_records_are_mirrored_on_send() {
+    let tansu = Tansu::start();
+    let kinesis = KinesisLocal::start();
+    kinesis.create_stream("fire-and-forget", 2).await;
+    let extra = format!("{}{}", kinesis_section(&kinesis), route("metrics-feed", "fire-and-forget", 100.0));
+    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let bootstrap = proxy.bootstrap();
+    create_topic(&bootstrap, "metrics-feed", 2);
+    let out = run_client("confluent", &["produce", "--bootstrap", &bootstrap, "--topic", "metrics-feed", "--count", "500", "--codec", "gzip", "--acks", "0"]);
+    assert_eq!(num(&out, "error_count"), 0, "{out}");
+    let m = wait_for_metrics(proxy.admin_port, "acks=0 records mirrored", |m| {
+        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "sent")]) >= 500.0
+    })
+    .await;
+    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_unacked_records_total", &[("topic", "metrics-feed")]), 500.0);
+    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_records_total", &[("topic", "metrics-feed")]), 0.0);
+    let summary = verify(&kinesis.read_all("fire-and-forget").await);
+    let t = &summary["metrics-feed"];
+    assert_eq!((num(t, "distinct"), num(t, "duplicates"), num(t, "mismatched")), (500, 0, 0), "{t}");
 }
 
 /// After a SplitShard, the proxy's predictions go wrong for the split range, the mispredictions
@@ -327,4 +390,28 @@ async fn shard_map_refreshes_after_a_split() {
     assert_eq!(mispredictions(&m), after_split, "no mispredictions once the map has refreshed");
     let stored = kinesis.read_all("resharded").await;
     assert_eq!(stored.len(), 900);
+}
+
+/// A route whose stream does not exist is reported unhealthy, with the stream named in the log,
+/// and Kafka traffic flows as if the mirror were not there.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
+    let tansu = Tansu::start();
+    let kinesis = KinesisLocal::start();
+    let extra = format!("{}{}", kinesis_section(&kinesis), route("payments", "no-such-stream", 100.0));
+    let mut proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let bootstrap = proxy.bootstrap();
+    create_topic(&bootstrap, "payments", 2);
+    produce("confluent", &bootstrap, "payments", 1000, "zstd");
+    let consumed = run_client("confluent", &["consume", "--bootstrap", &bootstrap, "--topic", "payments", "--count", "1000", "--timeout", "60"]);
+    assert_eq!((num(&consumed, "distinct"), num(&consumed, "mismatched")), (1000, 0), "{consumed}");
+
+    let m = wait_for_metrics(proxy.admin_port, "failed records counted", |m| {
+        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "payments"), ("result", "failed")]) >= 1000.0
+    })
+    .await;
+    assert_eq!(value(&m, "kafka_kinesis_proxy_stream_healthy", &[("stream", "no-such-stream")]), 0.0);
+    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_records_total", &[("topic", "payments"), ("result", "ok")]), 1000.0);
+    let log = proxy.daemon().log_tail(400);
+    assert!(log.contains("stream `no-such-stream`") && log.contains("ResourceNotFoundException"), "{log}");
 }
