@@ -11,17 +11,26 @@ use clap::{Parser, Subcommand};
 use kafka_kinesis_proxy::kinesis::client::{build_client, load_shard_map};
 use kafka_kinesis_proxy::kinesis::shard_map::hash_key;
 use kafka_kinesis_proxy::mirror::Mirror;
+use kafka_kinesis_proxy::ops::admin;
 use kafka_kinesis_proxy::ops::config::Config;
 use kafka_kinesis_proxy::ops::logging::{self, LogFormat};
 use kafka_kinesis_proxy::ops::metrics::Metrics;
-use kafka_kinesis_proxy::ops::admin;
 use kafka_kinesis_proxy::proxy::Proxy;
 
 #[derive(Parser)]
-#[command(version, about = "Kafka wire-protocol proxy that mirrors produced records into Amazon Kinesis")]
+#[command(
+    version,
+    about = "Kafka wire-protocol proxy that mirrors produced records into Amazon Kinesis"
+)]
 struct Cli {
     /// Log format; the level comes from RUST_LOG (default: info).
-    #[arg(long, global = true, value_enum, default_value = "plain", env = "KKP_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "plain",
+        env = "KKP_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -59,7 +68,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let config_path = match &cli.command {
-        Command::Run { config } | Command::CheckConfig { config } | Command::ShardFor { config, .. } => config.clone(),
+        Command::Run { config }
+        | Command::CheckConfig { config }
+        | Command::ShardFor { config, .. } => config.clone(),
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -74,7 +85,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Run { .. } => runtime().and_then(|rt| rt.block_on(run(config, &config_path))),
-        Command::ShardFor { stream, key, .. } => runtime().and_then(|rt| rt.block_on(shard_for(config, &stream, &key))),
+        Command::ShardFor { stream, key, .. } => {
+            runtime().and_then(|rt| rt.block_on(shard_for(config, &stream, &key)))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,7 +99,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
@@ -111,9 +126,11 @@ async fn shard_for(config: Config, stream: &str, key: &str) -> anyhow::Result<()
     let client = build_client(&config.kinesis).await;
     let map = load_shard_map(&client, stream).await?;
     let hash = hash_key(key);
-    let shard = map
-        .shard_for_hash(hash)
-        .with_context(|| format!("no open shard of `{stream}` covers hash key {hash} (the stream is resharding; retry)"))?;
+    let shard = map.shard_for_hash(hash).with_context(|| {
+        format!(
+            "no open shard of `{stream}` covers hash key {hash} (the stream is resharding; retry)"
+        )
+    })?;
     println!("{} {hash}", shard.id);
     Ok(())
 }

@@ -83,7 +83,13 @@ mod tests {
         let mut codec = FrameCodec::new(1024);
         let input = [0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'c', 0, 0];
         let frames = decode_all(&mut codec, &input).unwrap();
-        assert_eq!(frames, vec![Bytes::from_static(&[0, 0, 0, 2, b'a', b'b']), Bytes::from_static(&[0, 0, 0, 1, b'c'])]);
+        assert_eq!(
+            frames,
+            vec![
+                Bytes::from_static(&[0, 0, 0, 2, b'a', b'b']),
+                Bytes::from_static(&[0, 0, 0, 1, b'c'])
+            ]
+        );
     }
 
     #[test]
@@ -102,8 +108,18 @@ mod tests {
         let mut buf = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
         let capacity = buf.capacity();
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { size: 2147483647, max: 1024 }));
-        assert_eq!(buf.capacity(), capacity, "nothing reserved for a rejected frame");
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                size: 2147483647,
+                max: 1024
+            }
+        ));
+        assert_eq!(
+            buf.capacity(),
+            capacity,
+            "nothing reserved for a rejected frame"
+        );
         let err = decode_all(&mut codec, &[0xff, 0xff, 0xff, 0xfe]).unwrap_err();
         assert!(matches!(err, FrameError::NegativeSize(-2)));
     }

@@ -72,7 +72,11 @@ pub fn response_correlation_id(frame: &[u8]) -> Option<i32> {
 }
 
 /// Offset of the response body within a response frame (size prefix included).
-pub fn response_body_offset(frame: &[u8], api_key: ApiKey, api_version: i16) -> Result<usize, HeaderError> {
+pub fn response_body_offset(
+    frame: &[u8],
+    api_key: ApiKey,
+    api_version: i16,
+) -> Result<usize, HeaderError> {
     let mut r = Reader {
         buf: frame,
         pos: SIZE_PREFIX,
@@ -156,17 +160,27 @@ mod tests {
             .with_correlation_id(42)
             .with_client_id(client_id.map(|c| StrBytes::from_string(c.to_owned())));
         let mut buf = BytesMut::from(&[0u8; 4][..]);
-        header.encode(&mut buf, api_key.request_header_version(version)).unwrap();
+        header
+            .encode(&mut buf, api_key.request_header_version(version))
+            .unwrap();
         buf.extend_from_slice(body);
         super::super::frame::seal(buf).to_vec()
     }
 
     #[test]
     fn parses_v1_and_flexible_v2_headers() {
-        for (key, version) in [(ApiKey::Produce, 3), (ApiKey::Produce, 9), (ApiKey::Metadata, 12), (ApiKey::ApiVersions, 3)] {
+        for (key, version) in [
+            (ApiKey::Produce, 3),
+            (ApiKey::Produce, 9),
+            (ApiKey::Metadata, 12),
+            (ApiKey::ApiVersions, 3),
+        ] {
             let f = frame(key, version, Some("app-1"), b"BODY");
             let h = RequestHeader::parse(&f).unwrap();
-            assert_eq!((h.api_key, h.api_version, h.correlation_id), (key as i16, version, 42));
+            assert_eq!(
+                (h.api_key, h.api_version, h.correlation_id),
+                (key as i16, version, 42)
+            );
             assert_eq!(h.client_id, Some("app-1"));
             assert_eq!(&f[h.body_offset.unwrap()..], b"BODY", "{key:?} v{version}");
         }
@@ -178,7 +192,10 @@ mod tests {
         assert_eq!(RequestHeader::parse(&f).unwrap().client_id, None);
         let unknown = [0, 0, 0, 8, 0x7f, 0x00, 0, 1, 0, 0, 0, 9];
         let h = RequestHeader::parse(&unknown).unwrap();
-        assert_eq!((h.api_key, h.api_version, h.correlation_id, h.body_offset), (0x7f00, 1, 9, None));
+        assert_eq!(
+            (h.api_key, h.api_version, h.correlation_id, h.body_offset),
+            (0x7f00, 1, 9, None)
+        );
     }
 
     #[test]
@@ -195,7 +212,10 @@ mod tests {
         let resp = [0u8, 0, 0, 6, 0, 0, 0, 7, 0, 0xAA];
         assert_eq!(response_correlation_id(&resp), Some(7));
         assert_eq!(response_body_offset(&resp, ApiKey::Metadata, 9).unwrap(), 9);
-        assert_eq!(response_body_offset(&resp, ApiKey::ApiVersions, 3).unwrap(), 8);
+        assert_eq!(
+            response_body_offset(&resp, ApiKey::ApiVersions, 3).unwrap(),
+            8
+        );
         assert_eq!(response_body_offset(&resp, ApiKey::Metadata, 8).unwrap(), 8);
     }
 }

@@ -47,7 +47,8 @@ impl Response {
         let mut buf = frame.slice(SIZE_PREFIX.min(frame.len())..);
         let header = ResponseHeader::decode(&mut buf, api_key.response_header_version(version))
             .map_err(|e| fail(e.to_string()))?;
-        let body = ResponseKind::decode(api_key, &mut buf, version).map_err(|e| fail(e.to_string()))?;
+        let body =
+            ResponseKind::decode(api_key, &mut buf, version).map_err(|e| fail(e.to_string()))?;
         if !buf.is_empty() {
             return Err(MessageError::Trailing {
                 api_key,

@@ -10,7 +10,12 @@ use super::message::{MessageError, Response};
 
 /// Maps an upstream broker address to the proxy address that serves that broker.
 pub trait AddressRewriter {
-    fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> Result<(), AddressError>;
+    fn rewrite(
+        &mut self,
+        node_id: i32,
+        host: &mut StrBytes,
+        port: &mut i32,
+    ) -> Result<(), AddressError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +116,8 @@ mod tests {
     use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
     use kafka_protocol::messages::produce_response::NodeEndpoint;
     use kafka_protocol::messages::{
-        BrokerId, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse, ProduceResponse,
-        ResponseHeader,
+        BrokerId, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse,
+        ProduceResponse, ResponseHeader,
     };
 
     /// Serves node N on proxy:19100+N, recording what it learned.
@@ -122,7 +127,12 @@ mod tests {
     }
 
     impl AddressRewriter for TestMap {
-        fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> Result<(), AddressError> {
+        fn rewrite(
+            &mut self,
+            node_id: i32,
+            host: &mut StrBytes,
+            port: &mut i32,
+        ) -> Result<(), AddressError> {
             if node_id > 1000 {
                 return Err(AddressError {
                     node_id,
@@ -136,7 +146,11 @@ mod tests {
         }
     }
 
-    fn round_trip(body: ResponseKind, api_key: ApiKey, version: i16) -> (Option<ResponseKind>, TestMap) {
+    fn round_trip(
+        body: ResponseKind,
+        api_key: ApiKey,
+        version: i16,
+    ) -> (Option<ResponseKind>, TestMap) {
         let frame = Response {
             header: ResponseHeader::default().with_correlation_id(3),
             body,
@@ -164,13 +178,27 @@ mod tests {
     fn metadata_brokers_are_rewritten_at_every_version() {
         for version in 0..=ApiKey::Metadata.valid_versions().max {
             let body = ResponseKind::Metadata(
-                MetadataResponse::default().with_brokers(vec![broker(1, "kafka-1", 9092), broker(2, "kafka-2", 9093)]),
+                MetadataResponse::default()
+                    .with_brokers(vec![broker(1, "kafka-1", 9092), broker(2, "kafka-2", 9093)]),
             );
             let (out, map) = round_trip(body, ApiKey::Metadata, version);
-            let Some(ResponseKind::Metadata(m)) = out else { panic!("v{version}") };
-            let got: Vec<_> = m.brokers.iter().map(|b| (b.host.to_string(), b.port)).collect();
-            assert_eq!(got, vec![("proxy".into(), 19101), ("proxy".into(), 19102)], "v{version}");
-            assert_eq!(map.learned, vec![(1, "kafka-1".into(), 9092), (2, "kafka-2".into(), 9093)]);
+            let Some(ResponseKind::Metadata(m)) = out else {
+                panic!("v{version}")
+            };
+            let got: Vec<_> = m
+                .brokers
+                .iter()
+                .map(|b| (b.host.to_string(), b.port))
+                .collect();
+            assert_eq!(
+                got,
+                vec![("proxy".into(), 19101), ("proxy".into(), 19102)],
+                "v{version}"
+            );
+            assert_eq!(
+                map.learned,
+                vec![(1, "kafka-1".into(), 9092), (2, "kafka-2".into(), 9093)]
+            );
         }
     }
 
@@ -181,59 +209,114 @@ mod tests {
             .with_host(StrBytes::from_static_str("kafka-3"))
             .with_port(9094);
         for version in 0..=3 {
-            let (out, _) = round_trip(ResponseKind::FindCoordinator(single.clone()), ApiKey::FindCoordinator, version);
-            let Some(ResponseKind::FindCoordinator(f)) = out else { panic!() };
+            let (out, _) = round_trip(
+                ResponseKind::FindCoordinator(single.clone()),
+                ApiKey::FindCoordinator,
+                version,
+            );
+            let Some(ResponseKind::FindCoordinator(f)) = out else {
+                panic!()
+            };
             assert_eq!((f.host.as_str(), f.port), ("proxy", 19103), "v{version}");
         }
         let list = FindCoordinatorResponse::default().with_coordinators(vec![
-            Coordinator::default().with_key(StrBytes::from_static_str("g1")).with_node_id(BrokerId(4)).with_host(StrBytes::from_static_str("kafka-4")).with_port(1),
-            Coordinator::default().with_key(StrBytes::from_static_str("g2")).with_error_code(15).with_node_id(BrokerId(-1)).with_port(-1),
+            Coordinator::default()
+                .with_key(StrBytes::from_static_str("g1"))
+                .with_node_id(BrokerId(4))
+                .with_host(StrBytes::from_static_str("kafka-4"))
+                .with_port(1),
+            Coordinator::default()
+                .with_key(StrBytes::from_static_str("g2"))
+                .with_error_code(15)
+                .with_node_id(BrokerId(-1))
+                .with_port(-1),
         ]);
         for version in 4..=ApiKey::FindCoordinator.valid_versions().max {
-            let (out, map) = round_trip(ResponseKind::FindCoordinator(list.clone()), ApiKey::FindCoordinator, version);
-            let Some(ResponseKind::FindCoordinator(f)) = out else { panic!() };
-            assert_eq!((f.coordinators[0].host.as_str(), f.coordinators[0].port), ("proxy", 19104));
-            assert_eq!((f.coordinators[1].host.as_str(), f.coordinators[1].port), ("", -1), "errored coordinator untouched");
+            let (out, map) = round_trip(
+                ResponseKind::FindCoordinator(list.clone()),
+                ApiKey::FindCoordinator,
+                version,
+            );
+            let Some(ResponseKind::FindCoordinator(f)) = out else {
+                panic!()
+            };
+            assert_eq!(
+                (f.coordinators[0].host.as_str(), f.coordinators[0].port),
+                ("proxy", 19104)
+            );
+            assert_eq!(
+                (f.coordinators[1].host.as_str(), f.coordinators[1].port),
+                ("", -1),
+                "errored coordinator untouched"
+            );
             assert_eq!(map.learned.len(), 1);
         }
     }
 
     #[test]
     fn describe_cluster_brokers_are_rewritten() {
-        let body = DescribeClusterResponse::default().with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(7))
-            .with_host(StrBytes::from_static_str("kafka-7"))
-            .with_port(9092)]);
-        let (out, _) = round_trip(ResponseKind::DescribeCluster(body), ApiKey::DescribeCluster, 1);
-        let Some(ResponseKind::DescribeCluster(d)) = out else { panic!() };
-        assert_eq!((d.brokers[0].host.as_str(), d.brokers[0].port), ("proxy", 19107));
+        let body =
+            DescribeClusterResponse::default().with_brokers(vec![DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(7))
+                .with_host(StrBytes::from_static_str("kafka-7"))
+                .with_port(9092)]);
+        let (out, _) = round_trip(
+            ResponseKind::DescribeCluster(body),
+            ApiKey::DescribeCluster,
+            1,
+        );
+        let Some(ResponseKind::DescribeCluster(d)) = out else {
+            panic!()
+        };
+        assert_eq!(
+            (d.brokers[0].host.as_str(), d.brokers[0].port),
+            ("proxy", 19107)
+        );
     }
 
     #[test]
     fn produce_node_endpoints_rewritten_and_empty_ones_forwarded_unchanged() {
-        let (out, _) = round_trip(ResponseKind::Produce(ProduceResponse::default()), ApiKey::Produce, 10);
+        let (out, _) = round_trip(
+            ResponseKind::Produce(ProduceResponse::default()),
+            ApiKey::Produce,
+            10,
+        );
         assert!(out.is_none(), "no endpoints: original bytes are forwarded");
         let body = ProduceResponse::default().with_node_endpoints(vec![NodeEndpoint::default()
             .with_node_id(BrokerId(2))
             .with_host(StrBytes::from_static_str("kafka-2"))
             .with_port(9092)]);
         let (out, _) = round_trip(ResponseKind::Produce(body), ApiKey::Produce, 11);
-        let Some(ResponseKind::Produce(p)) = out else { panic!() };
-        assert_eq!((p.node_endpoints[0].host.as_str(), p.node_endpoints[0].port), ("proxy", 19102));
+        let Some(ResponseKind::Produce(p)) = out else {
+            panic!()
+        };
+        assert_eq!(
+            (p.node_endpoints[0].host.as_str(), p.node_endpoints[0].port),
+            ("proxy", 19102)
+        );
     }
 
     #[test]
     fn unmappable_node_is_an_error() {
-        let body = ResponseKind::Metadata(MetadataResponse::default().with_brokers(vec![broker(5000, "far", 1)]));
-        let frame = Response { header: ResponseHeader::default(), body }.encode(ApiKey::Metadata, 9).unwrap();
-        let err = rewrite_response(&frame, ApiKey::Metadata, 9, &mut TestMap::default()).unwrap_err();
+        let body = ResponseKind::Metadata(
+            MetadataResponse::default().with_brokers(vec![broker(5000, "far", 1)]),
+        );
+        let frame = Response {
+            header: ResponseHeader::default(),
+            body,
+        }
+        .encode(ApiKey::Metadata, 9)
+        .unwrap();
+        let err =
+            rewrite_response(&frame, ApiKey::Metadata, 9, &mut TestMap::default()).unwrap_err();
         assert!(err.to_string().contains("broker node 5000"), "{err}");
     }
 
     #[test]
     fn garbage_is_a_decode_error() {
         let frame = Bytes::from_static(&[0, 0, 0, 6, 0, 0, 0, 1, 0xff, 0xff]);
-        let err = rewrite_response(&frame, ApiKey::Metadata, 1, &mut TestMap::default()).unwrap_err();
+        let err =
+            rewrite_response(&frame, ApiKey::Metadata, 1, &mut TestMap::default()).unwrap_err();
         assert!(matches!(err, RewriteError::Message(_)), "{err}");
     }
 }

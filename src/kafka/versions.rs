@@ -99,8 +99,11 @@ pub fn unsupported_version_response(correlation_id: i32) -> Bytes {
     buf.extend_from_slice(&[0; SIZE_PREFIX]);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     // Encoding fixed, valid v0 structures into a BytesMut cannot fail.
-    header.encode(&mut buf, 0).expect("v0 response header encodes");
-    body.encode(&mut buf, 0).expect("v0 ApiVersions response encodes");
+    header
+        .encode(&mut buf, 0)
+        .expect("v0 response header encodes");
+    body.encode(&mut buf, 0)
+        .expect("v0 ApiVersions response encodes");
     seal(buf)
 }
 
@@ -109,7 +112,10 @@ mod tests {
     use super::*;
 
     fn entry(key: i16, min: i16, max: i16) -> ApiVersion {
-        ApiVersion::default().with_api_key(key).with_min_version(min).with_max_version(max)
+        ApiVersion::default()
+            .with_api_key(key)
+            .with_min_version(min)
+            .with_max_version(max)
     }
 
     fn broker_response() -> ApiVersionsResponse {
@@ -126,12 +132,20 @@ mod tests {
     fn decoded_apis_are_intersected_and_others_untouched() {
         let mut r = broker_response();
         negotiate(&mut r);
-        let got: Vec<_> = r.api_keys.iter().map(|e| (e.api_key, e.min_version, e.max_version)).collect();
+        let got: Vec<_> = r
+            .api_keys
+            .iter()
+            .map(|e| (e.api_key, e.min_version, e.max_version))
+            .collect();
         assert_eq!(
             got,
             vec![
                 (ApiKey::Produce as i16, 0, 12),
-                (ApiKey::Metadata as i16, 1, ApiKey::Metadata.valid_versions().max),
+                (
+                    ApiKey::Metadata as i16,
+                    1,
+                    ApiKey::Metadata.valid_versions().max
+                ),
                 (ApiKey::Fetch as i16, 0, 5),
                 (ApiKey::OffsetCommit as i16, 2, 99),
                 (30000, 0, 7),
@@ -141,7 +155,14 @@ mod tests {
 
     #[test]
     fn minimum_is_never_raised_for_core_apis() {
-        for key in [ApiKey::Produce, ApiKey::Fetch, ApiKey::Metadata, ApiKey::FindCoordinator, ApiKey::DescribeCluster, ApiKey::ApiVersions] {
+        for key in [
+            ApiKey::Produce,
+            ApiKey::Fetch,
+            ApiKey::Metadata,
+            ApiKey::FindCoordinator,
+            ApiKey::DescribeCluster,
+            ApiKey::ApiVersions,
+        ] {
             assert_eq!(decoded_range(key).unwrap().0, 0, "{key:?}");
         }
     }
@@ -157,7 +178,9 @@ mod tests {
         let out = negotiate_response(&frame, 3).unwrap().expect("rewritten");
         let decoded = Response::decode(&out, ApiKey::ApiVersions, 3).unwrap();
         assert_eq!(decoded.header.correlation_id, 5);
-        let ResponseKind::ApiVersions(body) = decoded.body else { panic!() };
+        let ResponseKind::ApiVersions(body) = decoded.body else {
+            panic!()
+        };
         assert_eq!(body.api_keys[0].max_version, 12);
     }
 
@@ -172,7 +195,9 @@ mod tests {
         let frame = unsupported_version_response(77);
         let decoded = Response::decode(&frame, ApiKey::ApiVersions, 0).unwrap();
         assert_eq!(decoded.header.correlation_id, 77);
-        let ResponseKind::ApiVersions(body) = decoded.body else { panic!() };
+        let ResponseKind::ApiVersions(body) = decoded.body else {
+            panic!()
+        };
         assert_eq!(body.error_code, UNSUPPORTED_VERSION);
         assert_eq!(body.api_keys.len(), 1);
         assert_eq!(body.api_keys[0].max_version, max_api_versions_version());

@@ -22,7 +22,10 @@ pub enum StreamError {
         message: String,
     },
     #[error("stream `{stream}`: {source}")]
-    ShardMap { stream: String, source: ShardMapError },
+    ShardMap {
+        stream: String,
+        source: ShardMapError,
+    },
 }
 
 impl StreamError {
@@ -86,7 +89,9 @@ pub async fn describe(client: &Client, stream: &str) -> Result<StreamInfo, Strea
         .and_then(|kib| usize::try_from(kib).ok())
         .map_or(DEFAULT_MAX_RECORD_BYTES, |kib| kib * 1024);
     Ok(StreamInfo {
-        status: summary.map(|s| s.stream_status().as_str().to_owned()).unwrap_or_default(),
+        status: summary
+            .map(|s| s.stream_status().as_str().to_owned())
+            .unwrap_or_default(),
         open_shards: summary.map_or(0, |s| s.open_shard_count().max(0) as usize),
         max_record_bytes,
     })
@@ -125,10 +130,12 @@ pub async fn load_shard_map(client: &Client, stream: &str) -> Result<ShardMap, S
             _ => break,
         }
     }
-    ShardMap::from_ranges(open.iter().map(|(id, s, e)| (id.as_str(), s.as_str(), e.as_str()))).map_err(|source| {
-        StreamError::ShardMap {
-            stream: stream.to_owned(),
-            source,
-        }
+    ShardMap::from_ranges(
+        open.iter()
+            .map(|(id, s, e)| (id.as_str(), s.as_str(), e.as_str())),
+    )
+    .map_err(|source| StreamError::ShardMap {
+        stream: stream.to_owned(),
+        source,
     })
 }

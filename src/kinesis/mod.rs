@@ -2,6 +2,7 @@
 //! retries.
 
 pub mod client;
+pub mod request;
 pub mod retry;
 pub mod shard_map;
 pub mod writer;

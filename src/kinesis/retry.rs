@@ -43,7 +43,10 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before retry number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.cap);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.cap);
         Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64))
     }
 }
@@ -69,12 +72,16 @@ mod tests {
             cap: Duration::from_millis(500),
         };
         for attempt in 1..40 {
-            let ceiling = Duration::from_millis(10 * (1u64 << attempt.min(20))).min(Duration::from_millis(500));
+            let ceiling = Duration::from_millis(10 * (1u64 << attempt.min(20)))
+                .min(Duration::from_millis(500));
             for _ in 0..50 {
                 assert!(b.delay(attempt) <= ceiling);
             }
         }
         let late: Vec<_> = (0..200).map(|_| b.delay(10)).collect();
-        assert!(late.iter().any(|d| *d > Duration::from_millis(250)), "full jitter spans the range");
+        assert!(
+            late.iter().any(|d| *d > Duration::from_millis(250)),
+            "full jitter spans the range"
+        );
     }
 }

@@ -37,18 +37,24 @@ pub fn hash_key(partition_key: &str) -> u128 {
 impl ShardMap {
     /// Builds the map from `(shard id, starting hash key, ending hash key)` of open shards, as
     /// ListShards returns them (decimal strings).
-    pub fn from_ranges<'a>(ranges: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> Result<Self, ShardMapError> {
+    pub fn from_ranges<'a>(
+        ranges: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<Self, ShardMapError> {
         let parse = |shard: &str, value: &str| {
-            value.parse::<u128>().map_err(|_| ShardMapError::BadHashKey {
-                shard: shard.to_owned(),
-                value: value.to_owned(),
-            })
+            value
+                .parse::<u128>()
+                .map_err(|_| ShardMapError::BadHashKey {
+                    shard: shard.to_owned(),
+                    value: value.to_owned(),
+                })
         };
         let mut shards = Vec::new();
         for (id, start, end) in ranges {
             let (start, end) = (parse(id, start)?, parse(id, end)?);
             if start > end {
-                return Err(ShardMapError::EmptyRange { shard: id.to_owned() });
+                return Err(ShardMapError::EmptyRange {
+                    shard: id.to_owned(),
+                });
             }
             shards.push(Shard {
                 id: id.to_owned(),
@@ -100,11 +106,20 @@ pub(crate) mod tests {
         let ids: Vec<String> = (0..n).map(|i| format!("shardId-{i:012}")).collect();
         let bounds: Vec<(String, String)> = (0..n)
             .map(|i| {
-                let end = if i == n - 1 { u128::MAX } else { step * (i + 1) - 1 };
+                let end = if i == n - 1 {
+                    u128::MAX
+                } else {
+                    step * (i + 1) - 1
+                };
                 ((step * i).to_string(), end.to_string())
             })
             .collect();
-        ShardMap::from_ranges(ids.iter().zip(&bounds).map(|(id, (s, e))| (id.as_str(), s.as_str(), e.as_str()))).unwrap()
+        ShardMap::from_ranges(
+            ids.iter()
+                .zip(&bounds)
+                .map(|(id, (s, e))| (id.as_str(), s.as_str(), e.as_str())),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -123,9 +138,15 @@ pub(crate) mod tests {
             assert_eq!(map.shard_for_hash(s.end).unwrap().id, s.id);
         }
         assert_eq!(map.shard_for_hash(0).unwrap().id, "shardId-000000000000");
-        assert_eq!(map.shard_for_hash(u128::MAX).unwrap().id, "shardId-000000000003");
+        assert_eq!(
+            map.shard_for_hash(u128::MAX).unwrap().id,
+            "shardId-000000000003"
+        );
         // "abc" hashes to 0x9001..., the third quarter.
-        assert_eq!(map.shard_for_hash(hash_key("abc")).unwrap().id, "shardId-000000000002");
+        assert_eq!(
+            map.shard_for_hash(hash_key("abc")).unwrap().id,
+            "shardId-000000000002"
+        );
     }
 
     #[test]
@@ -133,9 +154,18 @@ pub(crate) mod tests {
         let gap = ShardMap::from_ranges([("a", "0", "9"), ("b", "20", "30")]).unwrap();
         assert_eq!(gap.shard_for_hash(15), None);
         assert_eq!(gap.shard_for_hash(31), None);
-        assert!(matches!(ShardMap::from_ranges([("a", "0", "10"), ("b", "10", "30")]), Err(ShardMapError::Overlap { .. })));
-        assert!(matches!(ShardMap::from_ranges([("a", "x", "1")]), Err(ShardMapError::BadHashKey { .. })));
-        assert!(matches!(ShardMap::from_ranges([("a", "5", "1")]), Err(ShardMapError::EmptyRange { .. })));
+        assert!(matches!(
+            ShardMap::from_ranges([("a", "0", "10"), ("b", "10", "30")]),
+            Err(ShardMapError::Overlap { .. })
+        ));
+        assert!(matches!(
+            ShardMap::from_ranges([("a", "x", "1")]),
+            Err(ShardMapError::BadHashKey { .. })
+        ));
+        assert!(matches!(
+            ShardMap::from_ranges([("a", "5", "1")]),
+            Err(ShardMapError::EmptyRange { .. })
+        ));
         assert_eq!(ShardMap::from_ranges([]), Err(ShardMapError::NoShards));
     }
 }

@@ -9,84 +9,22 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
-use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::client::{describe, load_shard_map, DEFAULT_MAX_RECORD_BYTES};
+use super::request::{entry, take_batch, MirrorRecord, Routed, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use super::retry::{is_retryable, Backoff};
 use super::shard_map::ShardMap;
-use crate::mirror::partition_key::KinesisKey;
 use crate::ops::config::KinesisConfig;
 use crate::ops::metrics::Metrics;
-
-/// PutRecords limits.
-pub const MAX_BATCH_ENTRIES: usize = 500;
-pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 
 /// Records a writer may hold queued before the mirror waits for it.
 const QUEUE_CAPACITY: usize = 16 * 1024;
 
 /// How often an unhealthy stream is described again.
 const HEALTH_RETRY: Duration = Duration::from_secs(5);
-
-/// A record on its way to Kinesis, with where it came from in Kafka.
-#[derive(Debug, Clone)]
-pub struct MirrorRecord {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: KinesisKey,
-    pub data: Bytes,
-}
-
-impl MirrorRecord {
-    /// What Kinesis counts against its per-record and per-request limits.
-    pub fn kinesis_bytes(&self) -> usize {
-        self.data.len() + self.key.partition_key.len()
-    }
-}
-
-/// A record with the shard the proxy's map predicts for it.
-struct Routed {
-    record: MirrorRecord,
-    predicted: Option<Arc<str>>,
-}
-
-/// Takes the next batch off the front of `queue`: at most 500 entries and 5 MiB, grouped by
-/// predicted shard, with each shard's records in queue order.
-fn take_batch(queue: &mut VecDeque<MirrorRecord>, queued_bytes: &mut usize, map: &ShardMap) -> Vec<Routed> {
-    let mut bytes = 0;
-    let mut taken = Vec::new();
-    while let Some(next) = queue.front() {
-        let size = next.kinesis_bytes();
-        if taken.len() == MAX_BATCH_ENTRIES || (bytes + size > MAX_BATCH_BYTES && !taken.is_empty()) {
-            break;
-        }
-        bytes += size;
-        let record = queue.pop_front().expect("front exists");
-        let shard = map.shard_for_hash(record.key.routing_hash());
-        taken.push((shard.map(|s| s.id.as_str()).unwrap_or(""), record));
-    }
-    *queued_bytes -= bytes;
-    // Stable: per-shard order is kept.
-    taken.sort_by(|a, b| a.0.cmp(b.0));
-    let mut interned: HashMap<String, Arc<str>> = HashMap::new();
-    taken
-        .into_iter()
-        .map(|(shard, record)| {
-            let predicted = (!shard.is_empty()).then(|| {
-                interned
-                    .entry(shard.to_owned())
-                    .or_insert_with(|| Arc::from(shard))
-                    .clone()
-            });
-            Routed { record, predicted }
-        })
-        .collect()
-}
 
 /// The handle the mirror stage sends records through.
 #[derive(Clone)]
@@ -117,7 +55,12 @@ impl StreamWriter {
     /// Starts the writer task for `stream`. The stream is described first; a failure leaves the
     /// route unhealthy (logged, and `mirror_route_healthy` 0) and is retried, while Kafka
     /// traffic is unaffected.
-    pub fn spawn(stream: &str, client: Client, config: &KinesisConfig, metrics: Arc<Metrics>) -> StreamWriter {
+    pub fn spawn(
+        stream: &str,
+        client: Client,
+        config: &KinesisConfig,
+        metrics: Arc<Metrics>,
+    ) -> StreamWriter {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let state = Arc::new(StreamState {
             stream: stream.to_owned(),
@@ -242,13 +185,19 @@ impl WriterTask {
             return;
         }
         while !self.queue.is_empty() {
-            let full = self.queue.len() >= MAX_BATCH_ENTRIES || self.queued_bytes >= MAX_BATCH_BYTES;
+            let full =
+                self.queue.len() >= MAX_BATCH_ENTRIES || self.queued_bytes >= MAX_BATCH_BYTES;
             if !all && !full {
                 break;
             }
             let map = self.shared.state.map.load_full();
             let batch = take_batch(&mut self.queue, &mut self.queued_bytes, &map);
-            let permit = self.in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+            let permit = self
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 shared.deliver(batch).await;
@@ -259,7 +208,10 @@ impl WriterTask {
 
     /// Describes the stream and loads its shard map; at most every HEALTH_RETRY.
     async fn check_health(&mut self) -> bool {
-        if self.last_health_check.is_some_and(|t| t.elapsed() < HEALTH_RETRY) {
+        if self
+            .last_health_check
+            .is_some_and(|t| t.elapsed() < HEALTH_RETRY)
+        {
             return self.shared.state.is_healthy();
         }
         self.last_health_check = Some(Instant::now());
@@ -278,12 +230,20 @@ impl WriterTask {
                 state.open_shards.store(map.len(), Ordering::Release);
                 state.map.store(Arc::new(map));
                 state.healthy.store(true, Ordering::Release);
-                self.shared.metrics.stream_healthy.with_label_values(&[stream]).set(1);
+                self.shared
+                    .metrics
+                    .stream_healthy
+                    .with_label_values(&[stream])
+                    .set(1);
             }
             Err(e) => {
                 tracing::error!(error = %e, "mirror route unhealthy; Kafka traffic continues unaffected");
                 state.healthy.store(false, Ordering::Release);
-                self.shared.metrics.stream_healthy.with_label_values(&[stream]).set(0);
+                self.shared
+                    .metrics
+                    .stream_healthy
+                    .with_label_values(&[stream])
+                    .set(0);
             }
         }
         self.shared.state.is_healthy()
@@ -296,10 +256,15 @@ impl WriterTask {
                 if map != **self.shared.state.map.load() {
                     tracing::info!(%stream, open_shards = map.len(), "shard map changed");
                 }
-                self.shared.state.open_shards.store(map.len(), Ordering::Release);
+                self.shared
+                    .state
+                    .open_shards
+                    .store(map.len(), Ordering::Release);
                 self.shared.state.map.store(Arc::new(map));
             }
-            Err(e) => tracing::warn!(error = %e, "shard map refresh failed; keeping the previous map"),
+            Err(e) => {
+                tracing::warn!(error = %e, "shard map refresh failed; keeping the previous map")
+            }
         }
     }
 
@@ -312,7 +277,8 @@ impl WriterTask {
                 partition = first.partition, first_offset = first.offset, reason, "mirror records failed"
             );
         }
-        self.shared.count(records.iter().map(|r| &r.topic), "failed");
+        self.shared
+            .count(records.iter().map(|r| &r.topic), "failed");
     }
 }
 
@@ -343,9 +309,16 @@ impl Shared {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let entries: Vec<PutRecordsRequestEntry> = pending.iter().map(|r| entry(&r.record)).collect();
+            let entries: Vec<PutRecordsRequestEntry> =
+                pending.iter().map(|r| entry(&r.record)).collect();
             let started = Instant::now();
-            let result = self.client.put_records().stream_name(stream).set_records(Some(entries)).send().await;
+            let result = self
+                .client
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(entries))
+                .send()
+                .await;
             self.metrics
                 .putrecords_duration
                 .with_label_values(&[stream])
@@ -357,14 +330,22 @@ impl Shared {
                     let mut delivered = Vec::new();
                     for (routed, result) in pending.into_iter().zip(out.records()) {
                         if let Some(code) = result.error_code() {
-                            first_error.get_or_insert_with(|| format!("{code}: {}", result.error_message().unwrap_or("")));
+                            first_error.get_or_insert_with(|| {
+                                format!("{code}: {}", result.error_message().unwrap_or(""))
+                            });
                             failed.push(routed);
                             continue;
                         }
                         let shard = result.shard_id().unwrap_or("");
-                        self.metrics.shard_records.with_label_values(&[stream, shard]).inc();
+                        self.metrics
+                            .shard_records
+                            .with_label_values(&[stream, shard])
+                            .inc();
                         if routed.predicted.as_deref() != Some(shard) {
-                            self.metrics.shard_map_mispredictions.with_label_values(&[stream]).inc();
+                            self.metrics
+                                .shard_map_mispredictions
+                                .with_label_values(&[stream])
+                                .inc();
                             // Kinesis routed elsewhere: the stream was resharded.
                             self.refresh_now.notify_one();
                         }
@@ -402,82 +383,5 @@ impl Shared {
             );
         }
         self.count(records.iter().map(|r| &r.record.topic), "failed");
-    }
-}
-
-fn entry(record: &MirrorRecord) -> PutRecordsRequestEntry {
-    PutRecordsRequestEntry::builder()
-        .data(Blob::new(record.data.to_vec()))
-        .partition_key(record.key.partition_key.clone())
-        .set_explicit_hash_key(record.key.explicit_hash_key.map(|h| h.to_string()))
-        .build()
-        .expect("data and partition key are set")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kinesis::shard_map::tests::even;
-
-    fn record(key: &str, size: usize) -> MirrorRecord {
-        MirrorRecord {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset: 0,
-            key: KinesisKey {
-                partition_key: key.to_owned(),
-                explicit_hash_key: None,
-            },
-            data: Bytes::from(vec![b'x'; size]),
-        }
-    }
-
-    fn queue_of(records: Vec<MirrorRecord>) -> (VecDeque<MirrorRecord>, usize) {
-        let bytes = records.iter().map(MirrorRecord::kinesis_bytes).sum();
-        (records.into(), bytes)
-    }
-
-    #[test]
-    fn batches_stop_at_500_entries() {
-        let (mut q, mut bytes) = queue_of((0..1200).map(|i| record(&format!("k{i}"), 10)).collect());
-        let map = even(4);
-        assert_eq!(take_batch(&mut q, &mut bytes, &map).len(), 500);
-        assert_eq!(take_batch(&mut q, &mut bytes, &map).len(), 500);
-        assert_eq!(take_batch(&mut q, &mut bytes, &map).len(), 200);
-        assert_eq!(bytes, 0);
-    }
-
-    #[test]
-    fn batches_stop_at_5_mib_counting_partition_keys() {
-        // 5 records of 1 MiB data + 2-byte keys: the fifth would pass 5 MiB.
-        let (mut q, mut bytes) = queue_of((0..6).map(|i| record(&format!("k{i}"), 1024 * 1024)).collect());
-        let map = even(1);
-        let first = take_batch(&mut q, &mut bytes, &map);
-        assert_eq!(first.len(), 4);
-        assert!(first.iter().map(|r| r.record.kinesis_bytes()).sum::<usize>() <= MAX_BATCH_BYTES);
-        assert_eq!(take_batch(&mut q, &mut bytes, &map).len(), 2);
-    }
-
-    #[test]
-    fn batch_is_grouped_by_predicted_shard_keeping_order() {
-        let (mut q, mut bytes) = queue_of((0..100).map(|i| record(&format!("key-{i}"), 1)).collect());
-        let map = even(4);
-        let batch = take_batch(&mut q, &mut bytes, &map);
-        let shards: Vec<&str> = batch.iter().map(|r| r.predicted.as_deref().unwrap()).collect();
-        let mut sorted = shards.clone();
-        sorted.sort();
-        assert_eq!(shards, sorted, "grouped by shard");
-        for shard in sorted.iter().collect::<std::collections::BTreeSet<_>>() {
-            let keys: Vec<usize> = batch
-                .iter()
-                .filter(|r| r.predicted.as_deref() == Some(*shard))
-                .map(|r| r.record.key.partition_key[4..].parse().unwrap())
-                .collect();
-            assert!(keys.windows(2).all(|w| w[0] < w[1]), "queue order within {shard}");
-        }
-        for r in &batch {
-            let expected = map.shard_for_hash(r.record.key.routing_hash()).unwrap();
-            assert_eq!(r.predicted.as_deref(), Some(expected.id.as_str()));
-        }
     }
 }

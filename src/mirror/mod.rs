@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use crate::kafka::header::response_body_offset;
 use crate::kafka::produce::{ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::{decode_batches, summarize};
-use crate::kinesis::writer::{MirrorRecord, StreamState, StreamWriter};
+use crate::kinesis::request::MirrorRecord;
+use crate::kinesis::writer::{StreamState, StreamWriter};
 use crate::ops::config::{KinesisConfig, MirrorRoute};
 use crate::ops::metrics::Metrics;
 use partition_key::{kinesis_key, PartitionKeyRule};
@@ -65,21 +66,27 @@ impl Mirror {
         let mut writers: HashMap<String, StreamWriter> = HashMap::new();
         if let Some(client) = client {
             for route in routes {
-                writers
-                    .entry(route.stream.clone())
-                    .or_insert_with(|| StreamWriter::spawn(&route.stream, client.clone(), kinesis, metrics.clone()));
+                writers.entry(route.stream.clone()).or_insert_with(|| {
+                    StreamWriter::spawn(&route.stream, client.clone(), kinesis, metrics.clone())
+                });
             }
         }
         let streams = writers.values().map(|w| w.state().clone()).collect();
         let table: HashMap<String, Route> = routes
             .iter()
             .map(|r| {
-                metrics.mirror_percent.with_label_values(&[&r.topic]).set(r.percent);
+                metrics
+                    .mirror_percent
+                    .with_label_values(&[&r.topic])
+                    .set(r.percent);
                 let route = Route {
                     stream: r.stream.clone(),
                     percent: r.percent,
                     partition_key: r.partition_key.clone(),
-                    writer: writers.get(&r.stream).expect("a writer for every routed stream").clone(),
+                    writer: writers
+                        .get(&r.stream)
+                        .expect("a writer for every routed stream")
+                        .clone(),
                 };
                 (r.topic.clone(), route)
             })
@@ -90,7 +97,11 @@ impl Mirror {
             metrics: metrics.clone(),
         };
         tokio::spawn(stage.run(rx));
-        Mirror { tx, metrics, streams }
+        Mirror {
+            tx,
+            metrics,
+            streams,
+        }
     }
 
     /// The routed streams, for health reporting.
@@ -111,7 +122,9 @@ impl Mirror {
 /// Kafka's verdict on one produced partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    Accepted { base_offset: i64 },
+    Accepted {
+        base_offset: i64,
+    },
     Rejected,
     /// acks=0: no response, mirrored on send.
     Unacknowledged,
@@ -127,7 +140,10 @@ impl Stage {
         let mut last_warning: Option<Instant> = None;
         while let Some(exchange) = rx.recv().await {
             if let Err(reason) = self.process(exchange).await {
-                self.metrics.mirror_decode_errors.with_label_values(&["(request)"]).inc();
+                self.metrics
+                    .mirror_decode_errors
+                    .with_label_values(&["(request)"])
+                    .inc();
                 // At most one line a second: a misbehaving client must not flood the log.
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
                     tracing::warn!(%reason, "cannot decode a Produce exchange for mirroring; Kafka was unaffected");
@@ -139,33 +155,53 @@ impl Stage {
 
     async fn process(&self, exchange: ProduceExchange) -> Result<(), String> {
         let version = exchange.version;
-        let request = ProduceRequestView::decode(version, exchange.request_body).map_err(|e| format!("request: {e}"))?;
+        let request = ProduceRequestView::decode(version, exchange.request_body)
+            .map_err(|e| format!("request: {e}"))?;
         let response = match exchange.response_frame {
             None => None,
             Some(frame) => {
-                let offset = response_body_offset(&frame, ApiKey::Produce, version).map_err(|e| format!("response header: {e}"))?;
-                Some(ProduceResponseView::decode(version, frame.slice(offset..)).map_err(|e| format!("response: {e}"))?)
+                let offset = response_body_offset(&frame, ApiKey::Produce, version)
+                    .map_err(|e| format!("response header: {e}"))?;
+                Some(
+                    ProduceResponseView::decode(version, frame.slice(offset..))
+                        .map_err(|e| format!("response: {e}"))?,
+                )
             }
         };
         for topic in request.topics {
             let route = self.routes.get(&topic.name);
             let topic_name: Arc<str> = Arc::from(topic.name.as_str());
             for partition in topic.partitions {
-                let Some(records) = partition.records else { continue };
+                let Some(records) = partition.records else {
+                    continue;
+                };
                 let verdict = match &response {
                     None => Verdict::Unacknowledged,
                     Some(r) => match r.partition(&topic.name, partition.partition) {
-                        Some(p) if p.error_code == 0 => Verdict::Accepted { base_offset: p.base_offset },
+                        Some(p) if p.error_code == 0 => Verdict::Accepted {
+                            base_offset: p.base_offset,
+                        },
                         _ => Verdict::Rejected,
                     },
                 };
                 match (route, verdict) {
                     (Some(route), Verdict::Accepted { .. } | Verdict::Unacknowledged) => {
-                        self.mirror_partition(route, &topic_name, partition.partition, records, verdict).await
+                        self.mirror_partition(
+                            route,
+                            &topic_name,
+                            partition.partition,
+                            records,
+                            verdict,
+                        )
+                        .await
                     }
                     _ => match summarize(&records) {
-                        Ok(summary) => self.count_kafka(&topic_name, verdict, summary.records as u64),
-                        Err(e) => self.decode_error(&topic_name, partition.partition, &e.to_string()),
+                        Ok(summary) => {
+                            self.count_kafka(&topic_name, verdict, summary.records as u64)
+                        }
+                        Err(e) => {
+                            self.decode_error(&topic_name, partition.partition, &e.to_string())
+                        }
                     },
                 }
             }
@@ -175,18 +211,45 @@ impl Stage {
 
     fn count_kafka(&self, topic: &str, verdict: Verdict, records: u64) {
         match verdict {
-            Verdict::Accepted { .. } => self.metrics.kafka_records.with_label_values(&[topic, "ok"]).inc_by(records),
-            Verdict::Rejected => self.metrics.kafka_records.with_label_values(&[topic, "error"]).inc_by(records),
-            Verdict::Unacknowledged => self.metrics.kafka_unacked_records.with_label_values(&[topic]).inc_by(records),
+            Verdict::Accepted { .. } => self
+                .metrics
+                .kafka_records
+                .with_label_values(&[topic, "ok"])
+                .inc_by(records),
+            Verdict::Rejected => self
+                .metrics
+                .kafka_records
+                .with_label_values(&[topic, "error"])
+                .inc_by(records),
+            Verdict::Unacknowledged => self
+                .metrics
+                .kafka_unacked_records
+                .with_label_values(&[topic])
+                .inc_by(records),
         }
     }
 
     fn decode_error(&self, topic: &str, partition: i32, reason: &str) {
-        self.metrics.mirror_decode_errors.with_label_values(&[topic]).inc();
-        tracing::warn!(topic, partition, reason, "cannot decode produced records for mirroring; Kafka was unaffected");
+        self.metrics
+            .mirror_decode_errors
+            .with_label_values(&[topic])
+            .inc();
+        tracing::warn!(
+            topic,
+            partition,
+            reason,
+            "cannot decode produced records for mirroring; Kafka was unaffected"
+        );
     }
 
-    async fn mirror_partition(&self, route: &Route, topic: &Arc<str>, partition: i32, records: Bytes, verdict: Verdict) {
+    async fn mirror_partition(
+        &self,
+        route: &Route,
+        topic: &Arc<str>,
+        partition: i32,
+        records: Bytes,
+        verdict: Verdict,
+    ) {
         let batches = match decode_batches(records) {
             Ok(b) => b,
             Err(e) => return self.decode_error(topic, partition, &e.to_string()),
@@ -198,11 +261,22 @@ impl Stage {
         let open_shards = route.writer.state().open_shards();
         let mut total = 0u64;
         let mut skipped = 0u64;
-        for record in batches.iter().filter(|b| !b.is_control).flat_map(|b| &b.records) {
+        for record in batches
+            .iter()
+            .filter(|b| !b.is_control)
+            .flat_map(|b| &b.records)
+        {
             total += 1;
             // acks=0 gives no offsets; the position in the request stands in for them.
-            let offset = if base_offset >= 0 { base_offset + record.index as i64 } else { record.index as i64 };
-            if !is_sampled(sample_point(record.key.as_deref(), partition, offset), route.percent) {
+            let offset = if base_offset >= 0 {
+                base_offset + record.index as i64
+            } else {
+                record.index as i64
+            };
+            if !is_sampled(
+                sample_point(record.key.as_deref(), partition, offset),
+                route.percent,
+            ) {
                 skipped += 1;
                 continue;
             }
@@ -214,7 +288,10 @@ impl Stage {
                 data: record.value.clone().unwrap_or_default(),
             };
             if route.writer.send(mirrored).await.is_err() {
-                self.metrics.mirror_records.with_label_values(&[&**topic, route.stream.as_str(), "failed"]).inc();
+                self.metrics
+                    .mirror_records
+                    .with_label_values(&[&**topic, route.stream.as_str(), "failed"])
+                    .inc();
             }
         }
         self.count_kafka(topic, verdict, total);

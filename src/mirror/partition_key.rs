@@ -33,7 +33,9 @@ impl std::str::FromStr for PartitionKeyRule {
             "partition" => Ok(PartitionKeyRule::Partition),
             _ => match s.strip_prefix("header:") {
                 Some(name) if !name.is_empty() => Ok(PartitionKeyRule::Header(name.to_owned())),
-                _ => Err(format!("`{s}` is not one of \"key\", \"partition\", \"header:NAME\"")),
+                _ => Err(format!(
+                    "`{s}` is not one of \"key\", \"partition\", \"header:NAME\""
+                )),
             },
         }
     }
@@ -54,7 +56,12 @@ impl KinesisKey {
 }
 
 /// The Kinesis key of `record`, produced to `partition`, for a stream with `open_shards` shards.
-pub fn kinesis_key(rule: &PartitionKeyRule, record: &Record, partition: i32, open_shards: usize) -> KinesisKey {
+pub fn kinesis_key(
+    rule: &PartitionKeyRule,
+    record: &Record,
+    partition: i32,
+    open_shards: usize,
+) -> KinesisKey {
     let from_bytes = |bytes: &[u8]| (!bytes.is_empty()).then(|| key_from_bytes(bytes));
     let chosen = match rule {
         PartitionKeyRule::Partition => None,
@@ -110,7 +117,10 @@ mod tests {
             timestamp: 0,
             key: key.map(Bytes::copy_from_slice),
             value: None,
-            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v.map(Bytes::copy_from_slice))).collect(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.map(Bytes::copy_from_slice)))
+                .collect(),
         }
     }
 
@@ -118,22 +128,58 @@ mod tests {
     fn rules_parse() {
         assert_eq!("key".parse(), Ok(PartitionKeyRule::Key));
         assert_eq!("partition".parse(), Ok(PartitionKeyRule::Partition));
-        assert_eq!("header:tenant".parse(), Ok(PartitionKeyRule::Header("tenant".into())));
+        assert_eq!(
+            "header:tenant".parse(),
+            Ok(PartitionKeyRule::Header("tenant".into()))
+        );
         assert!("header:".parse::<PartitionKeyRule>().is_err());
         assert!("value".parse::<PartitionKeyRule>().is_err());
     }
 
     #[test]
     fn key_rule_utf8_hex_and_digest() {
-        let k = kinesis_key(&PartitionKeyRule::Key, &record(Some(b"order-1"), vec![]), 0, 4);
-        assert_eq!(k, KinesisKey { partition_key: "order-1".into(), explicit_hash_key: None });
-        let k = kinesis_key(&PartitionKeyRule::Key, &record(Some(&[0xff, 0x00]), vec![]), 0, 4);
+        let k = kinesis_key(
+            &PartitionKeyRule::Key,
+            &record(Some(b"order-1"), vec![]),
+            0,
+            4,
+        );
+        assert_eq!(
+            k,
+            KinesisKey {
+                partition_key: "order-1".into(),
+                explicit_hash_key: None
+            }
+        );
+        let k = kinesis_key(
+            &PartitionKeyRule::Key,
+            &record(Some(&[0xff, 0x00]), vec![]),
+            0,
+            4,
+        );
         assert_eq!(k.partition_key, "ff00");
         let long = "x".repeat(257);
-        let k = kinesis_key(&PartitionKeyRule::Key, &record(Some(long.as_bytes()), vec![]), 0, 4);
-        assert_eq!(k.partition_key, format!("md5:{}", hex::encode(Md5::digest(long.as_bytes()))));
+        let k = kinesis_key(
+            &PartitionKeyRule::Key,
+            &record(Some(long.as_bytes()), vec![]),
+            0,
+            4,
+        );
+        assert_eq!(
+            k.partition_key,
+            format!("md5:{}", hex::encode(Md5::digest(long.as_bytes())))
+        );
         let exact = "é".repeat(256);
-        assert_eq!(kinesis_key(&PartitionKeyRule::Key, &record(Some(exact.as_bytes()), vec![]), 0, 4).partition_key, exact);
+        assert_eq!(
+            kinesis_key(
+                &PartitionKeyRule::Key,
+                &record(Some(exact.as_bytes()), vec![]),
+                0,
+                4
+            )
+            .partition_key,
+            exact
+        );
     }
 
     #[test]
@@ -150,7 +196,12 @@ mod tests {
         let map = crate::kinesis::shard_map::tests::even(4);
         let shards: Vec<String> = (0..4)
             .map(|p| {
-                let k = kinesis_key(&PartitionKeyRule::Partition, &record(Some(b"ignored"), vec![]), p, 4);
+                let k = kinesis_key(
+                    &PartitionKeyRule::Partition,
+                    &record(Some(b"ignored"), vec![]),
+                    p,
+                    4,
+                );
                 map.shard_for_hash(k.routing_hash()).unwrap().id.clone()
             })
             .collect();

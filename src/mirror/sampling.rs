@@ -52,12 +52,19 @@ mod tests {
     #[test]
     fn fraction_tracks_percent_and_raising_only_adds_keys() {
         let keys = keys(20_000);
-        let set = |pct: f64| -> Vec<bool> { keys.iter().map(|k| is_sampled(sample_point(Some(k.as_bytes()), 0, 0), pct)).collect() };
+        let set = |pct: f64| -> Vec<bool> {
+            keys.iter()
+                .map(|k| is_sampled(sample_point(Some(k.as_bytes()), 0, 0), pct))
+                .collect()
+        };
         let (s25, s60) = (set(25.0), set(60.0));
         let frac = |s: &[bool]| s.iter().filter(|b| **b).count() as f64 / s.len() as f64;
         assert!((frac(&s25) - 0.25).abs() < 0.01, "{}", frac(&s25));
         assert!((frac(&s60) - 0.60).abs() < 0.01, "{}", frac(&s60));
-        assert!(s25.iter().zip(&s60).all(|(a, b)| !a || *b), "25% set must be a subset of the 60% set");
+        assert!(
+            s25.iter().zip(&s60).all(|(a, b)| !a || *b),
+            "25% set must be a subset of the 60% set"
+        );
     }
 
     #[test]
@@ -78,7 +85,9 @@ mod tests {
 
     #[test]
     fn null_keys_spread_by_position() {
-        let sampled = (0..10_000).filter(|o| is_sampled(sample_point(None, 3, *o), 50.0)).count();
+        let sampled = (0..10_000)
+            .filter(|o| is_sampled(sample_point(None, 3, *o), 50.0))
+            .count();
         assert!((4_700..5_300).contains(&sampled), "{sampled}");
         assert_eq!(sample_point(None, 1, 2), sample_point(None, 1, 2));
         assert_ne!(sample_point(None, 1, 2), sample_point(None, 2, 1));

@@ -19,7 +19,10 @@ pub struct AdminBindError {
 }
 
 /// Binds the admin listener; serving starts when the returned future is awaited.
-pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<impl std::future::Future<Output = std::io::Result<()>>, AdminBindError> {
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<impl std::future::Future<Output = std::io::Result<()>>, AdminBindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AdminBindError { addr, source })?;
@@ -32,5 +35,8 @@ pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<impl std::f
 }
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
 }

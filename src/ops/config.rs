@@ -168,7 +168,8 @@ impl Config {
             let message = e.message().lines().next().unwrap_or_default().to_string();
             locate(e.span(), message)
         })?;
-        raw.validate().map_err(|(span, message)| locate(span, message))
+        raw.validate()
+            .map_err(|(span, message)| locate(span, message))
     }
 }
 
@@ -262,17 +263,38 @@ impl RawConfig {
     }
 }
 
-fn validate_admin(raw: Option<RawAdmin>, listener: &ListenerConfig) -> Result<AdminConfig, Invalid> {
+fn validate_admin(
+    raw: Option<RawAdmin>,
+    listener: &ListenerConfig,
+) -> Result<AdminConfig, Invalid> {
     let Some(bind) = raw.and_then(|a| a.bind) else {
         return Ok(AdminConfig {
             bind: ([127, 0, 0, 1], 9464).into(),
         });
     };
-    let addr = bind.get_ref().parse::<std::net::SocketAddr>().or_else(|_| {
-        invalid(bind.span(), format!("admin.bind: `{}` is not IP:PORT", bind.get_ref()))
-    })?;
-    if addr.port() == listener.bootstrap_port || listener.broker_ports.explicit.values().any(|p| *p == addr.port()) {
-        return invalid(bind.span(), format!("admin.bind: port {} collides with a Kafka listener port", addr.port()));
+    let addr = bind
+        .get_ref()
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            invalid(
+                bind.span(),
+                format!("admin.bind: `{}` is not IP:PORT", bind.get_ref()),
+            )
+        })?;
+    if addr.port() == listener.bootstrap_port
+        || listener
+            .broker_ports
+            .explicit
+            .values()
+            .any(|p| *p == addr.port())
+    {
+        return invalid(
+            bind.span(),
+            format!(
+                "admin.bind: port {} collides with a Kafka listener port",
+                addr.port()
+            ),
+        );
     }
     Ok(AdminConfig { bind: addr })
 }
@@ -289,7 +311,10 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
     if let Some(url) = &raw.endpoint_url {
         let u = url.get_ref();
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return invalid(url.span(), format!("kinesis.endpoint_url: `{u}` must start with http:// or https://"));
+            return invalid(
+                url.span(),
+                format!("kinesis.endpoint_url: `{u}` must start with http:// or https://"),
+            );
         }
     }
     if let Some(region) = &raw.region {
@@ -305,9 +330,18 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
         region: raw.region.map(Spanned::into_inner),
         endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
         linger: Duration::from_millis(linger_ms),
-        max_in_flight_requests: positive(raw.max_in_flight_requests.as_ref(), 16, "kinesis.max_in_flight_requests")? as usize,
-        max_attempts: positive(raw.max_attempts.as_ref(), 10, "kinesis.max_attempts")?.min(u64::from(u32::MAX)) as u32,
-        shard_map_refresh: Duration::from_secs(positive(raw.shard_map_refresh_secs.as_ref(), 60, "kinesis.shard_map_refresh_secs")?),
+        max_in_flight_requests: positive(
+            raw.max_in_flight_requests.as_ref(),
+            16,
+            "kinesis.max_in_flight_requests",
+        )? as usize,
+        max_attempts: positive(raw.max_attempts.as_ref(), 10, "kinesis.max_attempts")?
+            .min(u64::from(u32::MAX)) as u32,
+        shard_map_refresh: Duration::from_secs(positive(
+            raw.shard_map_refresh_secs.as_ref(),
+            60,
+            "kinesis.shard_map_refresh_secs",
+        )?),
     })
 }
 
@@ -324,17 +358,25 @@ fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<MirrorRoute>, Inv
         }
         let stream = entry.stream.get_ref();
         let valid_stream = (1..=128).contains(&stream.len())
-            && stream.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !valid_stream {
             return invalid(entry.stream.span(), format!("mirror.stream: `{stream}` is not a Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -)"));
         }
         let percent = *entry.percent.get_ref();
         if !(0.0..=100.0).contains(&percent) {
-            return invalid(entry.percent.span(), format!("mirror.percent: {percent} for topic `{topic}` is outside 0..=100"));
+            return invalid(
+                entry.percent.span(),
+                format!("mirror.percent: {percent} for topic `{topic}` is outside 0..=100"),
+            );
         }
         let partition_key = match &entry.partition_key {
             None => PartitionKeyRule::Key,
-            Some(rule) => rule.get_ref().parse().or_else(|e| invalid(rule.span(), format!("mirror.partition_key: {e}")))?,
+            Some(rule) => rule
+                .get_ref()
+                .parse()
+                .or_else(|e| invalid(rule.span(), format!("mirror.partition_key: {e}")))?,
         };
         routes.push(MirrorRoute {
             topic: topic.clone(),
@@ -418,8 +460,16 @@ fn validate_listener(raw: RawListener, section: Range<usize>) -> Result<Listener
         }
         Some(v) => *v.get_ref() as usize,
     };
-    let idle_timeout_secs = positive(raw.idle_timeout_secs.as_ref(), 600, "listener.idle_timeout_secs")?;
-    let max_connections = positive(raw.max_connections.as_ref(), 10_000, "listener.max_connections")?;
+    let idle_timeout_secs = positive(
+        raw.idle_timeout_secs.as_ref(),
+        600,
+        "listener.idle_timeout_secs",
+    )?;
+    let max_connections = positive(
+        raw.max_connections.as_ref(),
+        10_000,
+        "listener.max_connections",
+    )?;
 
     Ok(ListenerConfig {
         bind,
@@ -436,14 +486,17 @@ fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
     let servers_span = raw.bootstrap_servers.span();
     let servers = raw.bootstrap_servers.into_inner();
     if servers.is_empty() {
-        return invalid(servers_span, "kafka.bootstrap_servers: list at least one HOST:PORT");
+        return invalid(
+            servers_span,
+            "kafka.bootstrap_servers: list at least one HOST:PORT",
+        );
     }
     let mut bootstrap_servers = Vec::with_capacity(servers.len());
     for server in servers {
         let text = server.get_ref();
-        let valid = text
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let valid = text.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !valid {
             return invalid(
                 server.span(),
@@ -452,7 +505,11 @@ fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
         }
         bootstrap_servers.push(server.into_inner());
     }
-    let connect_timeout_ms = positive(raw.connect_timeout_ms.as_ref(), 10_000, "kafka.connect_timeout_ms")?;
+    let connect_timeout_ms = positive(
+        raw.connect_timeout_ms.as_ref(),
+        10_000,
+        "kafka.connect_timeout_ms",
+    )?;
     Ok(KafkaConfig {
         bootstrap_servers,
         connect_timeout: Duration::from_millis(connect_timeout_ms),
@@ -493,18 +550,46 @@ impl fmt::Display for Config {
         writeln!(f, "  idle_timeout      {}s", l.idle_timeout.as_secs())?;
         writeln!(f, "  max_connections   {}", l.max_connections)?;
         writeln!(f, "kafka")?;
-        writeln!(f, "  bootstrap_servers {}", self.kafka.bootstrap_servers.join(", "))?;
-        writeln!(f, "  connect_timeout   {}ms", self.kafka.connect_timeout.as_millis())?;
+        writeln!(
+            f,
+            "  bootstrap_servers {}",
+            self.kafka.bootstrap_servers.join(", ")
+        )?;
+        writeln!(
+            f,
+            "  connect_timeout   {}ms",
+            self.kafka.connect_timeout.as_millis()
+        )?;
         writeln!(f, "admin")?;
         writeln!(f, "  bind              {}", self.admin.bind)?;
         let k = &self.kinesis;
         writeln!(f, "kinesis")?;
-        writeln!(f, "  region            {}", k.region.as_deref().unwrap_or("(AWS default chain)"))?;
-        writeln!(f, "  endpoint_url      {}", k.endpoint_url.as_deref().unwrap_or("(AWS default resolution)"))?;
-        writeln!(f, "  linger            {}ms, {} requests in flight, {} attempts", k.linger.as_millis(), k.max_in_flight_requests, k.max_attempts)?;
+        writeln!(
+            f,
+            "  region            {}",
+            k.region.as_deref().unwrap_or("(AWS default chain)")
+        )?;
+        writeln!(
+            f,
+            "  endpoint_url      {}",
+            k.endpoint_url
+                .as_deref()
+                .unwrap_or("(AWS default resolution)")
+        )?;
+        writeln!(
+            f,
+            "  linger            {}ms, {} requests in flight, {} attempts",
+            k.linger.as_millis(),
+            k.max_in_flight_requests,
+            k.max_attempts
+        )?;
         writeln!(f, "mirror routes       {}", self.mirror.len())?;
         for r in &self.mirror {
-            writeln!(f, "  {} -> {}  {}%  partition_key={:?}", r.topic, r.stream, r.percent, r.partition_key)?;
+            writeln!(
+                f,
+                "  {} -> {}  {}%  partition_key={:?}",
+                r.topic, r.stream, r.percent, r.partition_key
+            )?;
         }
         Ok(())
     }
@@ -518,7 +603,8 @@ mod tests {
         Config::parse(Path::new("proxy.toml"), text).map_err(|e| e.to_string())
     }
 
-    const MINIMAL: &str = "[listener]\nbootstrap_port = 19092\n[kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\n";
+    const MINIMAL: &str =
+        "[listener]\nbootstrap_port = 19092\n[kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\n";
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
@@ -543,20 +629,34 @@ mod tests {
         let err = parse("[listener]\nbootstrap_port = 19092\nbroker_ports = { 1001 = 19092 }\n[kafka]\nbootstrap_servers = [\"a:1\"]\n")
             .unwrap_err();
         assert!(err.starts_with("proxy.toml:3: "), "{err}");
-        assert!(err.contains("collides with listener.bootstrap_port"), "{err}");
+        assert!(
+            err.contains("collides with listener.bootstrap_port"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_node_id_and_bad_server_are_located() {
-        let err = parse("[listener]\nbroker_ports = { x = 1 }\n[kafka]\nbootstrap_servers = [\"a:1\"]\n").unwrap_err();
-        assert!(err.starts_with("proxy.toml:2: ") && err.contains("`x`"), "{err}");
-        let err = parse("[listener]\n[kafka]\nbootstrap_servers = [\n  \"a:1\",\n  \"nohost\",\n]\n").unwrap_err();
-        assert!(err.starts_with("proxy.toml:5: ") && err.contains("`nohost`"), "{err}");
+        let err =
+            parse("[listener]\nbroker_ports = { x = 1 }\n[kafka]\nbootstrap_servers = [\"a:1\"]\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:2: ") && err.contains("`x`"),
+            "{err}"
+        );
+        let err =
+            parse("[listener]\n[kafka]\nbootstrap_servers = [\n  \"a:1\",\n  \"nohost\",\n]\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:5: ") && err.contains("`nohost`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unspecified_bind_requires_advertised_host() {
-        let err = parse("[listener]\nbind = \"0.0.0.0\"\n[kafka]\nbootstrap_servers = [\"a:1\"]\n").unwrap_err();
+        let err = parse("[listener]\nbind = \"0.0.0.0\"\n[kafka]\nbootstrap_servers = [\"a:1\"]\n")
+            .unwrap_err();
         assert!(err.contains("listener.advertised_host: required"), "{err}");
     }
 
@@ -565,15 +665,33 @@ mod tests {
         let base = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n[kinesis]\nregion = \"us-east-1\"\n";
         let ok = parse(&format!("{base}[[mirror]]\ntopic = \"orders\"\nstream = \"orders-stream\"\npercent = 25.5\npartition_key = \"header:tenant\"\n")).unwrap();
         assert_eq!(ok.mirror[0].percent, 25.5);
-        assert_eq!(ok.mirror[0].partition_key, PartitionKeyRule::Header("tenant".into()));
+        assert_eq!(
+            ok.mirror[0].partition_key,
+            PartitionKeyRule::Header("tenant".into())
+        );
         assert_eq!(ok.kinesis.linger, Duration::from_millis(50));
-        let err = parse(&format!("{base}[[mirror]]\ntopic = \"orders\"\nstream = \"s\"\npercent = 101\n")).unwrap_err();
-        assert!(err.starts_with("proxy.toml:9: ") && err.contains("101"), "{err}");
+        let err = parse(&format!(
+            "{base}[[mirror]]\ntopic = \"orders\"\nstream = \"s\"\npercent = 101\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:9: ") && err.contains("101"),
+            "{err}"
+        );
         let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\n[[mirror]]\ntopic = \"t\"\nstream = \"s2\"\npercent = 1\n")).unwrap_err();
-        assert!(err.starts_with("proxy.toml:11: ") && err.contains("more than one"), "{err}");
+        assert!(
+            err.starts_with("proxy.toml:11: ") && err.contains("more than one"),
+            "{err}"
+        );
         let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\npartition_key = \"value\"\n")).unwrap_err();
-        assert!(err.starts_with("proxy.toml:10: ") && err.contains("partition_key"), "{err}");
-        let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"bad name\"\npercent = 1\n")).unwrap_err();
+        assert!(
+            err.starts_with("proxy.toml:10: ") && err.contains("partition_key"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{base}[[mirror]]\ntopic = \"t\"\nstream = \"bad name\"\npercent = 1\n"
+        ))
+        .unwrap_err();
         assert!(err.starts_with("proxy.toml:8: "), "{err}");
     }
 
@@ -585,8 +703,17 @@ mod tests {
         };
         assert_eq!(map.port_for(7, 19092), Ok(65001));
         assert_eq!(map.port_for(2, 19092), Ok(65002));
-        assert!(matches!(map.port_for(1, 19092), Err(PortMapError::Collision { .. })));
-        assert!(matches!(map.port_for(600, 19092), Err(PortMapError::OutOfRange { .. })));
-        assert!(matches!(map.port_for(0, 65000), Err(PortMapError::Collision { .. })));
+        assert!(matches!(
+            map.port_for(1, 19092),
+            Err(PortMapError::Collision { .. })
+        ));
+        assert!(matches!(
+            map.port_for(600, 19092),
+            Err(PortMapError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            map.port_for(0, 65000),
+            Err(PortMapError::Collision { .. })
+        ));
     }
 }

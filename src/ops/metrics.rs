@@ -2,8 +2,8 @@
 //! so they are defined here in one place.
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "kafka_kinesis_proxy";
@@ -38,10 +38,16 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |short: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name(short), help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let kafka_records = counter("kafka_records_total", "Records produced through the proxy, by Kafka's verdict.", &["topic", "result"]);
+        let kafka_records = counter(
+            "kafka_records_total",
+            "Records produced through the proxy, by Kafka's verdict.",
+            &["topic", "result"],
+        );
         let kafka_unacked_records = counter(
             "kafka_unacked_records_total",
             "Records produced with acks=0; Kafka gives no verdict, so they are mirrored on send.",
@@ -57,35 +63,63 @@ impl Metrics {
             "Produce requests whose records the mirror could not decode (Kafka is unaffected).",
             &["topic"],
         );
-        let shard_records = counter("shard_records_total", "Records delivered to each shard.", &["stream", "shard"]);
+        let shard_records = counter(
+            "shard_records_total",
+            "Records delivered to each shard.",
+            &["stream", "shard"],
+        );
         let shard_map_mispredictions = counter(
             "shard_map_mispredictions_total",
             "Records Kinesis put on another shard than the proxy's map predicted.",
             &["stream"],
         );
-        let mirror_percent = GaugeVec::new(Opts::new(name("mirror_percent"), "Mirror percentage in force."), &["topic"]).expect("valid metric");
-        registry.register(Box::new(mirror_percent.clone())).expect("unique metric");
+        let mirror_percent = GaugeVec::new(
+            Opts::new(name("mirror_percent"), "Mirror percentage in force."),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mirror_percent.clone()))
+            .expect("unique metric");
         let stream_healthy = IntGaugeVec::new(
-            Opts::new(name("stream_healthy"), "1 when the stream was described successfully, else 0."),
+            Opts::new(
+                name("stream_healthy"),
+                "1 when the stream was described successfully, else 0.",
+            ),
             &["stream"],
         )
         .expect("valid metric");
-        registry.register(Box::new(stream_healthy.clone())).expect("unique metric");
+        registry
+            .register(Box::new(stream_healthy.clone()))
+            .expect("unique metric");
         let mirror_dropped_requests = IntCounter::new(
             name("mirror_dropped_requests_total"),
             "Produce requests not mirrored because the mirror stage's queue was full.",
         )
         .expect("valid metric");
-        registry.register(Box::new(mirror_dropped_requests.clone())).expect("unique metric");
-        let connections = IntGaugeVec::new(Opts::new(name("connections"), "Open client connections."), &["listener"]).expect("valid metric");
-        registry.register(Box::new(connections.clone())).expect("unique metric");
+        registry
+            .register(Box::new(mirror_dropped_requests.clone()))
+            .expect("unique metric");
+        let connections = IntGaugeVec::new(
+            Opts::new(name("connections"), "Open client connections."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("unique metric");
         let putrecords_duration = HistogramVec::new(
-            HistogramOpts::new(name("putrecords_duration_seconds"), "PutRecords call latency.")
-                .buckets(exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+            HistogramOpts::new(
+                name("putrecords_duration_seconds"),
+                "PutRecords call latency.",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
             &["stream"],
         )
         .expect("valid metric");
-        registry.register(Box::new(putrecords_duration.clone())).expect("unique metric");
+        registry
+            .register(Box::new(putrecords_duration.clone()))
+            .expect("unique metric");
         Metrics {
             registry,
             kafka_records,

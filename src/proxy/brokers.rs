@@ -32,14 +32,21 @@ impl BrokerDirectory {
 
     /// The real address of broker `node_id`, once a response has named it.
     pub fn upstream(&self, node_id: i32) -> Option<String> {
-        self.upstream.read().expect("directory lock").get(&node_id).cloned()
+        self.upstream
+            .read()
+            .expect("directory lock")
+            .get(&node_id)
+            .cloned()
     }
 
     fn learn(&self, node_id: i32, address: String) {
         let known = self.upstream.read().expect("directory lock").get(&node_id) == Some(&address);
         if !known {
             tracing::info!(node_id, upstream = %address, "learned broker address");
-            self.upstream.write().expect("directory lock").insert(node_id, address);
+            self.upstream
+                .write()
+                .expect("directory lock")
+                .insert(node_id, address);
         }
     }
 
@@ -60,12 +67,18 @@ pub struct LearningRewriter<'a> {
 }
 
 impl AddressRewriter for LearningRewriter<'_> {
-    fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> Result<(), AddressError> {
+    fn rewrite(
+        &mut self,
+        node_id: i32,
+        host: &mut StrBytes,
+        port: &mut i32,
+    ) -> Result<(), AddressError> {
         let proxy_port = self.directory.port_for(node_id).map_err(|e| AddressError {
             node_id,
             reason: e.to_string(),
         })?;
-        self.directory.learn(node_id, format!("{}:{}", host.as_str(), port));
+        self.directory
+            .learn(node_id, format!("{}:{}", host.as_str(), port));
         *host = self.directory.advertised_host.clone();
         *port = i32::from(proxy_port);
         self.learned.push((node_id, proxy_port));
@@ -80,7 +93,14 @@ mod tests {
 
     #[test]
     fn rewriter_learns_upstream_and_points_at_proxy() {
-        let dir = BrokerDirectory::new(BrokerPortMap { base: 19100, explicit: BTreeMap::from([(1001, 19201)]) }, 19092, "proxy.local");
+        let dir = BrokerDirectory::new(
+            BrokerPortMap {
+                base: 19100,
+                explicit: BTreeMap::from([(1001, 19201)]),
+            },
+            19092,
+            "proxy.local",
+        );
         let mut rw = dir.rewriter();
         let (mut host, mut port) = (StrBytes::from_static_str("kafka-a"), 9092);
         rw.rewrite(1001, &mut host, &mut port).unwrap();

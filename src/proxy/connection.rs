@@ -23,10 +23,12 @@ use tokio_util::codec::FramedRead;
 use super::Proxy;
 use crate::kafka::frame::{FrameCodec, FrameError};
 use crate::kafka::header::{response_correlation_id, HeaderError, RequestHeader};
+use crate::kafka::message::MessageError;
 use crate::kafka::produce::{peek_acks, ProduceDecodeError};
 use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
-use crate::kafka::versions::{max_api_versions_version, negotiate_response, unsupported_version_response};
-use crate::kafka::message::MessageError;
+use crate::kafka::versions::{
+    max_api_versions_version, negotiate_response, unsupported_version_response,
+};
 use crate::mirror::ProduceExchange;
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
@@ -44,7 +46,9 @@ enum Handling {
     RewriteAddresses(ApiKey),
     /// Forwarded (with NodeEndpoints rewritten where the version has them), then handed to
     /// the mirror together with the request body.
-    Produce { request_body: Bytes },
+    Produce {
+        request_body: Bytes,
+    },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
 }
@@ -136,7 +140,9 @@ impl Connection {
         let client_id = client_id.as_deref().unwrap_or("-");
         match outcome {
             Ok(how) => tracing::debug!(peer = %self.peer, client_id, ?how, "connection closed"),
-            Err(e) => tracing::warn!(peer = %self.peer, client_id, error = %e, "connection closed on error"),
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, client_id, error = %e, "connection closed on error")
+            }
         }
     }
 
@@ -146,11 +152,16 @@ impl Connection {
         mut upstream_wr: OwnedWriteHalf,
         pending: mpsc::Sender<Pending>,
     ) -> Result<Closed, ConnectionError> {
-        let mut frames = FramedRead::new(client_rd, FrameCodec::new(self.proxy.config.listener.max_frame_bytes));
+        let mut frames = FramedRead::new(
+            client_rd,
+            FrameCodec::new(self.proxy.config.listener.max_frame_bytes),
+        );
         let idle_timeout = self.proxy.config.listener.idle_timeout;
         loop {
             let frame = match tokio::time::timeout(idle_timeout, frames.next()).await {
-                Err(_elapsed) if self.in_flight.load(Ordering::Acquire) == 0 => return Ok(Closed::Idle),
+                Err(_elapsed) if self.in_flight.load(Ordering::Acquire) == 0 => {
+                    return Ok(Closed::Idle)
+                }
                 Err(_elapsed) => continue,
                 Ok(None) => return Ok(Closed::ByClient),
                 Ok(Some(Err(e))) => return Err(ConnectionError::ClientFrame(e)),
@@ -174,14 +185,21 @@ impl Connection {
                 }
             }
             if !local {
-                upstream_wr.write_all(&frame).await.map_err(ConnectionError::UpstreamWrite)?;
+                upstream_wr
+                    .write_all(&frame)
+                    .await
+                    .map_err(ConnectionError::UpstreamWrite)?;
             }
         }
     }
 
     /// Decides from the request header how its response is handled; `None` when no response
     /// will come.
-    fn handling_for(&self, header: &RequestHeader<'_>, frame: &Bytes) -> Result<Option<Handling>, ConnectionError> {
+    fn handling_for(
+        &self,
+        header: &RequestHeader<'_>,
+        frame: &Bytes,
+    ) -> Result<Option<Handling>, ConnectionError> {
         let Ok(api_key) = ApiKey::try_from(header.api_key) else {
             return Ok(Some(Handling::Forward));
         };
@@ -192,13 +210,17 @@ impl Connection {
             }
             ApiKey::ApiVersions => Handling::NegotiateVersions,
             ApiKey::Produce => {
-                let body = header.body_offset.map_or(&frame[..0], |offset| &frame[offset..]);
+                let body = header
+                    .body_offset
+                    .map_or(&frame[..0], |offset| &frame[offset..]);
                 let acks = peek_acks(version, body).map_err(|source| ConnectionError::Request {
                     api: api_name(header.api_key),
                     version,
                     source,
                 })?;
-                let request_body = header.body_offset.map_or_else(Bytes::new, |offset| frame.slice(offset..));
+                let request_body = header
+                    .body_offset
+                    .map_or_else(Bytes::new, |offset| frame.slice(offset..));
                 if acks == 0 {
                     // No response will come: mirror on send.
                     self.proxy.mirror.observe(ProduceExchange {
@@ -259,7 +281,10 @@ impl Connection {
                 handling,
             } = entry;
             if let Handling::Local(response) = handling {
-                client_wr.write_all(&response).await.map_err(ConnectionError::ClientWrite)?;
+                client_wr
+                    .write_all(&response)
+                    .await
+                    .map_err(ConnectionError::ClientWrite)?;
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
@@ -295,7 +320,13 @@ impl Connection {
     }
 
     /// The response to send instead of `frame`, if it must change.
-    fn rewrite(&self, handling: &Handling, frame: &Bytes, api_key: i16, version: i16) -> Result<Option<Bytes>, ConnectionError> {
+    fn rewrite(
+        &self,
+        handling: &Handling,
+        frame: &Bytes,
+        api_key: i16,
+        version: i16,
+    ) -> Result<Option<Bytes>, ConnectionError> {
         let failed = |source: RewriteError| ConnectionError::Response {
             api: api_name(api_key),
             version,
@@ -304,9 +335,12 @@ impl Connection {
         let key = match handling {
             Handling::Forward | Handling::Local(_) => return Ok(None),
             Handling::NegotiateVersions => {
-                return negotiate_response(frame, version).map_err(|e: MessageError| failed(e.into()));
+                return negotiate_response(frame, version)
+                    .map_err(|e: MessageError| failed(e.into()));
             }
-            Handling::Produce { .. } if !carries_addresses(ApiKey::Produce, version) => return Ok(None),
+            Handling::Produce { .. } if !carries_addresses(ApiKey::Produce, version) => {
+                return Ok(None)
+            }
             Handling::Produce { .. } => ApiKey::Produce,
             Handling::RewriteAddresses(key) => *key,
         };

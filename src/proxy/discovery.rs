@@ -32,7 +32,9 @@ pub async fn discover_brokers(proxy: Arc<Proxy>) {
                     tracing::info!(%server, brokers = count, "discovered cluster brokers");
                     return;
                 }
-                Err(e) => tracing::warn!(%server, error = %e, "broker discovery failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "broker discovery failed; will retry")
+                }
             }
         }
         tokio::time::sleep(delay).await;
@@ -41,14 +43,24 @@ pub async fn discover_brokers(proxy: Arc<Proxy>) {
 }
 
 async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> anyhow::Result<usize> {
-    let stream = tokio::time::timeout(proxy.config.kafka.connect_timeout, TcpStream::connect(server)).await??;
+    let stream = tokio::time::timeout(
+        proxy.config.kafka.connect_timeout,
+        TcpStream::connect(server),
+    )
+    .await??;
     let (rd, wr) = stream.into_split();
     let mut conn = Exchange {
         frames: FramedRead::new(rd, FrameCodec::new(64 * 1024 * 1024)),
         wr,
     };
 
-    let versions = conn.call(ApiKey::ApiVersions, 0, RequestKind::ApiVersions(ApiVersionsRequest::default())).await?;
+    let versions = conn
+        .call(
+            ApiKey::ApiVersions,
+            0,
+            RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        )
+        .await?;
     let versions = Response::decode(&versions, ApiKey::ApiVersions, 0)?;
     let ResponseKind::ApiVersions(versions) = versions.body else {
         unreachable!("decoded as ApiVersions")
@@ -63,7 +75,13 @@ async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> anyhow::Result<us
     // An empty topic list asks for brokers only (v1+; at v0 it means every topic, which is
     // harmless, only larger).
     let request = MetadataRequest::default().with_topics(Some(Vec::new()));
-    let frame = conn.call(ApiKey::Metadata, metadata_version, RequestKind::Metadata(request)).await?;
+    let frame = conn
+        .call(
+            ApiKey::Metadata,
+            metadata_version,
+            RequestKind::Metadata(request),
+        )
+        .await?;
     let mut rewriter = proxy.directory.rewriter();
     rewrite_response(&frame, ApiKey::Metadata, metadata_version, &mut rewriter)?;
     let count = rewriter.learned.len();
@@ -80,7 +98,12 @@ struct Exchange {
 }
 
 impl Exchange {
-    async fn call(&mut self, api_key: ApiKey, version: i16, request: RequestKind) -> anyhow::Result<Bytes> {
+    async fn call(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> anyhow::Result<Bytes> {
         let header = RequestHeader::default()
             .with_request_api_key(api_key as i16)
             .with_request_api_version(version)
@@ -91,6 +114,10 @@ impl Exchange {
         header.encode(&mut buf, api_key.request_header_version(version))?;
         request.encode(&mut buf, version)?;
         self.wr.write_all(&seal(buf)).await?;
-        Ok(self.frames.next().await.ok_or_else(|| anyhow::anyhow!("connection closed"))??)
+        Ok(self
+            .frames
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("connection closed"))??)
     }
 }

@@ -76,13 +76,18 @@ impl Proxy {
     /// Opens the bootstrap listener, learns the cluster's brokers in the background, and serves
     /// until the process ends.
     pub async fn serve(self: &Arc<Self>) -> Result<(), ProxyError> {
-        let addr = SocketAddr::new(self.config.listener.bind, self.config.listener.bootstrap_port);
+        let addr = SocketAddr::new(
+            self.config.listener.bind,
+            self.config.listener.bootstrap_port,
+        );
         let listener = bind(addr, "listener.bootstrap_port")?;
         tracing::info!(%addr, "bootstrap listener open");
         // Brokers' ports must be open after a restart even before any client asks for
         // metadata: clients reconnect to the broker ports they cached.
         tokio::spawn(discovery::discover_brokers(self.clone()));
-        self.clone().accept_loop(listener, Upstream::Bootstrap).await;
+        self.clone()
+            .accept_loop(listener, Upstream::Bootstrap)
+            .await;
         Ok(())
     }
 
@@ -107,7 +112,10 @@ impl Proxy {
                 }
             }
         };
-        tokio::spawn(self.clone().accept_loop(listener, Upstream::Broker(node_id)));
+        tokio::spawn(
+            self.clone()
+                .accept_loop(listener, Upstream::Broker(node_id)),
+        );
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, upstream: Upstream) {
@@ -144,7 +152,12 @@ impl Proxy {
         gauge.dec();
     }
 
-    async fn serve_client(self: Arc<Self>, client: TcpStream, peer: SocketAddr, upstream: Upstream) {
+    async fn serve_client(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        upstream: Upstream,
+    ) {
         let _ = client.set_nodelay(true);
         let upstream_conn = match self.connect_upstream(upstream).await {
             Ok(conn) => conn,
@@ -159,25 +172,42 @@ impl Proxy {
 
     async fn connect_upstream(&self, upstream: Upstream) -> std::io::Result<TcpStream> {
         let candidates = match upstream {
-            Upstream::Broker(node_id) => vec![self.directory.upstream(node_id).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address known for broker node {node_id}"))
-            })?],
+            Upstream::Broker(node_id) => {
+                vec![self.directory.upstream(node_id).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no address known for broker node {node_id}"),
+                    )
+                })?]
+            }
             Upstream::Bootstrap => {
                 let servers = &self.config.kafka.bootstrap_servers;
                 let start = self.next_bootstrap.fetch_add(1, Ordering::Relaxed);
-                (0..servers.len()).map(|i| servers[(start + i) % servers.len()].clone()).collect()
+                (0..servers.len())
+                    .map(|i| servers[(start + i) % servers.len()].clone())
+                    .collect()
             }
         };
         let mut last_error = None;
         for address in candidates {
-            match tokio::time::timeout(self.config.kafka.connect_timeout, TcpStream::connect(&address)).await {
+            match tokio::time::timeout(
+                self.config.kafka.connect_timeout,
+                TcpStream::connect(&address),
+            )
+            .await
+            {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
-                Ok(Err(e)) => last_error = Some(std::io::Error::new(e.kind(), format!("{address}: {e}"))),
+                Ok(Err(e)) => {
+                    last_error = Some(std::io::Error::new(e.kind(), format!("{address}: {e}")))
+                }
                 Err(_) => {
-                    last_error = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{address}: connect timed out")))
+                    last_error = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{address}: connect timed out"),
+                    ))
                 }
             }
         }
