@@ -11,10 +11,13 @@ use clap::{Parser, Subcommand};
 use kafka_kinesis_proxy::kinesis::client::{build_client, load_shard_map};
 use kafka_kinesis_proxy::kinesis::shard_map::hash_key;
 use kafka_kinesis_proxy::mirror::Mirror;
-use kafka_kinesis_proxy::ops::admin;
+use kafka_kinesis_proxy::ops::admin::{self, AdminState};
 use kafka_kinesis_proxy::ops::config::Config;
+use kafka_kinesis_proxy::ops::inventory::Inventory;
 use kafka_kinesis_proxy::ops::logging::{self, LogFormat};
 use kafka_kinesis_proxy::ops::metrics::Metrics;
+use kafka_kinesis_proxy::ops::reload::Reloader;
+use kafka_kinesis_proxy::ops::status;
 use kafka_kinesis_proxy::proxy::Proxy;
 
 #[derive(Parser)]
@@ -50,6 +53,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show a running proxy's routes, rates, success ratio and shard spread.
+    Status {
+        /// The proxy's admin endpoint (admin.bind).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Seconds between refreshes (and between the two samples rates are computed from).
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print one view and exit, for scripts.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the open shard that KEY maps to now, and KEY's decimal hash key.
     ShardFor {
         /// Path to the TOML config (for the Kinesis region, endpoint and credentials).
@@ -67,33 +82,52 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let config_path = match &cli.command {
-        Command::Run { config }
-        | Command::CheckConfig { config }
-        | Command::ShardFor { config, .. } => config.clone(),
-    };
-    let config = match Config::load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     let outcome = match cli.command {
-        Command::CheckConfig { .. } => {
-            println!("{}: ok\n{config}", config_path.display());
+        Command::Status {
+            admin,
+            interval,
+            once,
+        } => {
+            let interval = std::time::Duration::from_secs_f64(interval.max(0.1));
+            runtime()
+                .and_then(|rt| Ok(rt.block_on(status::run(&admin, interval, once))?))
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config: path } => with_config(&path, |config| {
+            println!("{}: ok\n{config}", path.display());
             Ok(())
+        }),
+        Command::Run { config: path } => {
+            with_config(&path, |config| runtime()?.block_on(run(config, &path)))
         }
-        Command::Run { .. } => runtime().and_then(|rt| rt.block_on(run(config, &config_path))),
-        Command::ShardFor { stream, key, .. } => {
-            runtime().and_then(|rt| rt.block_on(shard_for(config, &stream, &key)))
-        }
+        Command::ShardFor {
+            config: path,
+            stream,
+            key,
+        } => with_config(&path, |config| {
+            runtime()?.block_on(shard_for(config, &stream, &key))
+        }),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config and runs `command` with it. An invalid config exits with status 2 and
+/// `FILE:LINE: message`.
+fn with_config(
+    path: &Path,
+    command: impl FnOnce(Config) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    match Config::load(path) {
+        Ok(config) => command(config).map(|()| ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(2))
         }
     }
 }
@@ -107,13 +141,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), routes = config.mirror.len(), "starting");
     let metrics = Arc::new(Metrics::new());
-    let admin = admin::bind(config.admin.bind, metrics.clone()).await?;
-    let client = match config.mirror.is_empty() {
-        true => None,
-        false => Some(build_client(&config.kinesis).await),
-    };
-    let mirror = Mirror::start(&config.mirror, client, &config.kinesis, metrics.clone());
-    let proxy = Proxy::new(config, mirror, metrics);
+    let inventory = Arc::new(Inventory::default());
+    let mirror = Mirror::start(
+        &config.mirror,
+        &config.kinesis,
+        metrics.clone(),
+        inventory.clone(),
+    )
+    .await;
+    let admin_bind = config.admin.bind;
+    tokio::spawn(Reloader::new(path, config.clone(), mirror.clone(), metrics.clone()).run());
+    let proxy = Proxy::new(config, mirror.clone(), metrics.clone(), inventory.clone());
+    let admin = admin::bind(
+        admin_bind,
+        AdminState {
+            metrics: metrics.clone(),
+            mirror,
+            inventory,
+            proxy: proxy.clone(),
+        },
+    )
+    .await?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.dual_write.tick();
+        }
+    });
     tokio::select! {
         served = proxy.serve() => served?,
         served = admin => served.context("admin endpoint")?,

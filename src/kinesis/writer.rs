@@ -18,7 +18,7 @@ use super::request::{entry, take_batch, MirrorRecord, Routed, MAX_BATCH_BYTES, M
 use super::retry::{is_retryable, Backoff};
 use super::shard_map::ShardMap;
 use crate::ops::config::KinesisConfig;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, MirrorResult};
 
 /// Records a writer may hold queued before the mirror waits for it.
 const QUEUE_CAPACITY: usize = 16 * 1024;
@@ -37,6 +37,7 @@ pub struct StreamWriter {
 pub struct StreamState {
     pub stream: String,
     healthy: AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
     open_shards: AtomicUsize,
     map: ArcSwap<ShardMap>,
 }
@@ -48,6 +49,11 @@ impl StreamState {
 
     pub fn open_shards(&self) -> usize {
         self.open_shards.load(Ordering::Acquire)
+    }
+
+    /// Why the stream was last found unhealthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("stream state lock").clone()
     }
 }
 
@@ -65,6 +71,7 @@ impl StreamWriter {
         let state = Arc::new(StreamState {
             stream: stream.to_owned(),
             healthy: AtomicBool::new(false),
+            last_error: std::sync::Mutex::new(None),
             open_shards: AtomicUsize::new(0),
             map: ArcSwap::from_pointee(ShardMap::default()),
         });
@@ -169,9 +176,7 @@ impl WriterTask {
             );
             self.shared
                 .metrics
-                .mirror_records
-                .with_label_values(&[&*record.topic, stream.as_str(), "oversize"])
-                .inc();
+                .mirror_outcome(&record.topic, stream, MirrorResult::Oversize, 1);
             return;
         }
         self.queued_bytes += size;
@@ -230,6 +235,7 @@ impl WriterTask {
                 state.open_shards.store(map.len(), Ordering::Release);
                 state.map.store(Arc::new(map));
                 state.healthy.store(true, Ordering::Release);
+                *state.last_error.lock().expect("stream state lock") = None;
                 self.shared
                     .metrics
                     .stream_healthy
@@ -239,6 +245,7 @@ impl WriterTask {
             Err(e) => {
                 tracing::error!(error = %e, "mirror route unhealthy; Kafka traffic continues unaffected");
                 state.healthy.store(false, Ordering::Release);
+                *state.last_error.lock().expect("stream state lock") = Some(e.to_string());
                 self.shared
                     .metrics
                     .stream_healthy
@@ -278,7 +285,7 @@ impl WriterTask {
             );
         }
         self.shared
-            .count(records.iter().map(|r| &r.topic), "failed");
+            .count(records.iter().map(|r| &r.topic), MirrorResult::Failed);
     }
 }
 
@@ -290,16 +297,14 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Shared {
-    fn count<'a>(&self, topics: impl Iterator<Item = &'a Arc<str>>, result: &str) {
+    fn count<'a>(&self, topics: impl Iterator<Item = &'a Arc<str>>, result: MirrorResult) {
         let mut per_topic: HashMap<&str, u64> = HashMap::new();
         for topic in topics {
             *per_topic.entry(topic).or_default() += 1;
         }
         for (topic, n) in per_topic {
             self.metrics
-                .mirror_records
-                .with_label_values(&[topic, &self.state.stream, result])
-                .inc_by(n);
+                .mirror_outcome(topic, &self.state.stream, result, n);
         }
     }
 
@@ -351,7 +356,7 @@ impl Shared {
                         }
                         delivered.push(routed.record.topic);
                     }
-                    self.count(delivered.iter(), "sent");
+                    self.count(delivered.iter(), MirrorResult::Sent);
                     if failed.is_empty() {
                         return;
                     }
@@ -369,7 +374,10 @@ impl Shared {
                 return;
             }
             tracing::debug!(%stream, attempt, records = pending.len(), error = %last_error, "retrying PutRecords entries");
-            self.count(pending.iter().map(|r| &r.record.topic), "retried");
+            self.count(
+                pending.iter().map(|r| &r.record.topic),
+                MirrorResult::Retried,
+            );
             tokio::time::sleep(self.backoff.delay(attempt)).await;
         }
     }
@@ -382,6 +390,9 @@ impl Shared {
                 first_offset = r.offset, error, "mirror records failed"
             );
         }
-        self.count(records.iter().map(|r| &r.record.topic), "failed");
+        self.count(
+            records.iter().map(|r| &r.record.topic),
+            MirrorResult::Failed,
+        );
     }
 }

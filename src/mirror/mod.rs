@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::mpsc;
@@ -19,10 +20,12 @@ use tokio::sync::mpsc;
 use crate::kafka::header::response_body_offset;
 use crate::kafka::produce::{ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::{decode_batches, summarize};
+use crate::kinesis::client::build_client;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::{StreamState, StreamWriter};
 use crate::ops::config::{KinesisConfig, MirrorRoute};
-use crate::ops::metrics::Metrics;
+use crate::ops::inventory::{ClientKey, Inventory};
+use crate::ops::metrics::{Metrics, MirrorResult};
 use partition_key::{kinesis_key, PartitionKeyRule};
 use sampling::{is_sampled, sample_point};
 
@@ -31,6 +34,8 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 
 /// A Produce request and, unless it was sent with acks=0, its response.
 pub struct ProduceExchange {
+    /// Who produced, for the producer inventory.
+    pub client: Arc<ClientKey>,
     pub version: i16,
     /// The request body (after the header), sliced from the frame without copying.
     pub request_body: Bytes,
@@ -46,67 +51,118 @@ pub struct Route {
     pub writer: StreamWriter,
 }
 
+/// The routes in force, by topic. Swapped whole on reload, so a Produce exchange sees either
+/// the old table or the new one, never a mix.
+pub type RouteTable = HashMap<String, Arc<Route>>;
+
 /// The handle connections report Produce exchanges to.
 #[derive(Clone)]
 pub struct Mirror {
     tx: mpsc::Sender<ProduceExchange>,
     metrics: Arc<Metrics>,
-    streams: Vec<Arc<StreamState>>,
+    routes: Arc<ArcSwap<RouteTable>>,
+    writers: Arc<tokio::sync::Mutex<Writers>>,
+}
+
+/// One writer per stream, created on first use and kept for the life of the process.
+struct Writers {
+    kinesis: KinesisConfig,
+    client: Option<aws_sdk_kinesis::Client>,
+    by_stream: HashMap<String, StreamWriter>,
+}
+
+impl Writers {
+    async fn writer(&mut self, stream: &str, metrics: &Arc<Metrics>) -> StreamWriter {
+        if let Some(writer) = self.by_stream.get(stream) {
+            return writer.clone();
+        }
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => self
+                .client
+                .insert(build_client(&self.kinesis).await)
+                .clone(),
+        };
+        let writer = StreamWriter::spawn(stream, client, &self.kinesis, metrics.clone());
+        self.by_stream.insert(stream.to_owned(), writer.clone());
+        writer
+    }
 }
 
 impl Mirror {
-    /// Starts the stage and one writer per stream the routes name. `client` may be `None` only
-    /// when there are no routes.
-    pub fn start(
+    /// Starts the stage with `routes`, and a writer for each stream they name.
+    pub async fn start(
         routes: &[MirrorRoute],
-        client: Option<aws_sdk_kinesis::Client>,
         kinesis: &KinesisConfig,
         metrics: Arc<Metrics>,
+        inventory: Arc<Inventory>,
     ) -> Mirror {
-        let mut writers: HashMap<String, StreamWriter> = HashMap::new();
-        if let Some(client) = client {
-            for route in routes {
-                writers.entry(route.stream.clone()).or_insert_with(|| {
-                    StreamWriter::spawn(&route.stream, client.clone(), kinesis, metrics.clone())
-                });
-            }
-        }
-        let streams = writers.values().map(|w| w.state().clone()).collect();
-        let table: HashMap<String, Route> = routes
-            .iter()
-            .map(|r| {
-                metrics
-                    .mirror_percent
-                    .with_label_values(&[&r.topic])
-                    .set(r.percent);
+        let (tx, rx) = mpsc::channel(EXCHANGE_QUEUE);
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
+        let stage = Stage {
+            routes: table.clone(),
+            metrics: metrics.clone(),
+            inventory,
+        };
+        tokio::spawn(stage.run(rx));
+        let mirror = Mirror {
+            tx,
+            metrics,
+            routes: table,
+            writers: Arc::new(tokio::sync::Mutex::new(Writers {
+                kinesis: kinesis.clone(),
+                client: None,
+                by_stream: HashMap::new(),
+            })),
+        };
+        mirror.apply_routes(routes).await;
+        mirror
+    }
+
+    /// Puts `routes` in force for the next Produce exchange: percentages, partition keys, and
+    /// added, removed or re-pointed topics. New streams get a writer first.
+    pub async fn apply_routes(&self, routes: &[MirrorRoute]) {
+        let mut table = RouteTable::new();
+        {
+            let mut writers = self.writers.lock().await;
+            for r in routes {
                 let route = Route {
                     stream: r.stream.clone(),
                     percent: r.percent,
                     partition_key: r.partition_key.clone(),
-                    writer: writers
-                        .get(&r.stream)
-                        .expect("a writer for every routed stream")
-                        .clone(),
+                    writer: writers.writer(&r.stream, &self.metrics).await,
                 };
-                (r.topic.clone(), route)
-            })
-            .collect();
-        let (tx, rx) = mpsc::channel(EXCHANGE_QUEUE);
-        let stage = Stage {
-            routes: table,
-            metrics: metrics.clone(),
-        };
-        tokio::spawn(stage.run(rx));
-        Mirror {
-            tx,
-            metrics,
-            streams,
+                table.insert(r.topic.clone(), Arc::new(route));
+            }
+        }
+        let previous = self.routes.swap(Arc::new(table));
+        for topic in previous
+            .keys()
+            .filter(|t| !routes.iter().any(|r| &r.topic == *t))
+        {
+            let _ = self.metrics.mirror_percent.remove_label_values(&[topic]);
+        }
+        for r in routes {
+            self.metrics
+                .mirror_percent
+                .with_label_values(&[&r.topic])
+                .set(r.percent);
         }
     }
 
-    /// The routed streams, for health reporting.
-    pub fn streams(&self) -> &[Arc<StreamState>] {
-        &self.streams
+    /// The routes in force.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Every stream with a writer, for health reporting.
+    pub async fn streams(&self) -> Vec<Arc<StreamState>> {
+        let writers = self.writers.lock().await;
+        writers
+            .by_stream
+            .values()
+            .map(|w| w.state().clone())
+            .collect()
     }
 
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
@@ -131,8 +187,9 @@ enum Verdict {
 }
 
 struct Stage {
-    routes: HashMap<String, Route>,
+    routes: Arc<ArcSwap<RouteTable>>,
     metrics: Arc<Metrics>,
+    inventory: Arc<Inventory>,
 }
 
 impl Stage {
@@ -168,8 +225,9 @@ impl Stage {
                 )
             }
         };
+        let routes = self.routes.load();
         for topic in request.topics {
-            let route = self.routes.get(&topic.name);
+            let route = routes.get(&topic.name).map(Arc::as_ref);
             let topic_name: Arc<str> = Arc::from(topic.name.as_str());
             for partition in topic.partitions {
                 let Some(records) = partition.records else {
@@ -184,25 +242,27 @@ impl Stage {
                         _ => Verdict::Rejected,
                     },
                 };
-                match (route, verdict) {
-                    (Some(route), Verdict::Accepted { .. } | Verdict::Unacknowledged) => {
-                        self.mirror_partition(
-                            route,
-                            &topic_name,
-                            partition.partition,
-                            records,
-                            verdict,
-                        )
-                        .await
+                let summary = match summarize(&records) {
+                    Ok(summary) => summary,
+                    Err(e) => {
+                        self.decode_error(&topic_name, partition.partition, &e.to_string());
+                        continue;
                     }
-                    _ => match summarize(&records) {
-                        Ok(summary) => {
-                            self.count_kafka(&topic_name, verdict, summary.records as u64)
-                        }
-                        Err(e) => {
-                            self.decode_error(&topic_name, partition.partition, &e.to_string())
-                        }
-                    },
+                };
+                self.inventory
+                    .produced(&exchange.client, &topic_name, &summary);
+                self.count_kafka(&topic_name, verdict, summary.records as u64);
+                if let (Some(route), Verdict::Accepted { .. } | Verdict::Unacknowledged) =
+                    (route, verdict)
+                {
+                    self.mirror_partition(
+                        route,
+                        &topic_name,
+                        partition.partition,
+                        records,
+                        verdict,
+                    )
+                    .await;
                 }
             }
         }
@@ -259,14 +319,12 @@ impl Stage {
             _ => -1,
         };
         let open_shards = route.writer.state().open_shards();
-        let mut total = 0u64;
         let mut skipped = 0u64;
         for record in batches
             .iter()
             .filter(|b| !b.is_control)
             .flat_map(|b| &b.records)
         {
-            total += 1;
             // acks=0 gives no offsets; the position in the request stands in for them.
             let offset = if base_offset >= 0 {
                 base_offset + record.index as i64
@@ -289,17 +347,12 @@ impl Stage {
             };
             if route.writer.send(mirrored).await.is_err() {
                 self.metrics
-                    .mirror_records
-                    .with_label_values(&[&**topic, route.stream.as_str(), "failed"])
-                    .inc();
+                    .mirror_outcome(topic, &route.stream, MirrorResult::Failed, 1);
             }
         }
-        self.count_kafka(topic, verdict, total);
         if skipped > 0 {
             self.metrics
-                .mirror_records
-                .with_label_values(&[&**topic, route.stream.as_str(), "skipped"])
-                .inc_by(skipped);
+                .mirror_outcome(topic, &route.stream, MirrorResult::Skipped, skipped);
         }
     }
 }

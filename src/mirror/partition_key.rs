@@ -24,6 +24,16 @@ pub enum PartitionKeyRule {
     Header(String),
 }
 
+impl std::fmt::Display for PartitionKeyRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartitionKeyRule::Key => f.write_str("key"),
+            PartitionKeyRule::Partition => f.write_str("partition"),
+            PartitionKeyRule::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
 impl std::str::FromStr for PartitionKeyRule {
     type Err = String;
 
@@ -134,6 +144,9 @@ mod tests {
         );
         assert!("header:".parse::<PartitionKeyRule>().is_err());
         assert!("value".parse::<PartitionKeyRule>().is_err());
+        for text in ["key", "partition", "header:tenant"] {
+            assert_eq!(text.parse::<PartitionKeyRule>().unwrap().to_string(), text);
+        }
     }
 
     #[test]

@@ -1,15 +1,28 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text) and `/livez`.
+//! The admin HTTP endpoint:
+//! - `/metrics`: Prometheus text;
+//! - `/livez`: the process is serving;
+//! - `/readyz`: 200 only when Kafka is reachable and every routed stream was described
+//!   successfully, else 503 with a JSON body saying what is wrong;
+//! - `/routes`: every route with its percent, stream state, shard count, records mirrored and
+//!   success ratio;
+//! - `/clients`: the producer inventory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
 
+use super::inventory::Inventory;
 use super::metrics::Metrics;
+use crate::mirror::Mirror;
+use crate::proxy::Proxy;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} (admin.bind): {source}")]
@@ -18,10 +31,18 @@ pub struct AdminBindError {
     source: std::io::Error,
 }
 
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub mirror: Mirror,
+    pub inventory: Arc<Inventory>,
+    pub proxy: Arc<Proxy>,
+}
+
 /// Binds the admin listener; serving starts when the returned future is awaited.
 pub async fn bind(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    state: AdminState,
 ) -> Result<impl std::future::Future<Output = std::io::Result<()>>, AdminBindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -30,13 +51,90 @@ pub async fn bind(
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok\n" }))
-        .with_state(metrics);
+        .route("/readyz", get(readyz))
+        .route("/routes", get(routes))
+        .route("/clients", get(clients))
+        .with_state(state);
     Ok(async move { axum::serve(listener, app).await })
 }
 
-async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+        state.metrics.render(),
     )
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut problems = Vec::new();
+    if let Some(problem) = state.proxy.kafka_problem() {
+        problems.push(format!("kafka: no bootstrap server reachable: {problem}"));
+    }
+    let streams = state.mirror.streams().await;
+    for route in state.mirror.routes().values() {
+        let stream = route.writer.state();
+        if !stream.is_healthy() {
+            let why = stream
+                .last_error()
+                .unwrap_or_else(|| "not described yet".to_owned());
+            problems.push(format!("stream `{}`: {why}", stream.stream));
+        }
+    }
+    let ready = problems.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready, "problems": problems, "streams": streams.len() })),
+    )
+}
+
+#[derive(Serialize)]
+struct RouteView {
+    topic: String,
+    stream: String,
+    percent: f64,
+    partition_key: String,
+    stream_healthy: bool,
+    open_shards: usize,
+    records_sent: u64,
+    records_failed: u64,
+    records_skipped: u64,
+    /// Over the dual-write window; absent when no record's fate was decided in it.
+    success_ratio: Option<f64>,
+}
+
+async fn routes(State(state): State<AdminState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let count = |topic: &str, stream: &str, result: &str| {
+        m.mirror_records
+            .with_label_values(&[topic, stream, result])
+            .get()
+    };
+    let mut views: Vec<RouteView> = state
+        .mirror
+        .routes()
+        .iter()
+        .map(|(topic, route)| RouteView {
+            topic: topic.clone(),
+            stream: route.stream.clone(),
+            percent: route.percent,
+            partition_key: route.partition_key.to_string(),
+            stream_healthy: route.writer.state().is_healthy(),
+            open_shards: route.writer.state().open_shards(),
+            records_sent: count(topic, &route.stream, "sent"),
+            records_failed: count(topic, &route.stream, "failed"),
+            records_skipped: count(topic, &route.stream, "skipped"),
+            success_ratio: m.dual_write.ratio(topic),
+        })
+        .collect();
+    views.sort_by(|a, b| a.topic.cmp(&b.topic));
+    Json(json!({ "routes": views }))
+}
+
+async fn clients(State(state): State<AdminState>) -> impl IntoResponse {
+    Json(json!({ "clients": state.inventory.snapshot() }))
 }

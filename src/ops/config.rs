@@ -26,12 +26,12 @@ pub struct Config {
     pub mirror: Vec<MirrorRoute>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub bind: std::net::SocketAddr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KinesisConfig {
     /// `None`: aws-config's region chain (AWS_REGION, profile, IMDS).
     pub region: Option<String>,
@@ -52,7 +52,7 @@ pub struct MirrorRoute {
     pub partition_key: PartitionKeyRule,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub bind: IpAddr,
     pub advertised_host: String,
@@ -63,7 +63,7 @@ pub struct ListenerConfig {
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KafkaConfig {
     pub bootstrap_servers: Vec<String>,
     pub connect_timeout: Duration,
@@ -147,6 +147,25 @@ impl fmt::Display for Located {
 }
 
 impl Config {
+    /// The sections that cannot change while the proxy runs and differ between `self` and
+    /// `new`: listeners, upstream connections and the Kinesis client are built once.
+    pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listener != new.listener {
+            changed.push("listener");
+        }
+        if self.kafka != new.kafka {
+            changed.push("kafka");
+        }
+        if self.admin != new.admin {
+            changed.push("admin");
+        }
+        if self.kinesis != new.kinesis {
+            changed.push("kinesis");
+        }
+        changed
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

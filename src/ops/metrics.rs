@@ -3,10 +3,54 @@
 
 use prometheus::{
     exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+use prometheus::Histogram;
+
+use super::dual_write::DualWriteRatio;
+
 const PREFIX: &str = "kafka_kinesis_proxy";
+
+/// Window of `dual_write_success_ratio`.
+pub const DUAL_WRITE_WINDOW: Duration = Duration::from_secs(300);
+
+/// Slots for per-API timers: every API key below this, plus one for unknown keys.
+const API_SLOTS: usize = 128;
+
+/// What happened to a record the mirror was responsible for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorResult {
+    Sent,
+    Failed,
+    Skipped,
+    Oversize,
+    Retried,
+}
+
+impl MirrorResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorResult::Sent => "sent",
+            MirrorResult::Failed => "failed",
+            MirrorResult::Skipped => "skipped",
+            MirrorResult::Oversize => "oversize",
+            MirrorResult::Retried => "retried",
+        }
+    }
+}
+
+/// The latency histograms of one API, resolved once so the hot path skips label lookups.
+pub struct ApiTimers {
+    /// Client-seen time: request read to response written.
+    pub request: Histogram,
+    /// The broker's part: request written upstream to response read.
+    pub upstream: Histogram,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +71,15 @@ pub struct Metrics {
     pub shard_records: IntCounterVec,
     pub shard_map_mispredictions: IntCounterVec,
     pub connections: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    /// 1, labelled with the hash of the config text in force.
+    pub config_info: IntGaugeVec,
+    /// 1 when the file on disk changed a section that needs a restart to apply.
+    pub config_restart_required: IntGauge,
+    pub dual_write: DualWriteRatio,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    api_timers: Vec<OnceLock<ApiTimers>>,
 }
 
 fn name(short: &str) -> String {
@@ -100,6 +153,61 @@ impl Metrics {
         registry
             .register(Box::new(mirror_dropped_requests.clone()))
             .expect("unique metric");
+        let config_reloads = counter(
+            "config_reloads_total",
+            "Config reloads, by result (ok or error).",
+            &["result"],
+        );
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                name("config_info"),
+                "1, labelled with the hash of the config in force.",
+            ),
+            &["hash"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_info.clone()))
+            .expect("unique metric");
+        let config_restart_required = IntGauge::new(
+            name("config_restart_required"),
+            "1 when the config file changed a section that needs a restart to apply.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_restart_required.clone()))
+            .expect("unique metric");
+        let dual_write_gauge = GaugeVec::new(
+            Opts::new(
+                name("dual_write_success_ratio"),
+                "Over the last 5 minutes: records delivered to Kinesis / sampled records whose fate is decided.",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dual_write_gauge.clone()))
+            .expect("unique metric");
+        let latency = |short: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name(short), help)
+                    .buckets(exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+                &["api"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let request_duration = latency(
+            "request_duration_seconds",
+            "Client-seen request latency through the proxy, by API.",
+        );
+        let upstream_duration = latency(
+            "upstream_duration_seconds",
+            "Broker part of the request latency, by API.",
+        );
         let connections = IntGaugeVec::new(
             Opts::new(name("connections"), "Open client connections."),
             &["listener"],
@@ -133,6 +241,44 @@ impl Metrics {
             shard_records,
             shard_map_mispredictions,
             connections,
+            config_reloads,
+            config_info,
+            config_restart_required,
+            dual_write: DualWriteRatio::new(dual_write_gauge, DUAL_WRITE_WINDOW),
+            request_duration,
+            upstream_duration,
+            api_timers: (0..=API_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The latency histograms for `api_key`.
+    pub fn api_timers(&self, api_key: i16) -> &ApiTimers {
+        let slot = usize::try_from(api_key)
+            .ok()
+            .filter(|k| *k < API_SLOTS)
+            .unwrap_or(API_SLOTS);
+        self.api_timers[slot].get_or_init(|| {
+            let api = match ApiKey::try_from(api_key) {
+                Ok(key) => format!("{key:?}"),
+                Err(()) => "unknown".to_owned(),
+            };
+            ApiTimers {
+                request: self.request_duration.with_label_values(&[&api]),
+                upstream: self.upstream_duration.with_label_values(&[&api]),
+            }
+        })
+    }
+
+    /// Counts `n` records of `topic` mirrored to `stream` with `result`, and feeds the
+    /// dual-write ratio with the ones whose fate is now decided.
+    pub fn mirror_outcome(&self, topic: &str, stream: &str, result: MirrorResult, n: u64) {
+        self.mirror_records
+            .with_label_values(&[topic, stream, result.as_str()])
+            .inc_by(n);
+        match result {
+            MirrorResult::Sent => self.dual_write.record(topic, n, 0),
+            MirrorResult::Failed | MirrorResult::Oversize => self.dual_write.record(topic, 0, n),
+            MirrorResult::Skipped | MirrorResult::Retried => {}
         }
     }
 

@@ -2,5 +2,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod dual_write;
+pub mod inventory;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
+pub mod status;

@@ -7,9 +7,11 @@
 //! and the correlation id is checked to prove it. Requests that get no response (Produce with
 //! acks=0) queue nothing.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -30,6 +32,7 @@ use crate::kafka::versions::{
     max_api_versions_version, negotiate_response, unsupported_version_response,
 };
 use crate::mirror::ProduceExchange;
+use crate::ops::inventory::ClientKey;
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
 /// their own in-flight requests far below this; it only bounds memory for a misbehaving one.
@@ -45,9 +48,9 @@ enum Handling {
     NegotiateVersions,
     RewriteAddresses(ApiKey),
     /// Forwarded (with NodeEndpoints rewritten where the version has them), then handed to
-    /// the mirror together with the request body.
+    /// the mirror with the response filled in.
     Produce {
-        request_body: Bytes,
+        exchange: ProduceExchange,
     },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
@@ -58,6 +61,18 @@ struct Pending {
     api_version: i16,
     correlation_id: i32,
     handling: Handling,
+    /// When the request was read from the client.
+    received: Instant,
+    /// When it was written upstream.
+    forwarded: Instant,
+}
+
+/// What the request loop knows about its client, kept local so that steady traffic takes no
+/// lock: the inventory hears only of what is new.
+struct ClientState {
+    key: Arc<ClientKey>,
+    versions_seen: HashSet<(i16, i16)>,
+    acks_seen: HashSet<i16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +121,8 @@ pub enum Closed {
 pub struct Connection {
     proxy: Arc<Proxy>,
     peer: SocketAddr,
-    client_id: Mutex<Option<Arc<str>>>,
+    /// The client as last identified, for logs and the inventory's connection count.
+    client: Mutex<Option<Arc<ClientKey>>>,
     in_flight: AtomicUsize,
 }
 
@@ -122,7 +138,7 @@ impl Connection {
         Connection {
             proxy,
             peer,
-            client_id: Mutex::new(None),
+            client: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -136,8 +152,11 @@ impl Connection {
             r = self.forward_requests(client_rd, upstream_wr, tx) => r,
             r = self.forward_responses(upstream_rd, client_wr, rx) => r,
         };
-        let client_id = self.client_id.lock().expect("client id lock").clone();
-        let client_id = client_id.as_deref().unwrap_or("-");
+        let client = self.client.lock().expect("client lock").take();
+        if let Some(key) = &client {
+            self.proxy.inventory.connection_closed(key);
+        }
+        let client_id = client.as_ref().map_or("-", |k| k.client_id.as_str());
         match outcome {
             Ok(how) => tracing::debug!(peer = %self.peer, client_id, ?how, "connection closed"),
             Err(e) => {
@@ -157,6 +176,7 @@ impl Connection {
             FrameCodec::new(self.proxy.config.listener.max_frame_bytes),
         );
         let idle_timeout = self.proxy.config.listener.idle_timeout;
+        let mut client: Option<ClientState> = None;
         loop {
             let frame = match tokio::time::timeout(idle_timeout, frames.next()).await {
                 Err(_elapsed) if self.in_flight.load(Ordering::Acquire) == 0 => {
@@ -167,9 +187,20 @@ impl Connection {
                 Ok(Some(Err(e))) => return Err(ConnectionError::ClientFrame(e)),
                 Ok(Some(Ok(frame))) => frame,
             };
+            let received = Instant::now();
             let header = RequestHeader::parse(&frame)?;
-            self.note_client_id(header.client_id);
-            let handling = self.handling_for(&header, &frame)?;
+            let client = self.identify(&mut client, header.client_id.unwrap_or(""));
+            if client
+                .versions_seen
+                .insert((header.api_key, header.api_version))
+            {
+                self.proxy.inventory.api_used(
+                    &client.key,
+                    &api_name(header.api_key),
+                    header.api_version,
+                );
+            }
+            let handling = self.handling_for(&header, &frame, client)?;
             let local = matches!(handling, Some(Handling::Local(_)));
             if let Some(handling) = handling {
                 self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -178,6 +209,8 @@ impl Connection {
                     api_version: header.api_version,
                     correlation_id: header.correlation_id,
                     handling,
+                    received,
+                    forwarded: Instant::now(),
                 };
                 // Queued before the request goes upstream, so the response always finds it.
                 if pending.send(entry).await.is_err() {
@@ -199,6 +232,7 @@ impl Connection {
         &self,
         header: &RequestHeader<'_>,
         frame: &Bytes,
+        client: &mut ClientState,
     ) -> Result<Option<Handling>, ConnectionError> {
         let Ok(api_key) = ApiKey::try_from(header.api_key) else {
             return Ok(Some(Handling::Forward));
@@ -218,19 +252,24 @@ impl Connection {
                     version,
                     source,
                 })?;
+                if client.acks_seen.insert(acks) {
+                    self.proxy.inventory.acks_used(&client.key, acks);
+                }
                 let request_body = header
                     .body_offset
                     .map_or_else(Bytes::new, |offset| frame.slice(offset..));
+                let exchange = ProduceExchange {
+                    client: client.key.clone(),
+                    version,
+                    request_body,
+                    response_frame: None,
+                };
                 if acks == 0 {
                     // No response will come: mirror on send.
-                    self.proxy.mirror.observe(ProduceExchange {
-                        version,
-                        request_body,
-                        response_frame: None,
-                    });
+                    self.proxy.mirror.observe(exchange);
                     return Ok(None);
                 }
-                Handling::Produce { request_body }
+                Handling::Produce { exchange }
             }
             _ => self.address_handling(api_key, version),
         };
@@ -245,11 +284,34 @@ impl Connection {
         }
     }
 
-    fn note_client_id(&self, client_id: Option<&str>) {
-        let mut current = self.client_id.lock().expect("client id lock");
-        if current.as_deref() != client_id {
-            *current = client_id.map(Arc::from);
+    /// The client behind this connection: known from its first request, and re-keyed in the
+    /// inventory if it changes its client_id mid-connection.
+    fn identify<'s>(
+        &self,
+        state: &'s mut Option<ClientState>,
+        client_id: &str,
+    ) -> &'s mut ClientState {
+        if state.as_ref().is_some_and(|s| s.key.client_id == client_id) {
+            return state.as_mut().expect("checked above");
         }
+        let key = Arc::new(ClientKey {
+            client_id: client_id.to_owned(),
+            address: self.peer.ip(),
+        });
+        let previous = self
+            .client
+            .lock()
+            .expect("client lock")
+            .replace(key.clone());
+        if let Some(previous) = previous {
+            self.proxy.inventory.connection_closed(&previous);
+        }
+        self.proxy.inventory.connection_opened(&key);
+        state.insert(ClientState {
+            key,
+            versions_seen: HashSet::new(),
+            acks_seen: HashSet::new(),
+        })
     }
 
     async fn forward_responses(
@@ -279,7 +341,10 @@ impl Connection {
                 api_version,
                 correlation_id,
                 handling,
+                received,
+                forwarded,
             } = entry;
+            let timers = self.proxy.metrics.api_timers(api_key);
             if let Handling::Local(response) = handling {
                 client_wr
                     .write_all(&response)
@@ -293,6 +358,7 @@ impl Connection {
                 Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
                 Some(Ok(frame)) => frame,
             };
+            timers.upstream.observe(forwarded.elapsed().as_secs_f64());
             let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
             if got != correlation_id {
                 return Err(ConnectionError::CorrelationMismatch {
@@ -308,13 +374,11 @@ impl Connection {
                 .await
                 .map_err(ConnectionError::ClientWrite)?;
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            timers.request.observe(received.elapsed().as_secs_f64());
             // Only now, with the client answered, does the mirror see the exchange.
-            if let Handling::Produce { request_body } = handling {
-                self.proxy.mirror.observe(ProduceExchange {
-                    version: api_version,
-                    request_body,
-                    response_frame: Some(frame),
-                });
+            if let Handling::Produce { mut exchange } = handling {
+                exchange.response_frame = Some(frame);
+                self.proxy.mirror.observe(exchange);
             }
         }
     }

@@ -22,7 +22,11 @@ use connection::Connection;
 
 use crate::mirror::Mirror;
 use crate::ops::config::Config;
+use crate::ops::inventory::Inventory;
 use crate::ops::metrics::Metrics;
+
+/// How often the proxy checks that some bootstrap server accepts connections, for `/readyz`.
+const KAFKA_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -46,6 +50,9 @@ pub struct Proxy {
     config: Config,
     mirror: Mirror,
     metrics: Arc<Metrics>,
+    inventory: Arc<Inventory>,
+    /// `None` while Kafka is reachable, else why not.
+    kafka_problem: Mutex<Option<String>>,
     directory: BrokerDirectory,
     /// Broker listeners already open, by node id.
     broker_listeners: Mutex<HashMap<i32, u16>>,
@@ -55,7 +62,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: Config, mirror: Mirror, metrics: Arc<Metrics>) -> Arc<Proxy> {
+    pub fn new(
+        config: Config,
+        mirror: Mirror,
+        metrics: Arc<Metrics>,
+        inventory: Arc<Inventory>,
+    ) -> Arc<Proxy> {
         let listener = &config.listener;
         let directory = BrokerDirectory::new(
             listener.broker_ports.clone(),
@@ -70,6 +82,8 @@ impl Proxy {
             config,
             mirror,
             metrics,
+            inventory,
+            kafka_problem: Mutex::new(Some("not checked yet".to_owned())),
         })
     }
 
@@ -85,10 +99,28 @@ impl Proxy {
         // Brokers' ports must be open after a restart even before any client asks for
         // metadata: clients reconnect to the broker ports they cached.
         tokio::spawn(discovery::discover_brokers(self.clone()));
+        tokio::spawn(self.clone().probe_kafka());
         self.clone()
             .accept_loop(listener, Upstream::Bootstrap)
             .await;
         Ok(())
+    }
+
+    /// Why Kafka is unreachable, or `None` when some bootstrap server accepts connections.
+    pub fn kafka_problem(&self) -> Option<String> {
+        self.kafka_problem.lock().expect("kafka probe lock").clone()
+    }
+
+    async fn probe_kafka(self: Arc<Self>) {
+        loop {
+            let problem = self
+                .connect_upstream(Upstream::Bootstrap)
+                .await
+                .err()
+                .map(|e| e.to_string());
+            *self.kafka_problem.lock().expect("kafka probe lock") = problem;
+            tokio::time::sleep(KAFKA_PROBE_INTERVAL).await;
+        }
     }
 
     /// Opens the listener for broker `node_id` on `port` unless it is already open. A failure

@@ -1,0 +1,270 @@
+//! `kafka-kinesis-proxy status`: a compact terminal view of a running proxy, read from its
+//! admin endpoint (`/metrics`, `/routes`, `/readyz`), for a person watching a cutover.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot reach the admin endpoint at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{addr}{path}: unexpected answer: {detail}")]
+    Answer {
+        addr: String,
+        path: &'static str,
+        detail: String,
+    },
+}
+
+/// GET `path` from the admin endpoint: (status code, body).
+async fn get(addr: &str, path: &'static str) -> Result<(u16, String), StatusError> {
+    let io = |source| StatusError::Connect {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })?
+            .map_err(io)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.map_err(io)?;
+    let reply = String::from_utf8_lossy(&reply);
+    let bad = |detail: &str| StatusError::Answer {
+        addr: addr.to_owned(),
+        path,
+        detail: detail.to_owned(),
+    };
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no HTTP header"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// One sample of the counters the view shows.
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    kafka_ok: BTreeMap<String, f64>,
+    mirror_sent: BTreeMap<String, f64>,
+    shard_records: BTreeMap<(String, String), f64>,
+}
+
+fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = series[start..].find('"')?;
+    Some(&series[start..start + end])
+}
+
+fn parse_metrics(text: &str) -> Sample {
+    let mut sample = Sample::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or_default();
+        let topic = label(series, "topic").unwrap_or_default().to_owned();
+        match name {
+            "kafka_kinesis_proxy_kafka_records_total" if label(series, "result") == Some("ok") => {
+                *sample.kafka_ok.entry(topic).or_default() += value;
+            }
+            "kafka_kinesis_proxy_kafka_unacked_records_total" => {
+                *sample.kafka_ok.entry(topic).or_default() += value
+            }
+            "kafka_kinesis_proxy_mirror_records_total"
+                if label(series, "result") == Some("sent") =>
+            {
+                *sample.mirror_sent.entry(topic).or_default() += value;
+            }
+            "kafka_kinesis_proxy_shard_records_total" => {
+                let key = (
+                    label(series, "stream").unwrap_or_default().to_owned(),
+                    label(series, "shard").unwrap_or_default().to_owned(),
+                );
+                sample.shard_records.insert(key, value);
+            }
+            _ => {}
+        }
+    }
+    sample
+}
+
+#[derive(Debug, Deserialize)]
+struct Routes {
+    routes: Vec<RouteView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteView {
+    topic: String,
+    stream: String,
+    percent: f64,
+    stream_healthy: bool,
+    open_shards: usize,
+    records_failed: u64,
+    success_ratio: Option<f64>,
+}
+
+async fn sample(addr: &str) -> Result<Sample, StatusError> {
+    let (_, metrics) = get(addr, "/metrics").await?;
+    Ok(parse_metrics(&metrics))
+}
+
+/// Renders the view from two samples `elapsed` apart.
+async fn render(
+    addr: &str,
+    before: &Sample,
+    after: &Sample,
+    elapsed: Duration,
+) -> Result<String, StatusError> {
+    let (ready_code, ready_body) = get(addr, "/readyz").await?;
+    let (_, routes_body) = get(addr, "/routes").await?;
+    let routes: Routes = serde_json::from_str(&routes_body).map_err(|e| StatusError::Answer {
+        addr: addr.to_owned(),
+        path: "/routes",
+        detail: e.to_string(),
+    })?;
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate =
+        |map_after: &BTreeMap<String, f64>, map_before: &BTreeMap<String, f64>, topic: &str| {
+            (map_after.get(topic).copied().unwrap_or(0.0)
+                - map_before.get(topic).copied().unwrap_or(0.0))
+                / secs
+        };
+    let mut out = String::new();
+    let ready = if ready_code == 200 {
+        "ready"
+    } else {
+        "NOT READY"
+    };
+    let _ = writeln!(out, "kafka-kinesis-proxy at {addr}: {ready}");
+    if ready_code != 200 {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ready_body) {
+            for problem in v["problems"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "  ! {}", problem.as_str().unwrap_or_default());
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7}  {}",
+        "TOPIC",
+        "STREAM",
+        "PERCENT",
+        "KAFKA/s",
+        "MIRROR/s",
+        "MIRRORED",
+        "SUCCESS",
+        "FAILED",
+        "STREAM STATE"
+    );
+    for r in &routes.routes {
+        let kafka = after.kafka_ok.get(&r.topic).copied().unwrap_or(0.0);
+        let mirrored = after.mirror_sent.get(&r.topic).copied().unwrap_or(0.0);
+        let ratio = r
+            .success_ratio
+            .map_or("-".to_owned(), |x| format!("{x:.4}"));
+        let state = if r.stream_healthy {
+            format!("healthy, {} shards", r.open_shards)
+        } else {
+            "UNHEALTHY".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<24} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7}  {}",
+            r.topic,
+            r.stream,
+            r.percent,
+            rate(&after.kafka_ok, &before.kafka_ok, &r.topic),
+            rate(&after.mirror_sent, &before.mirror_sent, &r.topic),
+            format!("{:.0}/{:.0}", mirrored, kafka),
+            ratio,
+            r.records_failed,
+            state
+        );
+    }
+    let mut streams: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
+    for ((stream, shard), n) in &after.shard_records {
+        streams.entry(stream).or_default().push((shard, *n));
+    }
+    for (stream, shards) in streams {
+        let total: f64 = shards.iter().map(|(_, n)| n).sum();
+        let spread: Vec<String> = shards
+            .iter()
+            .map(|(shard, n)| {
+                format!(
+                    "{}={:.0}%",
+                    shard.trim_start_matches("shardId-").trim_start_matches('0'),
+                    n / total.max(1.0) * 100.0
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "shard spread {stream}: {}", spread.join(" "));
+    }
+    Ok(out)
+}
+
+/// Prints the view once (`once`), or refreshes it every `interval` until interrupted.
+pub async fn run(addr: &str, interval: Duration, once: bool) -> Result<(), StatusError> {
+    let mut before = sample(addr).await?;
+    let mut at = Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let after = sample(addr).await?;
+        let view = render(addr, &before, &after, at.elapsed()).await?;
+        if once {
+            print!("{view}");
+            return Ok(());
+        }
+        // Clear the screen and home the cursor, like `watch`.
+        print!("\x1b[2J\x1b[H{view}");
+        before = after;
+        at = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_is_summed_per_topic() {
+        let text = "\
+# HELP x
+kafka_kinesis_proxy_kafka_records_total{result=\"ok\",topic=\"orders\"} 10
+kafka_kinesis_proxy_kafka_records_total{result=\"error\",topic=\"orders\"} 3
+kafka_kinesis_proxy_kafka_unacked_records_total{topic=\"orders\"} 2
+kafka_kinesis_proxy_mirror_records_total{result=\"sent\",stream=\"s\",topic=\"orders\"} 4
+kafka_kinesis_proxy_mirror_records_total{result=\"skipped\",stream=\"s\",topic=\"orders\"} 8
+kafka_kinesis_proxy_shard_records_total{shard=\"shardId-000000000001\",stream=\"s\"} 4
+";
+        let s = parse_metrics(text);
+        assert_eq!(s.kafka_ok["orders"], 12.0);
+        assert_eq!(s.mirror_sent["orders"], 4.0);
+        assert_eq!(
+            s.shard_records[&("s".to_owned(), "shardId-000000000001".to_owned())],
+            4.0
+        );
+    }
+}
