@@ -61,7 +61,7 @@ pub async fn build_client(config: &KinesisConfig) -> Client {
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(30))
+                .operation_attempt_timeout(config.request_timeout)
                 .build(),
         )
         .build();

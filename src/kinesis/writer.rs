@@ -133,6 +133,8 @@ struct WriterTask {
 impl WriterTask {
     async fn run(mut self, mut rx: mpsc::Receiver<MirrorRecord>) {
         self.check_health().await;
+        let mut probe = tokio::time::interval(HEALTH_RETRY);
+        probe.tick().await;
         let mut refresh = tokio::time::interval(self.refresh_every);
         refresh.tick().await;
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -154,6 +156,7 @@ impl WriterTask {
                     self.flush(true).await;
                 }
                 _ = refresh.tick() => self.refresh_map().await,
+                _ = probe.tick() => self.probe_health().await,
                 _ = self.shared.refresh_now.notified() => self.refresh_map().await,
             }
             if self.queue.is_empty() {
@@ -211,6 +214,41 @@ impl WriterTask {
         }
     }
 
+    /// A light periodic check, so an outage shows in `/readyz` even without traffic: the
+    /// stream is described (with a short timeout); a stream that comes back is fully
+    /// re-checked, shard map included.
+    async fn probe_health(&mut self) {
+        let stream = self.shared.state.stream.clone();
+        let described =
+            tokio::time::timeout(HEALTH_RETRY, describe(&self.shared.client, &stream)).await;
+        match described {
+            Ok(Ok(_)) if self.shared.state.is_healthy() => {}
+            Ok(Ok(_)) => {
+                self.last_health_check = None;
+                self.check_health().await;
+            }
+            Ok(Err(e)) => self.mark_unhealthy(e.to_string()),
+            Err(_) => self.mark_unhealthy(format!(
+                "stream `{stream}`: DescribeStreamSummary timed out"
+            )),
+        }
+    }
+
+    /// Records why the stream is unhealthy; logs only when that changes, not every probe.
+    fn mark_unhealthy(&self, error: String) {
+        let state = &self.shared.state;
+        let mut last = state.last_error.lock().expect("stream state lock");
+        if state.healthy.swap(false, Ordering::AcqRel) || last.as_deref() != Some(error.as_str()) {
+            tracing::error!(%error, "mirror route unhealthy; Kafka traffic continues unaffected");
+        }
+        *last = Some(error);
+        self.shared
+            .metrics
+            .stream_healthy
+            .with_label_values(&[&state.stream])
+            .set(0);
+    }
+
     /// Describes the stream and loads its shard map; at most every HEALTH_RETRY.
     async fn check_health(&mut self) -> bool {
         if self
@@ -242,16 +280,7 @@ impl WriterTask {
                     .with_label_values(&[stream])
                     .set(1);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "mirror route unhealthy; Kafka traffic continues unaffected");
-                state.healthy.store(false, Ordering::Release);
-                *state.last_error.lock().expect("stream state lock") = Some(e.to_string());
-                self.shared
-                    .metrics
-                    .stream_healthy
-                    .with_label_values(&[stream])
-                    .set(0);
-            }
+            Err(e) => self.mark_unhealthy(e.to_string()),
         }
         self.shared.state.is_healthy()
     }
@@ -367,7 +396,14 @@ impl Shared {
                     self.give_up(&pending, &DisplayErrorContext(&e).to_string());
                     return;
                 }
-                Err(e) => DisplayErrorContext(&e).to_string(),
+                Err(e) => {
+                    // The whole request failed. After a timeout or a dropped connection Kinesis
+                    // may have stored the records anyway, so the resend can duplicate them:
+                    // PutRecords has no idempotence.
+                    let error = DisplayErrorContext(&e).to_string();
+                    tracing::warn!(%stream, attempt, records = pending.len(), %error, "PutRecords request failed; retrying");
+                    error
+                }
             };
             if attempt >= self.max_attempts {
                 self.give_up(&pending, &last_error);

@@ -41,6 +41,8 @@ pub struct KinesisConfig {
     pub max_in_flight_requests: usize,
     pub max_attempts: u32,
     pub shard_map_refresh: Duration,
+    /// Per-attempt PutRecords timeout.
+    pub request_timeout: Duration,
 }
 
 /// One `[[mirror]]` entry: a Kafka topic mirrored into a Kinesis stream.
@@ -232,6 +234,7 @@ struct RawKinesis {
     max_in_flight_requests: Option<Spanned<u64>>,
     max_attempts: Option<Spanned<u64>>,
     shard_map_refresh_secs: Option<Spanned<u64>>,
+    request_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +329,7 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
         max_in_flight_requests: None,
         max_attempts: None,
         shard_map_refresh_secs: None,
+        request_timeout_ms: None,
     });
     if let Some(url) = &raw.endpoint_url {
         let u = url.get_ref();
@@ -360,6 +364,11 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
             raw.shard_map_refresh_secs.as_ref(),
             60,
             "kinesis.shard_map_refresh_secs",
+        )?),
+        request_timeout: Duration::from_millis(positive(
+            raw.request_timeout_ms.as_ref(),
+            30_000,
+            "kinesis.request_timeout_ms",
         )?),
     })
 }

@@ -14,6 +14,7 @@ use super::{free_port, tools_dir};
 pub struct KinesisLocal {
     child: Child,
     pub endpoint: String,
+    pub port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -28,6 +29,11 @@ pub struct StoredRecord {
 
 impl KinesisLocal {
     pub fn start() -> KinesisLocal {
+        KinesisLocal::start_on(free_port())
+    }
+
+    /// Starts on `port`, for a test that stops the emulator and brings it back at the same address.
+    pub fn start_on(port: u16) -> KinesisLocal {
         let package = tools_dir().join("node/node_modules/kinesis-local");
         assert!(
             package.join("main.js").exists(),
@@ -36,7 +42,6 @@ impl KinesisLocal {
         );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("kinesis-local.log");
-        let port = free_port();
         let preload = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/loopback.js");
         let child = Command::new("node")
             .arg("-r")
@@ -57,6 +62,7 @@ impl KinesisLocal {
         let me = KinesisLocal {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            port,
             log,
             _dir: dir,
         };
