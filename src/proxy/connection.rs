@@ -38,6 +38,13 @@ use crate::ops::inventory::ClientKey;
 /// their own in-flight requests far below this; it only bounds memory for a misbehaving one.
 const MAX_PIPELINED: usize = 1024;
 
+/// How long a connection the client closed may wait for the broker to finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// acks=0 Produce requests remembered per connection. Apache Kafka never answers them, but some
+/// brokers do (tansu 0.6.0); such an answer is discarded instead of breaking the FIFO pairing.
+const MAX_REMEMBERED_ACKS0: usize = 1024;
+
 /// Upstream responses are trusted to be well formed; the limit only guards against a
 /// nonsensical size prefix.
 const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
@@ -124,6 +131,8 @@ pub struct Connection {
     /// The client as last identified, for logs and the inventory's connection count.
     client: Mutex<Option<Arc<ClientKey>>>,
     in_flight: AtomicUsize,
+    /// Correlation ids of recent acks=0 Produce requests, oldest first.
+    acks0_sent: Mutex<std::collections::VecDeque<i32>>,
 }
 
 fn api_name(api_key: i16) -> String {
@@ -140,6 +149,7 @@ impl Connection {
             peer,
             client: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            acks0_sent: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -148,9 +158,22 @@ impl Connection {
         let (client_rd, client_wr) = client.into_split();
         let (upstream_rd, upstream_wr) = upstream.into_split();
         let (tx, rx) = mpsc::channel(MAX_PIPELINED);
+        let requests = self.forward_requests(client_rd, upstream_wr, tx);
+        let responses = self.forward_responses(upstream_rd, client_wr, rx);
+        tokio::pin!(requests, responses);
         let outcome = tokio::select! {
-            r = self.forward_requests(client_rd, upstream_wr, tx) => r,
-            r = self.forward_responses(upstream_rd, client_wr, rx) => r,
+            r = &mut requests => match r {
+                // The client is done sending and upstream got a FIN after its last request.
+                // Let the broker finish: closing with its answers unread would reset the
+                // connection and could discard requests it has not processed yet.
+                Ok(Closed::ByClient) => match tokio::time::timeout(DRAIN_TIMEOUT, &mut responses).await {
+                    // A client that left cannot take its answers; that is not an error.
+                    Ok(Err(ConnectionError::ClientWrite(_))) | Ok(Ok(_)) | Err(_) => Ok(Closed::ByClient),
+                    Ok(Err(e)) => Err(e),
+                },
+                other => other,
+            },
+            r = &mut responses => r,
         };
         let client = self.client.lock().expect("client lock").take();
         if let Some(key) = &client {
@@ -183,7 +206,10 @@ impl Connection {
                     return Ok(Closed::Idle)
                 }
                 Err(_elapsed) => continue,
-                Ok(None) => return Ok(Closed::ByClient),
+                Ok(None) => {
+                    let _ = upstream_wr.shutdown().await;
+                    return Ok(Closed::ByClient);
+                }
                 Ok(Some(Err(e))) => return Err(ConnectionError::ClientFrame(e)),
                 Ok(Some(Ok(frame))) => frame,
             };
@@ -265,6 +291,12 @@ impl Connection {
                     response_frame: None,
                 };
                 if acks == 0 {
+                    let mut sent = self.acks0_sent.lock().expect("acks0 lock");
+                    if sent.len() == MAX_REMEMBERED_ACKS0 {
+                        sent.pop_front();
+                    }
+                    sent.push_back(header.correlation_id);
+                    drop(sent);
                     // No response will come: mirror on send.
                     self.proxy.mirror.observe(exchange);
                     return Ok(None);
@@ -328,10 +360,16 @@ impl Connection {
                 biased;
                 entry = pending.recv() => match entry {
                     Some(entry) => entry,
-                    None => return Ok(Closed::ByClient),
+                    // Every request is answered; read what the broker still sends (answers
+                    // to acks=0 requests from brokers that send them) until it closes.
+                    None => {
+                        while let Some(Ok(_)) = frames.next().await {}
+                        return Ok(Closed::ByClient);
+                    }
                 },
                 frame = frames.next() => return match frame {
                     None => Ok(Closed::ByUpstream),
+                    Some(Ok(frame)) if self.is_acks0_answer(&frame) => continue,
                     Some(Ok(_)) => Err(ConnectionError::Unsolicited),
                     Some(Err(e)) => Err(ConnectionError::UpstreamFrame(e)),
                 },
@@ -353,10 +391,13 @@ impl Connection {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
-            let frame = match frames.next().await {
-                None => return Ok(Closed::ByUpstream),
-                Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
-                Some(Ok(frame)) => frame,
+            let frame = loop {
+                match frames.next().await {
+                    None => return Ok(Closed::ByUpstream),
+                    Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
+                    Some(Ok(frame)) if self.is_acks0_answer(&frame) => continue,
+                    Some(Ok(frame)) => break frame,
+                }
             };
             timers.upstream.observe(forwarded.elapsed().as_secs_f64());
             let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
@@ -380,6 +421,22 @@ impl Connection {
                 exchange.response_frame = Some(frame);
                 self.proxy.mirror.observe(exchange);
             }
+        }
+    }
+
+    /// Whether `frame` answers an acks=0 Produce request; if so it is forgotten.
+    fn is_acks0_answer(&self, frame: &Bytes) -> bool {
+        let Some(id) = response_correlation_id(frame) else {
+            return false;
+        };
+        let mut sent = self.acks0_sent.lock().expect("acks0 lock");
+        match sent.iter().position(|c| *c == id) {
+            Some(i) => {
+                sent.remove(i);
+                tracing::debug!(peer = %self.peer, correlation_id = id, "discarding the broker's answer to an acks=0 Produce");
+                true
+            }
+            None => false,
         }
     }
 

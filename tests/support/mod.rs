@@ -1,0 +1,687 @@
+//! Shared harness for the integration tests: locating the test tools
+//! installed by `scripts/install-test-deps.sh`, running a throwaway tansu
+//! broker and the proxy in front of it, and driving the client scripts in
+//! `tests/clients/`.
+//!
+//! Nothing here skips silently: a missing tool panics with a message that
+//! says how to install it.
+#![allow(dead_code)]
+
+pub mod kinesis;
+pub mod metrics;
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Node id of the single tansu broker (tansu's default).
+pub const TANSU_NODE_ID: u16 = 111;
+
+const INSTALL_HINT: &str = "run `scripts/install-test-deps.sh` first";
+
+/// `$KKP_TOOLS_DIR`, else `$HOME/.cache/kafka-kinesis-proxy`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KKP_TOOLS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is not set (or set KKP_TOOLS_DIR)");
+    PathBuf::from(home).join(".cache/kafka-kinesis-proxy")
+}
+
+fn require(path: PathBuf, what: &str) -> PathBuf {
+    if !path.exists() {
+        panic!("{what} not found at {}: {INSTALL_HINT}", path.display());
+    }
+    path
+}
+
+/// The venv python that has confluent-kafka, kafka-python and aiokafka.
+pub fn python() -> PathBuf {
+    require(tools_dir().join("venv/bin/python"), "test venv python")
+}
+
+/// `node_modules` with kafkajs and its codecs (used as NODE_PATH).
+pub fn node_modules() -> PathBuf {
+    require(
+        tools_dir().join("node/node_modules/kafkajs"),
+        "kafkajs (npm test packages)",
+    );
+    tools_dir().join("node/node_modules")
+}
+
+pub fn tansu_bin() -> PathBuf {
+    require(tools_dir().join("tansu/bin/tansu"), "tansu 0.6.0")
+}
+
+/// `kcat` on PATH (Debian package).
+pub fn kcat_bin() -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .map(|d| d.join("kcat"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("kcat not found on PATH: {INSTALL_HINT}"))
+}
+
+/// `tests/clients/` in this checkout.
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A currently free loopback port, never the same one twice in this process
+/// (tests run in parallel threads and bind their ports a little later).
+pub fn free_port() -> u16 {
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = guard.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        // The proxy's broker_port_base is port - node id: keep it positive.
+        if port > 1024 && handed.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A free port `p` such that `p - node_id` is a usable broker_port_base.
+fn free_broker_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p > TANSU_NODE_ID + 1024 {
+            return p;
+        }
+    }
+}
+
+fn accepts(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail_file(path: &Path, lines: usize) -> String {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return format!("<cannot open {}: {e}>", path.display()),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(256 * 1024);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = strip_ansi(&String::from_utf8_lossy(&buf));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `s` without ANSI colour sequences (tansu colours its log even in a file).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-byte
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A child process with its output in a log file; killed on Drop. If the
+/// thread is panicking (a failed test) the tail of the log is printed.
+pub struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    /// Holds the log (and any config file) until the daemon is gone.
+    dir: TempDir,
+}
+
+impl Daemon {
+    fn spawn(name: &str, dir: TempDir, mut cmd: Command) -> Daemon {
+        let log = dir.path().join(format!("{name}.log"));
+        let out = File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Daemon {
+            name: name.to_string(),
+            child,
+            log,
+            dir,
+        }
+    }
+
+    /// Wait until `port` accepts TCP connections; panics (with the log) if
+    /// the process exits or `timeout` passes first.
+    fn wait_for_port(&mut self, port: u16, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before accepting on port {port}; log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail_file(&self.log, 60)
+                );
+            }
+            if accepts(port) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not accept on port {port} within {timeout:?}; log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail_file(&self.log, 60)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail_file(&self.log, lines)
+    }
+
+    /// The whole log so far, without colour codes.
+    pub fn log_text(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(
+            &fs::read(&self.log).unwrap_or_default(),
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Is the process still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "----- last lines of {} log ({}) -----\n{}\n----- end of {} log -----",
+                self.name,
+                self.log.display(),
+                tail_file(&self.log, 60),
+                self.name
+            );
+        }
+    }
+}
+
+/// A single-node in-memory tansu 0.6.0 broker (node id 111) on a free port.
+pub struct Tansu {
+    pub port: u16,
+    daemon: Daemon,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let bin = tansu_bin();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let dir = tempfile::Builder::new()
+            .prefix("kkp-tansu-")
+            .tempdir()
+            .expect("tempdir");
+        let mut cmd = Command::new(bin);
+        cmd.env_remove("LD_LIBRARY_PATH")
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"]);
+        let mut daemon = Daemon::spawn("tansu", dir, cmd);
+        daemon.wait_for_port(port, Duration::from_secs(30));
+        Tansu { port, daemon }
+    }
+
+    /// `127.0.0.1:PORT`, for talking to tansu directly.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn daemon(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        self.daemon.log_text()
+    }
+}
+
+/// The proxy binary of this crate, configured to forward to an upstream
+/// cluster; listens on a free bootstrap port and serves upstream node N on
+/// `broker_port_base + N` (with `broker_port_base + 111` free).
+pub struct Proxy {
+    pub bootstrap_port: u16,
+    pub broker_port_base: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    daemon: Daemon,
+}
+
+impl Proxy {
+    /// Proxy in front of `tansu`.
+    pub fn start(tansu: &Tansu) -> Proxy {
+        Proxy::start_with(&[tansu.bootstrap()], "")
+    }
+
+    /// Proxy in front of `upstream` with `extra_toml` appended to the config.
+    pub fn start_with(upstream: &[String], extra_toml: &str) -> Proxy {
+        let bootstrap_port = free_port();
+        let admin_port = free_port();
+        let broker_port_base = free_broker_port() - TANSU_NODE_ID;
+        let dir = tempfile::Builder::new()
+            .prefix("kkp-proxy-")
+            .tempdir()
+            .expect("tempdir");
+        let servers = upstream
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut config = format!(
+            "[listener]\n\
+             bind = \"127.0.0.1\"\n\
+             advertised_host = \"127.0.0.1\"\n\
+             bootstrap_port = {bootstrap_port}\n\
+             broker_port_base = {broker_port_base}\n\
+             \n\
+             [kafka]\n\
+             bootstrap_servers = [{servers}]\n\
+             \n\
+             [admin]\n\
+             bind = \"127.0.0.1:{admin_port}\"\n"
+        );
+        if !extra_toml.is_empty() {
+            config.push('\n');
+            config.push_str(extra_toml);
+            config.push('\n');
+        }
+        let config_path = dir.path().join("proxy.toml");
+        fs::write(&config_path, &config).expect("write proxy config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"));
+        cmd.current_dir(dir.path())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        // Credentials for a local Kinesis emulator; never real AWS.
+        cmd.envs(kinesis::KinesisLocal::aws_env());
+        let mut daemon = Daemon::spawn("proxy", dir, cmd);
+        daemon.wait_for_port(bootstrap_port, Duration::from_secs(30));
+        Proxy {
+            bootstrap_port,
+            broker_port_base,
+            admin_port,
+            config_path,
+            daemon,
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the proxy's bootstrap listener.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.bootstrap_port)
+    }
+
+    pub fn daemon(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        self.daemon.log_text()
+    }
+}
+
+/// Output of a finished client process.
+#[derive(Debug)]
+pub struct ClientRun {
+    pub command: String,
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ClientRun {
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.status == Some(0)
+    }
+
+    /// The JSON value on the last non-empty stdout line.
+    pub fn json(&self) -> Result<Value, String> {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .ok_or_else(|| "no output".to_string())?;
+        serde_json::from_str(line).map_err(|e| format!("unparseable output {line:?}: {e}"))
+    }
+
+    /// A readable account of the run, for assertion messages.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "command: {}\nexit: {}{}",
+            self.command,
+            self.status
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "signal".into()),
+            if self.timed_out { " (timed out)" } else { "" }
+        );
+        let _ = writeln!(s, "--- stdout ---\n{}", last_chars(&self.stdout, 4000));
+        let _ = writeln!(s, "--- stderr ---\n{}", last_chars(&self.stderr, 8000));
+        s
+    }
+}
+
+fn last_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut i = s.len() - n;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// Longest a single client command may run before it is killed.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The command for `client`: "kafkajs" runs `tests/clients/kafkajs_client.js`
+/// under node, every other name is passed as `--client` to
+/// `tests/clients/kafka_client.py` (confluent, kafka-python, aiokafka).
+pub fn client_command(client: &str, args: &[&str]) -> Command {
+    let dir = clients_dir();
+    let mut cmd;
+    if client == "kafkajs" {
+        cmd = Command::new("node");
+        cmd.arg(dir.join("kafkajs_client.js"))
+            .env("NODE_PATH", node_modules());
+    } else {
+        cmd = Command::new(python());
+        cmd.arg(dir.join("kafka_client.py"))
+            .args(["--client", client]);
+    }
+    cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
+/// Run any command with a time limit, capturing stdout and stderr.
+///
+/// LD_LIBRARY_PATH is dropped: `cargo test` points it at native libraries
+/// built by dev-dependencies (rdkafka-sys puts a newer librdkafka.so.1 in
+/// target/), which would silently replace the system librdkafka under kcat.
+pub fn run_command(mut cmd: Command, timeout: Duration) -> ClientRun {
+    cmd.env_remove("LD_LIBRARY_PATH");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("stdout file"))
+        .stderr(File::create(&err_path).expect("stderr file"));
+    let command = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for client") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed client");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
+    ClientRun {
+        command,
+        status: status.code(),
+        timed_out,
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    }
+}
+
+/// Run a client script; `Err` carries a description of what went wrong
+/// (non-zero exit, timeout or unparseable output) with its stdout/stderr.
+pub fn try_run_client(client: &str, args: &[&str]) -> Result<Value, String> {
+    try_run_client_full(client, args).map(|(v, _)| v)
+}
+
+/// Like `try_run_client`, also returning the run (for its stderr).
+pub fn try_run_client_full(client: &str, args: &[&str]) -> Result<(Value, ClientRun), String> {
+    let run = run_command(client_command(client, args), CLIENT_TIMEOUT);
+    if !run.success() {
+        return Err(run.describe());
+    }
+    match run.json() {
+        Ok(v) => Ok((v, run)),
+        Err(e) => Err(format!("{e}\n{}", run.describe())),
+    }
+}
+
+/// The distinct error lines of a client's stderr (first `max`), to explain
+/// a failed cell without pages of repeated log lines.
+pub fn error_lines(stderr: &str, max: usize) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        let l = line.trim();
+        if !(l.contains("ERROR") || l.contains("Error") || l.contains("%3|") || l.contains("%4|")) {
+            continue;
+        }
+        // Drop python logging's timestamp so repeats collapse.
+        let key = l
+            .split_once(" ERROR ")
+            .map(|(_, r)| r)
+            .unwrap_or(l)
+            .to_string();
+        if seen.insert(key.clone()) {
+            out.push(key);
+            if out.len() == max {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Run a client script and return its JSON output; fails the test (showing
+/// stdout/stderr) on non-zero exit or unparseable output.
+pub fn run_client(client: &str, args: &[&str]) -> Value {
+    try_run_client(client, args).unwrap_or_else(|e| panic!("client {client} failed:\n{e}"))
+}
+
+/// Create `topic` with `partitions` partitions (confluent-kafka AdminClient).
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: u32) {
+    let p = partitions.to_string();
+    run_client(
+        "confluent",
+        &[
+            "admin",
+            "--bootstrap",
+            bootstrap,
+            "create",
+            "--topic",
+            topic,
+            "--partitions",
+            &p,
+        ],
+    );
+}
+
+/// Topic names known to the cluster behind `bootstrap`.
+pub fn list_topics(bootstrap: &str) -> Vec<String> {
+    let v = run_client("confluent", &["admin", "--bootstrap", bootstrap, "list"]);
+    v.as_array()
+        .unwrap_or_else(|| panic!("topic list is not an array: {v}"))
+        .iter()
+        .map(|t| t.as_str().expect("topic name").to_string())
+        .collect()
+}
+
+/// Split a command line on whitespace: `run_client("confluent",
+/// &words(&format!("produce --bootstrap {b} --topic t --count 10")))`.
+pub fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
+/// Integer field of a client's JSON output (panics if absent).
+pub fn num(v: &Value, field: &str) -> i64 {
+    v.get(field)
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| panic!("no integer {field:?} in {v}"))
+}
+
+/// A client × case result table printed at the end of a test, so one run
+/// shows every cell even when several fail.
+#[derive(Default)]
+pub struct Matrix {
+    title: String,
+    rows: Vec<(String, String, bool, String)>,
+}
+
+impl Matrix {
+    pub fn new(title: &str) -> Matrix {
+        Matrix {
+            title: title.to_string(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Record one cell: `Ok(note)` passes, `Err(why)` fails.
+    pub fn record(&mut self, row: &str, col: &str, result: Result<String, String>) {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        eprintln!(
+            "[{}] {row} / {col}: {} {}",
+            self.title,
+            if ok { "PASS" } else { "FAIL" },
+            first_line(&detail)
+        );
+        self.rows.push((row.into(), col.into(), ok, detail));
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!("\n== {} ==\n", self.title);
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.0.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let cw = self
+            .rows
+            .iter()
+            .map(|r| r.1.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        for (row, col, ok, detail) in &self.rows {
+            let _ = writeln!(
+                s,
+                "{row:<w$}  {col:<cw$}  {}  {}",
+                if *ok { "PASS" } else { "FAIL" },
+                first_line(detail)
+            );
+        }
+        s
+    }
+
+    /// Print the table and panic with the failing cells if there are any.
+    pub fn finish(self) {
+        let table = self.render();
+        eprintln!("{table}");
+        let failures: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| !r.2)
+            .map(|(row, col, _, d)| format!("--- {row} / {col} ---\n{d}"))
+            .collect();
+        if !failures.is_empty() {
+            panic!(
+                "{} of {} cells of {:?} failed (table above)\n{}",
+                failures.len(),
+                self.rows.len(),
+                self.title,
+                failures.join("\n")
+            );
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Check a produce result: every record acknowledged, no errors.
+pub fn check_produced(v: &Value, count: i64) -> Result<(), String> {
+    if num(v, "produced") == count && num(v, "error_count") == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "produce: expected {count} produced and no errors, got {v}"
+        ))
+    }
+}
+
+/// Check a consume result: every record seen once or more, all byte-equal.
+pub fn check_consumed(v: &Value, count: i64) -> Result<(), String> {
+    if num(v, "distinct") == count && num(v, "missing") == 0 && num(v, "mismatched") == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "consume: expected {count} distinct, 0 missing, 0 mismatched, got {v}"
+        ))
+    }
+}
