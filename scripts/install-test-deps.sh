@@ -76,7 +76,8 @@ fi
 
 # --- Python venv ------------------------------------------------------------------
 VENV="$TOOLS/venv"
-PY_CHECK='import confluent_kafka, kafka, aiokafka, lz4.frame, snappy, zstandard, crc32c, cramjam'
+# boto3 creates the demo's Kinesis stream (scripts/demo.sh).
+PY_CHECK='import confluent_kafka, kafka, aiokafka, lz4.frame, snappy, zstandard, crc32c, cramjam, boto3'
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$PY_CHECK" >/dev/null 2>&1; then
   say venv "skipped (clients importable in $VENV)"
 else
@@ -85,7 +86,7 @@ else
   fi
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   run_logged pip "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    confluent-kafka 'kafka-python[lz4,snappy,zstd,crc32c]' 'aiokafka[lz4,snappy,zstd]'
+    confluent-kafka 'kafka-python[lz4,snappy,zstd,crc32c]' 'aiokafka[lz4,snappy,zstd]' boto3
   "$VENV/bin/python" -c "$PY_CHECK"
   say venv "installed ($VENV)"
 fi
