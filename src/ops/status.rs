@@ -213,11 +213,10 @@ async fn render(
         let spread: Vec<String> = shards
             .iter()
             .map(|(shard, n)| {
-                format!(
-                    "{}={:.0}%",
-                    shard.trim_start_matches("shardId-").trim_start_matches('0'),
-                    n / total.max(1.0) * 100.0
-                )
+                // shardId-000000000003 reads as 3.
+                let id = shard.trim_start_matches("shardId-");
+                let id = id.parse::<u64>().map_or(id.to_owned(), |n| n.to_string());
+                format!("{id}={:.0}%", n / total.max(1.0) * 100.0)
             })
             .collect();
         let _ = writeln!(out, "shard spread {stream}: {}", spread.join(" "));
