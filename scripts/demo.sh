@@ -82,7 +82,7 @@ config="$work/demo.toml"
 sed -e "s/127.0.0.1:39092/127.0.0.1:$kafka_port/" -e "s/127.0.0.1:4568/127.0.0.1:$kinesis_port/" \
   -e "s/^bootstrap_port = .*/bootstrap_port = $bootstrap_port/" \
   -e "s/^broker_port_base = .*/broker_port_base = $broker_port_base/" \
-  -e "s/127.0.0.1:9464/127.0.0.1:$admin_port/" config/demo.toml >"$config"
+  -e "s/127.0.0.1:9464/127.0.0.1:$admin_port/" -e "s|^dir = \"spool\"|dir = \"$work/spool\"|" config/demo.toml >"$config"
 echo "== starting the proxy at 10% (config: $config, admin: http://127.0.0.1:$admin_port)"
 "$KKP_PROXY_BIN" run --config "$config" >"$work/proxy.log" 2>&1 &
 pids+=($!)

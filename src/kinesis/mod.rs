@@ -2,7 +2,9 @@
 //! retries.
 
 pub mod client;
+pub mod dead_letter;
 pub mod request;
 pub mod retry;
 pub mod shard_map;
+pub mod spool;
 pub mod writer;

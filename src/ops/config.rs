@@ -24,6 +24,48 @@ pub struct Config {
     pub admin: AdminConfig,
     pub kinesis: KinesisConfig,
     pub mirror: Vec<MirrorRoute>,
+    pub mirror_buffer: MirrorBufferConfig,
+    pub spool: SpoolConfig,
+}
+
+/// What to do when the in-memory mirror buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Append to the spool and keep Kafka at full speed.
+    Spill,
+    /// Delay the Kafka responses of routed topics, so producers slow down.
+    Block,
+    /// Shadow-mode experiments only: drop, count and log.
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorBufferConfig {
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    /// Spool segments and the dead-letter file live here; required once routes exist.
+    pub dir: Option<PathBuf>,
+    pub max_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// The JSON-lines file of records that can never be delivered.
+    pub fn dead_letter_file(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("dead-letters.jsonl"))
+    }
+}
+
+/// Ordering guarantee of the Kinesis writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOrdering {
+    /// A key's records reach its shard in Kafka order, even across retries.
+    PerKey,
+    /// Throughput first: retries may reorder records.
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +85,11 @@ pub struct KinesisConfig {
     pub shard_map_refresh: Duration,
     /// Per-attempt PutRecords timeout.
     pub request_timeout: Duration,
+    pub ordering: WriteOrdering,
+    /// Scales each shard's 1,000 records/s and 1 MiB/s token bucket.
+    pub shard_rate_factor: f64,
+    /// After this long in memory a record leaves the memory queue for the spool.
+    pub record_ttl: Duration,
 }
 
 /// One `[[mirror]]` entry: a Kafka topic mirrored into a Kinesis stream.
@@ -165,6 +212,12 @@ impl Config {
         if self.kinesis != new.kinesis {
             changed.push("kinesis");
         }
+        if self.mirror_buffer != new.mirror_buffer {
+            changed.push("mirror_buffer");
+        }
+        if self.spool != new.spool {
+            changed.push("spool");
+        }
         changed
     }
 
@@ -217,6 +270,22 @@ struct RawConfig {
     kinesis: Option<RawKinesis>,
     #[serde(default)]
     mirror: Vec<Spanned<RawMirror>>,
+    mirror_buffer: Option<RawMirrorBuffer>,
+    spool: Option<Spanned<RawSpool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirrorBuffer {
+    max_bytes: Option<Spanned<u64>>,
+    when_full: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: Option<Spanned<String>>,
+    max_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +304,9 @@ struct RawKinesis {
     max_attempts: Option<Spanned<u64>>,
     shard_map_refresh_secs: Option<Spanned<u64>>,
     request_timeout_ms: Option<Spanned<u64>>,
+    ordering: Option<Spanned<String>>,
+    shard_rate_factor: Option<Spanned<f64>>,
+    record_ttl_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -275,12 +347,16 @@ impl RawConfig {
         let admin = validate_admin(self.admin, &listener)?;
         let kinesis = validate_kinesis(self.kinesis)?;
         let mirror = validate_mirror(self.mirror)?;
+        let mirror_buffer = validate_mirror_buffer(self.mirror_buffer)?;
+        let spool = validate_spool(self.spool, !mirror.is_empty())?;
         Ok(Config {
             listener,
             kafka,
             admin,
             kinesis,
             mirror,
+            mirror_buffer,
+            spool,
         })
     }
 }
@@ -330,6 +406,9 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
         max_attempts: None,
         shard_map_refresh_secs: None,
         request_timeout_ms: None,
+        ordering: None,
+        shard_rate_factor: None,
+        record_ttl_secs: None,
     });
     if let Some(url) = &raw.endpoint_url {
         let u = url.get_ref();
@@ -349,6 +428,20 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
         None => 50,
         Some(v) => *v.get_ref(),
     };
+    let ordering = match &raw.ordering {
+        None => WriteOrdering::PerKey,
+        Some(o) => match o.get_ref().as_str() {
+            "per-key" => WriteOrdering::PerKey,
+            "none" => WriteOrdering::None,
+            other => return invalid(o.span(), format!("kinesis.ordering: `{other}` is not \"per-key\" or \"none\"")),
+        },
+    };
+    let shard_rate_factor = match &raw.shard_rate_factor {
+        None => 1.0,
+        Some(f) if *f.get_ref() > 0.0 && f.get_ref().is_finite() => *f.get_ref(),
+        Some(f) => return invalid(f.span(), "kinesis.shard_rate_factor: must be greater than 0"),
+    };
+    let record_ttl_secs = positive(raw.record_ttl_secs.as_ref(), 600, "kinesis.record_ttl_secs")?;
     Ok(KinesisConfig {
         region: raw.region.map(Spanned::into_inner),
         endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
@@ -365,12 +458,51 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
             60,
             "kinesis.shard_map_refresh_secs",
         )?),
+        ordering,
+        shard_rate_factor,
+        record_ttl: Duration::from_secs(record_ttl_secs),
         request_timeout: Duration::from_millis(positive(
             raw.request_timeout_ms.as_ref(),
             30_000,
             "kinesis.request_timeout_ms",
         )?),
     })
+}
+
+fn validate_mirror_buffer(raw: Option<RawMirrorBuffer>) -> Result<MirrorBufferConfig, Invalid> {
+    let (max_bytes, when_full) = raw.map_or((None, None), |r| (r.max_bytes, r.when_full));
+    let max_bytes = positive(max_bytes.as_ref(), 256 * 1024 * 1024, "mirror_buffer.max_bytes")?;
+    let when_full = match &when_full {
+        None => WhenFull::Spill,
+        Some(w) => match w.get_ref().as_str() {
+            "spill" => WhenFull::Spill,
+            "block" => WhenFull::Block,
+            "drop" => WhenFull::Drop,
+            other => {
+                return invalid(w.span(), format!("mirror_buffer.when_full: `{other}` is not \"spill\", \"block\" or \"drop\""))
+            }
+        },
+    };
+    Ok(MirrorBufferConfig { max_bytes, when_full })
+}
+
+fn validate_spool(raw: Option<Spanned<RawSpool>>, has_routes: bool) -> Result<SpoolConfig, Invalid> {
+    let span = raw.as_ref().map(|r| r.span());
+    let raw = raw.map(Spanned::into_inner);
+    let (dir, max_bytes) = raw.map_or((None, None), |r| (r.dir, r.max_bytes));
+    let dir = match dir {
+        Some(d) if d.get_ref().trim().is_empty() => return invalid(d.span(), "spool.dir: must not be empty"),
+        Some(d) => Some(PathBuf::from(d.into_inner())),
+        None if has_routes => {
+            return Err((
+                span,
+                "spool.dir: required when [[mirror]] routes exist, so records Kinesis cannot take have a durable place (add [spool] dir = \"/var/lib/kafka-kinesis-proxy\")".to_owned(),
+            ))
+        }
+        None => None,
+    };
+    let max_bytes = positive(max_bytes.as_ref(), 10 * 1024 * 1024 * 1024, "spool.max_bytes")?;
+    Ok(SpoolConfig { dir, max_bytes })
 }
 
 fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<MirrorRoute>, Invalid> {
@@ -611,6 +743,12 @@ impl fmt::Display for Config {
             k.max_in_flight_requests,
             k.max_attempts
         )?;
+        writeln!(f, "  ordering          {:?}, shard rate x{}, record ttl {}s", k.ordering, k.shard_rate_factor, k.record_ttl.as_secs())?;
+        writeln!(f, "mirror_buffer       {} bytes, when full: {:?}", self.mirror_buffer.max_bytes, self.mirror_buffer.when_full)?;
+        match &self.spool.dir {
+            Some(dir) => writeln!(f, "spool               {} (max {} bytes)", dir.display(), self.spool.max_bytes)?,
+            None => writeln!(f, "spool               (none: no routes)")?,
+        }
         writeln!(f, "mirror routes       {}", self.mirror.len())?;
         for r in &self.mirror {
             writeln!(
@@ -690,7 +828,7 @@ mod tests {
 
     #[test]
     fn mirror_routes_are_validated_with_locations() {
-        let base = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n[kinesis]\nregion = \"us-east-1\"\n";
+        let base = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n[kinesis]\nregion = \"us-east-1\"\n[spool]\ndir = \"/tmp/s\"\n";
         let ok = parse(&format!("{base}[[mirror]]\ntopic = \"orders\"\nstream = \"orders-stream\"\npercent = 25.5\npartition_key = \"header:tenant\"\n")).unwrap();
         assert_eq!(ok.mirror[0].percent, 25.5);
         assert_eq!(
@@ -703,24 +841,28 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            err.starts_with("proxy.toml:9: ") && err.contains("101"),
+            err.starts_with("proxy.toml:11: ") && err.contains("101"),
             "{err}"
         );
         let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\n[[mirror]]\ntopic = \"t\"\nstream = \"s2\"\npercent = 1\n")).unwrap_err();
         assert!(
-            err.starts_with("proxy.toml:11: ") && err.contains("more than one"),
+            err.starts_with("proxy.toml:13: ") && err.contains("more than one"),
             "{err}"
         );
         let err = parse(&format!("{base}[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\npartition_key = \"value\"\n")).unwrap_err();
         assert!(
-            err.starts_with("proxy.toml:10: ") && err.contains("partition_key"),
+            err.starts_with("proxy.toml:12: ") && err.contains("partition_key"),
             "{err}"
         );
         let err = parse(&format!(
             "{base}[[mirror]]\ntopic = \"t\"\nstream = \"bad name\"\npercent = 1\n"
         ))
         .unwrap_err();
-        assert!(err.starts_with("proxy.toml:8: "), "{err}");
+        assert!(err.starts_with("proxy.toml:10: "), "{err}");
+        let no_spool = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\n";
+        assert!(parse(no_spool).unwrap_err().contains("spool.dir: required"));
+        let err = parse(&format!("{base}[mirror_buffer]\nwhen_full = \"wait\"\n")).unwrap_err();
+        assert!(err.starts_with("proxy.toml:9: ") && err.contains("when_full"), "{err}");
     }
 
     #[test]

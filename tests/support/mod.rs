@@ -334,6 +334,10 @@ impl Proxy {
             config.push_str(extra_toml);
             config.push('\n');
         }
+        if !extra_toml.contains("[spool]") {
+            // Each proxy gets its own spool (and dead-letter file) in its temp dir.
+            config.push_str(&format!("\n[spool]\ndir = {:?}\n", dir.path().join("spool")));
+        }
         let config_path = dir.path().join("proxy.toml");
         fs::write(&config_path, &config).expect("write proxy config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"));

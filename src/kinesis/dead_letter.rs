@@ -1,0 +1,517 @@
+//! The dead-letter file: records that can never be delivered to Kinesis, one JSON object per
+//! line, each with the reason it was given up on.
+//!
+//! Each line is an object with exactly these fields:
+//!
+//! ```text
+//! {"stream":"s","topic":"t","partition":0,"offset":42,"partition_key":"k",
+//!  "explicit_hash_key":null,"error_code":"ValidationException","message":"...",
+//!  "time":"2024-05-01T12:00:00.123Z","data":"aGVsbG8="}
+//! ```
+//!
+//! `explicit_hash_key` is the decimal string Kinesis takes, or `null`; `time` is RFC 3339 in
+//! UTC; `data` is the record's bytes in standard base64 (with padding).
+//!
+//! Durability: [`DeadLetterFile::append`] returns after the lines are written and the file is
+//! fdatasynced. A crash during an append can leave a partial last line; [`DeadLetterFile::open`]
+//! cuts such a line off (it belongs to an append that never returned) and logs it, so later
+//! lines stay parseable.
+//!
+//! All methods do blocking file I/O; call them from `spawn_blocking` in async code.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::spool::SpoolEntry;
+
+/// One record given up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub stream: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub partition_key: String,
+    /// Decimal, as Kinesis takes it.
+    #[serde(default)]
+    pub explicit_hash_key: Option<String>,
+    pub error_code: String,
+    pub message: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The record's bytes, standard base64 with padding.
+    #[serde(rename = "data")]
+    pub data_base64: String,
+}
+
+impl DeadLetter {
+    /// The dead letter for a spooled entry that failed with `error_code`/`message` at `time`.
+    pub fn from_entry(
+        entry: &SpoolEntry,
+        error_code: impl Into<String>,
+        message: impl Into<String>,
+        time: SystemTime,
+    ) -> DeadLetter {
+        DeadLetter {
+            stream: entry.stream.clone(),
+            topic: entry.topic.clone(),
+            partition: entry.partition,
+            offset: entry.offset,
+            partition_key: entry.partition_key.clone(),
+            explicit_hash_key: entry.explicit_hash_key.map(|h| h.to_string()),
+            error_code: error_code.into(),
+            message: message.into(),
+            time: rfc3339_utc(time),
+            data_base64: base64_encode(&entry.data),
+        }
+    }
+
+    /// The record's bytes, decoded from `data`.
+    pub fn data(&self) -> Result<Vec<u8>, String> {
+        base64_decode(&self.data_base64)
+    }
+
+    /// The explicit hash key parsed back to a number.
+    pub fn explicit_hash_key_u128(&self) -> Result<Option<u128>, String> {
+        self.explicit_hash_key
+            .as_deref()
+            .map(|s| {
+                s.parse::<u128>()
+                    .map_err(|_| format!("explicit_hash_key {s:?} is not a decimal u128"))
+            })
+            .transpose()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("dead-letter file I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A line of the file does not hold a dead letter.
+    #[error("{}:{line}: malformed dead letter: {reason}", path.display())]
+    Malformed {
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        reason: String,
+    },
+    #[error("could not encode a dead letter: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeadLetterError + '_ {
+    move |source| DeadLetterError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The dead-letter file, open for appending. Internally synchronized; `Send + Sync`.
+pub struct DeadLetterFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl DeadLetterFile {
+    /// Opens `path` for appending, creating it and its parent directories. A partial last line
+    /// left by a crash is cut off (and logged).
+    pub fn open(path: &Path) -> Result<Self, DeadLetterError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        repair_torn_line(&mut file, path)?;
+        Ok(DeadLetterFile {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one JSON line per letter, then flushes and fdatasyncs before returning.
+    pub fn append(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for letter in letters {
+            serde_json::to_writer(&mut buf, letter)?;
+            buf.push(b'\n');
+        }
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let len = file.metadata().map_err(io_err(&self.path))?.len();
+        let result = file
+            .write_all(&buf)
+            .and_then(|_| file.flush())
+            .and_then(|_| file.sync_data());
+        if let Err(e) = result {
+            // Leave no partial line behind for the next append to run into.
+            let _ = file.set_len(len);
+            return Err(io_err(&self.path)(e));
+        }
+        Ok(())
+    }
+
+    /// Reads every dead letter in `path`. Blank lines are skipped; a line that is not a dead
+    /// letter (bad JSON, a missing field, or `data` that is not base64) is an error naming
+    /// `path:line`.
+    pub fn read_all(path: &Path) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let mut letters = Vec::new();
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line = line.map_err(io_err(path))?;
+            let malformed = |reason: String| DeadLetterError::Malformed {
+                path: path.to_owned(),
+                line: i + 1,
+                reason,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let letter: DeadLetter =
+                serde_json::from_slice(&line).map_err(|e| malformed(e.to_string()))?;
+            letter
+                .data()
+                .map_err(|e| malformed(format!("field `data`: {e}")))?;
+            letter
+                .explicit_hash_key_u128()
+                .map_err(|e| malformed(format!("field `explicit_hash_key`: {e}")))?;
+            letters.push(letter);
+        }
+        Ok(letters)
+    }
+}
+
+/// Cuts the file back to its last newline when it does not end with one.
+fn repair_torn_line(file: &mut File, path: &Path) -> Result<(), DeadLetterError> {
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Search backwards for the last newline, a block at a time.
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut keep = None;
+    let mut buf = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        file.read_exact(chunk).map_err(io_err(path))?;
+        if end == len && chunk.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            keep = Some(start + i as u64 + 1);
+            break;
+        }
+        end = start;
+    }
+    let keep = keep.unwrap_or(0);
+    tracing::warn!(
+        file = %path.display(),
+        dropped_bytes = len - keep,
+        "dead-letter file ended in a partial line (an append interrupted by a crash); cut it off"
+    );
+    file.set_len(keep).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Formats `time` as RFC 3339 in UTC with milliseconds, e.g. `2024-05-01T12:00:00.123Z`. Times
+/// before the Unix epoch are clamped to it.
+pub fn rfc3339_utc(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let millis = since.subsec_millis();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(BASE64_ALPHABET[(n >> shift & 0x3f) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 with padding (as written by [`base64_encode`]).
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return Err(format!(
+            "base64 length {} is not a multiple of 4",
+            bytes.len()
+        ));
+    }
+    let value = |c: u8, at: usize| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(format!("invalid base64 character {:?} at {at}", c as char)),
+        }
+        .into())
+    };
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    let groups = bytes.len() / 4;
+    for (g, quad) in bytes.chunks(4).enumerate() {
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && g + 1 != groups) {
+            return Err(format!("misplaced base64 padding in group {g}"));
+        }
+        let mut n = 0u32;
+        for (i, &c) in quad[..4 - pad].iter().enumerate() {
+            n |= value(c, g * 4 + i)? << (18 - 6 * i);
+        }
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&decoded[..3 - pad]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn letter(i: u8, data: &[u8]) -> DeadLetter {
+        DeadLetter {
+            stream: "mirror".into(),
+            topic: "orders".into(),
+            partition: i32::from(i),
+            offset: 1000 + i64::from(i),
+            partition_key: format!("key-\"{i}\"\n\u{e9}"),
+            explicit_hash_key: (i % 2 == 1).then(|| u128::MAX.to_string()),
+            error_code: "ValidationException".into(),
+            message: format!("record {i} too large"),
+            time: rfc3339_utc(UNIX_EPOCH + Duration::from_millis(1_714_564_800_123)),
+            data_base64: base64_encode(data),
+        }
+    }
+
+    #[test]
+    fn dead_letter_file_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<DeadLetterFile>();
+    }
+
+    #[test]
+    fn append_and_read_all_round_trip_binary_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/dead-letters.jsonl");
+        let all_bytes: Vec<u8> = (0..=255).collect();
+        let letters = vec![
+            letter(0, &all_bytes),
+            letter(1, b""),
+            letter(2, &[0, 0xff, b'\n', b'"']),
+            letter(3, b"x"),
+        ];
+        {
+            let file = DeadLetterFile::open(&path).unwrap();
+            file.append(&letters[..2]).unwrap();
+            file.append(&[]).unwrap();
+        }
+        // Reopening appends rather than truncates.
+        DeadLetterFile::open(&path)
+            .unwrap()
+            .append(&letters[2..])
+            .unwrap();
+
+        let back = DeadLetterFile::read_all(&path).unwrap();
+        assert_eq!(back, letters);
+        assert_eq!(back[0].data().unwrap(), all_bytes);
+        assert_eq!(back[2].data().unwrap(), [0, 0xff, b'\n', b'"']);
+        assert_eq!(back[1].explicit_hash_key_u128().unwrap(), Some(u128::MAX));
+
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4);
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let mut keys: Vec<&str> = first
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "data",
+                "error_code",
+                "explicit_hash_key",
+                "message",
+                "offset",
+                "partition",
+                "partition_key",
+                "stream",
+                "time",
+                "topic"
+            ]
+        );
+        assert_eq!(first["time"], "2024-05-01T12:00:00.123Z");
+        assert!(first["explicit_hash_key"].is_null());
+    }
+
+    #[test]
+    fn from_entry_carries_the_record() {
+        let entry = SpoolEntry {
+            stream: "s".into(),
+            partition_key: "k".into(),
+            explicit_hash_key: Some(12345),
+            data: bytes::Bytes::from_static(b"\x00\x01payload"),
+            topic: "t".into(),
+            partition: 3,
+            offset: 77,
+            enqueued_unix_ms: 1,
+        };
+        let l = DeadLetter::from_entry(&entry, "E", "boom", UNIX_EPOCH);
+        assert_eq!(l.explicit_hash_key.as_deref(), Some("12345"));
+        assert_eq!(l.time, "1970-01-01T00:00:00.000Z");
+        assert_eq!(l.data().unwrap(), b"\x00\x01payload");
+        assert_eq!((l.partition, l.offset), (3, 77));
+    }
+
+    #[test]
+    fn malformed_line_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let good = serde_json::to_string(&letter(0, b"ok")).unwrap();
+        let cases = [
+            "{not json".to_owned(),
+            r#"{"stream":"s"}"#.to_owned(),
+            good.replace(&base64_encode(b"ok"), "!!!!"),
+        ];
+        for bad in cases {
+            fs::write(&path, format!("{good}\n\n{bad}\n{good}\n")).unwrap();
+            let err = DeadLetterFile::read_all(&path).unwrap_err();
+            match &err {
+                DeadLetterError::Malformed { path: p, line, .. } => {
+                    assert_eq!(p, &path);
+                    assert_eq!(*line, 3);
+                }
+                other => panic!("unexpected error {other:?}"),
+            }
+            let shown = err.to_string();
+            assert!(
+                shown.starts_with(&format!("{}:3: ", path.display())),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_cuts_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let good = serde_json::to_string(&letter(0, b"ok")).unwrap();
+        fs::write(&path, format!("{good}\n{}", &good[..20])).unwrap();
+        let file = DeadLetterFile::open(&path).unwrap();
+        file.append(&[letter(1, b"next")]).unwrap();
+        let back = DeadLetterFile::read_all(&path).unwrap();
+        assert_eq!(back, vec![letter(0, b"ok"), letter(1, b"next")]);
+
+        // A file that is one partial line is emptied.
+        fs::write(&path, &good[..10]).unwrap();
+        DeadLetterFile::open(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.jsonl");
+        match DeadLetterFile::read_all(&path) {
+            Err(DeadLetterError::Io { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc3339_formatting() {
+        let at = |ms: u64| rfc3339_utc(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(at(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn base64_round_trips_and_rejects_garbage() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(&[0xfb, 0xff]), "+/8=");
+        for len in 0..70 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(base64_decode(&base64_encode(&data)).unwrap(), data);
+        }
+        assert!(base64_decode("Zg=").is_err());
+        assert!(base64_decode("Zg==Zm8=").is_err());
+        assert!(base64_decode("Z===").is_err());
+        assert!(base64_decode("Zm9*").is_err());
+    }
+}
