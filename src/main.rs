@@ -8,8 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use kafka_kinesis_proxy::kinesis::budget::Budget;
 use kafka_kinesis_proxy::kinesis::client::{build_client, load_shard_map};
+use kafka_kinesis_proxy::kinesis::dead_letter::DeadLetterFile;
 use kafka_kinesis_proxy::kinesis::shard_map::hash_key;
+use kafka_kinesis_proxy::kinesis::writer::WriterSettings;
 use kafka_kinesis_proxy::mirror::Mirror;
 use kafka_kinesis_proxy::ops::admin::{self, AdminState};
 use kafka_kinesis_proxy::ops::config::Config;
@@ -142,13 +145,25 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), routes = config.mirror.len(), "starting");
     let metrics = Arc::new(Metrics::new());
     let inventory = Arc::new(Inventory::default());
-    let mirror = Mirror::start(
-        &config.mirror,
-        &config.kinesis,
-        metrics.clone(),
-        inventory.clone(),
-    )
-    .await;
+    let dead_letters = match config.spool.dead_letter_file() {
+        Some(path) => Some(Arc::new(
+            DeadLetterFile::open(&path)
+                .with_context(|| format!("dead-letter file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let settings = WriterSettings {
+        kinesis: config.kinesis.clone(),
+        buffer: config.mirror_buffer.clone(),
+        spool: config.spool.clone(),
+        budget: Arc::new(Budget::new(
+            config.mirror_buffer.max_bytes,
+            metrics.mirror_buffer_bytes.clone(),
+        )),
+        dead_letters,
+    };
+    let mirror = Mirror::start(&config.mirror, settings, metrics.clone(), inventory.clone()).await;
+
     let admin_bind = config.admin.bind;
     tokio::spawn(Reloader::new(path, config.clone(), mirror.clone(), metrics.clone()).run());
     let proxy = Proxy::new(config, mirror.clone(), metrics.clone(), inventory.clone());

@@ -18,15 +18,34 @@ fn route(topic: &str, stream: &str, percent: f64) -> String {
 }
 
 fn kinesis_section(k: &KinesisLocal) -> String {
-    format!("[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n", k.endpoint)
+    format!(
+        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n",
+        k.endpoint
+    )
 }
 
 fn produce(client: &str, bootstrap: &str, topic: &str, count: usize, codec: &str) {
     let out = run_client(
         client,
-        &["produce", "--bootstrap", bootstrap, "--topic", topic, "--count", &count.to_string(), "--codec", codec, "--acks", "all"],
+        &[
+            "produce",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--count",
+            &count.to_string(),
+            "--codec",
+            codec,
+            "--acks",
+            "all",
+        ],
     );
-    assert_eq!(num(&out, "produced"), count as i64, "{client} {codec}: {out}");
+    assert_eq!(
+        num(&out, "produced"),
+        count as i64,
+        "{client} {codec}: {out}"
+    );
     assert_eq!(num(&out, "error_count"), 0, "{client} {codec}: {out}");
 }
 
@@ -51,7 +70,11 @@ fn verify(records: &[StoredRecord]) -> BTreeMap<String, Value> {
 }
 
 /// Polls /metrics until `done` holds or 60 s pass.
-async fn wait_for_metrics(admin_port: u16, what: &str, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
+async fn wait_for_metrics(
+    admin_port: u16,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
     for _ in 0..600 {
         let m = scrape(admin_port);
         if done(&m) {
@@ -59,11 +82,15 @@ async fn wait_for_metrics(admin_port: u16, what: &str, done: impl Fn(&BTreeMap<S
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("timed out waiting for {what}; metrics: {:#?}", scrape(admin_port));
+    panic!(
+        "timed out waiting for {what}; metrics: {:#?}",
+        scrape(admin_port)
+    );
 }
 
 fn topic_of(record: &StoredRecord) -> String {
-    String::from_utf8_lossy(record.data.split(|b| *b == b'|').next().unwrap_or_default()).into_owned()
+    String::from_utf8_lossy(record.data.split(|b| *b == b'|').next().unwrap_or_default())
+        .into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,27 +114,77 @@ async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec
         produce("confluent", &bootstrap, &topic, PER_TOPIC, codec);
     }
     create_topic(&bootstrap, "orders-kafka-python", 3);
-    produce("kafka-python", &bootstrap, "orders-kafka-python", PER_TOPIC, "gzip");
+    produce(
+        "kafka-python",
+        &bootstrap,
+        "orders-kafka-python",
+        PER_TOPIC,
+        "gzip",
+    );
     let expected = PER_TOPIC as f64 * (codecs.len() + 1) as f64;
 
     let m = wait_for_metrics(proxy.admin_port, "every record sent", |m| {
-        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "sent")]) >= expected
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "sent")],
+        ) >= expected
     })
     .await;
-    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_records_total", &[("result", "ok")]), expected);
-    assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "failed")]), 0.0);
-    assert_eq!(value(&m, "kafka_kinesis_proxy_shard_map_mispredictions_total", &[]), 0.0);
-    assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_percent", &[("topic", "orders-zstd")]), 100.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_kafka_records_total",
+            &[("result", "ok")]
+        ),
+        expected
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "failed")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_shard_map_mispredictions_total",
+            &[]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_percent",
+            &[("topic", "orders-zstd")]
+        ),
+        100.0
+    );
 
     let stored = kinesis.read_all("all-codecs").await;
-    assert_eq!(stored.len(), expected as usize, "exactly once: no record lost or duplicated");
+    assert_eq!(
+        stored.len(),
+        expected as usize,
+        "exactly once: no record lost or duplicated"
+    );
     let summary = verify(&stored);
-    for topic in codecs.iter().map(|c| format!("orders-{c}")).chain(["orders-kafka-python".to_owned()]) {
+    for topic in codecs
+        .iter()
+        .map(|c| format!("orders-{c}"))
+        .chain(["orders-kafka-python".to_owned()])
+    {
         let t = &summary[&topic];
         assert_eq!(num(t, "records"), PER_TOPIC as i64, "{topic}: {t}");
         assert_eq!(num(t, "distinct"), PER_TOPIC as i64, "{topic}: {t}");
         assert_eq!(num(t, "duplicates"), 0, "{topic}: {t}");
-        assert_eq!(num(t, "mismatched"), 0, "{topic}: payload or key differs from the Kafka record: {t}");
+        assert_eq!(
+            num(t, "mismatched"),
+            0,
+            "{topic}: payload or key differs from the Kafka record: {t}"
+        );
     }
 
     // Our MD5 routing agrees with where Kinesis put each record, and `shard-for` agrees too.
@@ -126,14 +203,26 @@ async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec
             .envs(KinesisLocal::aws_env())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let line = String::from_utf8(out.stdout).unwrap();
         let (shard_id, hash) = line.trim().split_once(' ').unwrap();
         assert_eq!(shard_id, shard, "shard-for {key}");
-        assert_eq!(hash.parse::<u128>().unwrap(), u128::from_be_bytes(md5_of(key)), "decimal MD5 hash key of {key}");
+        assert_eq!(
+            hash.parse::<u128>().unwrap(),
+            u128::from_be_bytes(md5_of(key)),
+            "decimal MD5 hash key of {key}"
+        );
     }
     let per_shard: BTreeSet<&str> = stored.iter().map(|r| r.shard_id.as_str()).collect();
-    assert_eq!(per_shard.len(), 4, "every shard of the 4-shard stream receives records");
+    assert_eq!(
+        per_shard.len(),
+        4,
+        "every shard of the 4-shard stream receives records"
+    );
 }
 
 fn md5_of(key: &str) -> [u8; 16] {
@@ -167,49 +256,127 @@ async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
 
     let m = wait_for_metrics(proxy.admin_port, "every record decided", |m| {
         ["keys-25", "keys-60"].iter().all(|t| {
-            let sent = value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", t), ("result", "sent")]);
-            let skipped = value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", t), ("result", "skipped")]);
+            let sent = value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("topic", t), ("result", "sent")],
+            );
+            let skipped = value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("topic", t), ("result", "skipped")],
+            );
             sent + skipped >= KEYS as f64
-        }) && value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "keys-0"), ("result", "skipped")]) >= KEYS as f64
+        }) && value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "keys-0"), ("result", "skipped")],
+        ) >= KEYS as f64
     })
     .await;
-    assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "failed")]), 0.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "failed")]
+        ),
+        0.0
+    );
 
     let mut key_sets = BTreeMap::new();
-    for (stream, topic, percent) in [("sample-25", "keys-25", 25.0), ("sample-60", "keys-60", 60.0)] {
+    for (stream, topic, percent) in [
+        ("sample-25", "keys-25", 25.0),
+        ("sample-60", "keys-60", 60.0),
+    ] {
         let stored = kinesis.read_all(stream).await;
         let summary = verify(&stored);
         let t = &summary[topic];
         assert_eq!((num(t, "duplicates"), num(t, "mismatched")), (0, 0), "{t}");
         let fraction = stored.len() as f64 / KEYS as f64 * 100.0;
-        println!("{topic}: {} of {KEYS} keys mirrored = {fraction:.2}% (target {percent}%)", stored.len());
-        assert!((fraction - percent).abs() <= 3.0, "{topic}: {fraction:.2}% mirrored at {percent}%");
+        println!(
+            "{topic}: {} of {KEYS} keys mirrored = {fraction:.2}% (target {percent}%)",
+            stored.len()
+        );
+        assert!(
+            (fraction - percent).abs() <= 3.0,
+            "{topic}: {fraction:.2}% mirrored at {percent}%"
+        );
         let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &stored {
             *spread.entry(r.shard_id.as_str()).or_default() += 1;
         }
         println!("{stream} shard spread: {spread:?}");
-        assert_eq!(spread.len(), 4, "{stream}: every shard receives records: {spread:?}");
-        let sent = value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", topic), ("result", "sent")]);
-        assert_eq!(sent, stored.len() as f64, "{topic}: metric agrees with Kinesis");
-        key_sets.insert(topic, stored.into_iter().map(|r| r.partition_key).collect::<BTreeSet<_>>());
+        assert_eq!(
+            spread.len(),
+            4,
+            "{stream}: every shard receives records: {spread:?}"
+        );
+        let sent = value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", topic), ("result", "sent")],
+        );
+        assert_eq!(
+            sent,
+            stored.len() as f64,
+            "{topic}: metric agrees with Kinesis"
+        );
+        key_sets.insert(
+            topic,
+            stored
+                .into_iter()
+                .map(|r| r.partition_key)
+                .collect::<BTreeSet<_>>(),
+        );
     }
-    assert!(key_sets["keys-25"].is_subset(&key_sets["keys-60"]), "raising the percentage only adds keys");
+    assert!(
+        key_sets["keys-25"].is_subset(&key_sets["keys-60"]),
+        "raising the percentage only adds keys"
+    );
 
-    assert!(kinesis.read_all("sample-0").await.is_empty(), "0% mirrors nothing");
+    assert!(
+        kinesis.read_all("sample-0").await.is_empty(),
+        "0% mirrors nothing"
+    );
     // Kafka is unaffected by a 0% route: every record is there.
-    let consumed = run_client("confluent", &["consume", "--bootstrap", &bootstrap, "--topic", "keys-0", "--count", &KEYS.to_string(), "--timeout", "120"]);
-    assert_eq!((num(&consumed, "distinct"), num(&consumed, "mismatched")), (KEYS as i64, 0), "{consumed}");
+    let consumed = run_client(
+        "confluent",
+        &[
+            "consume",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "keys-0",
+            "--count",
+            &KEYS.to_string(),
+            "--timeout",
+            "120",
+        ],
+    );
+    assert_eq!(
+        (num(&consumed, "distinct"), num(&consumed, "mismatched")),
+        (KEYS as i64, 0),
+        "{consumed}"
+    );
 }
 
 /// Sends one Produce v7 (acks=all) with `records` as a single batch, as a raw request, and
 /// returns the partition's error code.
-async fn raw_produce(bootstrap: &str, topic: &'static str, producer_id: i64, records: Vec<(String, Vec<u8>)>) -> i16 {
+async fn raw_produce(
+    bootstrap: &str,
+    topic: &'static str,
+    producer_id: i64,
+    records: Vec<(String, Vec<u8>)>,
+) -> i16 {
     use bytes::BytesMut;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    };
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let records: Vec<Record> = records
@@ -232,18 +399,33 @@ async fn raw_produce(bootstrap: &str, topic: &'static str, producer_id: i64, rec
         })
         .collect();
     let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(&mut batch, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
     let version = 7;
-    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_static_str(topic)))
-        .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch.freeze()))])]);
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.freeze()))])]);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)
         .with_request_api_version(version)
         .with_correlation_id(1)
         .with_client_id(Some(StrBytes::from_static_str("raw-test")));
     let mut frame = BytesMut::from(&[0u8; 4][..]);
-    header.encode(&mut frame, ApiKey::Produce.request_header_version(version)).unwrap();
+    header
+        .encode(&mut frame, ApiKey::Produce.request_header_version(version))
+        .unwrap();
     request.encode(&mut frame, version).unwrap();
     let size = (frame.len() - 4) as i32;
     frame[..4].copy_from_slice(&size.to_be_bytes());
@@ -254,7 +436,9 @@ async fn raw_produce(bootstrap: &str, topic: &'static str, producer_id: i64, rec
     let mut body = vec![0u8; size as usize];
     conn.read_exact(&mut body).await.unwrap();
     let mut body = bytes::Bytes::from(body);
-    let header = ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
+    let header =
+        ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
+            .unwrap();
     assert_eq!(header.correlation_id, 1);
     let response = ProduceResponse::decode(&mut body, version).unwrap();
     response.responses[0].partition_responses[0].error_code
@@ -270,21 +454,44 @@ async fn rejected_produce_mirrors_nothing() {
     let tansu = Tansu::start();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream("rejected", 2).await;
-    let extra = format!("{}{}", kinesis_section(&kinesis), route("small", "rejected", 100.0));
+    let extra = format!(
+        "{}{}",
+        kinesis_section(&kinesis),
+        route("small", "rejected", 100.0)
+    );
     let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
     create_topic(&proxy.bootstrap(), "small", 1);
 
-    let records = (0..10).map(|i| (format!("k{i}"), format!("v{i}").into_bytes())).collect();
+    let records = (0..10)
+        .map(|i| (format!("k{i}"), format!("v{i}").into_bytes()))
+        .collect();
     let error = raw_produce(&proxy.bootstrap(), "small", 987_654, records).await;
-    assert_ne!(error, 0, "Kafka must reject a batch from an unknown producer id");
+    assert_ne!(
+        error, 0,
+        "Kafka must reject a batch from an unknown producer id"
+    );
 
     let m = wait_for_metrics(proxy.admin_port, "the rejection counted", |m| {
-        value(m, "kafka_kinesis_proxy_kafka_records_total", &[("topic", "small"), ("result", "error")]) >= 10.0
+        value(
+            m,
+            "kafka_kinesis_proxy_kafka_records_total",
+            &[("topic", "small"), ("result", "error")],
+        ) >= 10.0
     })
     .await;
-    assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "small")]), 0.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "small")]
+        ),
+        0.0
+    );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(kinesis.read_all("rejected").await.is_empty(), "a rejected produce must mirror nothing");
+    assert!(
+        kinesis.read_all("rejected").await.is_empty(),
+        "a rejected produce must mirror nothing"
+    );
 }
 
 /// A record over the stream's per-record limit (data plus partition key, 1 MiB by default) is
@@ -294,7 +501,11 @@ async fn oversized_record_is_counted_not_sent() {
     let tansu = Tansu::start();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream("limits", 1).await;
-    let extra = format!("{}{}", kinesis_section(&kinesis), route("big", "limits", 100.0));
+    let extra = format!(
+        "{}{}",
+        kinesis_section(&kinesis),
+        route("big", "limits", 100.0)
+    );
     let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
     create_topic(&proxy.bootstrap(), "big", 1);
 
@@ -305,16 +516,30 @@ async fn oversized_record_is_counted_not_sent() {
     ];
     assert_eq!(raw_produce(&proxy.bootstrap(), "big", -1, records).await, 0);
     let m = wait_for_metrics(proxy.admin_port, "both small records sent", |m| {
-        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "big"), ("result", "sent")]) >= 2.0
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "big"), ("result", "sent")],
+        ) >= 2.0
     })
     .await;
-    assert_eq!(value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "big"), ("result", "oversize")]), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "big"), ("result", "oversize")]
+        ),
+        1.0
+    );
     let stored = kinesis.read_all("limits").await;
     let keys: BTreeSet<&str> = stored.iter().map(|r| r.partition_key.as_str()).collect();
     assert_eq!(keys, BTreeSet::from(["small-1", "small-2"]));
     let mut proxy = proxy;
     let log = proxy.daemon().log_tail(200);
-    assert!(log.contains("per-record limit") && log.contains("topic=big") && log.contains("offset=1"), "{log}");
+    assert!(
+        log.contains("per-record limit") && log.contains("topic=big") && log.contains("offset=1"),
+        "{log}"
+    );
 }
 
 /// With acks=0 Kafka sends no response: records are mirrored on send and counted apart from
@@ -324,21 +549,66 @@ async fn acks_zero_records_are_mirrored_on_send() {
     let tansu = Tansu::start();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream("fire-and-forget", 2).await;
-    let extra = format!("{}{}", kinesis_section(&kinesis), route("metrics-feed", "fire-and-forget", 100.0));
+    let extra = format!(
+        "{}{}",
+        kinesis_section(&kinesis),
+        route("metrics-feed", "fire-and-forget", 100.0)
+    );
     let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
     let bootstrap = proxy.bootstrap();
     create_topic(&bootstrap, "metrics-feed", 2);
-    let out = run_client("confluent", &["produce", "--bootstrap", &bootstrap, "--topic", "metrics-feed", "--count", "500", "--codec", "gzip", "--acks", "0"]);
+    let out = run_client(
+        "confluent",
+        &[
+            "produce",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "metrics-feed",
+            "--count",
+            "500",
+            "--codec",
+            "gzip",
+            "--acks",
+            "0",
+        ],
+    );
     assert_eq!(num(&out, "error_count"), 0, "{out}");
     let m = wait_for_metrics(proxy.admin_port, "acks=0 records mirrored", |m| {
-        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "sent")]) >= 500.0
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "sent")],
+        ) >= 500.0
     })
     .await;
-    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_unacked_records_total", &[("topic", "metrics-feed")]), 500.0);
-    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_records_total", &[("topic", "metrics-feed")]), 0.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_kafka_unacked_records_total",
+            &[("topic", "metrics-feed")]
+        ),
+        500.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_kafka_records_total",
+            &[("topic", "metrics-feed")]
+        ),
+        0.0
+    );
     let summary = verify(&kinesis.read_all("fire-and-forget").await);
     let t = &summary["metrics-feed"];
-    assert_eq!((num(t, "distinct"), num(t, "duplicates"), num(t, "mismatched")), (500, 0, 0), "{t}");
+    assert_eq!(
+        (
+            num(t, "distinct"),
+            num(t, "duplicates"),
+            num(t, "mismatched")
+        ),
+        (500, 0, 0),
+        "{t}"
+    );
 }
 
 /// After a SplitShard, the proxy's predictions go wrong for the split range, the mispredictions
@@ -349,12 +619,24 @@ async fn shard_map_refreshes_after_a_split() {
     let kinesis = KinesisLocal::start();
     kinesis.create_stream("resharded", 2).await;
     // A long timer, so only the misprediction can trigger the refresh.
-    let extra = format!("{}shard_map_refresh_secs = 3600\n{}", kinesis_section(&kinesis), route("events", "resharded", 100.0));
+    let extra = format!(
+        "{}shard_map_refresh_secs = 3600\n{}",
+        kinesis_section(&kinesis),
+        route("events", "resharded", 100.0)
+    );
     let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
     let bootstrap = proxy.bootstrap();
     create_topic(&bootstrap, "events", 3);
-    let mispredictions = |m: &BTreeMap<String, f64>| value(m, "kafka_kinesis_proxy_shard_map_mispredictions_total", &[]);
-    let sent = |m: &BTreeMap<String, f64>| value(m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "sent")]);
+    let mispredictions = |m: &BTreeMap<String, f64>| {
+        value(m, "kafka_kinesis_proxy_shard_map_mispredictions_total", &[])
+    };
+    let sent = |m: &BTreeMap<String, f64>| {
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "sent")],
+        )
+    };
 
     produce("confluent", &bootstrap, "events", 300, "none");
     let m = wait_for_metrics(proxy.admin_port, "first batch", |m| sent(m) >= 300.0).await;
@@ -362,10 +644,18 @@ async fn shard_map_refreshes_after_a_split() {
 
     // Split shard 0 at the middle of its range.
     let client = kinesis.client();
-    let shards = client.list_shards().stream_name("resharded").send().await.unwrap();
+    let shards = client
+        .list_shards()
+        .stream_name("resharded")
+        .send()
+        .await
+        .unwrap();
     let first = &shards.shards()[0];
     let range = first.hash_key_range().unwrap();
-    let (start, end): (u128, u128) = (range.starting_hash_key().parse().unwrap(), range.ending_hash_key().parse().unwrap());
+    let (start, end): (u128, u128) = (
+        range.starting_hash_key().parse().unwrap(),
+        range.ending_hash_key().parse().unwrap(),
+    );
     client
         .split_shard()
         .stream_name("resharded")
@@ -381,37 +671,113 @@ async fn shard_map_refreshes_after_a_split() {
     produce("confluent", &bootstrap, "events", 300, "none");
     let m = wait_for_metrics(proxy.admin_port, "second batch", |m| sent(m) >= 600.0).await;
     let after_split = mispredictions(&m);
-    assert!(after_split > 0.0, "records sent with the stale map must count as mispredicted");
+    assert!(
+        after_split > 0.0,
+        "records sent with the stale map must count as mispredicted"
+    );
 
     // The refresh happened: a third run is predicted correctly.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     produce("confluent", &bootstrap, "events", 300, "none");
     let m = wait_for_metrics(proxy.admin_port, "third batch", |m| sent(m) >= 900.0).await;
-    assert_eq!(mispredictions(&m), after_split, "no mispredictions once the map has refreshed");
+    assert_eq!(
+        mispredictions(&m),
+        after_split,
+        "no mispredictions once the map has refreshed"
+    );
     let stored = kinesis.read_all("resharded").await;
     assert_eq!(stored.len(), 900);
 }
 
 /// A route whose stream does not exist is reported unhealthy, with the stream named in the log,
-/// and Kafka traffic flows as if the mirror were not there.
+/// and Kafka traffic flows as if the mirror were not there. ResourceNotFound is not retried:
+/// the records go to the dead-letter file, where `spool replay` can re-send them later.
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
     let tansu = Tansu::start();
     let kinesis = KinesisLocal::start();
-    let extra = format!("{}{}", kinesis_section(&kinesis), route("payments", "no-such-stream", 100.0));
+    let extra = format!(
+        "{}{}",
+        kinesis_section(&kinesis),
+        route("payments", "no-such-stream", 100.0)
+    );
     let mut proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
     let bootstrap = proxy.bootstrap();
     create_topic(&bootstrap, "payments", 2);
     produce("confluent", &bootstrap, "payments", 1000, "zstd");
-    let consumed = run_client("confluent", &["consume", "--bootstrap", &bootstrap, "--topic", "payments", "--count", "1000", "--timeout", "60"]);
-    assert_eq!((num(&consumed, "distinct"), num(&consumed, "mismatched")), (1000, 0), "{consumed}");
+    let consumed = run_client(
+        "confluent",
+        &[
+            "consume",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "payments",
+            "--count",
+            "1000",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert_eq!(
+        (num(&consumed, "distinct"), num(&consumed, "mismatched")),
+        (1000, 0),
+        "{consumed}"
+    );
 
-    let m = wait_for_metrics(proxy.admin_port, "failed records counted", |m| {
-        value(m, "kafka_kinesis_proxy_mirror_records_total", &[("topic", "payments"), ("result", "failed")]) >= 1000.0
+    let m = wait_for_metrics(proxy.admin_port, "dead-lettered records counted", |m| {
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "payments"), ("result", "dead_letter")],
+        ) >= 1000.0
     })
     .await;
-    assert_eq!(value(&m, "kafka_kinesis_proxy_stream_healthy", &[("stream", "no-such-stream")]), 0.0);
-    assert_eq!(value(&m, "kafka_kinesis_proxy_kafka_records_total", &[("topic", "payments"), ("result", "ok")]), 1000.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_stream_healthy",
+            &[("stream", "no-such-stream")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_kafka_records_total",
+            &[("topic", "payments"), ("result", "ok")]
+        ),
+        1000.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "payments"), ("result", "sent")]
+        ),
+        0.0
+    );
     let log = proxy.daemon().log_tail(400);
-    assert!(log.contains("stream `no-such-stream`") && log.contains("ResourceNotFoundException"), "{log}");
+    assert!(
+        log.contains("stream `no-such-stream`") && log.contains("ResourceNotFoundException"),
+        "{log}"
+    );
+    let dead_letters = proxy
+        .config_path
+        .parent()
+        .unwrap()
+        .join("spool/dead-letters.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead_letters)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1000);
+    assert!(
+        lines.iter().all(|l| l["stream"] == "no-such-stream"
+            && l["topic"] == "payments"
+            && l["error_code"] == "ResourceNotFoundException"),
+        "{}",
+        lines[0]
+    );
 }

@@ -29,6 +29,14 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// The AWS error code, when the failure came from the API.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            StreamError::Api { code, .. } => Some(code),
+            StreamError::ShardMap { .. } => None,
+        }
+    }
+
     fn api<E: ProvideErrorMetadata + std::error::Error + 'static>(
         stream: &str,
         operation: &'static str,

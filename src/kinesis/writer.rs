@@ -1,30 +1,58 @@
-//! One writer per Kinesis stream: queues mirrored records, cuts PutRecords batches (at most 500
-//! entries and 5 MiB, after a linger), sends them with bounded concurrency, and resends only the
-//! entries that failed.
+//! One writer per Kinesis stream. It owns the stream's lanes (per-shard queues), its spool and
+//! its share of the memory budget, and accounts for every record it is given: each ends
+//! delivered, in the spool awaiting replay, or in the dead-letter file with a reason (or, only
+//! with `when_full = "drop"`, counted as dropped).
+//!
+//! Spilling: when the budget is full (`when_full = "spill"`), or a record has waited longer than
+//! `record_ttl` or used up `max_attempts`, the stream starts spilling: everything queued moves
+//! to its spool, and new records are appended there too. Records already in flight finish from
+//! memory, and replay starts only once nothing is queued or in flight, so a key's records reach
+//! the shard in order across an outage. When the spool is empty again, records flow directly.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 
+use super::budget::Budget;
 use super::client::{describe, load_shard_map, DEFAULT_MAX_RECORD_BYTES};
-use super::request::{entry, take_batch, MirrorRecord, Routed, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
+use super::dead_letter::{DeadLetter, DeadLetterFile};
+use super::lanes::{Lanes, Queued, Request};
+use super::request::{entry, MirrorRecord};
 use super::retry::{is_retryable, Backoff};
 use super::shard_map::ShardMap;
-use crate::ops::config::KinesisConfig;
+use super::spool::{Spool, SpoolEntry, SpoolPosition};
+use crate::mirror::partition_key::KinesisKey;
+use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
 use crate::ops::metrics::{Metrics, MirrorResult};
 
-/// Records a writer may hold queued before the mirror waits for it.
-const QUEUE_CAPACITY: usize = 16 * 1024;
+/// Records a writer may hold in its input channel.
+const QUEUE_CAPACITY: usize = 4096;
 
-/// How often an unhealthy stream is described again.
+/// How often the stream is described, so an outage shows in `/readyz` without traffic.
 const HEALTH_RETRY: Duration = Duration::from_secs(5);
+
+/// Entries read back from the spool at a time.
+const REPLAY_WINDOW: usize = 2000;
+
+/// The error code Kinesis gives an entry when the shard is over its limits.
+const THROTTLED: &str = "ProvisionedThroughputExceededException";
+
+/// Everything a writer needs from the config, and what it shares with the other writers.
+#[derive(Clone)]
+pub struct WriterSettings {
+    pub kinesis: KinesisConfig,
+    pub buffer: MirrorBufferConfig,
+    pub spool: SpoolConfig,
+    pub budget: Arc<Budget>,
+    pub dead_letters: Option<Arc<DeadLetterFile>>,
+}
 
 /// The handle the mirror stage sends records through.
 #[derive(Clone)]
@@ -38,8 +66,11 @@ pub struct StreamState {
     pub stream: String,
     healthy: AtomicBool,
     last_error: std::sync::Mutex<Option<String>>,
+    /// The last error will not go away by retrying (the stream is missing, or access denied).
+    permanent_error: std::sync::Mutex<Option<String>>,
     open_shards: AtomicUsize,
     map: ArcSwap<ShardMap>,
+    spool_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl StreamState {
@@ -55,16 +86,21 @@ impl StreamState {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("stream state lock").clone()
     }
+
+    /// Bytes waiting in the stream's spool.
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool_bytes.load(Ordering::Acquire)
+    }
 }
 
 impl StreamWriter {
     /// Starts the writer task for `stream`. The stream is described first; a failure leaves the
-    /// route unhealthy (logged, and `mirror_route_healthy` 0) and is retried, while Kafka
-    /// traffic is unaffected.
+    /// route unhealthy (logged, and `stream_healthy` 0) and is retried, while Kafka traffic is
+    /// unaffected.
     pub fn spawn(
         stream: &str,
         client: Client,
-        config: &KinesisConfig,
+        settings: &WriterSettings,
         metrics: Arc<Metrics>,
     ) -> StreamWriter {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -72,29 +108,33 @@ impl StreamWriter {
             stream: stream.to_owned(),
             healthy: AtomicBool::new(false),
             last_error: std::sync::Mutex::new(None),
+            permanent_error: std::sync::Mutex::new(None),
             open_shards: AtomicUsize::new(0),
             map: ArcSwap::from_pointee(ShardMap::default()),
+            spool_bytes: std::sync::atomic::AtomicU64::new(0),
         });
-        let shared = Arc::new(Shared {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let task = WriterTask {
             client,
             state: state.clone(),
             metrics,
-            backoff: Backoff::default(),
-            max_attempts: config.max_attempts,
-            refresh_now: Notify::new(),
-        });
-        let task = WriterTask {
-            shared,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight_requests)),
-            max_in_flight: config.max_in_flight_requests,
-            linger: config.linger,
-            refresh_every: config.shard_map_refresh,
+            settings: settings.clone(),
+            lanes: Lanes::new(
+                settings.kinesis.ordering,
+                settings.kinesis.shard_rate_factor,
+            ),
+            requests_in_flight: 0,
+            done_tx,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
             last_health_check: None,
+            refresh_now: Arc::new(Notify::new()),
+            spool: None,
+            spilling: false,
+            replay: None,
+            held: std::collections::VecDeque::new(),
+            backoff: Backoff::default(),
         };
-        tokio::spawn(task.run(rx));
+        tokio::spawn(task.run(rx, done_rx));
         StreamWriter { tx, state }
     }
 
@@ -102,150 +142,641 @@ impl StreamWriter {
         &self.state
     }
 
-    /// Queues a record; waits while the writer's queue is full.
+    /// Queues a record; waits while the writer's input is full (which is how `when_full =
+    /// "block"` pushes back on the Kafka path).
     pub async fn send(&self, record: MirrorRecord) -> Result<(), MirrorRecord> {
         self.tx.send(record).await.map_err(|e| e.0)
     }
 }
 
-/// What the writer loop and its in-flight requests share.
-struct Shared {
-    client: Client,
-    state: Arc<StreamState>,
-    metrics: Arc<Metrics>,
-    backoff: Backoff,
-    max_attempts: u32,
-    refresh_now: Notify,
+/// The outcome of one PutRecords request, reported back to the writer loop.
+struct Completion {
+    request: Request,
+    result: Result<Vec<EntryOutcome>, RequestFailure>,
+}
+
+enum EntryOutcome {
+    Delivered { shard: String },
+    Failed { code: String, message: String },
+}
+
+struct RequestFailure {
+    code: Option<String>,
+    message: String,
+}
+
+/// Spool entries being replayed: acknowledged once every one is delivered or dead-lettered.
+struct Replay {
+    upto: SpoolPosition,
+    outstanding: usize,
 }
 
 struct WriterTask {
-    shared: Arc<Shared>,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
-    linger: Duration,
-    refresh_every: Duration,
+    client: Client,
+    state: Arc<StreamState>,
+    metrics: Arc<Metrics>,
+    settings: WriterSettings,
+    lanes: Lanes,
+    requests_in_flight: usize,
+    done_tx: mpsc::UnboundedSender<Completion>,
     max_record_bytes: usize,
-    queue: VecDeque<MirrorRecord>,
-    queued_bytes: usize,
     last_health_check: Option<Instant>,
+    refresh_now: Arc<Notify>,
+    spool: Option<Arc<Spool>>,
+    spilling: bool,
+    replay: Option<Replay>,
+    /// Records waiting, in order, for room in the budget (`when_full = "block"`) or the
+    /// spool; no input is taken while any wait.
+    held: std::collections::VecDeque<MirrorRecord>,
+    backoff: Backoff,
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl WriterTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<MirrorRecord>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<MirrorRecord>,
+        mut done: mpsc::UnboundedReceiver<Completion>,
+    ) {
+        self.open_spool().await;
         self.check_health().await;
         let mut probe = tokio::time::interval(HEALTH_RETRY);
+        let mut refresh = tokio::time::interval(self.settings.kinesis.shard_map_refresh);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         probe.tick().await;
-        let mut refresh = tokio::time::interval(self.refresh_every);
         refresh.tick().await;
-        let mut deadline: Option<tokio::time::Instant> = None;
+        let refresh_now = self.refresh_now.clone();
+        let mut input_open = true;
         loop {
+            let wake = self.next_wake();
             tokio::select! {
-                record = rx.recv() => match record {
+                record = rx.recv(), if input_open && self.held.is_empty() => match record {
                     Some(record) => {
-                        self.enqueue(record);
-                        if self.queue.len() >= MAX_BATCH_ENTRIES || self.queued_bytes >= MAX_BATCH_BYTES {
-                            self.flush(false).await;
-                        } else if deadline.is_none() && !self.queue.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + self.linger);
+                        let mut batch = vec![record];
+                        while batch.len() < 500 {
+                            match rx.try_recv() {
+                                Ok(r) => batch.push(r),
+                                Err(_) => break,
+                            }
                         }
+                        self.accept(batch).await;
                     }
-                    None => break,
+                    None => input_open = false,
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    deadline = None;
-                    self.flush(true).await;
-                }
-                _ = refresh.tick() => self.refresh_map().await,
+                Some(completion) = done.recv() => self.complete(completion).await,
+                _ = self.settings.budget.freed(), if !self.held.is_empty() => self.retry_held().await,
+                _ = sleep_until(wake) => {}
+                _ = tick.tick() => self.housekeeping().await,
                 _ = probe.tick() => self.probe_health().await,
-                _ = self.shared.refresh_now.notified() => self.refresh_map().await,
+                _ = refresh.tick() => self.refresh_map().await,
+                _ = refresh_now.notified() => self.refresh_map().await,
             }
-            if self.queue.is_empty() {
-                deadline = None;
-            }
-        }
-        // The mirror stage is gone: deliver what is queued and wait for every request.
-        self.flush(true).await;
-        let _ = self.in_flight.acquire_many(self.max_in_flight as u32).await;
-    }
-
-    fn enqueue(&mut self, record: MirrorRecord) {
-        let size = record.kinesis_bytes();
-        if size > self.max_record_bytes {
-            let stream = &self.shared.state.stream;
-            tracing::warn!(
-                topic = %record.topic, partition = record.partition, offset = record.offset, %stream,
-                bytes = size, limit = self.max_record_bytes,
-                "record exceeds the stream's per-record limit (data plus partition key); not mirrored"
-            );
-            self.shared
-                .metrics
-                .mirror_outcome(&record.topic, stream, MirrorResult::Oversize, 1);
-            return;
-        }
-        self.queued_bytes += size;
-        self.queue.push_back(record);
-    }
-
-    /// Sends full batches, and with `all` the partial last one too.
-    async fn flush(&mut self, all: bool) {
-        if !self.shared.state.is_healthy() && !self.check_health().await {
-            self.fail_queued("stream is unhealthy (see the DescribeStreamSummary error above)");
-            return;
-        }
-        while !self.queue.is_empty() {
-            let full =
-                self.queue.len() >= MAX_BATCH_ENTRIES || self.queued_bytes >= MAX_BATCH_BYTES;
-            if !all && !full {
+            self.dispatch(!input_open);
+            if !input_open
+                && self.lanes.is_idle()
+                && self.requests_in_flight == 0
+                && self.held.is_empty()
+            {
                 break;
             }
-            let map = self.shared.state.map.load_full();
-            let batch = take_batch(&mut self.queue, &mut self.queued_bytes, &map);
-            let permit = self
-                .in_flight
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closed");
-            let shared = self.shared.clone();
+        }
+    }
+
+    /// Takes new records: into memory while the budget has room and the stream is not
+    /// spilling; otherwise as `when_full` says.
+    async fn accept(&mut self, batch: Vec<MirrorRecord>) {
+        let now = Instant::now();
+        let mut to_spool = Vec::new();
+        for record in batch {
+            let size = record.kinesis_bytes();
+            if size > self.max_record_bytes {
+                self.oversize(record, size).await;
+                continue;
+            }
+            if !self.held.is_empty() {
+                self.held.push_back(record);
+                continue;
+            }
+            if !to_spool.is_empty() || self.spilling {
+                to_spool.push(record);
+                continue;
+            }
+            if self.settings.budget.try_reserve(size as u64) {
+                let map = self.state.map.load();
+                self.lanes.push(Queued::new(record, now, false), &map, now);
+                continue;
+            }
+            match self.settings.buffer.when_full {
+                WhenFull::Spill => to_spool.push(record),
+                WhenFull::Drop => self.drop_record(&record),
+                // Taking no more input until the budget frees pushes back on the Kafka path.
+                WhenFull::Block => self.held.push_back(record),
+            }
+        }
+        if !to_spool.is_empty() {
+            self.spill(to_spool).await;
+        }
+    }
+
+    async fn retry_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        if self.spilling {
+            if self.spool.is_some() {
+                let held: Vec<MirrorRecord> = self.held.drain(..).collect();
+                self.spill(held).await;
+            }
+            return;
+        }
+        let now = Instant::now();
+        while let Some(record) = self.held.front() {
+            if !self
+                .settings
+                .budget
+                .try_reserve(record.kinesis_bytes() as u64)
+            {
+                return;
+            }
+            let record = self.held.pop_front().expect("front exists");
+            let map = self.state.map.load();
+            self.lanes.push(Queued::new(record, now, false), &map, now);
+        }
+    }
+
+    fn drop_record(&self, record: &MirrorRecord) {
+        tracing::warn!(
+            stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
+            "mirror buffer full: record dropped (mirror_buffer.when_full = \"drop\")"
+        );
+        self.count(&record.topic, MirrorResult::Dropped, 1);
+    }
+
+    async fn oversize(&mut self, record: MirrorRecord, size: usize) {
+        tracing::warn!(
+            topic = %record.topic, partition = record.partition, offset = record.offset, stream = %self.state.stream,
+            bytes = size, limit = self.max_record_bytes,
+            "record exceeds the stream's per-record limit (data plus partition key); not mirrored, written to the dead-letter file"
+        );
+        self.count(&record.topic, MirrorResult::Oversize, 1);
+        let message = format!("record of {size} bytes exceeds the stream's limit of {} bytes (data plus partition key)", self.max_record_bytes);
+        self.write_dead_letters(vec![(record, "RecordTooLarge".to_owned(), message)], false)
+            .await;
+    }
+
+    /// Appends records to the spool (entering spill mode). A full spool falls back to
+    /// blocking: the first record that does not fit is held until the spool drains.
+    async fn spill(&mut self, records: Vec<MirrorRecord>) {
+        let Some(spool) = self.spool.clone() else {
+            // No spool (it failed to open): block rather than lose anything.
+            self.held.extend(records);
+            return;
+        };
+        if !self.spilling {
+            tracing::warn!(stream = %self.state.stream, "mirror spilling to the spool");
+        }
+        self.spilling = true;
+        let entries: Vec<SpoolEntry> = records
+            .iter()
+            .map(|r| spool_entry(&self.state.stream, r))
+            .collect();
+        let appended = tokio::task::spawn_blocking({
+            let spool = spool.clone();
+            move || spool.append(&entries)
+        })
+        .await
+        .expect("spool append task");
+        match appended {
+            Ok(()) => {
+                for record in &records {
+                    self.count(&record.topic, MirrorResult::Spooled, 1);
+                }
+                self.state
+                    .spool_bytes
+                    .store(spool.bytes(), Ordering::Release);
+                self.metrics
+                    .spool_bytes
+                    .with_label_values(&[&self.state.stream])
+                    .set(spool.bytes() as i64);
+            }
+            Err(e) => {
+                // Full, or a disk error: fall back to blocking, never to loss. The records wait
+                // in order and are retried as the spool drains.
+                if self.held.is_empty() {
+                    tracing::warn!(stream = %self.state.stream, error = %e, "cannot spool: blocking the mirror until the spool takes records again");
+                }
+                self.held.extend(records);
+            }
+        }
+    }
+
+    async fn open_spool(&mut self) {
+        let Some(dir) = self.settings.spool.dir.clone() else {
+            return;
+        };
+        let dir: PathBuf = dir.join(&self.state.stream);
+        let max = self.settings.spool.max_bytes;
+        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max))
+            .await
+            .expect("spool open task");
+        match opened {
+            Ok((spool, report)) => {
+                for tail in &report.truncated {
+                    tracing::warn!(
+                        stream = %self.state.stream, segment = %tail.segment.display(), at = tail.at_offset,
+                        dropped_bytes = tail.dropped_bytes, reason = %tail.reason,
+                        "spool tail was torn or corrupt; truncated at the last good record"
+                    );
+                }
+                if report.entries > 0 {
+                    tracing::info!(stream = %self.state.stream, entries = report.entries, bytes = report.bytes, "spool holds records from before; replaying");
+                    self.spilling = true;
+                }
+                self.state
+                    .spool_bytes
+                    .store(spool.bytes(), Ordering::Release);
+                self.metrics
+                    .spool_bytes
+                    .with_label_values(&[&self.state.stream])
+                    .set(spool.bytes() as i64);
+                self.spool = Some(Arc::new(spool));
+            }
+            Err(e) => {
+                tracing::error!(stream = %self.state.stream, error = %e, "cannot open the spool; the mirror will block instead of spilling")
+            }
+        }
+    }
+
+    /// Sends what may go now. Partial requests wait for `linger` unless `flush`.
+    fn dispatch(&mut self, flush: bool) {
+        let now = Instant::now();
+        while self.requests_in_flight < self.settings.kinesis.max_in_flight_requests
+            && self.state.is_healthy()
+        {
+            let oldest_waited = self
+                .lanes
+                .oldest_in_memory()
+                .map(|(t, _)| now.duration_since(t));
+            let ripe = flush
+                || self.lanes.queued_records() >= super::request::MAX_BATCH_ENTRIES
+                || oldest_waited.is_none_or(|w| w >= self.settings.kinesis.linger)
+                || self.replay.is_some();
+            if !ripe {
+                return;
+            }
+            let request = self.lanes.fill_request(now);
+            if request.is_empty() {
+                return;
+            }
+            self.requests_in_flight += 1;
+            let client = self.client.clone();
+            let stream = self.state.stream.clone();
+            let metrics = self.metrics.clone();
+            let done = self.done_tx.clone();
             tokio::spawn(async move {
-                shared.deliver(batch).await;
-                drop(permit);
+                let result = put_records(&client, &stream, &request, &metrics).await;
+                let _ = done.send(Completion { request, result });
             });
         }
+    }
+
+    async fn complete(&mut self, completion: Completion) {
+        self.requests_in_flight -= 1;
+        let now = Instant::now();
+        let lanes: HashSet<Arc<str>> = completion.request.iter().map(|(l, _)| l.clone()).collect();
+        self.lanes.finished(&lanes);
+        let stream = self.state.stream.clone();
+        let mut retry = Request::new();
+        let mut dead = Vec::new();
+        match completion.result {
+            Ok(outcomes) => {
+                for ((lane, queued), outcome) in completion.request.into_iter().zip(outcomes) {
+                    match outcome {
+                        EntryOutcome::Delivered { shard } => {
+                            self.metrics
+                                .shard_records
+                                .with_label_values(&[&stream, &shard])
+                                .inc();
+                            if *lane != *shard {
+                                self.metrics
+                                    .shard_map_mispredictions
+                                    .with_label_values(&[&stream])
+                                    .inc();
+                                // Kinesis routed elsewhere: the stream was resharded.
+                                self.refresh_now.notify_one();
+                            }
+                            self.lanes.delivered(&lane);
+                            self.metrics
+                                .mirror_lag
+                                .with_label_values(&[&stream])
+                                .observe(queued.record.acked_at.elapsed().as_secs_f64());
+                            self.count(&queued.record.topic, MirrorResult::Sent, 1);
+                            self.finished_with(&queued);
+                        }
+                        EntryOutcome::Failed { code, message } => {
+                            if code == THROTTLED {
+                                self.metrics
+                                    .shard_throttled
+                                    .with_label_values(&[stream.as_str(), &*lane])
+                                    .inc();
+                                self.lanes.throttled(&lane, now);
+                            }
+                            if is_retryable(Some(&code)) {
+                                retry.push((lane, queued));
+                            } else {
+                                dead.push((queued, code, message));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(failure) if !is_retryable(failure.code.as_deref()) => {
+                let code = failure.code.unwrap_or_default();
+                dead.extend(
+                    completion
+                        .request
+                        .into_iter()
+                        .map(|(_, q)| (q, code.clone(), failure.message.clone())),
+                );
+            }
+            Err(failure) => {
+                // The whole request failed. After a timeout or a dropped connection Kinesis
+                // may have stored the records anyway, so the resend can duplicate them:
+                // PutRecords has no idempotence.
+                tracing::warn!(%stream, records = completion.request.len(), error = %failure.message, "PutRecords request failed; retrying");
+                retry = completion.request;
+            }
+        }
+        if !retry.is_empty() {
+            for (_, queued) in &mut retry {
+                queued.attempts += 1;
+                self.count(&queued.record.topic, MirrorResult::Retried, 1);
+            }
+            let map = self.state.map.load();
+            let backoff = self.backoff;
+            self.lanes
+                .requeue_front(retry, &map, now, |failures| backoff.delay(failures));
+        }
+        if !dead.is_empty() {
+            self.dead_letter_queued(dead).await;
+        }
+        self.after_progress().await;
+    }
+
+    /// Releases a record's budget and advances the replay window if it came from the spool.
+    fn finished_with(&mut self, queued: &Queued) {
+        self.settings
+            .budget
+            .release(queued.record.kinesis_bytes() as u64);
+        if queued.from_spool {
+            if let Some(replay) = &mut self.replay {
+                replay.outstanding -= 1;
+            }
+        }
+    }
+
+    async fn dead_letter_queued(&mut self, dead: Vec<(Queued, String, String)>) {
+        let mut letters = Vec::new();
+        for (queued, code, message) in dead {
+            self.finished_with(&queued);
+            letters.push((queued.record, code, message));
+        }
+        self.write_dead_letters(letters, true).await;
+    }
+
+    async fn write_dead_letters(
+        &mut self,
+        letters: Vec<(MirrorRecord, String, String)>,
+        count: bool,
+    ) {
+        let now = SystemTime::now();
+        for (record, code, message) in &letters {
+            tracing::error!(
+                stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
+                code = %code, %message, "record cannot be delivered; written to the dead-letter file"
+            );
+            if count {
+                self.count(&record.topic, MirrorResult::DeadLetter, 1);
+            }
+        }
+        let Some(file) = self.settings.dead_letters.clone() else {
+            return;
+        };
+        let letters: Vec<DeadLetter> = letters
+            .iter()
+            .map(|(record, code, message)| {
+                DeadLetter::from_entry(&spool_entry(&self.state.stream, record), code, message, now)
+            })
+            .collect();
+        let written = tokio::task::spawn_blocking(move || file.append(&letters))
+            .await
+            .expect("dead-letter task");
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot write the dead-letter file; the records above are only in this log");
+        }
+    }
+
+    /// After deliveries: acknowledge a finished replay window, leave spill mode when the
+    /// spool is empty, and start the next replay window when memory is idle.
+    async fn after_progress(&mut self) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        if let Some(replay) = &self.replay {
+            if replay.outstanding > 0 {
+                return;
+            }
+            let upto = replay.upto;
+            let acked = tokio::task::spawn_blocking({
+                let spool = spool.clone();
+                move || spool.acknowledge(upto)
+            })
+            .await
+            .expect("spool acknowledge task");
+            if let Err(e) = acked {
+                tracing::error!(stream = %self.state.stream, error = %e, "cannot acknowledge replayed spool entries; they will be sent again");
+            }
+            self.replay = None;
+            self.state
+                .spool_bytes
+                .store(spool.bytes(), Ordering::Release);
+            self.metrics
+                .spool_bytes
+                .with_label_values(&[&self.state.stream])
+                .set(spool.bytes() as i64);
+        }
+        if !self.spilling
+            || !self.lanes.is_idle()
+            || self.requests_in_flight > 0
+            || !self.state.is_healthy()
+        {
+            return;
+        }
+        let peeked = tokio::task::spawn_blocking({
+            let spool = spool.clone();
+            move || spool.peek(REPLAY_WINDOW)
+        })
+        .await
+        .expect("spool peek task");
+        match peeked {
+            Ok(entries) if entries.is_empty() => {
+                tracing::info!(stream = %self.state.stream, "spool drained; records flow directly again");
+                self.spilling = false;
+            }
+            Ok(entries) => {
+                let now = Instant::now();
+                let upto = entries.last().expect("not empty").0;
+                let map = self.state.map.load();
+                let count = entries.len();
+                for (_, entry) in entries {
+                    let record = record_from_spool(entry);
+                    self.settings
+                        .budget
+                        .force_reserve(record.kinesis_bytes() as u64);
+                    self.lanes.push(Queued::new(record, now, true), &map, now);
+                }
+                self.replay = Some(Replay {
+                    upto,
+                    outstanding: count,
+                });
+            }
+            Err(e) => {
+                tracing::error!(stream = %self.state.stream, error = %e, "cannot read the spool; will retry")
+            }
+        }
+    }
+
+    /// Every tick: publish rates, retry held records, and spill memory records that waited
+    /// too long.
+    async fn housekeeping(&mut self) {
+        self.retry_held().await;
+        self.dead_letter_if_undeliverable().await;
+        for (shard, rate) in self.lanes.rates() {
+            self.metrics
+                .shard_rate_limit
+                .with_label_values(&[&self.state.stream, shard])
+                .set(rate);
+        }
+        let too_old = self
+            .lanes
+            .oldest_in_memory()
+            .is_some_and(|(enqueued, attempts)| {
+                enqueued.elapsed() >= self.settings.kinesis.record_ttl
+                    || attempts >= self.settings.kinesis.max_attempts
+            });
+        if too_old && !self.spilling && self.spool.is_some() {
+            tracing::warn!(stream = %self.state.stream, "records waited past record_ttl or max_attempts; moving the queue to the spool");
+            let queued = self.lanes.drain_queued();
+            let records: Vec<MirrorRecord> = queued
+                .into_iter()
+                .map(|q| {
+                    self.settings
+                        .budget
+                        .release(q.record.kinesis_bytes() as u64);
+                    q.record
+                })
+                .collect();
+            self.spill(records).await;
+        }
+        self.after_progress().await;
+    }
+
+    /// A stream that is missing, or that we may not write to, will not accept records by
+    /// retrying: they go to the dead-letter file, to be re-sent with `spool replay` once the
+    /// operator has fixed the cause.
+    async fn dead_letter_if_undeliverable(&mut self) {
+        let code = self
+            .state
+            .permanent_error
+            .lock()
+            .expect("stream state lock")
+            .clone();
+        let Some(code) = code else { return };
+        let message = self.state.last_error().unwrap_or_default();
+        let mut dead: Vec<(Queued, String, String)> = self
+            .lanes
+            .drain_queued()
+            .into_iter()
+            .map(|q| (q, code.clone(), message.clone()))
+            .collect();
+        let now = Instant::now();
+        for record in self.held.drain(..) {
+            self.settings
+                .budget
+                .force_reserve(record.kinesis_bytes() as u64);
+            dead.push((
+                Queued::new(record, now, false),
+                code.clone(),
+                message.clone(),
+            ));
+        }
+        if !dead.is_empty() {
+            self.dead_letter_queued(dead).await;
+        }
+    }
+
+    fn next_wake(&self) -> Option<tokio::time::Instant> {
+        let now = Instant::now();
+        let linger = self
+            .lanes
+            .oldest_in_memory()
+            .map(|(t, _)| t + self.settings.kinesis.linger);
+        let lane = self.lanes.next_wake(now);
+        [linger, lane]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| tokio::time::Instant::from_std(t.max(now)))
+    }
+
+    fn count(&self, topic: &str, result: MirrorResult, n: u64) {
+        self.metrics
+            .mirror_outcome(topic, &self.state.stream, result, n);
     }
 
     /// A light periodic check, so an outage shows in `/readyz` even without traffic: the
     /// stream is described (with a short timeout); a stream that comes back is fully
     /// re-checked, shard map included.
     async fn probe_health(&mut self) {
-        let stream = self.shared.state.stream.clone();
-        let described =
-            tokio::time::timeout(HEALTH_RETRY, describe(&self.shared.client, &stream)).await;
+        let stream = self.state.stream.clone();
+        let described = tokio::time::timeout(HEALTH_RETRY, describe(&self.client, &stream)).await;
         match described {
-            Ok(Ok(_)) if self.shared.state.is_healthy() => {}
+            Ok(Ok(_)) if self.state.is_healthy() => {}
             Ok(Ok(_)) => {
                 self.last_health_check = None;
                 self.check_health().await;
+                self.after_progress().await;
             }
-            Ok(Err(e)) => self.mark_unhealthy(e.to_string()),
-            Err(_) => self.mark_unhealthy(format!(
-                "stream `{stream}`: DescribeStreamSummary timed out"
-            )),
+            Ok(Err(e)) => self.mark_unhealthy(e.to_string(), e.code()),
+            Err(_) => self.mark_unhealthy(
+                format!("stream `{stream}`: DescribeStreamSummary timed out"),
+                None,
+            ),
         }
     }
 
     /// Records why the stream is unhealthy; logs only when that changes, not every probe.
-    fn mark_unhealthy(&self, error: String) {
-        let state = &self.shared.state;
-        let mut last = state.last_error.lock().expect("stream state lock");
-        if state.healthy.swap(false, Ordering::AcqRel) || last.as_deref() != Some(error.as_str()) {
+    fn mark_unhealthy(&self, error: String, code: Option<&str>) {
+        let permanent = code.is_some_and(|c| !is_retryable(Some(c)));
+        *self
+            .state
+            .permanent_error
+            .lock()
+            .expect("stream state lock") = permanent.then(|| code.unwrap_or_default().to_owned());
+        let mut last = self.state.last_error.lock().expect("stream state lock");
+        if self.state.healthy.swap(false, Ordering::AcqRel)
+            || last.as_deref() != Some(error.as_str())
+        {
             tracing::error!(%error, "mirror route unhealthy; Kafka traffic continues unaffected");
         }
         *last = Some(error);
-        self.shared
-            .metrics
+        self.metrics
             .stream_healthy
-            .with_label_values(&[&state.stream])
+            .with_label_values(&[&self.state.stream])
             .set(0);
     }
 
@@ -255,14 +786,13 @@ impl WriterTask {
             .last_health_check
             .is_some_and(|t| t.elapsed() < HEALTH_RETRY)
         {
-            return self.shared.state.is_healthy();
+            return self.state.is_healthy();
         }
         self.last_health_check = Some(Instant::now());
-        let state = &self.shared.state;
-        let stream = &state.stream;
+        let stream = self.state.stream.clone();
         let outcome = async {
-            let info = describe(&self.shared.client, stream).await?;
-            let map = load_shard_map(&self.shared.client, stream).await?;
+            let info = describe(&self.client, &stream).await?;
+            let map = load_shard_map(&self.client, &stream).await?;
             Ok::<_, super::client::StreamError>((info, map))
         }
         .await;
@@ -270,51 +800,43 @@ impl WriterTask {
             Ok((info, map)) => {
                 self.max_record_bytes = info.max_record_bytes;
                 tracing::info!(%stream, status = %info.status, open_shards = map.len(), max_record_bytes = info.max_record_bytes, "stream ready");
-                state.open_shards.store(map.len(), Ordering::Release);
-                state.map.store(Arc::new(map));
-                state.healthy.store(true, Ordering::Release);
-                *state.last_error.lock().expect("stream state lock") = None;
-                self.shared
-                    .metrics
+                self.install_map(map);
+                self.state.healthy.store(true, Ordering::Release);
+                *self.state.last_error.lock().expect("stream state lock") = None;
+                *self
+                    .state
+                    .permanent_error
+                    .lock()
+                    .expect("stream state lock") = None;
+                self.metrics
                     .stream_healthy
-                    .with_label_values(&[stream])
+                    .with_label_values(&[&stream])
                     .set(1);
             }
-            Err(e) => self.mark_unhealthy(e.to_string()),
+            Err(e) => self.mark_unhealthy(e.to_string(), e.code()),
         }
-        self.shared.state.is_healthy()
+        self.state.is_healthy()
+    }
+
+    fn install_map(&mut self, map: ShardMap) {
+        self.state.open_shards.store(map.len(), Ordering::Release);
+        self.lanes.reroute(&map, Instant::now());
+        self.state.map.store(Arc::new(map));
     }
 
     async fn refresh_map(&mut self) {
-        let stream = &self.shared.state.stream;
-        match load_shard_map(&self.shared.client, stream).await {
+        let stream = self.state.stream.clone();
+        match load_shard_map(&self.client, &stream).await {
             Ok(map) => {
-                if map != **self.shared.state.map.load() {
+                if map != **self.state.map.load() {
                     tracing::info!(%stream, open_shards = map.len(), "shard map changed");
                 }
-                self.shared
-                    .state
-                    .open_shards
-                    .store(map.len(), Ordering::Release);
-                self.shared.state.map.store(Arc::new(map));
+                self.install_map(map);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "shard map refresh failed; keeping the previous map")
             }
         }
-    }
-
-    fn fail_queued(&mut self, reason: &str) {
-        let records: Vec<MirrorRecord> = self.queue.drain(..).collect();
-        self.queued_bytes = 0;
-        if let Some(first) = records.first() {
-            tracing::error!(
-                stream = %self.shared.state.stream, records = records.len(), topic = %first.topic,
-                partition = first.partition, first_offset = first.offset, reason, "mirror records failed"
-            );
-        }
-        self.shared
-            .count(records.iter().map(|r| &r.topic), MirrorResult::Failed);
     }
 }
 
@@ -325,110 +847,87 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-impl Shared {
-    fn count<'a>(&self, topics: impl Iterator<Item = &'a Arc<str>>, result: MirrorResult) {
-        let mut per_topic: HashMap<&str, u64> = HashMap::new();
-        for topic in topics {
-            *per_topic.entry(topic).or_default() += 1;
-        }
-        for (topic, n) in per_topic {
-            self.metrics
-                .mirror_outcome(topic, &self.state.stream, result, n);
-        }
-    }
-
-    /// Sends one batch until every entry is delivered or has used up its attempts.
-    async fn deliver(&self, mut pending: Vec<Routed>) {
-        let stream = self.state.stream.as_str();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let entries: Vec<PutRecordsRequestEntry> =
-                pending.iter().map(|r| entry(&r.record)).collect();
-            let started = Instant::now();
-            let result = self
-                .client
-                .put_records()
-                .stream_name(stream)
-                .set_records(Some(entries))
-                .send()
-                .await;
-            self.metrics
-                .putrecords_duration
-                .with_label_values(&[stream])
-                .observe(started.elapsed().as_secs_f64());
-            let last_error = match result {
-                Ok(out) => {
-                    let mut failed = Vec::new();
-                    let mut first_error = None;
-                    let mut delivered = Vec::new();
-                    for (routed, result) in pending.into_iter().zip(out.records()) {
-                        if let Some(code) = result.error_code() {
-                            first_error.get_or_insert_with(|| {
-                                format!("{code}: {}", result.error_message().unwrap_or(""))
-                            });
-                            failed.push(routed);
-                            continue;
-                        }
-                        let shard = result.shard_id().unwrap_or("");
-                        self.metrics
-                            .shard_records
-                            .with_label_values(&[stream, shard])
-                            .inc();
-                        if routed.predicted.as_deref() != Some(shard) {
-                            self.metrics
-                                .shard_map_mispredictions
-                                .with_label_values(&[stream])
-                                .inc();
-                            // Kinesis routed elsewhere: the stream was resharded.
-                            self.refresh_now.notify_one();
-                        }
-                        delivered.push(routed.record.topic);
-                    }
-                    self.count(delivered.iter(), MirrorResult::Sent);
-                    if failed.is_empty() {
-                        return;
-                    }
-                    pending = failed;
-                    first_error.unwrap_or_default()
-                }
-                Err(e) if !is_retryable(e.code()) => {
-                    self.give_up(&pending, &DisplayErrorContext(&e).to_string());
-                    return;
-                }
-                Err(e) => {
-                    // The whole request failed. After a timeout or a dropped connection Kinesis
-                    // may have stored the records anyway, so the resend can duplicate them:
-                    // PutRecords has no idempotence.
-                    let error = DisplayErrorContext(&e).to_string();
-                    tracing::warn!(%stream, attempt, records = pending.len(), %error, "PutRecords request failed; retrying");
-                    error
-                }
-            };
-            if attempt >= self.max_attempts {
-                self.give_up(&pending, &last_error);
-                return;
+/// Sends one request; per-entry outcomes in request order, or why the whole request failed.
+async fn put_records(
+    client: &Client,
+    stream: &str,
+    request: &Request,
+    metrics: &Metrics,
+) -> Result<Vec<EntryOutcome>, RequestFailure> {
+    let entries = request.iter().map(|(_, q)| entry(&q.record)).collect();
+    let started = Instant::now();
+    let result = client
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await;
+    metrics
+        .putrecords_duration
+        .with_label_values(&[stream])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(out) => {
+            if out.records().len() != request.len() {
+                return Err(RequestFailure {
+                    code: None,
+                    message: format!(
+                        "PutRecords answered {} results for {} entries",
+                        out.records().len(),
+                        request.len()
+                    ),
+                });
             }
-            tracing::debug!(%stream, attempt, records = pending.len(), error = %last_error, "retrying PutRecords entries");
-            self.count(
-                pending.iter().map(|r| &r.record.topic),
-                MirrorResult::Retried,
-            );
-            tokio::time::sleep(self.backoff.delay(attempt)).await;
+            Ok(out
+                .records()
+                .iter()
+                .map(|r| match r.error_code() {
+                    Some(code) => EntryOutcome::Failed {
+                        code: code.to_owned(),
+                        message: r.error_message().unwrap_or_default().to_owned(),
+                    },
+                    None => EntryOutcome::Delivered {
+                        shard: r.shard_id().unwrap_or_default().to_owned(),
+                    },
+                })
+                .collect())
         }
+        Err(e) => Err(RequestFailure {
+            code: e.code().map(str::to_owned),
+            message: DisplayErrorContext(&e).to_string(),
+        }),
     }
+}
 
-    fn give_up(&self, records: &[Routed], error: &str) {
-        if let Some(first) = records.first() {
-            let r = &first.record;
-            tracing::error!(
-                stream = %self.state.stream, records = records.len(), topic = %r.topic, partition = r.partition,
-                first_offset = r.offset, error, "mirror records failed"
-            );
-        }
-        self.count(
-            records.iter().map(|r| &r.record.topic),
-            MirrorResult::Failed,
-        );
+fn spool_entry(stream: &str, record: &MirrorRecord) -> SpoolEntry {
+    let acked_ms =
+        unix_ms(SystemTime::now()).saturating_sub(record.acked_at.elapsed().as_millis() as u64);
+    SpoolEntry {
+        stream: stream.to_owned(),
+        partition_key: record.key.partition_key.clone(),
+        explicit_hash_key: record.key.explicit_hash_key,
+        data: record.data.clone(),
+        topic: record.topic.to_string(),
+        partition: record.partition,
+        offset: record.offset,
+        enqueued_unix_ms: acked_ms,
+    }
+}
+
+fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
+    let waited = unix_ms(SystemTime::now()).saturating_sub(entry.enqueued_unix_ms);
+    let now = Instant::now();
+    MirrorRecord {
+        topic: Arc::from(entry.topic.as_str()),
+        partition: entry.partition,
+        offset: entry.offset,
+        key: KinesisKey {
+            partition_key: entry.partition_key,
+            explicit_hash_key: entry.explicit_hash_key,
+        },
+        data: entry.data,
+        acked_at: now
+            .checked_sub(Duration::from_millis(waited))
+            .unwrap_or(now),
     }
 }

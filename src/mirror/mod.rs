@@ -22,8 +22,8 @@ use crate::kafka::produce::{ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::{decode_batches, summarize};
 use crate::kinesis::client::build_client;
 use crate::kinesis::request::MirrorRecord;
-use crate::kinesis::writer::{StreamState, StreamWriter};
-use crate::ops::config::{KinesisConfig, MirrorRoute};
+use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
+use crate::ops::config::MirrorRoute;
 use crate::ops::inventory::{ClientKey, Inventory};
 use crate::ops::metrics::{Metrics, MirrorResult};
 use partition_key::{kinesis_key, PartitionKeyRule};
@@ -66,7 +66,7 @@ pub struct Mirror {
 
 /// One writer per stream, created on first use and kept for the life of the process.
 struct Writers {
-    kinesis: KinesisConfig,
+    settings: WriterSettings,
     client: Option<aws_sdk_kinesis::Client>,
     by_stream: HashMap<String, StreamWriter>,
 }
@@ -80,10 +80,10 @@ impl Writers {
             Some(client) => client.clone(),
             None => self
                 .client
-                .insert(build_client(&self.kinesis).await)
+                .insert(build_client(&self.settings.kinesis).await)
                 .clone(),
         };
-        let writer = StreamWriter::spawn(stream, client, &self.kinesis, metrics.clone());
+        let writer = StreamWriter::spawn(stream, client, &self.settings, metrics.clone());
         self.by_stream.insert(stream.to_owned(), writer.clone());
         writer
     }
@@ -93,7 +93,7 @@ impl Mirror {
     /// Starts the stage with `routes`, and a writer for each stream they name.
     pub async fn start(
         routes: &[MirrorRoute],
-        kinesis: &KinesisConfig,
+        settings: WriterSettings,
         metrics: Arc<Metrics>,
         inventory: Arc<Inventory>,
     ) -> Mirror {
@@ -110,7 +110,7 @@ impl Mirror {
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {
-                kinesis: kinesis.clone(),
+                settings,
                 client: None,
                 by_stream: HashMap::new(),
             })),
@@ -314,6 +314,8 @@ impl Stage {
             Ok(b) => b,
             Err(e) => return self.decode_error(topic, partition, &e.to_string()),
         };
+        // The client already has Kafka's answer: this is as close to the ack as the mirror gets.
+        let acked_at = std::time::Instant::now();
         let base_offset = match verdict {
             Verdict::Accepted { base_offset } => base_offset,
             _ => -1,
@@ -344,6 +346,7 @@ impl Stage {
                 offset,
                 key: kinesis_key(&route.partition_key, record, partition, open_shards),
                 data: record.value.clone().unwrap_or_default(),
+                acked_at,
             };
             if route.writer.send(mirrored).await.is_err() {
                 self.metrics

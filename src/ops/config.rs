@@ -433,13 +433,23 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
         Some(o) => match o.get_ref().as_str() {
             "per-key" => WriteOrdering::PerKey,
             "none" => WriteOrdering::None,
-            other => return invalid(o.span(), format!("kinesis.ordering: `{other}` is not \"per-key\" or \"none\"")),
+            other => {
+                return invalid(
+                    o.span(),
+                    format!("kinesis.ordering: `{other}` is not \"per-key\" or \"none\""),
+                )
+            }
         },
     };
     let shard_rate_factor = match &raw.shard_rate_factor {
         None => 1.0,
         Some(f) if *f.get_ref() > 0.0 && f.get_ref().is_finite() => *f.get_ref(),
-        Some(f) => return invalid(f.span(), "kinesis.shard_rate_factor: must be greater than 0"),
+        Some(f) => {
+            return invalid(
+                f.span(),
+                "kinesis.shard_rate_factor: must be greater than 0",
+            )
+        }
     };
     let record_ttl_secs = positive(raw.record_ttl_secs.as_ref(), 600, "kinesis.record_ttl_secs")?;
     Ok(KinesisConfig {
@@ -471,7 +481,11 @@ fn validate_kinesis(raw: Option<RawKinesis>) -> Result<KinesisConfig, Invalid> {
 
 fn validate_mirror_buffer(raw: Option<RawMirrorBuffer>) -> Result<MirrorBufferConfig, Invalid> {
     let (max_bytes, when_full) = raw.map_or((None, None), |r| (r.max_bytes, r.when_full));
-    let max_bytes = positive(max_bytes.as_ref(), 256 * 1024 * 1024, "mirror_buffer.max_bytes")?;
+    let max_bytes = positive(
+        max_bytes.as_ref(),
+        256 * 1024 * 1024,
+        "mirror_buffer.max_bytes",
+    )?;
     let when_full = match &when_full {
         None => WhenFull::Spill,
         Some(w) => match w.get_ref().as_str() {
@@ -479,14 +493,25 @@ fn validate_mirror_buffer(raw: Option<RawMirrorBuffer>) -> Result<MirrorBufferCo
             "block" => WhenFull::Block,
             "drop" => WhenFull::Drop,
             other => {
-                return invalid(w.span(), format!("mirror_buffer.when_full: `{other}` is not \"spill\", \"block\" or \"drop\""))
+                return invalid(
+                    w.span(),
+                    format!(
+                    "mirror_buffer.when_full: `{other}` is not \"spill\", \"block\" or \"drop\""
+                ),
+                )
             }
         },
     };
-    Ok(MirrorBufferConfig { max_bytes, when_full })
+    Ok(MirrorBufferConfig {
+        max_bytes,
+        when_full,
+    })
 }
 
-fn validate_spool(raw: Option<Spanned<RawSpool>>, has_routes: bool) -> Result<SpoolConfig, Invalid> {
+fn validate_spool(
+    raw: Option<Spanned<RawSpool>>,
+    has_routes: bool,
+) -> Result<SpoolConfig, Invalid> {
     let span = raw.as_ref().map(|r| r.span());
     let raw = raw.map(Spanned::into_inner);
     let (dir, max_bytes) = raw.map_or((None, None), |r| (r.dir, r.max_bytes));
@@ -501,7 +526,11 @@ fn validate_spool(raw: Option<Spanned<RawSpool>>, has_routes: bool) -> Result<Sp
         }
         None => None,
     };
-    let max_bytes = positive(max_bytes.as_ref(), 10 * 1024 * 1024 * 1024, "spool.max_bytes")?;
+    let max_bytes = positive(
+        max_bytes.as_ref(),
+        10 * 1024 * 1024 * 1024,
+        "spool.max_bytes",
+    )?;
     Ok(SpoolConfig { dir, max_bytes })
 }
 
@@ -743,10 +772,25 @@ impl fmt::Display for Config {
             k.max_in_flight_requests,
             k.max_attempts
         )?;
-        writeln!(f, "  ordering          {:?}, shard rate x{}, record ttl {}s", k.ordering, k.shard_rate_factor, k.record_ttl.as_secs())?;
-        writeln!(f, "mirror_buffer       {} bytes, when full: {:?}", self.mirror_buffer.max_bytes, self.mirror_buffer.when_full)?;
+        writeln!(
+            f,
+            "  ordering          {:?}, shard rate x{}, record ttl {}s",
+            k.ordering,
+            k.shard_rate_factor,
+            k.record_ttl.as_secs()
+        )?;
+        writeln!(
+            f,
+            "mirror_buffer       {} bytes, when full: {:?}",
+            self.mirror_buffer.max_bytes, self.mirror_buffer.when_full
+        )?;
         match &self.spool.dir {
-            Some(dir) => writeln!(f, "spool               {} (max {} bytes)", dir.display(), self.spool.max_bytes)?,
+            Some(dir) => writeln!(
+                f,
+                "spool               {} (max {} bytes)",
+                dir.display(),
+                self.spool.max_bytes
+            )?,
             None => writeln!(f, "spool               (none: no routes)")?,
         }
         writeln!(f, "mirror routes       {}", self.mirror.len())?;
@@ -862,7 +906,10 @@ mod tests {
         let no_spool = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n[[mirror]]\ntopic = \"t\"\nstream = \"s\"\npercent = 1\n";
         assert!(parse(no_spool).unwrap_err().contains("spool.dir: required"));
         let err = parse(&format!("{base}[mirror_buffer]\nwhen_full = \"wait\"\n")).unwrap_err();
-        assert!(err.starts_with("proxy.toml:9: ") && err.contains("when_full"), "{err}");
+        assert!(
+            err.starts_with("proxy.toml:9: ") && err.contains("when_full"),
+            "{err}"
+        );
     }
 
     #[test]

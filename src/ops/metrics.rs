@@ -30,6 +30,9 @@ pub enum MirrorResult {
     Skipped,
     Oversize,
     Retried,
+    Spooled,
+    DeadLetter,
+    Dropped,
 }
 
 impl MirrorResult {
@@ -40,6 +43,9 @@ impl MirrorResult {
             MirrorResult::Skipped => "skipped",
             MirrorResult::Oversize => "oversize",
             MirrorResult::Retried => "retried",
+            MirrorResult::Spooled => "spooled",
+            MirrorResult::DeadLetter => "dead_letter",
+            MirrorResult::Dropped => "dropped",
         }
     }
 }
@@ -77,6 +83,14 @@ pub struct Metrics {
     /// 1 when the file on disk changed a section that needs a restart to apply.
     pub config_restart_required: IntGauge,
     pub dual_write: DualWriteRatio,
+    /// Bytes of records queued in memory, against `mirror_buffer.max_bytes`.
+    pub mirror_buffer_bytes: IntGauge,
+    pub spool_bytes: IntGaugeVec,
+    /// Kafka ack to Kinesis ack.
+    pub mirror_lag: HistogramVec,
+    pub shard_throttled: IntCounterVec,
+    /// Each shard's current rate limit, records per second.
+    pub shard_rate_limit: GaugeVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     api_timers: Vec<OnceLock<ApiTimers>>,
@@ -208,6 +222,50 @@ impl Metrics {
             "upstream_duration_seconds",
             "Broker part of the request latency, by API.",
         );
+        let mirror_buffer_bytes = IntGauge::new(
+            name("mirror_buffer_bytes"),
+            "Bytes of records queued in memory for Kinesis.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mirror_buffer_bytes.clone()))
+            .expect("unique metric");
+        let spool_bytes = IntGaugeVec::new(
+            Opts::new(name("spool_bytes"), "Bytes waiting in each stream's spool."),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(spool_bytes.clone()))
+            .expect("unique metric");
+        let mirror_lag = HistogramVec::new(
+            HistogramOpts::new(
+                name("mirror_lag_seconds"),
+                "Time from the Kafka ack to the Kinesis ack.",
+            )
+            .buckets(exponential_buckets(0.005, 2.0, 18).expect("valid buckets")),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mirror_lag.clone()))
+            .expect("unique metric");
+        let shard_throttled = counter(
+            "shard_throttled_total",
+            "Entries Kinesis throttled, per shard.",
+            &["stream", "shard"],
+        );
+        let shard_rate_limit = GaugeVec::new(
+            Opts::new(
+                name("shard_rate_limit"),
+                "Each shard's current rate limit, records per second.",
+            ),
+            &["stream", "shard"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(shard_rate_limit.clone()))
+            .expect("unique metric");
         let connections = IntGaugeVec::new(
             Opts::new(name("connections"), "Open client connections."),
             &["listener"],
@@ -245,6 +303,11 @@ impl Metrics {
             config_info,
             config_restart_required,
             dual_write: DualWriteRatio::new(dual_write_gauge, DUAL_WRITE_WINDOW),
+            mirror_buffer_bytes,
+            spool_bytes,
+            mirror_lag,
+            shard_throttled,
+            shard_rate_limit,
             request_duration,
             upstream_duration,
             api_timers: (0..=API_SLOTS).map(|_| OnceLock::new()).collect(),
@@ -277,8 +340,12 @@ impl Metrics {
             .inc_by(n);
         match result {
             MirrorResult::Sent => self.dual_write.record(topic, n, 0),
-            MirrorResult::Failed | MirrorResult::Oversize => self.dual_write.record(topic, 0, n),
-            MirrorResult::Skipped | MirrorResult::Retried => {}
+            MirrorResult::Failed
+            | MirrorResult::Oversize
+            | MirrorResult::DeadLetter
+            | MirrorResult::Dropped => self.dual_write.record(topic, 0, n),
+            // Not decided yet: spooled records are delivered later.
+            MirrorResult::Skipped | MirrorResult::Retried | MirrorResult::Spooled => {}
         }
     }
 
