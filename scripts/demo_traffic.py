@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Steady keyed traffic for the demo: RATE records/s to TOPIC through BOOTSTRAP until stopped.
+"""Steady keyed traffic for the demo (and the tests): RATE records/s to TOPIC through
+BOOTSTRAP until stopped, or until --count records.
 
 Keys cycle over a fixed set of customers, so the key-consistent sample is visible: the same
 customers stay mirrored as the percentage rises.
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("--client-id", default="demo-traffic")
     ap.add_argument("--codec", default="lz4")
     ap.add_argument("--idempotent", action="store_true")
+    ap.add_argument("--count", type=int, default=0, help="stop after this many records (0: until signalled)")
     a = ap.parse_args()
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
@@ -44,6 +46,10 @@ def main():
     start = time.monotonic()
     while running[0]:
         due = int((time.monotonic() - start) * a.rate)
+        if a.count:
+            due = min(due, a.count)
+            if i >= a.count:
+                break
         while i < due and running[0]:
             key = f"customer-{i % a.keys:05d}"
             value = json.dumps({"order": i, "customer": key, "amount_cents": (i * 7919) % 100000})

@@ -206,9 +206,13 @@ impl Lanes {
         }
     }
 
-    /// Moves records of shards that are no longer open into the lanes of the shards that took
-    /// over their hash ranges, ahead of what those lanes already hold.
+    /// Gives every open shard a lane, and moves records of shards that are no longer open into
+    /// the lanes of the shards that took over their hash ranges, ahead of what those lanes
+    /// already hold.
     pub fn reroute(&mut self, map: &ShardMap, now: Instant) {
+        for shard in map.shards() {
+            self.lane_for(shard.start, map, now);
+        }
         let open: HashSet<&str> = map.shards().iter().map(|s| s.id.as_str()).collect();
         let closed: Vec<Arc<str>> = self
             .lanes

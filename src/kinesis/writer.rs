@@ -656,10 +656,13 @@ impl WriterTask {
         self.retry_held().await;
         self.dead_letter_if_undeliverable().await;
         for (shard, rate) in self.lanes.rates() {
+            let labels = [self.state.stream.as_str(), shard];
             self.metrics
                 .shard_rate_limit
-                .with_label_values(&[&self.state.stream, shard])
+                .with_label_values(&labels)
                 .set(rate);
+            // Present at 0 from the start, so dashboards show a flat line, not "no data".
+            self.metrics.shard_throttled.with_label_values(&labels);
         }
         let too_old = self
             .lanes

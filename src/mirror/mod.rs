@@ -23,7 +23,7 @@ use crate::kafka::records::{decode_batches, summarize};
 use crate::kinesis::client::build_client;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
-use crate::ops::config::MirrorRoute;
+use crate::ops::config::{MirrorRoute, WhenFull};
 use crate::ops::inventory::{ClientKey, Inventory};
 use crate::ops::metrics::{Metrics, MirrorResult};
 use partition_key::{kinesis_key, PartitionKeyRule};
@@ -59,6 +59,8 @@ pub type RouteTable = HashMap<String, Arc<Route>>;
 #[derive(Clone)]
 pub struct Mirror {
     tx: mpsc::Sender<ProduceExchange>,
+    /// `when_full = "block"`: connections wait for room instead of dropping exchanges.
+    block: bool,
     metrics: Arc<Metrics>,
     routes: Arc<ArcSwap<RouteTable>>,
     writers: Arc<tokio::sync::Mutex<Writers>>,
@@ -107,6 +109,7 @@ impl Mirror {
         tokio::spawn(stage.run(rx));
         let mirror = Mirror {
             tx,
+            block: settings.buffer.when_full == WhenFull::Block,
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {
@@ -165,9 +168,20 @@ impl Mirror {
             .collect()
     }
 
+    /// Hands an exchange to the stage. With `when_full = "block"` this waits while the mirror
+    /// is backed up, which holds the connection's next response and so slows the producer;
+    /// otherwise it never waits.
+    pub async fn hand_over(&self, exchange: ProduceExchange) {
+        if self.block {
+            let _ = self.tx.send(exchange).await;
+        } else {
+            self.observe(exchange);
+        }
+    }
+
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
     /// mirror. A full queue drops the exchange and counts it.
-    pub fn observe(&self, exchange: ProduceExchange) {
+    fn observe(&self, exchange: ProduceExchange) {
         if self.tx.try_send(exchange).is_err() {
             self.metrics.mirror_dropped_requests.inc();
             tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");

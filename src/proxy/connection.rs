@@ -61,6 +61,8 @@ enum Handling {
     },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
+    /// Produce with acks=0: no response will come; the mirror gets the request on send.
+    Unanswered(ProduceExchange),
 }
 
 struct Pending {
@@ -227,8 +229,11 @@ impl Connection {
                 );
             }
             let handling = self.handling_for(&header, &frame, client)?;
-            let local = matches!(handling, Some(Handling::Local(_)));
-            if let Some(handling) = handling {
+            let local = matches!(handling, Handling::Local(_));
+            let mut unanswered = None;
+            if let Handling::Unanswered(exchange) = handling {
+                unanswered = Some(exchange);
+            } else {
                 self.in_flight.fetch_add(1, Ordering::AcqRel);
                 let entry = Pending {
                     api_key: header.api_key,
@@ -249,19 +254,22 @@ impl Connection {
                     .await
                     .map_err(ConnectionError::UpstreamWrite)?;
             }
+            if let Some(exchange) = unanswered {
+                // acks=0: no response will come, so the mirror sees the request on send.
+                self.proxy.mirror.hand_over(exchange).await;
+            }
         }
     }
 
-    /// Decides from the request header how its response is handled; `None` when no response
-    /// will come.
+    /// Decides from the request header how its response is handled.
     fn handling_for(
         &self,
         header: &RequestHeader<'_>,
         frame: &Bytes,
         client: &mut ClientState,
-    ) -> Result<Option<Handling>, ConnectionError> {
+    ) -> Result<Handling, ConnectionError> {
         let Ok(api_key) = ApiKey::try_from(header.api_key) else {
-            return Ok(Some(Handling::Forward));
+            return Ok(Handling::Forward);
         };
         let version = header.api_version;
         let handling = match api_key {
@@ -296,16 +304,13 @@ impl Connection {
                         sent.pop_front();
                     }
                     sent.push_back(header.correlation_id);
-                    drop(sent);
-                    // No response will come: mirror on send.
-                    self.proxy.mirror.observe(exchange);
-                    return Ok(None);
+                    return Ok(Handling::Unanswered(exchange));
                 }
                 Handling::Produce { exchange }
             }
             _ => self.address_handling(api_key, version),
         };
-        Ok(Some(handling))
+        Ok(handling)
     }
 
     fn address_handling(&self, api_key: ApiKey, version: i16) -> Handling {
@@ -419,7 +424,7 @@ impl Connection {
             // Only now, with the client answered, does the mirror see the exchange.
             if let Handling::Produce { mut exchange } = handling {
                 exchange.response_frame = Some(frame);
-                self.proxy.mirror.observe(exchange);
+                self.proxy.mirror.hand_over(exchange).await;
             }
         }
     }
@@ -454,7 +459,7 @@ impl Connection {
             source,
         };
         let key = match handling {
-            Handling::Forward | Handling::Local(_) => return Ok(None),
+            Handling::Forward | Handling::Local(_) | Handling::Unanswered(_) => return Ok(None),
             Handling::NegotiateVersions => {
                 return negotiate_response(frame, version)
                     .map_err(|e: MessageError| failed(e.into()));

@@ -7,6 +7,7 @@
 //! says how to install it.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod kinesis;
 pub mod metrics;
 
@@ -175,6 +176,50 @@ impl Daemon {
         }
     }
 
+    /// The process id, for signals and /proc readings.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "-KILL", "-TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+
+    /// Waits for the process to exit and returns its exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `cmd` in place of the (exited or killed) process, logging to the same file.
+    pub fn respawn(&mut self, mut cmd: Command) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let out = File::options()
+            .append(true)
+            .open(&self.log)
+            .expect("open log file");
+        let err = out.try_clone().expect("clone log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        self.child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("respawn {}: {e}", self.name));
+    }
+
     /// Wait until `port` accepts TCP connections; panics (with the log) if
     /// the process exits or `timeout` passes first.
     fn wait_for_port(&mut self, port: u16, timeout: Duration) {
@@ -336,20 +381,14 @@ impl Proxy {
         }
         if !extra_toml.contains("[spool]") {
             // Each proxy gets its own spool (and dead-letter file) in its temp dir.
-            config.push_str(&format!("\n[spool]\ndir = {:?}\n", dir.path().join("spool")));
+            config.push_str(&format!(
+                "\n[spool]\ndir = {:?}\n",
+                dir.path().join("spool")
+            ));
         }
         let config_path = dir.path().join("proxy.toml");
         fs::write(&config_path, &config).expect("write proxy config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"));
-        cmd.current_dir(dir.path())
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        // Credentials for a local Kinesis emulator; never real AWS.
-        cmd.envs(kinesis::KinesisLocal::aws_env());
+        let cmd = proxy_command(dir.path(), &config_path);
         let mut daemon = Daemon::spawn("proxy", dir, cmd);
         daemon.wait_for_port(bootstrap_port, Duration::from_secs(30));
         Proxy {
@@ -359,6 +398,15 @@ impl Proxy {
             config_path,
             daemon,
         }
+    }
+
+    /// Starts the proxy again with the same config, spool and dead-letter file, as after a
+    /// crash or a restart by the operator.
+    pub fn restart(&mut self) {
+        let cmd = proxy_command(self.daemon.dir(), &self.config_path);
+        self.daemon.respawn(cmd);
+        self.daemon
+            .wait_for_port(self.bootstrap_port, Duration::from_secs(30));
     }
 
     /// `127.0.0.1:PORT` of the proxy's bootstrap listener.
@@ -374,6 +422,21 @@ impl Proxy {
     pub fn log_text(&self) -> String {
         self.daemon.log_text()
     }
+}
+
+fn proxy_command(dir: &Path, config_path: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"));
+    cmd.current_dir(dir)
+        .arg("run")
+        .arg("--config")
+        .arg(config_path);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    // Credentials for a local Kinesis emulator; never real AWS.
+    cmd.envs(kinesis::KinesisLocal::aws_env());
+    cmd.env_remove("LD_LIBRARY_PATH");
+    cmd
 }
 
 /// Output of a finished client process.
