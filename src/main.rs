@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use kafka_kinesis_proxy::kinesis::budget::Budget;
 use kafka_kinesis_proxy::kinesis::client::{build_client, load_shard_map};
 use kafka_kinesis_proxy::kinesis::dead_letter::DeadLetterFile;
+use kafka_kinesis_proxy::kinesis::replay::replay_dead_letters;
 use kafka_kinesis_proxy::kinesis::shard_map::hash_key;
 use kafka_kinesis_proxy::kinesis::writer::WriterSettings;
 use kafka_kinesis_proxy::mirror::Mirror;
@@ -68,6 +69,11 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Work with the spool and the dead-letter file.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
     /// Print the open shard that KEY maps to now, and KEY's decimal hash key.
     ShardFor {
         /// Path to the TOML config (for the Kinesis region, endpoint and credentials).
@@ -79,6 +85,20 @@ enum Command {
         /// Partition key.
         #[arg(long)]
         key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Re-send dead letters after fixing their cause; those still failing go back to the file.
+    Replay {
+        /// Path to the TOML config (for the Kinesis region, endpoint and credentials, and the
+        /// default dead-letter file).
+        #[arg(long)]
+        config: PathBuf,
+        /// Dead-letter file to replay (default: dead-letters.jsonl in spool.dir).
+        #[arg(long)]
+        dead_letters: Option<PathBuf>,
     },
 }
 
@@ -103,6 +123,15 @@ fn main() -> ExitCode {
         Command::Run { config: path } => {
             with_config(&path, |config| runtime()?.block_on(run(config, &path)))
         }
+        Command::Spool {
+            command:
+                SpoolCommand::Replay {
+                    config: path,
+                    dead_letters,
+                },
+        } => with_config(&path, |config| {
+            runtime()?.block_on(replay(config, dead_letters))
+        }),
         Command::ShardFor {
             config: path,
             stream,
@@ -189,6 +218,43 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         served = admin => served.context("admin endpoint")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
+    Ok(())
+}
+
+async fn replay(config: Config, dead_letters: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = dead_letters
+        .or_else(|| config.spool.dead_letter_file())
+        .context("no dead-letter file: pass --dead-letters FILE or set spool.dir")?;
+    let total = if path.exists() {
+        DeadLetterFile::read_all(&path)?.len()
+    } else {
+        0
+    };
+    let client = build_client(&config.kinesis).await;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} dead letters ({elapsed})")
+            .expect("valid template"),
+    );
+    let summary = replay_dead_letters(&client, &path, |done| bar.set_position(done as u64)).await?;
+    bar.finish_and_clear();
+    println!(
+        "{}: {} dead letters, {} delivered, {} still failing{}",
+        path.display(),
+        summary.total,
+        summary.delivered,
+        summary.failed,
+        if summary.failed > 0 {
+            " (appended back to the file)"
+        } else {
+            ""
+        }
+    );
+    anyhow::ensure!(
+        summary.failed == 0,
+        "{} dead letters could not be delivered",
+        summary.failed
+    );
     Ok(())
 }
 

@@ -540,6 +540,39 @@ async fn oversized_record_is_counted_not_sent() {
         log.contains("per-record limit") && log.contains("topic=big") && log.contains("offset=1"),
         "{log}"
     );
+    // It is in the dead-letter file with the reason, and replaying it fails the same way.
+    let dead_letters = proxy
+        .config_path
+        .parent()
+        .unwrap()
+        .join("spool/dead-letters.jsonl");
+    let letter: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&dead_letters).unwrap().trim()).unwrap();
+    assert_eq!(
+        (
+            letter["partition_key"].as_str(),
+            letter["offset"].as_i64(),
+            letter["error_code"].as_str()
+        ),
+        (Some("huge"), Some(1), Some("RecordTooLarge"))
+    );
+    let replay = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
+        .args(["spool", "replay", "--config"])
+        .arg(&proxy.config_path)
+        .envs(KinesisLocal::aws_env())
+        .output()
+        .unwrap();
+    assert!(!replay.status.success());
+    assert!(String::from_utf8_lossy(&replay.stdout)
+        .contains("1 dead letters, 0 delivered, 1 still failing"));
+    assert_eq!(
+        std::fs::read_to_string(&dead_letters)
+            .unwrap()
+            .lines()
+            .count(),
+        1,
+        "the letter is back in the file"
+    );
 }
 
 /// With acks=0 Kafka sends no response: records are mirrored on send and counted apart from
@@ -779,5 +812,39 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
             && l["error_code"] == "ResourceNotFoundException"),
         "{}",
         lines[0]
+    );
+
+    // The operator creates the stream and replays the dead letters.
+    kinesis.create_stream("no-such-stream", 2).await;
+    let replay = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
+        .args(["spool", "replay", "--config"])
+        .arg(&proxy.config_path)
+        .envs(KinesisLocal::aws_env())
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "{summary}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        summary.contains("1000 dead letters, 1000 delivered, 0 still failing"),
+        "{summary}"
+    );
+    let stored = kinesis.read_all("no-such-stream").await;
+    let t = &verify(&stored)["payments"];
+    assert_eq!(
+        (
+            num(t, "distinct"),
+            num(t, "duplicates"),
+            num(t, "mismatched")
+        ),
+        (1000, 0, 0),
+        "{t}"
+    );
+    assert!(
+        !dead_letters.exists(),
+        "delivered dead letters leave the file"
     );
 }

@@ -118,7 +118,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeadLetterError + '_ {
 /// The dead-letter file, open for appending. Internally synchronized; `Send + Sync`.
 pub struct DeadLetterFile {
     path: PathBuf,
-    file: Mutex<File>,
+    /// Serializes appends. The file is opened anew for each append, so that `spool replay`
+    /// can rename it away while the proxy runs: new dead letters then start a fresh file.
+    lock: Mutex<()>,
 }
 
 impl DeadLetterFile {
@@ -137,7 +139,7 @@ impl DeadLetterFile {
         repair_torn_line(&mut file, path)?;
         Ok(DeadLetterFile {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            lock: Mutex::new(()),
         })
     }
 
@@ -155,7 +157,12 @@ impl DeadLetterFile {
             serde_json::to_writer(&mut buf, letter)?;
             buf.push(b'\n');
         }
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let _serialized = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
         let len = file.metadata().map_err(io_err(&self.path))?.len();
         let result = file
             .write_all(&buf)

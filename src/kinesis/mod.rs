@@ -6,6 +6,7 @@ pub mod client;
 pub mod dead_letter;
 pub mod lanes;
 pub mod rate;
+pub mod replay;
 pub mod request;
 pub mod retry;
 pub mod shard_map;

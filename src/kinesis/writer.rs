@@ -32,8 +32,9 @@ use crate::mirror::partition_key::KinesisKey;
 use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
 use crate::ops::metrics::{Metrics, MirrorResult};
 
-/// Records a writer may hold in its input channel.
-const QUEUE_CAPACITY: usize = 4096;
+/// Records a writer may hold in its input channel, outside the memory budget: small, so the
+/// budget is what bounds memory.
+const QUEUE_CAPACITY: usize = 1024;
 
 /// How often the stream is described, so an outage shows in `/readyz` without traffic.
 const HEALTH_RETRY: Duration = Duration::from_secs(5);

@@ -29,8 +29,11 @@ use crate::ops::metrics::{Metrics, MirrorResult};
 use partition_key::{kinesis_key, PartitionKeyRule};
 use sampling::{is_sampled, sample_point};
 
-/// Produce exchanges the stage may hold before connections start dropping them.
+/// Produce exchanges the stage may hold before connections start dropping them (spill and
+/// drop modes: deep, so a spool fsync never costs an exchange)...
 const EXCHANGE_QUEUE: usize = 8 * 1024;
+/// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
+const EXCHANGE_QUEUE_BLOCKING: usize = 16;
 
 /// A Produce request and, unless it was sent with acks=0, its response.
 pub struct ProduceExchange {
@@ -99,7 +102,12 @@ impl Mirror {
         metrics: Arc<Metrics>,
         inventory: Arc<Inventory>,
     ) -> Mirror {
-        let (tx, rx) = mpsc::channel(EXCHANGE_QUEUE);
+        let block = settings.buffer.when_full == WhenFull::Block;
+        let (tx, rx) = mpsc::channel(if block {
+            EXCHANGE_QUEUE_BLOCKING
+        } else {
+            EXCHANGE_QUEUE
+        });
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
         let stage = Stage {
             routes: table.clone(),
@@ -109,7 +117,7 @@ impl Mirror {
         tokio::spawn(stage.run(rx));
         let mirror = Mirror {
             tx,
-            block: settings.buffer.when_full == WhenFull::Block,
+            block,
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {

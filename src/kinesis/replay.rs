@@ -1,0 +1,191 @@
+//! `spool replay`: re-sends the dead letters of a file once the operator has fixed their cause
+//! (created the stream, granted access, raised the record size limit...).
+//!
+//! The file is first renamed to a snapshot, so a running proxy (which opens the file anew for
+//! each append) starts a fresh one and nothing it writes meanwhile is lost or sent twice. Letters
+//! that still cannot be delivered are appended back to the file, with their new error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::Client;
+
+use super::client::{describe, DEFAULT_MAX_RECORD_BYTES};
+use super::dead_letter::{DeadLetter, DeadLetterError, DeadLetterFile};
+use super::request::{entry, MirrorRecord, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
+use super::retry::{is_retryable, Backoff};
+use crate::mirror::partition_key::KinesisKey;
+
+/// Attempts per letter before it goes back to the file.
+const ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
+    #[error("{path}: cannot take a snapshot of the dead-letter file: {source}")]
+    Snapshot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub total: usize,
+    pub delivered: usize,
+    /// Still undeliverable; appended back to the file.
+    pub failed: usize,
+}
+
+fn record_of(letter: &DeadLetter) -> MirrorRecord {
+    MirrorRecord {
+        topic: Arc::from(letter.topic.as_str()),
+        partition: letter.partition,
+        offset: letter.offset,
+        key: KinesisKey {
+            partition_key: letter.partition_key.clone(),
+            // read_all refuses letters whose hash key or data does not decode.
+            explicit_hash_key: letter
+                .explicit_hash_key_u128()
+                .expect("validated by read_all"),
+        },
+        data: letter.data().expect("validated by read_all").into(),
+        acked_at: Instant::now(),
+    }
+}
+
+/// Re-sends every dead letter in `path`; `progress(done)` is called as letters settle.
+pub async fn replay_dead_letters(
+    client: &Client,
+    path: &Path,
+    progress: impl Fn(usize),
+) -> Result<ReplaySummary, ReplayError> {
+    if !path.exists() {
+        return Ok(ReplaySummary::default());
+    }
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let snapshot = path.with_extension(format!("replaying-{stamp}"));
+    std::fs::rename(path, &snapshot).map_err(|source| ReplayError::Snapshot {
+        path: path.to_owned(),
+        source,
+    })?;
+    let letters = DeadLetterFile::read_all(&snapshot)?;
+    let mut summary = ReplaySummary {
+        total: letters.len(),
+        ..ReplaySummary::default()
+    };
+    let mut by_stream: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
+    for letter in letters {
+        by_stream
+            .entry(letter.stream.clone())
+            .or_default()
+            .push(letter);
+    }
+    let mut still_failing = Vec::new();
+    for (stream, letters) in by_stream {
+        // The proxy's own rule: a record over the stream's limit is never sent.
+        let limit = describe(client, &stream)
+            .await
+            .map_or(DEFAULT_MAX_RECORD_BYTES, |info| info.max_record_bytes);
+        let (letters, oversize): (Vec<DeadLetter>, Vec<DeadLetter>) = letters
+            .into_iter()
+            .partition(|l| l.data().map_or(0, |d| d.len()) + l.partition_key.len() <= limit);
+        summary.failed += oversize.len();
+        still_failing.extend(oversize);
+        let mut rest = letters.as_slice();
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take(MAX_BATCH_ENTRIES)
+                .take_while(|l| {
+                    bytes += l.data().map_or(0, |d| d.len()) + l.partition_key.len();
+                    bytes <= MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            let (batch, tail) = rest.split_at(take);
+            rest = tail;
+            let failed = send_with_retries(client, &stream, batch.to_vec()).await;
+            summary.delivered += batch.len() - failed.len();
+            summary.failed += failed.len();
+            still_failing.extend(failed);
+            progress(summary.delivered + summary.failed);
+        }
+    }
+    if !still_failing.is_empty() {
+        DeadLetterFile::open(path)?.append(&still_failing)?;
+    }
+    std::fs::remove_file(&snapshot).map_err(|source| ReplayError::Snapshot {
+        path: snapshot.clone(),
+        source,
+    })?;
+    Ok(summary)
+}
+
+/// Sends `letters` to `stream`, resending failed entries with backoff; returns those that never
+/// went, updated with their latest error.
+async fn send_with_retries(
+    client: &Client,
+    stream: &str,
+    mut letters: Vec<DeadLetter>,
+) -> Vec<DeadLetter> {
+    let backoff = Backoff::default();
+    let mut gave_up = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        let entries = letters.iter().map(|l| entry(&record_of(l))).collect();
+        let result = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await;
+        let now = SystemTime::now();
+        let mut retry = Vec::new();
+        match result {
+            Ok(out) => {
+                for (mut letter, outcome) in letters.into_iter().zip(out.records()) {
+                    if let Some(code) = outcome.error_code() {
+                        letter.error_code = code.to_owned();
+                        letter.message = outcome.error_message().unwrap_or_default().to_owned();
+                        letter.time = super::dead_letter::rfc3339_utc(now);
+                        if is_retryable(Some(code)) {
+                            retry.push(letter);
+                        } else {
+                            gave_up.push(letter);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let code = e.code().unwrap_or("RequestFailed").to_owned();
+                let message = DisplayErrorContext(&e).to_string();
+                for mut letter in letters {
+                    letter.error_code = code.clone();
+                    letter.message = message.clone();
+                    letter.time = super::dead_letter::rfc3339_utc(now);
+                    if is_retryable(Some(&code)) {
+                        retry.push(letter);
+                    } else {
+                        gave_up.push(letter);
+                    }
+                }
+            }
+        }
+        letters = retry;
+        if letters.is_empty() {
+            break;
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
+    }
+    gave_up.extend(letters);
+    gave_up
+}
