@@ -56,7 +56,9 @@ def main():
             p.produce(a.topic, key=key, value=value, on_delivery=delivered)
             i += 1
         p.poll(0.05)
-    p.flush(10)
+    # Block mode can hold responses back for a while: wait, and count what never left.
+    unflushed = p.flush(120)
+    stats["errors"] += unflushed
     print(json.dumps(stats), flush=True)
 
 

@@ -195,12 +195,13 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
 
     let admin_bind = config.admin.bind;
     tokio::spawn(Reloader::new(path, config.clone(), mirror.clone(), metrics.clone()).run());
+    let grace = config.shutdown_grace;
     let proxy = Proxy::new(config, mirror.clone(), metrics.clone(), inventory.clone());
     let admin = admin::bind(
         admin_bind,
         AdminState {
             metrics: metrics.clone(),
-            mirror,
+            mirror: mirror.clone(),
             inventory,
             proxy: proxy.clone(),
         },
@@ -216,8 +217,19 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     tokio::select! {
         served = proxy.serve() => served?,
         served = admin => served.context("admin endpoint")?,
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = shutdown_signal() => {}
     }
+    let deadline = std::time::Instant::now() + grace;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight Kafka requests, then flushing the mirror; a second signal exits at once");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        // Everything already spooled is on disk (each append is fsynced).
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    proxy.shut_down(deadline).await;
+    mirror.shut_down(deadline).await;
+    tracing::info!("stopped");
     Ok(())
 }
 

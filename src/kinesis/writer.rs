@@ -59,7 +59,14 @@ pub struct WriterSettings {
 #[derive(Clone)]
 pub struct StreamWriter {
     tx: mpsc::Sender<MirrorRecord>,
+    control: mpsc::Sender<Shutdown>,
     state: Arc<StreamState>,
+}
+
+/// Asks a writer to deliver what it can until `deadline`, spool the rest, and stop.
+struct Shutdown {
+    deadline: Instant,
+    done: tokio::sync::oneshot::Sender<()>,
 }
 
 /// What the writer knows about its stream, shared with the mirror stage and the admin endpoint.
@@ -115,6 +122,7 @@ impl StreamWriter {
             spool_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::channel(1);
         let task = WriterTask {
             client,
             state: state.clone(),
@@ -134,9 +142,19 @@ impl StreamWriter {
             replay: None,
             held: std::collections::VecDeque::new(),
             backoff: Backoff::default(),
+            closing: None,
         };
-        tokio::spawn(task.run(rx, done_rx));
-        StreamWriter { tx, state }
+        tokio::spawn(task.run(rx, done_rx, control_rx));
+        StreamWriter { tx, control, state }
+    }
+
+    /// Delivers what can be delivered before `deadline`, spools the rest, and returns when the
+    /// writer has stopped (in-flight requests included, each bounded by `request_timeout_ms`).
+    pub async fn shut_down(&self, deadline: Instant) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if self.control.send(Shutdown { deadline, done }).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 
     pub fn state(&self) -> &Arc<StreamState> {
@@ -190,6 +208,8 @@ struct WriterTask {
     /// spool; no input is taken while any wait.
     held: std::collections::VecDeque<MirrorRecord>,
     backoff: Backoff,
+    /// Set on shutdown: the deadline, and whom to tell when done.
+    closing: Option<Shutdown>,
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -202,6 +222,7 @@ impl WriterTask {
         mut self,
         mut rx: mpsc::Receiver<MirrorRecord>,
         mut done: mpsc::UnboundedReceiver<Completion>,
+        mut control: mpsc::Receiver<Shutdown>,
     ) {
         self.open_spool().await;
         self.check_health().await;
@@ -235,14 +256,57 @@ impl WriterTask {
                 _ = probe.tick() => self.probe_health().await,
                 _ = refresh.tick() => self.refresh_map().await,
                 _ = refresh_now.notified() => self.refresh_map().await,
+                Some(shutdown) = control.recv(), if self.closing.is_none() => {
+                    tracing::info!(stream = %self.state.stream, "flushing the mirror before shutdown");
+                    self.closing = Some(shutdown);
+                }
             }
-            self.dispatch(!input_open);
-            if !input_open
-                && self.lanes.is_idle()
-                && self.requests_in_flight == 0
-                && self.held.is_empty()
-            {
+            let closing = self.closing.as_ref().map(|c| c.deadline);
+            if closing.is_some_and(|deadline| Instant::now() >= deadline) {
+                self.spool_remaining().await;
+            }
+            self.dispatch(!input_open || closing.is_some());
+            let settled =
+                self.lanes.is_idle() && self.requests_in_flight == 0 && self.held.is_empty();
+            if settled && (!input_open || closing.is_some()) {
                 break;
+            }
+        }
+        if let Some(shutdown) = self.closing.take() {
+            tracing::info!(stream = %self.state.stream, spool_bytes = self.state.spool_bytes(), "mirror writer stopped");
+            let _ = shutdown.done.send(());
+        }
+    }
+
+    /// At the shutdown deadline: what is still in memory goes to the spool. Records replayed
+    /// from the spool are simply let go: they are still there, unacknowledged.
+    async fn spool_remaining(&mut self) {
+        let mut records = Vec::new();
+        for queued in self.lanes.drain_queued() {
+            self.settings
+                .budget
+                .release(queued.record.kinesis_bytes() as u64);
+            if !queued.from_spool {
+                records.push(queued.record);
+            }
+        }
+        records.extend(self.held.drain(..));
+        self.replay = None;
+        if !records.is_empty() {
+            self.spill(records).await;
+            // A spool that cannot take them (full, or failed to open) hands them back: there is
+            // nowhere else durable, so say exactly what is lost.
+            for record in self.held.drain(..) {
+                tracing::error!(
+                    stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
+                    "shutdown: record could be neither delivered nor spooled"
+                );
+                self.metrics.mirror_outcome(
+                    &record.topic,
+                    &self.state.stream,
+                    MirrorResult::Dropped,
+                    1,
+                );
             }
         }
     }
@@ -610,7 +674,8 @@ impl WriterTask {
                 .with_label_values(&[&self.state.stream])
                 .set(spool.bytes() as i64);
         }
-        if !self.spilling
+        if self.closing.is_some()
+            || !self.spilling
             || !self.lanes.is_idle()
             || self.requests_in_flight > 0
             || !self.state.is_healthy()
@@ -730,7 +795,8 @@ impl WriterTask {
             .oldest_in_memory()
             .map(|(t, _)| t + self.settings.kinesis.linger);
         let lane = self.lanes.next_wake(now);
-        [linger, lane]
+        let deadline = self.closing.as_ref().map(|c| c.deadline);
+        [linger, lane, deadline]
             .into_iter()
             .flatten()
             .min()

@@ -46,6 +46,13 @@ pub struct ProduceExchange {
     pub response_frame: Option<Bytes>,
 }
 
+/// What connections send the stage: exchanges, or a marker that resolves once every exchange
+/// sent before it has been processed.
+enum StageInput {
+    Exchange(ProduceExchange),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// A topic's route to a stream.
 pub struct Route {
     pub stream: String,
@@ -61,7 +68,7 @@ pub type RouteTable = HashMap<String, Arc<Route>>;
 /// The handle connections report Produce exchanges to.
 #[derive(Clone)]
 pub struct Mirror {
-    tx: mpsc::Sender<ProduceExchange>,
+    tx: mpsc::Sender<StageInput>,
     /// `when_full = "block"`: connections wait for room instead of dropping exchanges.
     block: bool,
     metrics: Arc<Metrics>,
@@ -161,6 +168,24 @@ impl Mirror {
         }
     }
 
+    /// Shutdown: processes every exchange already handed over, then lets each writer deliver
+    /// until `deadline` and spool the rest.
+    pub async fn shut_down(&self, deadline: std::time::Instant) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.tx.send(StageInput::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+        let writers: Vec<StreamWriter> = self
+            .writers
+            .lock()
+            .await
+            .by_stream
+            .values()
+            .cloned()
+            .collect();
+        futures::future::join_all(writers.iter().map(|w| w.shut_down(deadline))).await;
+    }
+
     /// The routes in force.
     pub fn routes(&self) -> Arc<RouteTable> {
         self.routes.load_full()
@@ -181,7 +206,7 @@ impl Mirror {
     /// otherwise it never waits.
     pub async fn hand_over(&self, exchange: ProduceExchange) {
         if self.block {
-            let _ = self.tx.send(exchange).await;
+            let _ = self.tx.send(StageInput::Exchange(exchange)).await;
         } else {
             self.observe(exchange);
         }
@@ -190,7 +215,7 @@ impl Mirror {
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
     /// mirror. A full queue drops the exchange and counts it.
     fn observe(&self, exchange: ProduceExchange) {
-        if self.tx.try_send(exchange).is_err() {
+        if self.tx.try_send(StageInput::Exchange(exchange)).is_err() {
             self.metrics.mirror_dropped_requests.inc();
             tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
         }
@@ -215,9 +240,16 @@ struct Stage {
 }
 
 impl Stage {
-    async fn run(self, mut rx: mpsc::Receiver<ProduceExchange>) {
+    async fn run(self, mut rx: mpsc::Receiver<StageInput>) {
         let mut last_warning: Option<Instant> = None;
-        while let Some(exchange) = rx.recv().await {
+        while let Some(input) = rx.recv().await {
+            let exchange = match input {
+                StageInput::Exchange(exchange) => exchange,
+                StageInput::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             if let Err(reason) = self.process(exchange).await {
                 self.metrics
                     .mirror_decode_errors

@@ -22,6 +22,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     pub kafka: KafkaConfig,
     pub admin: AdminConfig,
+    /// How long a SIGTERM waits for in-flight work before spooling what is left.
+    pub shutdown_grace: Duration,
     pub kinesis: KinesisConfig,
     pub mirror: Vec<MirrorRoute>,
     pub mirror_buffer: MirrorBufferConfig,
@@ -264,6 +266,7 @@ fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Inval
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    shutdown_grace_secs: Option<Spanned<u64>>,
     listener: Spanned<RawListener>,
     kafka: Spanned<RawKafka>,
     admin: Option<RawAdmin>,
@@ -349,10 +352,16 @@ impl RawConfig {
         let mirror = validate_mirror(self.mirror)?;
         let mirror_buffer = validate_mirror_buffer(self.mirror_buffer)?;
         let spool = validate_spool(self.spool, !mirror.is_empty())?;
+        let shutdown_grace = Duration::from_secs(positive(
+            self.shutdown_grace_secs.as_ref(),
+            30,
+            "shutdown_grace_secs",
+        )?);
         Ok(Config {
             listener,
             kafka,
             admin,
+            shutdown_grace,
             kinesis,
             mirror,
             mirror_buffer,

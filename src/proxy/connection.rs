@@ -203,7 +203,12 @@ impl Connection {
         let idle_timeout = self.proxy.config.listener.idle_timeout;
         let mut client: Option<ClientState> = None;
         loop {
-            let frame = match tokio::time::timeout(idle_timeout, frames.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle_timeout, frames.next()) => next,
+                // Shutdown: read no more requests; the ones in flight finish as on a client close.
+                _ = self.proxy.stopping.cancelled() => Ok(None),
+            };
+            let frame = match next {
                 Err(_elapsed) if self.in_flight.load(Ordering::Acquire) == 0 => {
                     return Ok(Closed::Idle)
                 }

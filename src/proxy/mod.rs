@@ -53,6 +53,8 @@ pub struct Proxy {
     inventory: Arc<Inventory>,
     /// `None` while Kafka is reachable, else why not.
     kafka_problem: Mutex<Option<String>>,
+    /// Cancelled on shutdown: listeners stop accepting, connections stop reading requests.
+    stopping: tokio_util::sync::CancellationToken,
     directory: BrokerDirectory,
     /// Broker listeners already open, by node id.
     broker_listeners: Mutex<HashMap<i32, u16>>,
@@ -84,6 +86,7 @@ impl Proxy {
             metrics,
             inventory,
             kafka_problem: Mutex::new(Some("not checked yet".to_owned())),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -104,6 +107,22 @@ impl Proxy {
             .accept_loop(listener, Upstream::Bootstrap)
             .await;
         Ok(())
+    }
+
+    /// Shutdown: stops accepting, lets every connection finish the requests it has in flight
+    /// (new ones are not read), and returns when all are closed or at `deadline`.
+    pub async fn shut_down(&self, deadline: std::time::Instant) {
+        self.stopping.cancel();
+        let max = self.config.listener.max_connections;
+        while self.connection_slots.available_permits() < max
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let open = max - self.connection_slots.available_permits();
+        if open > 0 {
+            tracing::warn!(open, "shutdown grace over with connections still finishing");
+        }
     }
 
     /// Why Kafka is unreachable, or `None` when some bootstrap server accepts connections.
@@ -152,7 +171,11 @@ impl Proxy {
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, upstream: Upstream) {
         loop {
-            let (client, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = self.stopping.cancelled() => return,
+            };
+            let (client, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -361,8 +361,25 @@ impl Proxy {
             .map(|s| format!("{s:?}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut config = format!(
-            "[listener]\n\
+        // Top-level keys (before any [table] line) must come first in TOML.
+        let split = extra_toml
+            .lines()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(extra_toml.lines().count());
+        let top: String = extra_toml
+            .lines()
+            .take(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let extra_toml: String = extra_toml
+            .lines()
+            .skip(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let extra_toml = extra_toml.as_str();
+        let mut config = top
+            + &format!(
+                "[listener]\n\
              bind = \"127.0.0.1\"\n\
              advertised_host = \"127.0.0.1\"\n\
              bootstrap_port = {bootstrap_port}\n\
@@ -373,7 +390,7 @@ impl Proxy {
              \n\
              [admin]\n\
              bind = \"127.0.0.1:{admin_port}\"\n"
-        );
+            );
         if !extra_toml.is_empty() {
             config.push('\n');
             config.push_str(extra_toml);
@@ -407,6 +424,10 @@ impl Proxy {
         self.daemon.respawn(cmd);
         self.daemon
             .wait_for_port(self.bootstrap_port, Duration::from_secs(30));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
     }
 
     /// `127.0.0.1:PORT` of the proxy's bootstrap listener.
