@@ -26,12 +26,18 @@ struct Rig {
 }
 
 async fn rig(stream: &str, extra: &str) -> Rig {
+    rig_with(stream, "", extra).await
+}
+
+/// `top` holds top-level config keys; `extra` goes into the [kinesis] table (and may open
+/// further tables).
+async fn rig_with(stream: &str, top: &str, extra: &str) -> Rig {
     let tansu = Tansu::start();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream(stream, 4).await;
     let faults = FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
     let config = format!(
-        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\nrequest_timeout_ms = 10000\n{extra}\n\n[[mirror]]\ntopic = \"events\"\nstream = \"{stream}\"\npercent = 100.0\n",
+        "{top}\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\nrequest_timeout_ms = 10000\n{extra}\n\n[[mirror]]\ntopic = \"events\"\nstream = \"{stream}\"\npercent = 100.0\n",
         faults.endpoint
     );
     let proxy = Proxy::start_with(&[tansu.bootstrap()], &config);
@@ -350,4 +356,130 @@ async fn block_mode_slows_producers_and_loses_nothing() {
         ),
         0.0
     );
+}
+
+/// SIGTERM during an outage: the proxy finishes, spools what Kinesis did not take within the
+/// grace period, exits 0, and delivers it all after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_spools_what_is_left_and_exits_cleanly() {
+    let mut rig = rig_with("stopping", "shutdown_grace_secs = 2", "").await;
+    let admin = rig.proxy.admin_port;
+    rig.faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    const COUNT: usize = 2000;
+    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 1000));
+    assert_eq!(outcome["errors"], 0, "{outcome}");
+    wait_for(
+        "the records queued for Kinesis",
+        admin,
+        Duration::from_secs(30),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_kafka_records_total",
+                &[("result", "ok")],
+            ) >= COUNT as f64
+                && value(m, "kafka_kinesis_proxy_mirror_buffer_bytes", &[]) > 0.0
+        },
+    )
+    .await;
+    rig.proxy.daemon().signal("-TERM");
+    let code = rig.proxy.daemon().wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "a graceful shutdown exits 0:\n{}",
+        rig.proxy.daemon().log_tail(50)
+    );
+    let log = rig.proxy.daemon().log_tail(200);
+    assert!(
+        log.contains("mirror writer stopped") && log.contains("stopped"),
+        "{log}"
+    );
+
+    rig.faults.set(FaultPlan::default());
+    rig.proxy.restart();
+    wait_for(
+        "the spooled records delivered",
+        admin,
+        Duration::from_secs(120),
+        |m| sent(m) >= COUNT as f64,
+    )
+    .await;
+    check_delivery(&rig.kinesis.read_all("stopping").await, COUNT);
+    println!("sigterm: produced {COUNT}, spooled at shutdown and delivered after restart {COUNT}, lost 0");
+}
+
+/// A low memory budget holds the process near it under an outage: the rest spills.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_near_the_budget_during_an_outage() {
+    const BUDGET: u64 = 1024 * 1024;
+    let rig = rig(
+        "budget",
+        &format!("\n[mirror_buffer]\nmax_bytes = {BUDGET}\nwhen_full = \"spill\""),
+    )
+    .await;
+    let admin = rig.proxy.admin_port;
+    rig.faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    // About 2.6 MB of records against a 1 MiB budget (kinesis-local slows down past ~20,000).
+    const COUNT: usize = 20_000;
+    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 4000));
+    assert_eq!(outcome["errors"], 0, "{outcome}");
+    let m = wait_for(
+        "everything queued or spooled",
+        admin,
+        Duration::from_secs(60),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_kafka_records_total",
+                &[("result", "ok")],
+            ) >= COUNT as f64
+                && value(
+                    m,
+                    "kafka_kinesis_proxy_mirror_records_total",
+                    &[("result", "spooled")],
+                ) > 0.0
+        },
+    )
+    .await;
+    let buffered = value(&m, "kafka_kinesis_proxy_mirror_buffer_bytes", &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", rig.proxy.pid())).unwrap();
+    let kib = |field: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let (rss, peak) = (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024);
+    println!(
+        "memory budget {BUDGET} bytes: buffered {buffered} bytes, spooled {} records, RSS {} MiB (peak {} MiB)",
+        value(&m, "kafka_kinesis_proxy_mirror_records_total", &[("result", "spooled")]),
+        rss / (1024 * 1024),
+        peak / (1024 * 1024)
+    );
+    assert!(
+        buffered <= BUDGET as f64,
+        "the buffer exceeds its budget: {buffered}"
+    );
+    assert!(
+        peak < BUDGET + 64 * 1024 * 1024,
+        "peak RSS {peak} exceeds the budget plus 64 MiB"
+    );
+    rig.faults.set(FaultPlan::default());
+    wait_for(
+        "everything delivered",
+        admin,
+        Duration::from_secs(240),
+        |m| sent(m) >= COUNT as f64,
+    )
+    .await;
+    check_delivery(&rig.kinesis.read_all("budget").await, COUNT);
 }

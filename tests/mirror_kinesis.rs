@@ -225,6 +225,16 @@ async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec
     );
 }
 
+/// Runs `kafka-kinesis-proxy spool replay` as an operator would.
+fn spool_replay(config: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
+        .args(["spool", "replay", "--config"])
+        .arg(config)
+        .envs(KinesisLocal::aws_env())
+        .output()
+        .unwrap()
+}
+
 fn md5_of(key: &str) -> [u8; 16] {
     use md5::Digest;
     md5::Md5::digest(key.as_bytes()).into()
@@ -556,12 +566,7 @@ async fn oversized_record_is_counted_not_sent() {
         ),
         (Some("huge"), Some(1), Some("RecordTooLarge"))
     );
-    let replay = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
-        .args(["spool", "replay", "--config"])
-        .arg(&proxy.config_path)
-        .envs(KinesisLocal::aws_env())
-        .output()
-        .unwrap();
+    let replay = spool_replay(&proxy.config_path);
     assert!(!replay.status.success());
     assert!(String::from_utf8_lossy(&replay.stdout)
         .contains("1 dead letters, 0 delivered, 1 still failing"));
@@ -816,12 +821,7 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
 
     // The operator creates the stream and replays the dead letters.
     kinesis.create_stream("no-such-stream", 2).await;
-    let replay = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
-        .args(["spool", "replay", "--config"])
-        .arg(&proxy.config_path)
-        .envs(KinesisLocal::aws_env())
-        .output()
-        .unwrap();
+    let replay = spool_replay(&proxy.config_path);
     let summary = String::from_utf8_lossy(&replay.stdout);
     assert!(
         replay.status.success(),

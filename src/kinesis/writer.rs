@@ -420,13 +420,7 @@ impl WriterTask {
                 for record in &records {
                     self.count(&record.topic, MirrorResult::Spooled, 1);
                 }
-                self.state
-                    .spool_bytes
-                    .store(spool.bytes(), Ordering::Release);
-                self.metrics
-                    .spool_bytes
-                    .with_label_values(&[&self.state.stream])
-                    .set(spool.bytes() as i64);
+                self.publish_spool_bytes(&spool);
             }
             Err(e) => {
                 // Full, or a disk error: fall back to blocking, never to loss. The records wait
@@ -437,6 +431,17 @@ impl WriterTask {
                 self.held.extend(records);
             }
         }
+    }
+
+    /// Publishes the spool's size to `/routes` and `spool_bytes`.
+    fn publish_spool_bytes(&self, spool: &Spool) {
+        self.state
+            .spool_bytes
+            .store(spool.bytes(), Ordering::Release);
+        self.metrics
+            .spool_bytes
+            .with_label_values(&[&self.state.stream])
+            .set(spool.bytes() as i64);
     }
 
     async fn open_spool(&mut self) {
@@ -461,13 +466,7 @@ impl WriterTask {
                     tracing::info!(stream = %self.state.stream, entries = report.entries, bytes = report.bytes, "spool holds records from before; replaying");
                     self.spilling = true;
                 }
-                self.state
-                    .spool_bytes
-                    .store(spool.bytes(), Ordering::Release);
-                self.metrics
-                    .spool_bytes
-                    .with_label_values(&[&self.state.stream])
-                    .set(spool.bytes() as i64);
+                self.publish_spool_bytes(&spool);
                 self.spool = Some(Arc::new(spool));
             }
             Err(e) => {
@@ -666,13 +665,7 @@ impl WriterTask {
                 tracing::error!(stream = %self.state.stream, error = %e, "cannot acknowledge replayed spool entries; they will be sent again");
             }
             self.replay = None;
-            self.state
-                .spool_bytes
-                .store(spool.bytes(), Ordering::Release);
-            self.metrics
-                .spool_bytes
-                .with_label_values(&[&self.state.stream])
-                .set(spool.bytes() as i64);
+            self.publish_spool_bytes(&spool);
         }
         if self.closing.is_some()
             || !self.spilling
