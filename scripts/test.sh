@@ -8,4 +8,4 @@ scripts/install-test-deps.sh
 
 # Integration tests each start their own broker, proxy and clients; two at a time fits 2 cores.
 export RUST_BACKTRACE=1
-cargo test --locked --all-targets -- --test-threads "${KKP_TEST_THREADS:-2}"
+cargo test --locked --all-targets --no-fail-fast -- --test-threads "${KKP_TEST_THREADS:-2}"

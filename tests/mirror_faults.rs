@@ -37,7 +37,7 @@ async fn rig_with(stream: &str, top: &str, extra: &str) -> Rig {
     kinesis.create_stream(stream, 4).await;
     let faults = FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
     let config = format!(
-        "{top}\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\nrequest_timeout_ms = 10000\n{extra}\n\n[[mirror]]\ntopic = \"events\"\nstream = \"{stream}\"\npercent = 100.0\n",
+        "{top}\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\nrequest_timeout_ms = 60000\n{extra}\n\n[[mirror]]\ntopic = \"events\"\nstream = \"{stream}\"\npercent = 100.0\n",
         faults.endpoint
     );
     let proxy = Proxy::start_with(&[tansu.bootstrap()], &config);
