@@ -5,15 +5,16 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use support::free_port;
+use support::{free_port, run_command};
 
 #[test]
 fn demo_ramps_from_10_to_50_percent_with_full_success() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let broker_base = free_port() - 111;
-    let out = Command::new(repo.join("scripts/demo.sh"))
-        .args(["--duration", "60"])
+    let mut demo = Command::new(repo.join("scripts/demo.sh"));
+    demo.args(["--duration", "60"])
         .current_dir(repo)
         .env("KKP_PROXY_BIN", env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
         .env("KKP_DEMO_KAFKA_PORT", free_port().to_string())
@@ -21,13 +22,15 @@ fn demo_ramps_from_10_to_50_percent_with_full_success() {
         .env("KKP_DEMO_BOOTSTRAP_PORT", free_port().to_string())
         .env("KKP_DEMO_BROKER_PORT_BASE", broker_base.to_string())
         .env("KKP_DEMO_ADMIN_PORT", free_port().to_string())
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("run scripts/demo.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .env_remove("LD_LIBRARY_PATH");
+    // A hung demo must fail the test, not the whole CI run.
+    let out = run_command(demo, Duration::from_secs(600));
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        !out.timed_out && out.status == Some(0),
+        "demo failed:\n{stdout}\n{stderr}"
+    );
 
     let rows: Vec<&str> = stdout
         .lines()
