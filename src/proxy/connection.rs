@@ -405,6 +405,10 @@ impl Connection {
                 match frames.next().await {
                     None => return Ok(Closed::ByUpstream),
                     Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
+                    // The awaited response wins, even if a client reused an acks=0 request's id.
+                    Some(Ok(frame)) if response_correlation_id(&frame) == Some(correlation_id) => {
+                        break frame
+                    }
                     Some(Ok(frame)) if self.is_acks0_answer(&frame) => continue,
                     Some(Ok(frame)) => break frame,
                 }
