@@ -24,6 +24,28 @@ fn kinesis_section(k: &KinesisLocal) -> String {
     )
 }
 
+/// Tansu, kinesis-local with `stream` (`shards` shards), and a proxy routing `topic` (created
+/// with `partitions` partitions) to it at 100%; `kinesis_extra` goes into the [kinesis] table.
+async fn single_route(
+    stream: &str,
+    shards: i32,
+    topic: &str,
+    partitions: u32,
+    kinesis_extra: &str,
+) -> (Tansu, KinesisLocal, Proxy) {
+    let tansu = Tansu::start();
+    let kinesis = KinesisLocal::start();
+    kinesis.create_stream(stream, shards).await;
+    let extra = format!(
+        "{}{kinesis_extra}{}",
+        kinesis_section(&kinesis),
+        route(topic, stream, 100.0)
+    );
+    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    create_topic(&proxy.bootstrap(), topic, partitions);
+    (tansu, kinesis, proxy)
+}
+
 fn produce(client: &str, bootstrap: &str, topic: &str, count: usize, codec: &str) {
     let out = run_client(
         client,
@@ -461,16 +483,7 @@ async fn raw_produce(
 /// (a gap noted in README), while both reject an unknown producer id (UNKNOWN_PRODUCER_ID).
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_produce_mirrors_nothing() {
-    let tansu = Tansu::start();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream("rejected", 2).await;
-    let extra = format!(
-        "{}{}",
-        kinesis_section(&kinesis),
-        route("small", "rejected", 100.0)
-    );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
-    create_topic(&proxy.bootstrap(), "small", 1);
+    let (_tansu, kinesis, proxy) = single_route("rejected", 2, "small", 1, "").await;
 
     let records = (0..10)
         .map(|i| (format!("k{i}"), format!("v{i}").into_bytes()))
@@ -508,16 +521,7 @@ async fn rejected_produce_mirrors_nothing() {
 /// not sent, and is counted as `oversize`; its neighbours are delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_record_is_counted_not_sent() {
-    let tansu = Tansu::start();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream("limits", 1).await;
-    let extra = format!(
-        "{}{}",
-        kinesis_section(&kinesis),
-        route("big", "limits", 100.0)
-    );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
-    create_topic(&proxy.bootstrap(), "big", 1);
+    let (_tansu, kinesis, mut proxy) = single_route("limits", 1, "big", 1, "").await;
 
     let records = vec![
         ("small-1".to_owned(), b"fits".to_vec()),
@@ -544,7 +548,6 @@ async fn oversized_record_is_counted_not_sent() {
     let stored = kinesis.read_all("limits").await;
     let keys: BTreeSet<&str> = stored.iter().map(|r| r.partition_key.as_str()).collect();
     assert_eq!(keys, BTreeSet::from(["small-1", "small-2"]));
-    let mut proxy = proxy;
     let log = proxy.daemon().log_tail(200);
     assert!(
         log.contains("per-record limit") && log.contains("topic=big") && log.contains("offset=1"),
@@ -584,17 +587,8 @@ async fn oversized_record_is_counted_not_sent() {
 /// Kafka's verdicts.
 #[tokio::test(flavor = "multi_thread")]
 async fn acks_zero_records_are_mirrored_on_send() {
-    let tansu = Tansu::start();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream("fire-and-forget", 2).await;
-    let extra = format!(
-        "{}{}",
-        kinesis_section(&kinesis),
-        route("metrics-feed", "fire-and-forget", 100.0)
-    );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let (_tansu, kinesis, proxy) = single_route("fire-and-forget", 2, "metrics-feed", 2, "").await;
     let bootstrap = proxy.bootstrap();
-    create_topic(&bootstrap, "metrics-feed", 2);
     let out = run_client(
         "confluent",
         &[
@@ -653,18 +647,17 @@ async fn acks_zero_records_are_mirrored_on_send() {
 /// are counted, the map refreshes at once, and later predictions match again.
 #[tokio::test(flavor = "multi_thread")]
 async fn shard_map_refreshes_after_a_split() {
-    let tansu = Tansu::start();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream("resharded", 2).await;
     // A long timer, so only the misprediction can trigger the refresh.
-    let extra = format!(
-        "{}shard_map_refresh_secs = 3600\n{}",
-        kinesis_section(&kinesis),
-        route("events", "resharded", 100.0)
-    );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let (_tansu, kinesis, proxy) = single_route(
+        "resharded",
+        2,
+        "events",
+        3,
+        "shard_map_refresh_secs = 3600
+",
+    )
+    .await;
     let bootstrap = proxy.bootstrap();
-    create_topic(&bootstrap, "events", 3);
     let mispredictions = |m: &BTreeMap<String, f64>| {
         value(m, "kafka_kinesis_proxy_shard_map_mispredictions_total", &[])
     };
