@@ -37,7 +37,9 @@
 //! Knobs (environment): KKP_E2E_ROUNDS (5), KKP_E2E_MESSAGES (peak run count, 300000),
 //! KKP_E2E_RATE (5000 msg/s), KKP_E2E_LATENCY_SECS (5), KKP_E2E_PIN (1),
 //! KKP_E2E_KINESIS_LOCAL (1 when installed), KKP_E2E_KINESIS_LOCAL_MESSAGES (20000),
-//! KKP_E2E_PATHS (comma-separated path ids; all by default), KKP_E2E_LATENCY_LINGER_MS (5). Writes `<target>/e2e-report.json` and
+//! KKP_E2E_PATHS (comma-separated path ids; all by default), KKP_E2E_LATENCY_LINGER_MS (5),
+//! KKP_E2E_SHARDS (512: shards of the mock stream; the proxy holds each shard to Kinesis'
+//! 1,000 records/s and 1 MiB/s, so a narrow stream caps the mirror by design). Writes `<target>/e2e-report.json` and
 //! `<target>/e2e-report.md` and prints the Markdown table.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it prints one line and exits.
@@ -67,7 +69,12 @@ const TOPIC: &str = "bench";
 const PARTITIONS: i32 = 6;
 const VALUE_BYTES: usize = 1024;
 const STREAM: &str = "bench-stream";
-const SHARDS: u32 = 4;
+/// Shards of the harness's Kinesis mock stream (KKP_E2E_SHARDS). The proxy holds each shard
+/// to Kinesis' 1,000 records/s and 1 MiB/s, so the stream must be wide enough for the load
+/// for the mirror to run at the proxy's own speed: 512 shards take 512 MiB/s.
+const MOCK_SHARDS: u32 = 512;
+/// Shards of the kinesis-local stream (kinesis-local is far slower than 4 shards' limits).
+const KINESIS_LOCAL_SHARDS: u32 = 4;
 /// tansu's node id: our proxy serves it on broker_port_base + 111.
 const TANSU_NODE_ID: u16 = 111;
 const WARMUP_MESSAGES: usize = 2_000;
@@ -78,7 +85,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 fn main() {
     if std::env::var("KKP_E2E_ROLE").as_deref() == Ok("kinesis-mock") {
         let port = env_num("KKP_E2E_MOCK_PORT", 0) as u16;
-        kinesis_mock::run(port, env_num("KKP_E2E_MOCK_SHARDS", SHARDS as u64) as u32);
+        kinesis_mock::run(port, env_num("KKP_E2E_MOCK_SHARDS", 4) as u32);
         return;
     }
     if !std::env::args().any(|a| a == "--bench") {
@@ -122,6 +129,7 @@ struct Settings {
     pin: bool,
     kinesis_local: bool,
     kinesis_local_messages: usize,
+    shards: u32,
     /// Path ids to run (all when empty).
     only: Vec<String>,
 }
@@ -139,6 +147,7 @@ impl Settings {
                 && kinesis_local_dir().join("main.js").exists(),
             kinesis_local_messages: env_num("KKP_E2E_KINESIS_LOCAL_MESSAGES", 20_000).max(1_000)
                 as usize,
+            shards: env_num("KKP_E2E_SHARDS", MOCK_SHARDS as u64).clamp(1, 10_000) as u32,
             only: std::env::var("KKP_E2E_PATHS")
                 .unwrap_or_default()
                 .split(',')
@@ -625,7 +634,7 @@ fn mirror_count(admin_port: u16, result: &str) -> Option<u64> {
 enum Drain {
     /// The harness's Kinesis mock: `GET /stats` (costs the proxy nothing).
     Mock(u16),
-    /// Another endpoint: the proxy's `/metrics` (sent + failed + oversize), polled gently so
+    /// Another endpoint: the proxy's `/metrics` (every final outcome), polled gently so
     /// the scrapes do not show up in its CPU time.
     Metrics(u16),
 }
@@ -636,7 +645,7 @@ impl Drain {
             Drain::Mock(port) => http_get(port, "/stats")
                 .and_then(|s| s.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0),
-            Drain::Metrics(port) => ["sent", "failed", "oversize"]
+            Drain::Metrics(port) => ["sent", "failed", "oversize", "dead_letter", "dropped"]
                 .iter()
                 .map(|r| mirror_count(port, r).unwrap_or(0))
                 .sum(),
@@ -698,9 +707,12 @@ fn proxy_config(
         node_port - TANSU_NODE_ID
     );
     if let Some(endpoint) = kinesis_endpoint {
+        let spool = dir.join(format!("{name}-spool"));
         text.push_str(&format!(
             "\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\n\
-             [[mirror]]\ntopic = \"{TOPIC}\"\nstream = \"{STREAM}\"\npercent = 100.0\n"
+             [spool]\ndir = \"{}\"\n\n\
+             [[mirror]]\ntopic = \"{TOPIC}\"\nstream = \"{STREAM}\"\npercent = 100.0\n",
+            spool.display()
         ));
     }
     let path = dir.join(format!("{name}.toml"));
@@ -799,7 +811,7 @@ impl Bench {
         cmd.arg("--bench")
             .env("KKP_E2E_ROLE", "kinesis-mock")
             .env("KKP_E2E_MOCK_PORT", mock_port.to_string())
-            .env("KKP_E2E_MOCK_SHARDS", SHARDS.to_string());
+            .env("KKP_E2E_MOCK_SHARDS", settings.shards.to_string());
         let mut mock = Daemon::spawn("kinesis-mock", dir.path(), cmd);
         mock.wait_port(mock_port, Duration::from_secs(30));
 
@@ -1076,19 +1088,19 @@ impl Bench {
             };
             let thr_ratio = stats(&ratio(|m| m.msgs_per_sec));
             let p99_ratio = stats(&ratio(|m| m.p99_ms));
-            rows.push(row(&path.id, ms, Some((thr_ratio, p99_ratio))));
+            rows.push(row(path.id, ms, Some((thr_ratio, p99_ratio))));
             json_paths.push(path_json(path, ms, Some((thr_ratio, p99_ratio))));
         }
         let mut extra_note = String::new();
         if let Some((label, note, ms)) = &extra {
             let path = self.paths.last().expect("extra path");
-            rows.push(row(&path.id, ms, None));
+            rows.push(row(path.id, ms, None));
             let mut j = path_json(path, ms, None);
             j["label"] = json!(label);
             j["note"] = json!(note);
             json_paths.push(j);
             extra_note = format!(
-                "\n`{}`: {label}: one peak run of {} records after the rounds (no latency run, not paired with direct); kinesis-local runs on CPU 0 with the broker; mirror {note}.\n",
+                "\n`{}`: {label}: one peak run of {} records after the rounds (no latency run, not paired with direct); a {KINESIS_LOCAL_SHARDS}-shard stream; kinesis-local runs on CPU 0 with the broker; mirror {note}.\n",
                 path.id, s.kinesis_local_messages
             );
         }
@@ -1106,7 +1118,8 @@ impl Bench {
         }
         md.push_str(&extra_note);
         md.push_str(&format!(
-            "\nPaths: `direct` client → tansu broker; `kkp-off` our proxy without `[[mirror]]`; `kkp-mirror` our proxy mirroring 100% of the topic to the harness's Kinesis mock ({SHARDS} shards, MD5-correct ShardIds); `tansu-proxy` `tansu proxy` 0.6.0. Client: librdkafka (rdkafka crate) {}, acks=all, {PARTITIONS} partitions, keyed, no compression; peak runs linger.ms=5, latency runs linger.ms={} with latency from each record's scheduled send time to its delivery report. Pinning: {}. Load average at the end: {}. Whole run {:.0} s.\n",
+            "\nPaths: `direct` client → tansu broker; `kkp-off` our proxy without `[[mirror]]`; `kkp-mirror` our proxy mirroring 100% of the topic to the harness's Kinesis mock ({} shards, MD5-correct ShardIds); `tansu-proxy` `tansu proxy` 0.6.0. Client: librdkafka (rdkafka crate) {}, acks=all, {PARTITIONS} partitions, keyed, no compression; peak runs linger.ms=5, latency runs linger.ms={} with latency from each record's scheduled send time to its delivery report. Pinning: {}. Load average at the end: {}. Whole run {:.0} s.\n",
+            s.shards,
             rdkafka::util::get_rdkafka_version().1,
             latency_linger_ms(),
             if s.pin { "broker + client + Kinesis endpoint on CPU 0, proxy under test on CPU 1 (taskset)" } else { "off" },
@@ -1123,7 +1136,8 @@ impl Bench {
                 "latency_secs": s.latency_secs,
                 "latency_linger_ms": latency_linger_ms(),
                 "pinning": s.pin,
-                "kinesis_mock_shards": SHARDS,
+                "kinesis_mock_shards": s.shards,
+                "kinesis_local_shards": KINESIS_LOCAL_SHARDS,
                 "librdkafka": rdkafka::util::get_rdkafka_version().1,
             },
             "machine": {
@@ -1155,7 +1169,7 @@ fn create_stream(endpoint: &str) -> Result<(), String> {
         client
             .create_stream()
             .stream_name(STREAM)
-            .shard_count(SHARDS as i32)
+            .shard_count(KINESIS_LOCAL_SHARDS as i32)
             .send()
             .await
             .map_err(|e| {
