@@ -257,11 +257,13 @@ impl Lanes {
     }
 
     /// The oldest queued record that came from memory (not the spool), with its attempts.
+    /// Called on every wake, so it must not scan queues: each lane is in age order (retries
+    /// go back to the front, and spool records only enter a lane that has drained), so a
+    /// lane's oldest is its first record that is not from the spool.
     pub fn oldest_in_memory(&self) -> Option<(Instant, u32)> {
         self.lanes
             .values()
-            .flat_map(|l| l.queue.iter())
-            .filter(|q| !q.from_spool)
+            .filter_map(|l| l.queue.iter().find(|q| !q.from_spool))
             .map(|q| (q.enqueued, q.attempts))
             .min_by_key(|(t, _)| *t)
     }
