@@ -3,8 +3,8 @@
 //! - `/livez`: the process is serving;
 //! - `/readyz`: 200 only when Kafka is reachable and every routed stream was described
 //!   successfully, else 503 with a JSON body saying what is wrong;
-//! - `/routes`: every route with its percent, stream state, shard count, records mirrored and
-//!   success ratio;
+//! - `/routes`: every route with its percent, stream state, shard count, records mirrored,
+//!   success ratio and spool backlog;
 //! - `/clients`: the producer inventory.
 
 use std::net::SocketAddr;
@@ -103,6 +103,8 @@ struct RouteView {
     records_sent: u64,
     records_failed: u64,
     records_skipped: u64,
+    /// Bytes waiting in the stream's spool (the backlog to replay).
+    spool_bytes: u64,
     /// Over the dual-write window; absent when no record's fate was decided in it.
     success_ratio: Option<f64>,
 }
@@ -128,6 +130,7 @@ async fn routes(State(state): State<AdminState>) -> impl IntoResponse {
             records_sent: count(topic, &route.stream, "sent"),
             records_failed: count(topic, &route.stream, "failed"),
             records_skipped: count(topic, &route.stream, "skipped"),
+            spool_bytes: route.writer.state().spool_bytes(),
             success_ratio: m.dual_write.ratio(topic),
         })
         .collect();

@@ -124,6 +124,7 @@ struct RouteView {
     open_shards: usize,
     records_failed: u64,
     success_ratio: Option<f64>,
+    spool_bytes: u64,
 }
 
 async fn sample(addr: &str) -> Result<Sample, StatusError> {
@@ -168,7 +169,7 @@ async fn render(
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7}  {}",
+        "{:<24} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  {}",
         "TOPIC",
         "STREAM",
         "PERCENT",
@@ -177,6 +178,7 @@ async fn render(
         "MIRRORED",
         "SUCCESS",
         "FAILED",
+        "SPOOL BYTES",
         "STREAM STATE"
     );
     for r in &routes.routes {
@@ -192,7 +194,7 @@ async fn render(
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<24} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7}  {}",
+            "{:<24} {:<24} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7} {:>12}  {}",
             r.topic,
             r.stream,
             r.percent,
@@ -201,6 +203,7 @@ async fn render(
             format!("{:.0}/{:.0}", mirrored, kafka),
             ratio,
             r.records_failed,
+            r.spool_bytes,
             state
         );
     }
