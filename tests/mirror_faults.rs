@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::faults::{FaultLayer, FaultPlan};
 use support::kinesis::{KinesisLocal, StoredRecord};
-use support::metrics::{scrape, value};
+use support::metrics::{get, scrape, value, wait_for};
 use support::{create_topic, python, Proxy, Tansu};
 
 const KEYS: usize = 2000;
@@ -114,26 +114,6 @@ fn check_delivery(stored: &[StoredRecord], count: usize) {
     assert_eq!(out_of_order, 0, "records out of order within a key");
 }
 
-async fn wait_for(
-    what: &str,
-    admin: u16,
-    limit: Duration,
-    done: impl Fn(&BTreeMap<String, f64>) -> bool,
-) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let m = scrape(admin);
-        if done(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; metrics: {m:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn sent(m: &BTreeMap<String, f64>) -> f64 {
     value(
         m,
@@ -153,8 +133,8 @@ async fn partial_throttling_delivers_everything_once_in_key_order() {
     let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 2000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     let m = wait_for(
-        "every record sent",
         rig.proxy.admin_port,
+        "every record sent",
         Duration::from_secs(240),
         |m| sent(m) >= COUNT as f64,
     )
@@ -193,6 +173,16 @@ async fn outage_spills_to_the_spool_and_replays_in_order() {
     });
     tokio::time::sleep(Duration::from_secs(30)).await;
     let during = scrape(admin);
+    let backlog = |admin| -> u64 {
+        let routes: Value = serde_json::from_str(&get(admin, "/routes").1).unwrap();
+        routes["routes"][0]["spool_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no spool backlog in /routes: {routes}"))
+    };
+    assert!(
+        backlog(admin) > 0,
+        "/routes must show the spool backlog during the outage"
+    );
     rig.faults.set(FaultPlan::default());
     let outcome = finish(producer);
     assert_eq!(
@@ -210,13 +200,18 @@ async fn outage_spills_to_the_spool_and_replays_in_order() {
         "the outage must spill to the spool: spooled {spooled}, {spool_bytes} bytes"
     );
     let m = wait_for(
-        "everything delivered after recovery",
         admin,
+        "everything delivered after recovery",
         Duration::from_secs(240),
         |m| sent(m) >= COUNT as f64,
     )
     .await;
     let stored = rig.kinesis.read_all("outage").await;
+    assert_eq!(
+        backlog(admin),
+        0,
+        "the backlog in /routes drains with the spool"
+    );
     check_delivery(&stored, COUNT);
     assert_eq!(
         value(&m, "kafka_kinesis_proxy_spool_bytes", &[]),
@@ -241,7 +236,7 @@ async fn kill_9_during_an_outage_replays_the_spool_after_a_torn_tail() {
     const COUNT: usize = 3000;
     let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 1000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
-    let m = wait_for("everything spooled", admin, Duration::from_secs(60), |m| {
+    let m = wait_for(admin, "everything spooled", Duration::from_secs(60), |m| {
         value(
             m,
             "kafka_kinesis_proxy_mirror_records_total",
@@ -278,7 +273,7 @@ async fn kill_9_during_an_outage_replays_the_spool_after_a_torn_tail() {
 
     rig.faults.set(FaultPlan::default());
     rig.proxy.restart();
-    let m = wait_for("the spool replayed", admin, Duration::from_secs(120), |m| {
+    let m = wait_for(admin, "the spool replayed", Duration::from_secs(120), |m| {
         sent(m) >= COUNT as f64
     })
     .await;
@@ -316,8 +311,8 @@ async fn block_mode_slows_producers_and_loses_nothing() {
         "block mode must not fail producers: {outcome}"
     );
     let m = wait_for(
-        "every record sent",
         rig.proxy.admin_port,
+        "every record sent",
         Duration::from_secs(240),
         |m| sent(m) >= COUNT as f64,
     )
@@ -372,8 +367,8 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
     let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 1000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     wait_for(
-        "the records queued for Kinesis",
         admin,
+        "the records queued for Kinesis",
         Duration::from_secs(30),
         |m| {
             value(
@@ -402,8 +397,8 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
     rig.faults.set(FaultPlan::default());
     rig.proxy.restart();
     wait_for(
-        "the spooled records delivered",
         admin,
+        "the spooled records delivered",
         Duration::from_secs(120),
         |m| sent(m) >= COUNT as f64,
     )
@@ -431,8 +426,8 @@ async fn memory_stays_near_the_budget_during_an_outage() {
     let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 4000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     let m = wait_for(
-        "everything queued or spooled",
         admin,
+        "everything queued or spooled",
         Duration::from_secs(60),
         |m| {
             value(
@@ -475,8 +470,8 @@ async fn memory_stays_near_the_budget_during_an_outage() {
     );
     rig.faults.set(FaultPlan::default());
     wait_for(
-        "everything delivered",
         admin,
+        "everything delivered",
         Duration::from_secs(240),
         |m| sent(m) >= COUNT as f64,
     )

@@ -7,10 +7,11 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::kinesis::{KinesisLocal, StoredRecord};
-use support::metrics::{scrape, value};
+use support::metrics::{value, wait_for};
 use support::{clients_dir, create_topic, num, python, run_client, Proxy, Tansu};
 
 fn route(topic: &str, stream: &str, percent: f64) -> String {
@@ -91,25 +92,6 @@ fn verify(records: &[StoredRecord]) -> BTreeMap<String, Value> {
     serde_json::from_slice::<BTreeMap<String, Value>>(&out.stdout).unwrap()
 }
 
-/// Polls /metrics until `done` holds or 60 s pass.
-async fn wait_for_metrics(
-    admin_port: u16,
-    what: &str,
-    done: impl Fn(&BTreeMap<String, f64>) -> bool,
-) -> BTreeMap<String, f64> {
-    for _ in 0..600 {
-        let m = scrape(admin_port);
-        if done(&m) {
-            return m;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!(
-        "timed out waiting for {what}; metrics: {:#?}",
-        scrape(admin_port)
-    );
-}
-
 fn topic_of(record: &StoredRecord) -> String {
     String::from_utf8_lossy(record.data.split(|b| *b == b'|').next().unwrap_or_default())
         .into_owned()
@@ -145,13 +127,18 @@ async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec
     );
     let expected = PER_TOPIC as f64 * (codecs.len() + 1) as f64;
 
-    let m = wait_for_metrics(proxy.admin_port, "every record sent", |m| {
-        value(
-            m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("result", "sent")],
-        ) >= expected
-    })
+    let m = wait_for(
+        proxy.admin_port,
+        "every record sent",
+        Duration::from_secs(60),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("result", "sent")],
+            ) >= expected
+        },
+    )
     .await;
     assert_eq!(
         value(
@@ -286,25 +273,30 @@ async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
     produce("kafka-python", &bootstrap, "keys-60", KEYS, "snappy");
     produce("confluent", &bootstrap, "keys-0", KEYS, "none");
 
-    let m = wait_for_metrics(proxy.admin_port, "every record decided", |m| {
-        ["keys-25", "keys-60"].iter().all(|t| {
-            let sent = value(
+    let m = wait_for(
+        proxy.admin_port,
+        "every record decided",
+        Duration::from_secs(60),
+        |m| {
+            ["keys-25", "keys-60"].iter().all(|t| {
+                let sent = value(
+                    m,
+                    "kafka_kinesis_proxy_mirror_records_total",
+                    &[("topic", t), ("result", "sent")],
+                );
+                let skipped = value(
+                    m,
+                    "kafka_kinesis_proxy_mirror_records_total",
+                    &[("topic", t), ("result", "skipped")],
+                );
+                sent + skipped >= KEYS as f64
+            }) && value(
                 m,
                 "kafka_kinesis_proxy_mirror_records_total",
-                &[("topic", t), ("result", "sent")],
-            );
-            let skipped = value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("topic", t), ("result", "skipped")],
-            );
-            sent + skipped >= KEYS as f64
-        }) && value(
-            m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("topic", "keys-0"), ("result", "skipped")],
-        ) >= KEYS as f64
-    })
+                &[("topic", "keys-0"), ("result", "skipped")],
+            ) >= KEYS as f64
+        },
+    )
     .await;
     assert_eq!(
         value(
@@ -494,13 +486,18 @@ async fn rejected_produce_mirrors_nothing() {
         "Kafka must reject a batch from an unknown producer id"
     );
 
-    let m = wait_for_metrics(proxy.admin_port, "the rejection counted", |m| {
-        value(
-            m,
-            "kafka_kinesis_proxy_kafka_records_total",
-            &[("topic", "small"), ("result", "error")],
-        ) >= 10.0
-    })
+    let m = wait_for(
+        proxy.admin_port,
+        "the rejection counted",
+        Duration::from_secs(60),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_kafka_records_total",
+                &[("topic", "small"), ("result", "error")],
+            ) >= 10.0
+        },
+    )
     .await;
     assert_eq!(
         value(
@@ -529,13 +526,18 @@ async fn oversized_record_is_counted_not_sent() {
         ("small-2".to_owned(), b"fits too".to_vec()),
     ];
     assert_eq!(raw_produce(&proxy.bootstrap(), "big", -1, records).await, 0);
-    let m = wait_for_metrics(proxy.admin_port, "both small records sent", |m| {
-        value(
-            m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("topic", "big"), ("result", "sent")],
-        ) >= 2.0
-    })
+    let m = wait_for(
+        proxy.admin_port,
+        "both small records sent",
+        Duration::from_secs(60),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("topic", "big"), ("result", "sent")],
+            ) >= 2.0
+        },
+    )
     .await;
     assert_eq!(
         value(
@@ -606,13 +608,18 @@ async fn acks_zero_records_are_mirrored_on_send() {
         ],
     );
     assert_eq!(num(&out, "error_count"), 0, "{out}");
-    let m = wait_for_metrics(proxy.admin_port, "acks=0 records mirrored", |m| {
-        value(
-            m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("result", "sent")],
-        ) >= 500.0
-    })
+    let m = wait_for(
+        proxy.admin_port,
+        "acks=0 records mirrored",
+        Duration::from_secs(60),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("result", "sent")],
+            ) >= 500.0
+        },
+    )
     .await;
     assert_eq!(
         value(
@@ -670,7 +677,13 @@ async fn shard_map_refreshes_after_a_split() {
     };
 
     produce("confluent", &bootstrap, "events", 300, "none");
-    let m = wait_for_metrics(proxy.admin_port, "first batch", |m| sent(m) >= 300.0).await;
+    let m = wait_for(
+        proxy.admin_port,
+        "first batch",
+        Duration::from_secs(60),
+        |m| sent(m) >= 300.0,
+    )
+    .await;
     assert_eq!(mispredictions(&m), 0.0);
 
     // Split shard 0 at the middle of its range.
@@ -700,7 +713,13 @@ async fn shard_map_refreshes_after_a_split() {
     // The same keys again: those in the split range now go to the children, which the stale
     // map does not know.
     produce("confluent", &bootstrap, "events", 300, "none");
-    let m = wait_for_metrics(proxy.admin_port, "second batch", |m| sent(m) >= 600.0).await;
+    let m = wait_for(
+        proxy.admin_port,
+        "second batch",
+        Duration::from_secs(60),
+        |m| sent(m) >= 600.0,
+    )
+    .await;
     let after_split = mispredictions(&m);
     assert!(
         after_split > 0.0,
@@ -710,7 +729,13 @@ async fn shard_map_refreshes_after_a_split() {
     // The refresh happened: a third run is predicted correctly.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     produce("confluent", &bootstrap, "events", 300, "none");
-    let m = wait_for_metrics(proxy.admin_port, "third batch", |m| sent(m) >= 900.0).await;
+    let m = wait_for(
+        proxy.admin_port,
+        "third batch",
+        Duration::from_secs(60),
+        |m| sent(m) >= 900.0,
+    )
+    .await;
     assert_eq!(
         mispredictions(&m),
         after_split,
@@ -756,13 +781,18 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
         "{consumed}"
     );
 
-    let m = wait_for_metrics(proxy.admin_port, "dead-lettered records counted", |m| {
-        value(
-            m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("topic", "payments"), ("result", "dead_letter")],
-        ) >= 1000.0
-    })
+    let m = wait_for(
+        proxy.admin_port,
+        "dead-lettered records counted",
+        Duration::from_secs(60),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("topic", "payments"), ("result", "dead_letter")],
+            ) >= 1000.0
+        },
+    )
     .await;
     assert_eq!(
         value(

@@ -4,31 +4,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use support::kinesis::KinesisLocal;
-use support::metrics::{scrape, value};
+use support::metrics::{get, scrape, value};
 use support::{create_topic, python, Proxy, Tansu};
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, reply.split_once("\r\n\r\n").unwrap().1.to_owned())
-}
-
 fn json(port: u16, path: &str) -> Value {
-    serde_json::from_str(&http_get(port, path).1).unwrap()
+    serde_json::from_str(&get(port, path).1).unwrap()
 }
 
 fn setup(stream: &str, topic: &str, percent: f64) -> (Tansu, KinesisLocal, Proxy) {
@@ -273,7 +259,7 @@ fn invalid_edit_is_rejected_whole_and_restart_only_settings_are_reported() {
 fn readyz_follows_the_kinesis_emulator() {
     let (_tansu, kinesis, proxy) = setup("ready", "ready", 100.0);
     let admin = proxy.admin_port;
-    wait_until("ready", || http_get(admin, "/readyz").0 == 200);
+    wait_until("ready", || get(admin, "/readyz").0 == 200);
     let routes = json(admin, "/routes");
     assert_eq!(routes["routes"][0]["stream"], "ready", "{routes}");
     assert_eq!(routes["routes"][0]["open_shards"], 4, "{routes}");
@@ -281,9 +267,9 @@ fn readyz_follows_the_kinesis_emulator() {
     let port = kinesis.port;
     drop(kinesis);
     wait_until("503 after the emulator stopped", || {
-        http_get(admin, "/readyz").0 == 503
+        get(admin, "/readyz").0 == 503
     });
-    let (_, body) = http_get(admin, "/readyz");
+    let (_, body) = get(admin, "/readyz");
     assert!(body.contains("stream `ready`"), "{body}");
 
     let revived = KinesisLocal::start_on(port);
@@ -291,7 +277,7 @@ fn readyz_follows_the_kinesis_emulator() {
         .unwrap()
         .block_on(revived.create_stream("ready", 4));
     wait_until("200 after the emulator came back", || {
-        http_get(admin, "/readyz").0 == 200
+        get(admin, "/readyz").0 == 200
     });
-    assert_eq!(http_get(admin, "/livez").0, 200);
+    assert_eq!(get(admin, "/livez").0, 200);
 }

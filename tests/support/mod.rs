@@ -256,13 +256,6 @@ impl Daemon {
         tail_file(&self.log, lines)
     }
 
-    /// The whole log so far, without colour codes.
-    pub fn log_text(&self) -> String {
-        strip_ansi(&String::from_utf8_lossy(
-            &fs::read(&self.log).unwrap_or_default(),
-        ))
-    }
-
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -322,11 +315,6 @@ impl Tansu {
 
     pub fn daemon(&mut self) -> &mut Daemon {
         &mut self.daemon
-    }
-
-    /// Everything it logged so far.
-    pub fn log_text(&self) -> String {
-        self.daemon.log_text()
     }
 }
 
@@ -437,11 +425,6 @@ impl Proxy {
 
     pub fn daemon(&mut self) -> &mut Daemon {
         &mut self.daemon
-    }
-
-    /// Everything it logged so far.
-    pub fn log_text(&self) -> String {
-        self.daemon.log_text()
     }
 }
 
