@@ -237,18 +237,17 @@ async fn replay(config: Config, dead_letters: Option<PathBuf>) -> anyhow::Result
     let path = dead_letters
         .or_else(|| config.spool.dead_letter_file())
         .context("no dead-letter file: pass --dead-letters FILE or set spool.dir")?;
-    let total = if path.exists() {
-        DeadLetterFile::read_all(&path)?.len()
-    } else {
-        0
-    };
     let client = build_client(&config.kinesis).await;
-    let bar = indicatif::ProgressBar::new(total as u64);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} dead letters ({elapsed})")
             .expect("valid template"),
     );
-    let summary = replay_dead_letters(&client, &path, |done| bar.set_position(done as u64)).await?;
+    let summary = replay_dead_letters(&client, &path, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await?;
     bar.finish_and_clear();
     println!(
         "{}: {} dead letters, {} delivered, {} still failing{}",

@@ -58,11 +58,12 @@ fn record_of(letter: &DeadLetter) -> MirrorRecord {
     }
 }
 
-/// Re-sends every dead letter in `path`; `progress(done)` is called as letters settle.
+/// Re-sends every dead letter in `path`; `progress(done, total)` is called once the file is
+/// read and as letters settle.
 pub async fn replay_dead_letters(
     client: &Client,
     path: &Path,
-    progress: impl Fn(usize),
+    progress: impl Fn(usize, usize),
 ) -> Result<ReplaySummary, ReplayError> {
     if !path.exists() {
         return Ok(ReplaySummary::default());
@@ -80,6 +81,7 @@ pub async fn replay_dead_letters(
         total: letters.len(),
         ..ReplaySummary::default()
     };
+    progress(0, summary.total);
     let mut by_stream: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
     for letter in letters {
         by_stream
@@ -116,7 +118,7 @@ pub async fn replay_dead_letters(
             summary.delivered += batch.len() - failed.len();
             summary.failed += failed.len();
             still_failing.extend(failed);
-            progress(summary.delivered + summary.failed);
+            progress(summary.delivered + summary.failed, summary.total);
         }
     }
     if !still_failing.is_empty() {
