@@ -7,8 +7,12 @@
 //! one-key-per-request rule a later record of a key could land while an earlier one waits for
 //! its retry. The cost: a key's records move one per round trip. With `partition_key =
 //! "partition"` each partition is one key, so `ordering = "none"` is the choice for throughput.
+//!
+//! Lanes live in a `Vec` and requests name them by index: filling a request and settling its
+//! outcome touch every lane of a wide stream hundreds of times a second, so neither may walk
+//! a tree of shard-id strings.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +47,18 @@ impl Queued {
     }
 }
 
+/// The lane (predicted shard) a request entry was taken from.
+#[derive(Debug, Clone)]
+pub struct LaneRef {
+    index: usize,
+    pub shard: Arc<str>,
+}
+
 struct Lane {
+    shard: Arc<str>,
+    /// The shard is in the current map. A closed shard's lane is kept until its requests in
+    /// flight finish, then its slot is reused.
+    open: bool,
     queue: VecDeque<Queued>,
     bucket: TokenBucket,
     in_flight: usize,
@@ -52,78 +67,103 @@ struct Lane {
     failures: u32,
 }
 
-/// One request's worth of records, each with the lane (predicted shard) it came from.
-pub type Request = Vec<(Arc<str>, Queued)>;
+/// One request's worth of records, each with the lane it came from.
+pub type Request = Vec<(LaneRef, Queued)>;
 
 pub struct Lanes {
-    lanes: BTreeMap<Arc<str>, Lane>,
+    lanes: Vec<Lane>,
+    /// Open shard id to lane index.
+    by_shard: HashMap<Arc<str>, usize>,
+    /// Records queued over all lanes.
+    queued: usize,
     ordering: WriteOrdering,
     rate_factor: f64,
     /// Lane to start filling from, rotated so that no shard starves.
     cursor: usize,
+    /// Keys already in the request from the lane being filled (per-key ordering); kept to
+    /// reuse its allocation.
+    keys: HashSet<u128>,
 }
 
 impl Lanes {
     pub fn new(ordering: WriteOrdering, rate_factor: f64) -> Lanes {
         Lanes {
-            lanes: BTreeMap::new(),
+            lanes: Vec::new(),
+            by_shard: HashMap::new(),
+            queued: 0,
             ordering,
             rate_factor,
             cursor: 0,
+            keys: HashSet::new(),
         }
     }
 
-    fn lane_for(&mut self, hash: u128, map: &ShardMap, now: Instant) -> (Arc<str>, &mut Lane) {
+    /// The lane of the open shard `hash` routes to, created on first use.
+    fn lane_for(&mut self, hash: u128, map: &ShardMap, now: Instant) -> usize {
         // Mid-reshard the open shards can leave a gap; the nearest lower shard stands in, and
         // Kinesis' answer corrects the map.
         let shard = map
             .shard_for_hash(hash)
             .or(map.shards().last())
             .map_or("", |s| s.id.as_str());
-        let id: Arc<str> = match self.lanes.get_key_value(shard) {
-            Some((id, _)) => id.clone(),
-            None => Arc::from(shard),
-        };
-        let factor = self.rate_factor;
-        let lane = self.lanes.entry(id.clone()).or_insert_with(|| Lane {
+        if let Some(&index) = self.by_shard.get(shard) {
+            return index;
+        }
+        let lane = Lane {
+            shard: Arc::from(shard),
+            open: true,
             queue: VecDeque::new(),
-            bucket: TokenBucket::new(factor, now),
+            bucket: TokenBucket::new(self.rate_factor, now),
             in_flight: 0,
             retry_at: None,
             failures: 0,
-        });
-        (id, lane)
+        };
+        let free = self
+            .lanes
+            .iter()
+            .position(|l| !l.open && l.in_flight == 0 && l.queue.is_empty());
+        let index = match free {
+            Some(index) => {
+                self.lanes[index] = lane;
+                index
+            }
+            None => {
+                self.lanes.push(lane);
+                self.lanes.len() - 1
+            }
+        };
+        self.by_shard.insert(self.lanes[index].shard.clone(), index);
+        index
     }
 
     /// Queues a record behind everything already in its lane.
     pub fn push(&mut self, queued: Queued, map: &ShardMap, now: Instant) {
-        self.lane_for(queued.hash, map, now)
-            .1
-            .queue
-            .push_back(queued);
+        let index = self.lane_for(queued.hash, map, now);
+        self.lanes[index].queue.push_back(queued);
+        self.queued += 1;
     }
 
     /// Fills the next request: at most 500 entries and 5 MiB, from lanes that may send now
     /// (not backing off, within their rate, and under per-key ordering not already in flight).
     pub fn fill_request(&mut self, now: Instant) -> Request {
-        let mut request = Request::new();
-        let mut bytes = 0;
-        let ids: Vec<Arc<str>> = self.lanes.keys().cloned().collect();
-        if ids.is_empty() {
+        let mut request = Request::with_capacity(self.queued.min(MAX_BATCH_ENTRIES));
+        let count = self.lanes.len();
+        if count == 0 || self.queued == 0 {
             return request;
         }
-        let start = self.cursor % ids.len();
+        let mut bytes = 0;
+        let start = self.cursor % count;
         self.cursor = self.cursor.wrapping_add(1);
-        'lanes: for id in ids[start..].iter().chain(&ids[..start]) {
-            let lane = self.lanes.get_mut(id).expect("listed above");
-            let per_key = self.ordering == WriteOrdering::PerKey;
+        let per_key = self.ordering == WriteOrdering::PerKey;
+        'lanes: for index in (start..count).chain(0..start) {
+            let lane = &mut self.lanes[index];
             if lane.queue.is_empty()
                 || lane.retry_at.is_some_and(|t| t > now)
                 || (per_key && lane.in_flight > 0)
             {
                 continue;
             }
-            let mut keys = HashSet::new();
+            self.keys.clear();
             let mut took = false;
             while let Some(front) = lane.queue.front() {
                 let size = front.record.kinesis_bytes();
@@ -135,7 +175,7 @@ impl Lanes {
                     }
                     break 'lanes;
                 }
-                if per_key && !keys.insert(front.hash) {
+                if per_key && !self.keys.insert(front.hash) {
                     break;
                 }
                 if !lane.bucket.try_take(size, now) {
@@ -143,37 +183,41 @@ impl Lanes {
                 }
                 bytes += size;
                 took = true;
-                request.push((id.clone(), lane.queue.pop_front().expect("front exists")));
+                let lane_ref = LaneRef {
+                    index,
+                    shard: lane.shard.clone(),
+                };
+                request.push((lane_ref, lane.queue.pop_front().expect("front exists")));
             }
             if took {
                 lane.in_flight += 1;
             }
         }
+        self.queued -= request.len();
         request
     }
 
     /// A request finished: every lane it drew from may send again (under per-key ordering).
-    pub fn finished(&mut self, lanes: &HashSet<Arc<str>>) {
-        for id in lanes {
-            if let Some(lane) = self.lanes.get_mut(id) {
-                lane.in_flight = lane.in_flight.saturating_sub(1);
-            }
+    pub fn finished(&mut self, request: &Request) {
+        let mut touched: Vec<usize> = request.iter().map(|(lane, _)| lane.index).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for index in touched {
+            let lane = &mut self.lanes[index];
+            lane.in_flight = lane.in_flight.saturating_sub(1);
         }
     }
 
-    /// Entries of `lane` were delivered: its backoff resets.
-    pub fn delivered(&mut self, lane: &str) {
-        if let Some(lane) = self.lanes.get_mut(lane) {
-            lane.failures = 0;
-            lane.retry_at = None;
-        }
+    /// An entry of `lane` was delivered: its backoff resets.
+    pub fn delivered(&mut self, lane: &LaneRef) {
+        let lane = &mut self.lanes[lane.index];
+        lane.failures = 0;
+        lane.retry_at = None;
     }
 
     /// Kinesis throttled `lane`'s shard.
-    pub fn throttled(&mut self, lane: &str, now: Instant) {
-        if let Some(lane) = self.lanes.get_mut(lane) {
-            lane.bucket.throttled(now);
-        }
+    pub fn throttled(&mut self, lane: &LaneRef, now: Instant) {
+        self.lanes[lane.index].bucket.throttled(now);
     }
 
     /// Puts failed entries back at the front of their lanes, in their original order, and
@@ -185,22 +229,23 @@ impl Lanes {
         now: Instant,
         backoff: impl Fn(u32) -> Duration,
     ) {
-        let mut per_lane: BTreeMap<Arc<str>, Vec<Queued>> = BTreeMap::new();
-        for (lane, queued) in failed {
-            per_lane.entry(lane).or_default().push(queued);
-        }
-        for (id, records) in per_lane {
-            let Some(lane) = self.lanes.get_mut(&id) else {
+        self.queued += failed.len();
+        let mut backing_off = Vec::new();
+        // Last first, so each lane's records end up in their original order.
+        for (lane, queued) in failed.into_iter().rev() {
+            if self.lanes[lane.index].open {
+                self.lanes[lane.index].queue.push_front(queued);
+                backing_off.push(lane.index);
+            } else {
                 // The lane's shard closed meanwhile: re-route, still ahead of newer records.
-                for queued in records.into_iter().rev() {
-                    let hash = queued.hash;
-                    self.lane_for(hash, map, now).1.queue.push_front(queued);
-                }
-                continue;
-            };
-            for queued in records.into_iter().rev() {
-                lane.queue.push_front(queued);
+                let index = self.lane_for(queued.hash, map, now);
+                self.lanes[index].queue.push_front(queued);
             }
+        }
+        backing_off.sort_unstable();
+        backing_off.dedup();
+        for index in backing_off {
+            let lane = &mut self.lanes[index];
             lane.failures += 1;
             lane.retry_at = Some(now + backoff(lane.failures));
         }
@@ -210,50 +255,46 @@ impl Lanes {
     /// the lanes of the shards that took over their hash ranges, ahead of what those lanes
     /// already hold.
     pub fn reroute(&mut self, map: &ShardMap, now: Instant) {
+        let open: HashSet<&str> = map.shards().iter().map(|s| s.id.as_str()).collect();
+        let closed: Vec<usize> = self
+            .by_shard
+            .iter()
+            .filter(|(id, _)| !open.contains(&***id))
+            .map(|(_, &index)| index)
+            .collect();
+        let mut orphans: Vec<Queued> = Vec::new();
+        for index in closed {
+            let lane = &mut self.lanes[index];
+            lane.open = false;
+            self.by_shard.remove(&lane.shard);
+            orphans.extend(lane.queue.drain(..));
+        }
         for shard in map.shards() {
             self.lane_for(shard.start, map, now);
         }
-        let open: HashSet<&str> = map.shards().iter().map(|s| s.id.as_str()).collect();
-        let closed: Vec<Arc<str>> = self
-            .lanes
-            .keys()
-            .filter(|id| !open.contains(&***id))
-            .cloned()
-            .collect();
-        for id in closed {
-            let lane = self.lanes.get_mut(&id).expect("listed above");
-            let orphans: Vec<Queued> = lane.queue.drain(..).collect();
-            if lane.in_flight == 0 {
-                self.lanes.remove(&id);
-            }
-            for queued in orphans.into_iter().rev() {
-                let hash = queued.hash;
-                self.lane_for(hash, map, now).1.queue.push_front(queued);
-            }
+        // Last first, so each key's records stay in order, ahead of what the lanes hold.
+        for queued in orphans.into_iter().rev() {
+            let target = self.lane_for(queued.hash, map, now);
+            self.lanes[target].queue.push_front(queued);
         }
     }
 
     /// Removes every queued record (not those in flight), lane by lane in order.
     pub fn drain_queued(&mut self) -> Vec<Queued> {
+        self.queued = 0;
         self.lanes
-            .values_mut()
+            .iter_mut()
             .flat_map(|lane| lane.queue.drain(..))
             .collect()
     }
 
     pub fn queued_records(&self) -> usize {
-        self.lanes.values().map(|l| l.queue.len()).sum()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.lanes.values().map(|l| l.in_flight).sum()
+        self.queued
     }
 
     /// Nothing queued and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.lanes
-            .values()
-            .all(|l| l.queue.is_empty() && l.in_flight == 0)
+        self.queued == 0 && self.lanes.iter().all(|l| l.in_flight == 0)
     }
 
     /// The oldest queued record that came from memory (not the spool), with its attempts.
@@ -261,8 +302,11 @@ impl Lanes {
     /// go back to the front, and spool records only enter a lane that has drained), so a
     /// lane's oldest is its first record that is not from the spool.
     pub fn oldest_in_memory(&self) -> Option<(Instant, u32)> {
+        if self.queued == 0 {
+            return None;
+        }
         self.lanes
-            .values()
+            .iter()
             .filter_map(|l| l.queue.iter().find(|q| !q.from_spool))
             .map(|q| (q.enqueued, q.attempts))
             .min_by_key(|(t, _)| *t)
@@ -270,8 +314,11 @@ impl Lanes {
 
     /// When a lane that has records but may not send now will be able to.
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.queued == 0 {
+            return None;
+        }
         self.lanes
-            .values()
+            .iter()
             .filter(|l| !l.queue.is_empty())
             .map(|l| match l.retry_at {
                 Some(t) if t > now => t,
@@ -280,11 +327,12 @@ impl Lanes {
             .min()
     }
 
-    /// Each lane's current rate limit in records per second.
+    /// Each open shard's current rate limit in records per second.
     pub fn rates(&self) -> impl Iterator<Item = (&str, f64)> {
         self.lanes
             .iter()
-            .map(|(id, l)| (&**id, l.bucket.records_per_sec()))
+            .filter(|l| l.open)
+            .map(|l| (&*l.shard, l.bucket.records_per_sec()))
     }
 }
 
@@ -349,7 +397,7 @@ mod tests {
             lanes
                 .fill_request(now)
                 .iter()
-                .all(|(lane, _)| !first.iter().any(|(l, _)| l == lane)),
+                .all(|(lane, _)| !first.iter().any(|(l, _)| l.shard == lane.shard)),
             "a lane in flight sends nothing more"
         );
     }
@@ -362,14 +410,14 @@ mod tests {
         let (mut lanes, map) = lanes_with(WriteOrdering::PerKey, &refs, now);
         let request = lanes.fill_request(now);
         assert_eq!(request.len(), 20);
-        let touched: HashSet<Arc<str>> = request.iter().map(|(l, _)| l.clone()).collect();
-        lanes.finished(&touched);
+        let touched: HashSet<Arc<str>> = request.iter().map(|(l, _)| l.shard.clone()).collect();
+        lanes.finished(&request);
         lanes.requeue_front(request, &map, now, |_| Duration::ZERO);
         let again = lanes.fill_request(now + Duration::from_millis(1));
         for lane in &touched {
             let offsets: Vec<i64> = again
                 .iter()
-                .filter(|(l, _)| l == lane)
+                .filter(|(l, _)| l.shard == *lane)
                 .map(|(_, q)| q.record.offset)
                 .collect();
             assert!(
@@ -390,11 +438,10 @@ mod tests {
         );
         let request = lanes.fill_request(now);
         let (failed_lane, _) = request[0].clone();
-        let touched: HashSet<Arc<str>> = request.iter().map(|(l, _)| l.clone()).collect();
-        lanes.finished(&touched);
+        lanes.finished(&request);
         let failed: Request = request
             .into_iter()
-            .filter(|(l, _)| *l == failed_lane)
+            .filter(|(l, _)| l.shard == failed_lane.shard)
             .collect();
         lanes.requeue_front(failed, &map, now, |_| Duration::from_secs(1));
         assert!(
@@ -422,5 +469,68 @@ mod tests {
         let now = Instant::now();
         let (mut lanes, _) = lanes_with(WriteOrdering::None, &[("a", 1), ("a", 2), ("a", 3)], now);
         assert_eq!(lanes.fill_request(now).len(), 3);
+    }
+
+    #[test]
+    fn reroute_moves_a_closed_shards_records_ahead_in_order_and_reuses_its_slot() {
+        let now = Instant::now();
+        let two = even(2);
+        let mut lanes = Lanes::new(WriteOrdering::None, 100.0);
+        lanes.reroute(&two, now);
+        let keys: Vec<String> = (0..200).map(|i| format!("k{}", i % 40)).collect();
+        for (offset, key) in keys.iter().enumerate() {
+            lanes.push(queued(key, offset as i64, now), &two, now);
+        }
+        // Split into four: shards 0 and 1 close, four new ones take their ranges.
+        let ranges: Vec<(String, String, String)> = even(4)
+            .shards()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    format!("shardId-1{i:011}"),
+                    s.start.to_string(),
+                    s.end.to_string(),
+                )
+            })
+            .collect();
+        let renamed = ShardMap::from_ranges(
+            ranges
+                .iter()
+                .map(|(id, start, end)| (id.as_str(), start.as_str(), end.as_str())),
+        )
+        .unwrap();
+        lanes.reroute(&renamed, now);
+        assert_eq!(lanes.queued_records(), 200);
+        assert_eq!(lanes.lanes.len(), 4, "the two closed slots were reused");
+        let mut per_lane: HashMap<Arc<str>, Vec<(String, i64)>> = HashMap::new();
+        while lanes.queued_records() > 0 {
+            let request = lanes.fill_request(now);
+            lanes.finished(&request);
+            for (lane, q) in request {
+                let expected = renamed.shard_for_hash(q.hash).unwrap();
+                assert_eq!(&*lane.shard, expected.id, "routed by the new map");
+                per_lane
+                    .entry(lane.shard)
+                    .or_default()
+                    .push((q.record.key.partition_key.clone(), q.record.offset));
+            }
+        }
+        for (lane, records) in per_lane {
+            for key in keys.iter().take(40) {
+                let offsets: Vec<i64> = records
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, o)| *o)
+                    .collect();
+                assert!(
+                    offsets.windows(2).all(|w| w[0] < w[1]),
+                    "{lane} {key}: {offsets:?}"
+                );
+            }
+        }
+        assert!(lanes
+            .rates()
+            .all(|(shard, _)| shard.starts_with("shardId-1")));
     }
 }

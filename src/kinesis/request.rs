@@ -14,6 +14,10 @@ use crate::mirror::partition_key::KinesisKey;
 pub const MAX_BATCH_ENTRIES: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 
+/// Memory a queued record takes besides its data and key: the lane entry (about 180 bytes,
+/// doubled while a lane's queue grows) and the allocator's headers. Measured, rounded up.
+const RECORD_OVERHEAD_BYTES: usize = 320;
+
 /// A record on its way to Kinesis, with where it came from in Kafka.
 #[derive(Debug, Clone)]
 pub struct MirrorRecord {
@@ -30,6 +34,13 @@ impl MirrorRecord {
     /// What Kinesis counts against its per-record and per-request limits.
     pub fn kinesis_bytes(&self) -> usize {
         self.data.len() + self.key.partition_key.len()
+    }
+
+    /// What it costs the memory budget: its bytes, plus what holding it costs besides (its
+    /// place in a lane and its allocations), so that the budget bounds the process's memory
+    /// and not just the payload's.
+    pub fn memory_bytes(&self) -> usize {
+        self.kinesis_bytes() + RECORD_OVERHEAD_BYTES
     }
 }
 

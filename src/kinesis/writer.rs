@@ -9,7 +9,6 @@
 //! memory, and replay starts only once nothing is queued or in flight, so a key's records reach
 //! the shard in order across an outage. When the spool is empty again, records flow directly.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,9 +31,12 @@ use crate::mirror::partition_key::KinesisKey;
 use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
 use crate::ops::metrics::{Metrics, MirrorResult};
 
-/// Records a writer may hold in its input channel, outside the memory budget: small, so the
-/// budget is what bounds memory.
-const QUEUE_CAPACITY: usize = 1024;
+/// Records a writer may hold in its input channel, outside the memory budget: a few MiB, so
+/// the budget is what bounds memory...
+const QUEUE_CAPACITY: usize = 4096;
+/// ...and the most taken from it at once: a spill appends them with one fsync, so a full
+/// budget spills at disk bandwidth rather than at one fsync per few hundred records.
+const ACCEPT_BATCH: usize = QUEUE_CAPACITY;
 
 /// How often the stream is described, so an outage shows in `/readyz` without traffic.
 const HEALTH_RETRY: Duration = Duration::from_secs(5);
@@ -175,8 +177,14 @@ struct Completion {
 }
 
 enum EntryOutcome {
-    Delivered { shard: String },
-    Failed { code: String, message: String },
+    /// `elsewhere`: the shard Kinesis stored it in, when not the lane's (a misprediction).
+    Delivered {
+        elsewhere: Option<String>,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 struct RequestFailure {
@@ -239,7 +247,7 @@ impl WriterTask {
                 record = rx.recv(), if input_open && self.held.is_empty() => match record {
                     Some(record) => {
                         let mut batch = vec![record];
-                        while batch.len() < 500 {
+                        while batch.len() < ACCEPT_BATCH {
                             match rx.try_recv() {
                                 Ok(r) => batch.push(r),
                                 Err(_) => break,
@@ -285,7 +293,7 @@ impl WriterTask {
         for queued in self.lanes.drain_queued() {
             self.settings
                 .budget
-                .release(queued.record.kinesis_bytes() as u64);
+                .release(queued.record.memory_bytes() as u64);
             if !queued.from_spool {
                 records.push(queued.record);
             }
@@ -330,7 +338,11 @@ impl WriterTask {
                 to_spool.push(record);
                 continue;
             }
-            if self.settings.budget.try_reserve(size as u64) {
+            if self
+                .settings
+                .budget
+                .try_reserve(record.memory_bytes() as u64)
+            {
                 let map = self.state.map.load();
                 self.lanes.push(Queued::new(record, now, false), &map, now);
                 continue;
@@ -363,7 +375,7 @@ impl WriterTask {
             if !self
                 .settings
                 .budget
-                .try_reserve(record.kinesis_bytes() as u64)
+                .try_reserve(record.memory_bytes() as u64)
             {
                 return;
             }
@@ -511,41 +523,24 @@ impl WriterTask {
     async fn complete(&mut self, completion: Completion) {
         self.requests_in_flight -= 1;
         let now = Instant::now();
-        let lanes: HashSet<Arc<str>> = completion.request.iter().map(|(l, _)| l.clone()).collect();
-        self.lanes.finished(&lanes);
+        self.lanes.finished(&completion.request);
         let stream = self.state.stream.clone();
         let mut retry = Request::new();
         let mut dead = Vec::new();
         match completion.result {
             Ok(outcomes) => {
+                self.record_deliveries(&completion.request, &outcomes);
                 for ((lane, queued), outcome) in completion.request.into_iter().zip(outcomes) {
                     match outcome {
-                        EntryOutcome::Delivered { shard } => {
-                            self.metrics
-                                .shard_records
-                                .with_label_values(&[&stream, &shard])
-                                .inc();
-                            if *lane != *shard {
-                                self.metrics
-                                    .shard_map_mispredictions
-                                    .with_label_values(&[&stream])
-                                    .inc();
-                                // Kinesis routed elsewhere: the stream was resharded.
-                                self.refresh_now.notify_one();
-                            }
+                        EntryOutcome::Delivered { .. } => {
                             self.lanes.delivered(&lane);
-                            self.metrics
-                                .mirror_lag
-                                .with_label_values(&[&stream])
-                                .observe(queued.record.acked_at.elapsed().as_secs_f64());
-                            self.count(&queued.record.topic, MirrorResult::Sent, 1);
                             self.finished_with(&queued);
                         }
                         EntryOutcome::Failed { code, message } => {
                             if code == THROTTLED {
                                 self.metrics
                                     .shard_throttled
-                                    .with_label_values(&[stream.as_str(), &*lane])
+                                    .with_label_values(&[stream.as_str(), &lane.shard])
                                     .inc();
                                 self.lanes.throttled(&lane, now);
                             }
@@ -591,11 +586,53 @@ impl WriterTask {
         self.after_progress().await;
     }
 
+    /// The metrics of a request's delivered entries. A request holds up to 500, so counters
+    /// move once per run of equal labels (entries from one lane are adjacent) instead of once
+    /// per record.
+    fn record_deliveries(&self, request: &Request, outcomes: &[EntryOutcome]) {
+        let stream = self.state.stream.as_str();
+        let delivered: Vec<(&str, &MirrorRecord)> = request
+            .iter()
+            .zip(outcomes)
+            .filter_map(|((lane, queued), outcome)| match outcome {
+                EntryOutcome::Delivered { elsewhere } => {
+                    Some((elsewhere.as_deref().unwrap_or(&*lane.shard), &queued.record))
+                }
+                EntryOutcome::Failed { .. } => None,
+            })
+            .collect();
+        for (shard, n) in runs(delivered.iter().map(|(shard, _)| *shard)) {
+            self.metrics
+                .shard_records
+                .with_label_values(&[stream, shard])
+                .inc_by(n);
+        }
+        for (topic, n) in runs(delivered.iter().map(|(_, record)| &*record.topic)) {
+            self.count(topic, MirrorResult::Sent, n);
+        }
+        let lag = self.metrics.mirror_lag.with_label_values(&[stream]);
+        for (_, record) in &delivered {
+            lag.observe(record.acked_at.elapsed().as_secs_f64());
+        }
+        let mispredicted = outcomes
+            .iter()
+            .filter(|o| matches!(o, EntryOutcome::Delivered { elsewhere: Some(_) }))
+            .count();
+        if mispredicted > 0 {
+            self.metrics
+                .shard_map_mispredictions
+                .with_label_values(&[stream])
+                .inc_by(mispredicted as u64);
+            // Kinesis routed elsewhere: the stream was resharded.
+            self.refresh_now.notify_one();
+        }
+    }
+
     /// Releases a record's budget and advances the replay window if it came from the spool.
     fn finished_with(&mut self, queued: &Queued) {
         self.settings
             .budget
-            .release(queued.record.kinesis_bytes() as u64);
+            .release(queued.record.memory_bytes() as u64);
         if queued.from_spool {
             if let Some(replay) = &mut self.replay {
                 replay.outstanding -= 1;
@@ -695,7 +732,7 @@ impl WriterTask {
                     let record = record_from_spool(entry);
                     self.settings
                         .budget
-                        .force_reserve(record.kinesis_bytes() as u64);
+                        .force_reserve(record.memory_bytes() as u64);
                     self.lanes.push(Queued::new(record, now, true), &map, now);
                 }
                 self.replay = Some(Replay {
@@ -736,9 +773,7 @@ impl WriterTask {
             let records: Vec<MirrorRecord> = queued
                 .into_iter()
                 .map(|q| {
-                    self.settings
-                        .budget
-                        .release(q.record.kinesis_bytes() as u64);
+                    self.settings.budget.release(q.record.memory_bytes() as u64);
                     q.record
                 })
                 .collect();
@@ -769,7 +804,7 @@ impl WriterTask {
         for record in self.held.drain(..) {
             self.settings
                 .budget
-                .force_reserve(record.kinesis_bytes() as u64);
+                .force_reserve(record.memory_bytes() as u64);
             dead.push((
                 Queued::new(record, now, false),
                 code.clone(),
@@ -944,14 +979,18 @@ async fn put_records(
             Ok(out
                 .records()
                 .iter()
-                .map(|r| match r.error_code() {
+                .zip(request)
+                .map(|(r, (lane, _))| match r.error_code() {
                     Some(code) => EntryOutcome::Failed {
                         code: code.to_owned(),
                         message: r.error_message().unwrap_or_default().to_owned(),
                     },
-                    None => EntryOutcome::Delivered {
-                        shard: r.shard_id().unwrap_or_default().to_owned(),
-                    },
+                    None => {
+                        let shard = r.shard_id().unwrap_or_default();
+                        EntryOutcome::Delivered {
+                            elsewhere: (shard != &*lane.shard).then(|| shard.to_owned()),
+                        }
+                    }
                 })
                 .collect())
         }
@@ -960,6 +999,18 @@ async fn put_records(
             message: DisplayErrorContext(&e).to_string(),
         }),
     }
+}
+
+/// Consecutive equal labels, counted: `a a b a` gives `(a, 2) (b, 1) (a, 1)`.
+fn runs<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u64)> {
+    let mut out: Vec<(&str, u64)> = Vec::new();
+    for label in labels {
+        match out.last_mut() {
+            Some((last, n)) if *last == label => *n += 1,
+            _ => out.push((label, 1)),
+        }
+    }
+    out
 }
 
 fn spool_entry(stream: &str, record: &MirrorRecord) -> SpoolEntry {
@@ -992,5 +1043,17 @@ fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
         acked_at: now
             .checked_sub(Duration::from_millis(waited))
             .unwrap_or(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_count_adjacent_equal_labels() {
+        let labels = ["a", "a", "b", "a", "a", "a"];
+        assert_eq!(runs(labels.into_iter()), vec![("a", 2), ("b", 1), ("a", 3)]);
+        assert!(runs(std::iter::empty()).is_empty());
     }
 }

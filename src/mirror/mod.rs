@@ -9,6 +9,7 @@ pub mod partition_key;
 pub mod sampling;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,10 @@ use sampling::{is_sampled, sample_point};
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
 const EXCHANGE_QUEUE: usize = 8 * 1024;
+/// ...as long as they hold no more than this many bytes: waiting exchanges pin whole request
+/// frames outside the memory budget, so this is what keeps the proxy's memory within the
+/// budget plus a fixed allowance when the stage falls behind.
+const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
 
@@ -44,6 +49,13 @@ pub struct ProduceExchange {
     pub request_body: Bytes,
     /// The whole response frame; `None` for acks=0.
     pub response_frame: Option<Bytes>,
+}
+
+impl ProduceExchange {
+    /// The frame bytes it keeps alive while it waits for the stage.
+    fn bytes(&self) -> usize {
+        self.request_body.len() + self.response_frame.as_ref().map_or(0, Bytes::len)
+    }
 }
 
 /// What connections send the stage: exchanges, or a marker that resolves once every exchange
@@ -69,6 +81,8 @@ pub type RouteTable = HashMap<String, Arc<Route>>;
 #[derive(Clone)]
 pub struct Mirror {
     tx: mpsc::Sender<StageInput>,
+    /// Bytes of the exchanges waiting for the stage.
+    queued_bytes: Arc<AtomicUsize>,
     /// `when_full = "block"`: connections wait for room instead of dropping exchanges.
     block: bool,
     metrics: Arc<Metrics>,
@@ -116,7 +130,9 @@ impl Mirror {
             EXCHANGE_QUEUE
         });
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let stage = Stage {
+            queued_bytes: queued_bytes.clone(),
             routes: table.clone(),
             metrics: metrics.clone(),
             inventory,
@@ -124,6 +140,7 @@ impl Mirror {
         tokio::spawn(stage.run(rx));
         let mirror = Mirror {
             tx,
+            queued_bytes,
             block,
             metrics,
             routes: table,
@@ -205,17 +222,25 @@ impl Mirror {
     /// is backed up, which holds the connection's next response and so slows the producer;
     /// otherwise it never waits.
     pub async fn hand_over(&self, exchange: ProduceExchange) {
+        let bytes = exchange.bytes();
         if self.block {
-            let _ = self.tx.send(StageInput::Exchange(exchange)).await;
+            self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+            if self.tx.send(StageInput::Exchange(exchange)).await.is_err() {
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            }
         } else {
-            self.observe(exchange);
+            self.observe(exchange, bytes);
         }
     }
 
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
-    /// mirror. A full queue drops the exchange and counts it.
-    fn observe(&self, exchange: ProduceExchange) {
-        if self.tx.try_send(StageInput::Exchange(exchange)).is_err() {
+    /// mirror. A full queue (by count or by bytes; one exchange alone always fits) drops the
+    /// exchange and counts it.
+    fn observe(&self, exchange: ProduceExchange, bytes: usize) {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
+        if !fits || self.tx.try_send(StageInput::Exchange(exchange)).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.metrics.mirror_dropped_requests.inc();
             tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
         }
@@ -234,6 +259,7 @@ enum Verdict {
 }
 
 struct Stage {
+    queued_bytes: Arc<AtomicUsize>,
     routes: Arc<ArcSwap<RouteTable>>,
     metrics: Arc<Metrics>,
     inventory: Arc<Inventory>,
@@ -244,7 +270,11 @@ impl Stage {
         let mut last_warning: Option<Instant> = None;
         while let Some(input) = rx.recv().await {
             let exchange = match input {
-                StageInput::Exchange(exchange) => exchange,
+                StageInput::Exchange(exchange) => {
+                    self.queued_bytes
+                        .fetch_sub(exchange.bytes(), Ordering::AcqRel);
+                    exchange
+                }
                 StageInput::Flush(done) => {
                     let _ = done.send(());
                     continue;
@@ -399,7 +429,13 @@ impl Stage {
                 partition,
                 offset,
                 key: kinesis_key(&route.partition_key, record, partition, open_shards),
-                data: record.value.clone().unwrap_or_default(),
+                // Copied out: a slice would pin the whole request frame (or decompressed
+                // batch) until its last record is delivered, so a full budget could hold
+                // several times its size.
+                data: record
+                    .value
+                    .as_deref()
+                    .map_or_else(Bytes::new, Bytes::copy_from_slice),
                 acked_at,
             };
             if route.writer.send(mirrored).await.is_err() {
