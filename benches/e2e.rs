@@ -26,9 +26,10 @@
 //!
 //! For `kkp-mirror` a run ends only when the Kinesis mock has received every record, so its
 //! CPU includes the mirroring; `mirrored msg/s` is records over the time from the first send
-//! to the last record in Kinesis. When kinesis-local (kinesis-mock, the npm package the
-//! integration tests use) is installed, one extra peak run (KKP_E2E_KINESIS_LOCAL_MESSAGES,
-//! 20000) mirrors into it for an honest number; it is far slower than the harness's mock.
+//! to the last record in Kinesis. When kinesalite (npm, installed by
+//! scripts/install-test-deps.sh) is present, one extra peak run (KKP_E2E_KINESALITE_MESSAGES,
+//! 20000) mirrors into it for an honest end-to-end number; it is far slower than the harness's
+//! mock.
 //!
 //! CPU pinning (on by default with 2+ CPUs, `KKP_E2E_PIN=0` turns it off): the broker, this
 //! client and the Kinesis endpoint share CPU 0; the proxy under test has CPU 1 to itself, as on
@@ -36,7 +37,7 @@
 //!
 //! Knobs (environment): KKP_E2E_ROUNDS (5), KKP_E2E_MESSAGES (peak run count, 300000),
 //! KKP_E2E_RATE (5000 msg/s), KKP_E2E_LATENCY_SECS (5), KKP_E2E_PIN (1),
-//! KKP_E2E_KINESIS_LOCAL (1 when installed), KKP_E2E_KINESIS_LOCAL_MESSAGES (20000),
+//! KKP_E2E_KINESALITE (1 when installed), KKP_E2E_KINESALITE_MESSAGES (20000),
 //! KKP_E2E_PATHS (comma-separated path ids; all by default), KKP_E2E_LATENCY_LINGER_MS (5),
 //! KKP_E2E_SHARDS (512: shards of the mock stream; the proxy holds each shard to Kinesis'
 //! 1,000 records/s and 1 MiB/s, so a narrow stream caps the mirror by design). Writes `<target>/e2e-report.json` and
@@ -73,14 +74,17 @@ const STREAM: &str = "bench-stream";
 /// to Kinesis' 1,000 records/s and 1 MiB/s, so the stream must be wide enough for the load
 /// for the mirror to run at the proxy's own speed: 512 shards take 512 MiB/s.
 const MOCK_SHARDS: u32 = 512;
-/// Shards of the kinesis-local stream (kinesis-local is far slower than 4 shards' limits).
-const KINESIS_LOCAL_SHARDS: u32 = 4;
+/// Shards of the kinesalite stream: the proxy holds each shard to 1,000 records/s, so enough
+/// that kinesalite, not the proxy's rate limit, sets the pace.
+const KINESALITE_SHARDS: u32 = 32;
 /// tansu's node id: our proxy serves it on broker_port_base + 111.
 const TANSU_NODE_ID: u16 = 111;
 const WARMUP_MESSAGES: usize = 2_000;
 /// How long a mirror may take to deliver a run's records before the run is reported as not
-/// drained.
+/// drained...
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+/// ...or may go without delivering any.
+const DRAIN_STALL: Duration = Duration::from_secs(5);
 
 fn main() {
     if std::env::var("KKP_E2E_ROLE").as_deref() == Ok("kinesis-mock") {
@@ -127,8 +131,8 @@ struct Settings {
     rate: u64,
     latency_secs: f64,
     pin: bool,
-    kinesis_local: bool,
-    kinesis_local_messages: usize,
+    kinesalite: bool,
+    kinesalite_messages: usize,
     shards: u32,
     /// Path ids to run (all when empty).
     only: Vec<String>,
@@ -143,10 +147,8 @@ impl Settings {
             rate: env_num("KKP_E2E_RATE", 5_000).max(1),
             latency_secs: env_num("KKP_E2E_LATENCY_SECS", 5).max(1) as f64,
             pin: env_num("KKP_E2E_PIN", 1) == 1 && cpus >= 2,
-            kinesis_local: env_num("KKP_E2E_KINESIS_LOCAL", 1) == 1
-                && kinesis_local_dir().join("main.js").exists(),
-            kinesis_local_messages: env_num("KKP_E2E_KINESIS_LOCAL_MESSAGES", 20_000).max(1_000)
-                as usize,
+            kinesalite: env_num("KKP_E2E_KINESALITE", 1) == 1 && kinesalite_cli().exists(),
+            kinesalite_messages: env_num("KKP_E2E_KINESALITE_MESSAGES", 20_000).max(1_000) as usize,
             shards: env_num("KKP_E2E_SHARDS", MOCK_SHARDS as u64).clamp(1, 10_000) as u32,
             only: std::env::var("KKP_E2E_PATHS")
                 .unwrap_or_default()
@@ -166,8 +168,8 @@ fn tools_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kafka-kinesis-proxy")
 }
 
-fn kinesis_local_dir() -> PathBuf {
-    tools_dir().join("node/node_modules/kinesis-local")
+fn kinesalite_cli() -> PathBuf {
+    tools_dir().join("node/node_modules/kinesalite/cli.js")
 }
 
 /// The cargo target directory this bench was built in (`<target>/release/deps/e2e-*`).
@@ -608,6 +610,8 @@ struct Measurement {
     /// Records per second from the first send to the last record acknowledged by Kinesis.
     mirror_msgs_per_sec: Option<f64>,
     mirror_drained: Option<bool>,
+    /// Of a peak run's records, the share that reached Kinesis.
+    mirrored_fraction: Option<f64>,
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
@@ -652,21 +656,28 @@ impl Drain {
         }
     }
 
-    /// Waits until `expected` records were mirrored; whether they were, and how long it took.
-    fn wait(self, expected: u64) -> (bool, f64) {
+    /// Waits until `expected` records were mirrored, or until none has arrived for
+    /// [`DRAIN_STALL`] (the proxy shed some: `mirror_dropped_requests_total`). Returns the count
+    /// then, and the seconds until the last record arrived.
+    fn wait(self, expected: u64) -> (u64, f64) {
         let start = Instant::now();
         let pause = match self {
             Drain::Mock(_) => Duration::from_millis(10),
             Drain::Metrics(_) => Duration::from_millis(250),
         };
+        let (mut last, mut progressed) = (self.count(), start);
         loop {
-            if self.count() >= expected {
-                return (true, start.elapsed().as_secs_f64());
-            }
-            if start.elapsed() > DRAIN_TIMEOUT {
-                return (false, start.elapsed().as_secs_f64());
+            if last >= expected
+                || progressed.elapsed() > DRAIN_STALL
+                || start.elapsed() > DRAIN_TIMEOUT
+            {
+                return (last, (progressed - start).as_secs_f64());
             }
             thread::sleep(pause);
+            let count = self.count();
+            if count != last {
+                (last, progressed) = (count, Instant::now());
+            }
         }
     }
 }
@@ -911,9 +922,10 @@ impl Bench {
         let drain = path.drain;
         let produced_before = path.produced + WARMUP_MESSAGES as u64;
         let proxy = path.proxy;
+        let mut mirrored_before = 0;
         let peak = peak_run(&path.bootstrap, messages, payload, || {
             if let Some(drain) = drain {
-                drain.wait(produced_before);
+                mirrored_before = drain.wait(produced_before).0;
             }
             if let Some(pid) = proxy {
                 reset_peak_rss(pid);
@@ -926,10 +938,15 @@ impl Bench {
         });
         path.produced += WARMUP_MESSAGES as u64 + peak.delivered;
         if let Some(drain) = drain {
-            let (drained, secs) = drain.wait(path.produced);
-            m.mirror_drained = Some(drained);
+            let expected = mirrored_before + peak.delivered;
+            let (mirrored, secs) = drain.wait(expected);
+            // What the proxy shed stays shed: the next run counts from here.
+            path.produced = mirrored;
+            m.mirror_drained = Some(mirrored >= expected);
+            m.mirrored_fraction = Some((mirrored - mirrored_before) as f64 / peak.delivered as f64);
             m.mirror_drain_s = Some(secs);
-            m.mirror_msgs_per_sec = Some(peak.delivered as f64 / (peak.seconds + secs));
+            m.mirror_msgs_per_sec =
+                Some((mirrored - mirrored_before) as f64 / (peak.seconds + secs));
         }
         let cpu = |pid: u32, t0: u64| (cpu_ticks(pid).saturating_sub(t0)) as f64 / ticks / mb;
         m.proxy_cpu_s_per_mb = proxy.map(|pid| cpu(pid, before.0));
@@ -950,8 +967,9 @@ impl Bench {
             });
             path.produced += WARMUP_MESSAGES as u64 + lat.latencies.len() as u64;
             if let Some(drain) = drain {
-                let (drained, _) = drain.wait(path.produced);
-                m.mirror_drained = m.mirror_drained.map(|d| d && drained);
+                let (mirrored, _) = drain.wait(path.produced);
+                m.mirror_drained = m.mirror_drained.map(|d| d && mirrored >= path.produced);
+                path.produced = mirrored;
             }
             m.p50_ms = percentile(&lat.latencies, 0.50) / 1e6;
             m.p99_ms = percentile(&lat.latencies, 0.99) / 1e6;
@@ -998,46 +1016,39 @@ impl Bench {
         }
         let mock_stats = http_get(self.mock_port, "/stats").unwrap_or_default();
 
-        // One round against kinesis-local, when it is installed.
+        // One run against kinesalite, when it is installed.
         let mut extra: Option<(String, String, Vec<Measurement>)> = None;
-        if self.settings.kinesis_local {
-            match self.kinesis_local_round() {
+        if self.settings.kinesalite {
+            match self.kinesalite_round() {
                 Ok(x) => extra = Some(x),
-                Err(e) => eprintln!("e2e: kinesis-local round skipped: {e}"),
+                Err(e) => eprintln!("e2e: kinesalite round skipped: {e}"),
             }
         }
         let elapsed = self.started.elapsed().as_secs_f64();
         self.report(&results, extra, &mock_stats, elapsed)
     }
 
-    fn kinesis_local_round(&mut self) -> Result<(String, String, Vec<Measurement>), String> {
-        let package = kinesis_local_dir();
+    fn kinesalite_round(&mut self) -> Result<(String, String, Vec<Measurement>), String> {
         let port = free_port();
-        let preload = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/loopback.js");
         let mut cmd = command(self.settings.pin, "0", "node");
-        if preload.exists() {
-            cmd.arg("-r").arg(&preload);
-        }
-        cmd.arg(package.join("main.js"))
-            .env("KINESIS_MOCK_CERT_PATH", package.join("server.json"))
-            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
-            .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
-            .env("CREATE_STREAM_DURATION", "1ms")
-            .env("LOG_LEVEL", "WARN");
-        let mut kl = Daemon::spawn("kinesis-local", self.dir.path(), cmd);
-        kl.wait_port(port, Duration::from_secs(90));
+        cmd.arg(kinesalite_cli())
+            .args(["--port", &port.to_string()])
+            .args(["--createStreamMs", "0"])
+            .args(["--shardLimit", &KINESALITE_SHARDS.to_string()]);
+        let mut kl = Daemon::spawn("kinesalite", self.dir.path(), cmd);
+        kl.wait_port(port, Duration::from_secs(60));
         let endpoint = format!("http://127.0.0.1:{port}");
         create_stream(&endpoint)?;
         let (proxy, bootstrap, admin) = start_proxy(
             &self.settings,
             self.dir.path(),
-            "kkp-kinesis-local",
+            "kkp-kinesalite",
             self.broker_port,
             Some(&endpoint),
         );
         self.paths.push(PathUnderTest {
-            id: "kkp-mirror-kinesis-local",
-            label: "kafka-kinesis-proxy, 100% mirrored into kinesis-local".into(),
+            id: "kkp-mirror-kinesalite",
+            label: "kafka-kinesis-proxy, 100% mirrored into kinesalite".into(),
             bootstrap: format!("127.0.0.1:{bootstrap}"),
             proxy: Some(proxy.pid()),
             drain: Some(Drain::Metrics(admin)),
@@ -1048,7 +1059,7 @@ impl Bench {
             i,
             0,
             Some(kl.pid()),
-            self.settings.kinesis_local_messages,
+            self.settings.kinesalite_messages,
             false,
         );
         let retried = mirror_count(admin, "retried").unwrap_or(0);
@@ -1100,8 +1111,8 @@ impl Bench {
             j["note"] = json!(note);
             json_paths.push(j);
             extra_note = format!(
-                "\n`{}`: {label}: one peak run of {} records after the rounds (no latency run, not paired with direct); a {KINESIS_LOCAL_SHARDS}-shard stream; kinesis-local runs on CPU 0 with the broker; mirror {note}.\n",
-                path.id, s.kinesis_local_messages
+                "\n`{}`: {label}: one peak run of {} records after the rounds (no latency run, not paired with direct); a {KINESALITE_SHARDS}-shard stream; kinesalite (in memory) runs on CPU 0 with the broker; mirror {note}.\n",
+                path.id, s.kinesalite_messages
             );
         }
         let mut md = String::new();
@@ -1109,9 +1120,9 @@ impl Bench {
             "### End-to-end: {} rounds, {} x 1 KiB per peak run, latency at {} msg/s for {} s\n\n",
             s.rounds, s.messages, s.rate, s.latency_secs
         ));
-        md.push_str("Median over rounds (min–max). MB = 10^6 payload bytes. `vs direct` = per-round ratio to the direct path in the same round, median (min–max). CPU s/MB: the proxy process's utime+stime during the peak run (for kkp-mirror including delivery of every record to Kinesis) per MB produced. RSS: peak VmHWM during a peak run (max over rounds). Mirrored msg/s: records over the time from the first send to the last record acknowledged by Kinesis.\n\n");
-        md.push_str("| path | peak msg/s | peak MB/s | thr. vs direct | p50 ms | p99 ms | p99.9 ms | p99 vs direct | proxy CPU s/MB | proxy peak RSS MiB | mirrored msg/s |\n");
-        md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("Median over rounds (min–max). MB = 10^6 payload bytes. `vs direct` = per-round ratio to the direct path in the same round, median (min–max). CPU s/MB: the proxy process's utime+stime during the peak run (for kkp-mirror including delivery of every record to Kinesis) per MB produced. RSS: peak VmHWM during a peak run (max over rounds). Mirrored msg/s: records over the time from the first send to the last record acknowledged by Kinesis. Mirrored %: of a peak run's records, the share that reached Kinesis (less than 100 when the proxy shed exchanges it could not keep up with: `mirror_dropped_requests_total`). Endpoint CPU s/MB: the Kinesis endpoint's own CPU (it shares CPU 0 with the broker and client, at nice 19).\n\n");
+        md.push_str("| path | peak msg/s | peak MB/s | thr. vs direct | p50 ms | p99 ms | p99.9 ms | p99 vs direct | proxy CPU s/MB | proxy peak RSS MiB | mirrored msg/s | mirrored % | endpoint CPU s/MB |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &rows {
             md.push_str(r);
             md.push('\n');
@@ -1137,11 +1148,12 @@ impl Bench {
                 "latency_linger_ms": latency_linger_ms(),
                 "pinning": s.pin,
                 "kinesis_mock_shards": s.shards,
-                "kinesis_local_shards": KINESIS_LOCAL_SHARDS,
+                "kinesalite_shards": KINESALITE_SHARDS,
                 "librdkafka": rdkafka::util::get_rdkafka_version().1,
             },
             "machine": {
-                "cpus": thread::available_parallelism().map_or(0, |n| n.get()),
+                // Online CPUs, not this process's (pinned) share of them.
+                "cpus_online": fs::read_to_string("/sys/devices/system/cpu/online").map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned()),
                 "loadavg_at_end": loadavg.trim(),
             },
             "elapsed_secs": elapsed,
@@ -1169,7 +1181,7 @@ fn create_stream(endpoint: &str) -> Result<(), String> {
         client
             .create_stream()
             .stream_name(STREAM)
-            .shard_count(KINESIS_LOCAL_SHARDS as i32)
+            .shard_count(KINESALITE_SHARDS as i32)
             .send()
             .await
             .map_err(|e| {
@@ -1256,7 +1268,7 @@ fn row(id: &str, ms: &[Measurement], ratios: Option<(Stats, Stats)>) -> String {
         .filter_map(|m| m.proxy_peak_rss_mib)
         .fold(f64::NAN, f64::max);
     format!(
-        "| {id} | {} | {} | {thr_ratio} | {} | {} | {} | {p99_ratio} | {} | {} | {} |",
+        "| {id} | {} | {} | {thr_ratio} | {} | {} | {} | {p99_ratio} | {} | {} | {} | {} | {} |",
         fmt_stats(collect(ms, |m| Some(m.msgs_per_sec)), 0),
         fmt_stats(collect(ms, |m| Some(m.mb_per_sec)), 1),
         fmt_stats(collect(ms, |m| Some(m.p50_ms)), 2),
@@ -1269,6 +1281,8 @@ fn row(id: &str, ms: &[Measurement], ratios: Option<(Stats, Stats)>) -> String {
             format!("{rss:.1}")
         },
         fmt_stats(collect(ms, |m| m.mirror_msgs_per_sec), 0),
+        fmt_stats(collect(ms, |m| m.mirrored_fraction.map(|f| f * 100.0)), 1),
+        fmt_stats(collect(ms, |m| m.kinesis_cpu_s_per_mb), 4),
     )
 }
 
@@ -1290,6 +1304,7 @@ fn path_json(path: &PathUnderTest, ms: &[Measurement], ratios: Option<(Stats, St
                 "kinesis_endpoint_cpu_s_per_mb": m.kinesis_cpu_s_per_mb,
                 "proxy_peak_rss_mib": m.proxy_peak_rss_mib,
                 "mirror_drained": m.mirror_drained,
+                "mirrored_fraction": m.mirrored_fraction,
                 "mirror_drain_after_flush_s": m.mirror_drain_s,
                 "mirrored_msgs_per_sec": m.mirror_msgs_per_sec,
                 "latency_p50_ms": m.p50_ms,
@@ -1314,6 +1329,8 @@ fn path_json(path: &PathUnderTest, ms: &[Measurement], ratios: Option<(Stats, St
             "p99_vs_direct": ratios.map(|r| stats_json(r.1)),
             "proxy_cpu_s_per_mb": stats_json(collect(ms, |m| m.proxy_cpu_s_per_mb)),
             "mirrored_msgs_per_sec": stats_json(collect(ms, |m| m.mirror_msgs_per_sec)),
+            "mirrored_fraction": stats_json(collect(ms, |m| m.mirrored_fraction)),
+            "kinesis_endpoint_cpu_s_per_mb": stats_json(collect(ms, |m| m.kinesis_cpu_s_per_mb)),
             "broker_cpu_s_per_mb": stats_json(collect(ms, |m| Some(m.broker_cpu_s_per_mb))),
             "proxy_peak_rss_mib_max": ms.iter().filter_map(|m| m.proxy_peak_rss_mib).fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b)))),
         },

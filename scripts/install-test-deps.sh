@@ -5,7 +5,8 @@
 #   tansu 0.6.0      (crates.io)  -> $TOOLS/tansu/bin/tansu   (the upstream Kafka broker)
 #   kcat             (Debian)     -> /usr/bin/kcat
 #   Python clients   (PyPI)       -> $TOOLS/venv              (confluent-kafka, kafka-python, aiokafka)
-#   Node clients     (npm)        -> $TOOLS/node/node_modules (from tests/clients/package.json)
+#   Node clients, kinesis-local and kinesalite (npm) -> $TOOLS/node/node_modules
+#                                 (from tests/clients/package.json)
 #
 # TOOLS is ${KKP_TOOLS_DIR:-$HOME/.cache/kafka-kinesis-proxy}. Idempotent:
 # each component is skipped when already present, and one line per
@@ -112,7 +113,7 @@ else
   fi
   run_logged npm npm install --prefix "$NODE_DIR" --no-audit --no-fund --omit=dev
   NODE_PATH="$NODE_DIR/node_modules" node -e \
-    "for (const m of ['kafkajs','kafkajs-snappy','kafkajs-lz4','zstd-codec','kinesis-local/package.json']) require(m)"
+    "for (const m of ['kafkajs','kafkajs-snappy','kafkajs-lz4','zstd-codec','kinesis-local/package.json','kinesalite']) require(m)"
   echo "$want_hash" >"$NODE_DIR/.package.json.sha256"
   say node "installed ($NODE_DIR/node_modules)"
 fi

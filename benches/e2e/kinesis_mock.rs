@@ -5,7 +5,10 @@
 //! Records are counted, not stored. `GET /stats` answers `records requests bytes`.
 //!
 //! It runs in a child process (the bench binary re-executed with `KKP_E2E_ROLE=kinesis-mock`)
-//! so its CPU is measured apart from the proxy's and it can be pinned apart from it.
+//! so its CPU is measured apart from the proxy's and it can be pinned apart from it. It stands
+//! in for a remote service, so it runs at nice 19: on a 2-core machine it must share a CPU
+//! with the broker and the client, and there it takes only the CPU they leave, as a Kinesis
+//! on other hosts would take none. Its CPU is still measured and reported.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +79,13 @@ pub fn even_ranges(shards: u32) -> Vec<(String, String, String)> {
 
 /// Serves on 127.0.0.1:`port` until killed.
 pub fn run(port: u16, shards: u32) {
+    // SAFETY: setpriority takes no pointers; who = 0 is this process (still one thread here).
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        eprintln!(
+            "kinesis-mock: cannot lower priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let ranges = even_ranges(shards);
     let map = ShardMap::from_ranges(
         ranges
