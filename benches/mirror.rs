@@ -29,30 +29,6 @@ use kafka_kinesis_proxy::mirror::sampling::{is_sampled, sample_point};
 
 const KEYS: usize = 1024;
 
-/// A map of `n` shards splitting the 128-bit hash key space evenly, as CreateStream does.
-fn even_map(n: u128) -> ShardMap {
-    let step = u128::MAX / n;
-    let rows: Vec<(String, String, String)> = (0..n)
-        .map(|i| {
-            let end = if i == n - 1 {
-                u128::MAX
-            } else {
-                step * (i + 1) - 1
-            };
-            (
-                format!("shardId-{i:012}"),
-                (step * i).to_string(),
-                end.to_string(),
-            )
-        })
-        .collect();
-    ShardMap::from_ranges(
-        rows.iter()
-            .map(|(id, s, e)| (id.as_str(), s.as_str(), e.as_str())),
-    )
-    .expect("valid map")
-}
-
 fn keys() -> Vec<String> {
     (0..KEYS as u64)
         .map(|i| String::from_utf8(support::key(i * 7919).to_vec()).expect("ascii"))
@@ -103,8 +79,8 @@ fn shard_lookup(c: &mut Criterion) {
         .collect();
     let mut group = c.benchmark_group("key_to_shard");
     group.throughput(Throughput::Elements(KEYS as u64));
-    for n in [4u128, 64, 1024] {
-        let map = even_map(n);
+    for n in [4u32, 64, 1024] {
+        let map = ShardMap::even(n);
         group.bench_function(format!("{n}_shards"), |b| {
             b.iter(|| {
                 keys.iter()
@@ -116,8 +92,8 @@ fn shard_lookup(c: &mut Criterion) {
     group.finish();
     let mut group = c.benchmark_group("kinesis_key_to_shard");
     group.throughput(Throughput::Elements(KEYS as u64));
-    for n in [4u128, 64, 1024] {
-        let map = even_map(n);
+    for n in [4u32, 64, 1024] {
+        let map = ShardMap::even(n);
         group.bench_function(format!("{n}_shards"), |b| {
             b.iter(|| {
                 records
@@ -134,7 +110,7 @@ fn shard_lookup(c: &mut Criterion) {
 }
 
 fn put_records(c: &mut Criterion) {
-    let map = even_map(4);
+    let map = ShardMap::even(4);
     let mut rng = support::Rng::new(5);
     let topic: Arc<str> = Arc::from("bench");
     let queue: VecDeque<MirrorRecord> = (0..500u64)

@@ -26,7 +26,6 @@ use serde::Deserialize;
 const JSON: &str = "application/x-amz-json-1.1";
 
 struct Mock {
-    shards: Vec<(String, String, String)>,
     map: ShardMap,
     records: AtomicU64,
     requests: AtomicU64,
@@ -57,26 +56,6 @@ struct StreamIn {
     stream: String,
 }
 
-/// `shards` evenly split shards, as CreateStream makes them.
-pub fn even_ranges(shards: u32) -> Vec<(String, String, String)> {
-    let n = u128::from(shards.max(1));
-    let step = u128::MAX / n;
-    (0..n)
-        .map(|i| {
-            let end = if i == n - 1 {
-                u128::MAX
-            } else {
-                step * (i + 1) - 1
-            };
-            (
-                format!("shardId-{i:012}"),
-                (step * i).to_string(),
-                end.to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Serves on 127.0.0.1:`port` until killed.
 pub fn run(port: u16, shards: u32) {
     // SAFETY: setpriority takes no pointers; who = 0 is this process (still one thread here).
@@ -86,16 +65,8 @@ pub fn run(port: u16, shards: u32) {
             std::io::Error::last_os_error()
         );
     }
-    let ranges = even_ranges(shards);
-    let map = ShardMap::from_ranges(
-        ranges
-            .iter()
-            .map(|(id, s, e)| (id.as_str(), s.as_str(), e.as_str())),
-    )
-    .expect("even shard map");
     let mock = Arc::new(Mock {
-        shards: ranges,
-        map,
+        map: ShardMap::even(shards),
         records: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -173,7 +144,7 @@ async fn handle(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) 
                     "StreamCreationTimestamp": 1_700_000_000.0,
                     "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
                     "EncryptionType": "NONE",
-                    "OpenShardCount": mock.shards.len(),
+                    "OpenShardCount": mock.map.len(),
                     "ConsumerCount": 0
                 }})
                 .to_string(),
@@ -181,12 +152,16 @@ async fn handle(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) 
         }
         "ListShards" => {
             let shards: Vec<_> = mock
-                .shards
+                .map
+                .shards()
                 .iter()
-                .map(|(id, start, end)| {
+                .map(|shard| {
                     serde_json::json!({
-                        "ShardId": id,
-                        "HashKeyRange": {"StartingHashKey": start, "EndingHashKey": end},
+                        "ShardId": shard.id,
+                        "HashKeyRange": {
+                            "StartingHashKey": shard.start.to_string(),
+                            "EndingHashKey": shard.end.to_string(),
+                        },
                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}
                     })
                 })

@@ -339,7 +339,6 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinesis::shard_map::tests::even;
     use crate::mirror::partition_key::KinesisKey;
     use bytes::Bytes;
 
@@ -366,7 +365,7 @@ mod tests {
         records: &[(&str, i64)],
         now: Instant,
     ) -> (Lanes, ShardMap) {
-        let map = even(4);
+        let map = ShardMap::even(4);
         let mut lanes = Lanes::new(ordering, 100.0);
         for (key, seq) in records {
             lanes.push(queued(key, *seq, now), &map, now);
@@ -454,7 +453,7 @@ mod tests {
     #[test]
     fn rate_limit_caps_a_lane() {
         let now = Instant::now();
-        let map = even(1);
+        let map = ShardMap::even(1);
         let mut lanes = Lanes::new(WriteOrdering::None, 0.1); // 100 records/s
         for i in 0..1000 {
             lanes.push(queued(&format!("k{i}"), i, now), &map, now);
@@ -474,7 +473,7 @@ mod tests {
     #[test]
     fn reroute_moves_a_closed_shards_records_ahead_in_order_and_reuses_its_slot() {
         let now = Instant::now();
-        let two = even(2);
+        let two = ShardMap::even(2);
         let mut lanes = Lanes::new(WriteOrdering::None, 100.0);
         lanes.reroute(&two, now);
         let keys: Vec<String> = (0..200).map(|i| format!("k{}", i % 40)).collect();
@@ -482,7 +481,7 @@ mod tests {
             lanes.push(queued(key, offset as i64, now), &two, now);
         }
         // Split into four: shards 0 and 1 close, four new ones take their ranges.
-        let ranges: Vec<(String, String, String)> = even(4)
+        let ranges: Vec<(String, String, String)> = ShardMap::even(4)
             .shards()
             .iter()
             .enumerate()

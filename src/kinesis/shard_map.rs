@@ -75,6 +75,25 @@ impl ShardMap {
         Ok(ShardMap { shards })
     }
 
+    /// `shards` open shards (at least one) splitting the hash key space evenly, with the ids
+    /// CreateStream gives them.
+    pub fn even(shards: u32) -> ShardMap {
+        let n = u128::from(shards.max(1));
+        let step = u128::MAX / n;
+        let shards = (0..n)
+            .map(|i| Shard {
+                id: format!("shardId-{i:012}"),
+                start: step * i,
+                end: if i == n - 1 {
+                    u128::MAX
+                } else {
+                    step * (i + 1) - 1
+                },
+            })
+            .collect();
+        ShardMap { shards }
+    }
+
     /// The open shard whose range contains `hash`. `None` only if the open shards leave a gap,
     /// which Kinesis never does for a stream at rest (it can mid-reshard).
     pub fn shard_for_hash(&self, hash: u128) -> Option<&Shard> {
@@ -97,30 +116,8 @@ impl ShardMap {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// `n` shards splitting the hash space evenly, as CreateStream does.
-    pub(crate) fn even(n: u128) -> ShardMap {
-        let step = u128::MAX / n;
-        let ids: Vec<String> = (0..n).map(|i| format!("shardId-{i:012}")).collect();
-        let bounds: Vec<(String, String)> = (0..n)
-            .map(|i| {
-                let end = if i == n - 1 {
-                    u128::MAX
-                } else {
-                    step * (i + 1) - 1
-                };
-                ((step * i).to_string(), end.to_string())
-            })
-            .collect();
-        ShardMap::from_ranges(
-            ids.iter()
-                .zip(&bounds)
-                .map(|(id, (s, e))| (id.as_str(), s.as_str(), e.as_str())),
-        )
-        .unwrap()
-    }
 
     #[test]
     fn md5_hash_key_matches_known_vectors() {
@@ -131,7 +128,7 @@ pub(crate) mod tests {
 
     #[test]
     fn routes_by_inclusive_range_with_binary_search() {
-        let map = even(4);
+        let map = ShardMap::even(4);
         let shards = map.shards().to_vec();
         for s in &shards {
             assert_eq!(map.shard_for_hash(s.start).unwrap().id, s.id);

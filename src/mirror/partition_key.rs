@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn partition_rule_spreads_partitions_over_shards() {
-        let map = crate::kinesis::shard_map::tests::even(4);
+        let map = crate::kinesis::shard_map::ShardMap::even(4);
         let shards: Vec<String> = (0..4)
             .map(|p| {
                 let k = kinesis_key(
