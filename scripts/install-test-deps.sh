@@ -2,7 +2,7 @@
 # Installs everything the integration tests (tests/kafka_clients.rs,
 # tests/kcat.rs) need, from package registries only:
 #
-#   tansu 0.6.0      (crates.io)  -> $TOOLS/tansu/bin/tansu   (the upstream Kafka broker)
+#   Apache Kafka 4.1.2 (Maven Central) -> $TOOLS/kafka-4.1.2/libs   (the upstream broker, Java tools)
 #   kcat             (Debian)     -> /usr/bin/kcat
 #   Python clients   (PyPI)       -> $TOOLS/venv              (confluent-kafka, kafka-python, aiokafka)
 #   Node clients, kinesis-local and kinesalite (npm) -> $TOOLS/node/node_modules
@@ -16,7 +16,8 @@ set -euo pipefail
 
 TOOLS="${KKP_TOOLS_DIR:-$HOME/.cache/kafka-kinesis-proxy}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TANSU_VERSION=0.6.0
+KAFKA_VERSION=4.1.2
+LOG4J_VERSION=2.24.3
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$TOOLS"
 
@@ -55,17 +56,40 @@ apt_install() {
   $SUDO apt-get install -y -q --no-install-recommends "$@"
 }
 
-# --- tansu --------------------------------------------------------------------
-TANSU="$TOOLS/tansu/bin/tansu"
-if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  say tansu "skipped ($TANSU_VERSION already at $TANSU)"
+# --- Apache Kafka (Maven Central) ------------------------------------------------
+# The broker the suite runs against: kafka_2.13 (broker, StorageTool) and kafka-tools
+# (VerifiableProducer/Consumer, ProducerPerformance, TopicCommand), with an SLF4J 1.7 binding
+# for Log4j2 (the release tarball ships one; Maven does not). Java 17 runs 4.1.x.
+KAFKA="$TOOLS/kafka-$KAFKA_VERSION"
+if [ -f "$KAFKA/.complete" ] && java -cp "$KAFKA/libs/*" kafka.Kafka --version 2>/dev/null | grep -qx "$KAFKA_VERSION"; then
+  say kafka "skipped ($KAFKA_VERSION already at $KAFKA)"
 else
-  command -v cargo >/dev/null || { echo "install-test-deps: cargo is required to build tansu" >&2; exit 1; }
-  run_logged tansu cargo install tansu --version "$TANSU_VERSION" --locked \
-    --no-default-features --features dynostore --root "$TOOLS/tansu"
-  "$TANSU" --version | grep -q "$TANSU_VERSION"
-  say tansu "installed ($TANSU_VERSION at $TANSU)"
+  command -v java >/dev/null && command -v mvn >/dev/null || run_logged jdk apt_install openjdk-17-jdk-headless maven
+  echo "kafka:   fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (about 100 MB, under a minute)..."
+  rm -rf "$KAFKA"
+  mkdir -p "$KAFKA/libs" "$KAFKA/config"
+  cat >"$KAFKA/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>kafka-kinesis-proxy.tests</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  run_logged kafka mvn -B -q -f "$KAFKA/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DoutputDirectory="$KAFKA/libs" -DincludeScope=runtime
+  cp "$REPO/tests/support/kafka-log4j2.yaml" "$KAFKA/config/log4j2.yaml"
+  java -cp "$KAFKA/libs/*" kafka.Kafka --version 2>/dev/null | grep -qx "$KAFKA_VERSION"
+  touch "$KAFKA/.complete"
+  say kafka "installed ($KAFKA_VERSION at $KAFKA)"
 fi
+# The harness and the demo find the pinned release through this link.
+ln -sfn "kafka-$KAFKA_VERSION" "$TOOLS/kafka"
 
 # --- kcat ---------------------------------------------------------------------
 if command -v kcat >/dev/null; then

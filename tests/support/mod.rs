@@ -501,20 +501,63 @@ fn last_chars(s: &str, n: usize) -> &str {
 /// Longest a single client command may run before it is killed.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The command for `client`: "kafkajs" runs `tests/clients/kafkajs_client.js`
-/// under node, every other name is passed as `--client` to
-/// `tests/clients/kafka_client.py` (confluent, kafka-python, aiokafka).
+/// The installed Apache Kafka release: `libs/` (broker, kafka-tools, kafka-clients) and
+/// `config/log4j2.yaml`.
+pub fn kafka_home() -> PathBuf {
+    require(tools_dir().join("kafka/libs"), "Apache Kafka jars");
+    tools_dir().join("kafka")
+}
+
+/// `java` with a heap and JIT settings for short client runs on 2 cores, and the Kafka jars
+/// (plus `extra_classpath`) on the class path.
+pub fn java_command(extra_classpath: Option<&Path>) -> Command {
+    let mut classpath = kafka_home().join("libs/*").into_os_string();
+    if let Some(extra) = extra_classpath {
+        classpath.push(":");
+        classpath.push(extra);
+    }
+    let mut cmd = Command::new("java");
+    cmd.args(["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+        .arg("-Djava.awt.headless=true")
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            kafka_home().join("config/log4j2.yaml").display()
+        ))
+        .arg("-cp")
+        .arg(classpath);
+    cmd
+}
+
+/// The command for `client`, one CLI over every client family (see
+/// `tests/clients/kafka_client.py` for the arguments and the JSON it prints):
+/// - "kafkajs": `tests/clients/kafkajs_client.js` under node;
+/// - "java": `tests/clients/java/KkpClient.java` (kafka-clients), compiled by the install script;
+/// - "franz-go", "sarama": the Go programs under `tests/clients/go`, built by the install script;
+/// - any other name (confluent, kafka-python, aiokafka) is passed as `--client` to
+///   `tests/clients/kafka_client.py`.
 pub fn client_command(client: &str, args: &[&str]) -> Command {
     let dir = clients_dir();
     let mut cmd;
-    if client == "kafkajs" {
-        cmd = Command::new("node");
-        cmd.arg(dir.join("kafkajs_client.js"))
-            .env("NODE_PATH", node_modules());
-    } else {
-        cmd = Command::new(python());
-        cmd.arg(dir.join("kafka_client.py"))
-            .args(["--client", client]);
+    match client {
+        "kafkajs" => {
+            cmd = Command::new("node");
+            cmd.arg(dir.join("kafkajs_client.js"))
+                .env("NODE_PATH", node_modules());
+        }
+        "java" => {
+            let classes = require(tools_dir().join("java-client/classes"), "the Java test client");
+            cmd = java_command(Some(&classes));
+            cmd.arg("KkpClient");
+        }
+        "franz-go" | "sarama" => {
+            let bin = tools_dir().join(format!("go-clients/bin/{client}-client"));
+            cmd = Command::new(require(bin, "the Go test clients"));
+        }
+        _ => {
+            cmd = Command::new(python());
+            cmd.arg(dir.join("kafka_client.py"))
+                .args(["--client", client]);
+        }
     }
     cmd.args(args).env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
