@@ -158,7 +158,7 @@ def confluent_admin(a):
     ad = AdminClient({"bootstrap.servers": a.bootstrap})
     if a.admin_cmd == "create":
         futs = ad.create_topics(
-            [NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1)],
+            [NewTopic(a.topic, num_partitions=a.partitions, replication_factor=-1)],
             operation_timeout=30,
             request_timeout=30,
         )
@@ -212,8 +212,18 @@ def kafka_python_produce(a):
             f.add_errback(errors.add)
         except Exception as e:  # noqa: BLE001
             errors.add(e)
-    p.flush(timeout=a.timeout)
-    p.close(timeout=10)
+    try:
+        p.flush(timeout=a.timeout)
+    except Exception as e:  # noqa: BLE001
+        # Records still unacknowledged at the deadline (a broker that keeps closing the
+        # connection, for example): reported, not raised, so the JSON line still prints.
+        errors.add(f"flush: {e!r}")
+        try:
+            p.close(timeout=0)
+        except Exception:  # noqa: BLE001
+            pass  # the same undelivered records; already reported
+    else:
+        p.close(timeout=10)
     return produce_result(ok[0], errors)
 
 

@@ -1,13 +1,14 @@
 //! Shared harness for the integration tests: locating the test tools
-//! installed by `scripts/install-test-deps.sh`, running a throwaway tansu
-//! broker and the proxy in front of it, and driving the client scripts in
-//! `tests/clients/`.
+//! installed by `scripts/install-test-deps.sh`, running a real Apache Kafka
+//! cluster (`kafka.rs`) and the proxy in front of it, and driving the client
+//! programs in `tests/clients/`.
 //!
 //! Nothing here skips silently: a missing tool panics with a message that
 //! says how to install it.
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod kafka;
 pub mod kinesis;
 pub mod metrics;
 
@@ -25,8 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// Node id of the single tansu broker (tansu's default).
-pub const TANSU_NODE_ID: u16 = 111;
+pub use kafka::{KafkaCluster, Listener};
 
 const INSTALL_HINT: &str = "run `scripts/install-test-deps.sh` first";
 
@@ -60,10 +60,6 @@ pub fn node_modules() -> PathBuf {
     tools_dir().join("node/node_modules")
 }
 
-pub fn tansu_bin() -> PathBuf {
-    require(tools_dir().join("tansu/bin/tansu"), "tansu 0.6.0")
-}
-
 /// `kcat` on PATH (Debian package).
 pub fn kcat_bin() -> PathBuf {
     let paths = std::env::var_os("PATH").unwrap_or_default();
@@ -90,19 +86,8 @@ pub fn free_port() -> u16 {
             .and_then(|l| l.local_addr())
             .expect("bind 127.0.0.1:0")
             .port();
-        // The proxy's broker_port_base is port - node id: keep it positive.
-        if port > 1024 && handed.insert(port) {
+        if handed.insert(port) {
             return port;
-        }
-    }
-}
-
-/// A free port `p` such that `p - node_id` is a usable broker_port_base.
-fn free_broker_port() -> u16 {
-    loop {
-        let p = free_port();
-        if p > TANSU_NODE_ID + 1024 {
-            return p;
         }
     }
 }
@@ -128,7 +113,7 @@ pub fn tail_file(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// `s` without ANSI colour sequences (tansu colours its log even in a file).
+/// `s` without ANSI colour sequences (some tools colour their logs even in a file).
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -282,64 +267,35 @@ impl Drop for Daemon {
     }
 }
 
-/// A single-node in-memory tansu 0.6.0 broker (node id 111) on a free port.
-pub struct Tansu {
-    pub port: u16,
-    daemon: Daemon,
-}
-
-impl Tansu {
-    pub fn start() -> Tansu {
-        let bin = tansu_bin();
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let dir = tempfile::Builder::new()
-            .prefix("kkp-tansu-")
-            .tempdir()
-            .expect("tempdir");
-        let mut cmd = Command::new(bin);
-        cmd.env_remove("LD_LIBRARY_PATH")
-            .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"]);
-        let mut daemon = Daemon::spawn("tansu", dir, cmd);
-        daemon.wait_for_port(port, Duration::from_secs(30));
-        Tansu { port, daemon }
-    }
-
-    /// `127.0.0.1:PORT`, for talking to tansu directly.
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn daemon(&mut self) -> &mut Daemon {
-        &mut self.daemon
-    }
-}
-
 /// The proxy binary of this crate, configured to forward to an upstream
-/// cluster; listens on a free bootstrap port and serves upstream node N on
-/// `broker_port_base + N` (with `broker_port_base + 111` free).
+/// cluster; listens on a free bootstrap port and serves each upstream broker on a port of its
+/// own (`broker_port`).
 pub struct Proxy {
     pub bootstrap_port: u16,
-    pub broker_port_base: u16,
     pub admin_port: u16,
     pub config_path: PathBuf,
+    /// The proxy port of each upstream node id.
+    pub broker_ports: Vec<(i32, u16)>,
     daemon: Daemon,
 }
 
 impl Proxy {
-    /// Proxy in front of `tansu`.
-    pub fn start(tansu: &Tansu) -> Proxy {
-        Proxy::start_with(&[tansu.bootstrap()], "")
+    /// Proxy in front of `cluster` (its PLAINTEXT listeners).
+    pub fn start(cluster: &KafkaCluster) -> Proxy {
+        Proxy::start_with(cluster, "")
     }
 
-    /// Proxy in front of `upstream` with `extra_toml` appended to the config.
-    pub fn start_with(upstream: &[String], extra_toml: &str) -> Proxy {
+    /// Proxy in front of `cluster` with `extra_toml` appended to the config.
+    pub fn start_with(cluster: &KafkaCluster, extra_toml: &str) -> Proxy {
+        Proxy::start_upstream(&cluster.addresses(Listener::Plaintext), &cluster.node_ids(), extra_toml)
+    }
+
+    /// Proxy in front of the brokers `node_ids` reached through `upstream` (which may be a
+    /// fault-injecting layer) with `extra_toml` appended to the config.
+    pub fn start_upstream(upstream: &[String], node_ids: &[i32], extra_toml: &str) -> Proxy {
         let bootstrap_port = free_port();
         let admin_port = free_port();
-        let broker_port_base = free_broker_port() - TANSU_NODE_ID;
+        let broker_ports: Vec<(i32, u16)> = node_ids.iter().map(|id| (*id, free_port())).collect();
         let dir = tempfile::Builder::new()
             .prefix("kkp-proxy-")
             .tempdir()
@@ -347,6 +303,11 @@ impl Proxy {
         let servers = upstream
             .iter()
             .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let port_map = broker_ports
+            .iter()
+            .map(|(id, port)| format!("{id} = {port}"))
             .collect::<Vec<_>>()
             .join(", ");
         // Top-level keys (before any [table] line) must come first in TOML.
@@ -371,7 +332,7 @@ impl Proxy {
              bind = \"127.0.0.1\"\n\
              advertised_host = \"127.0.0.1\"\n\
              bootstrap_port = {bootstrap_port}\n\
-             broker_port_base = {broker_port_base}\n\
+             broker_ports = {{ {port_map} }}\n\
              \n\
              [kafka]\n\
              bootstrap_servers = [{servers}]\n\
@@ -398,11 +359,20 @@ impl Proxy {
         daemon.wait_for_port(bootstrap_port, Duration::from_secs(30));
         Proxy {
             bootstrap_port,
-            broker_port_base,
             admin_port,
             config_path,
+            broker_ports,
             daemon,
         }
+    }
+
+    /// The proxy port that serves upstream node `node_id`.
+    pub fn broker_port(&self, node_id: i32) -> u16 {
+        self.broker_ports
+            .iter()
+            .find(|(id, _)| *id == node_id)
+            .map(|(_, port)| *port)
+            .unwrap_or_else(|| panic!("no proxy port for node {node_id}"))
     }
 
     /// Starts the proxy again with the same config, spool and dead-letter file, as after a
