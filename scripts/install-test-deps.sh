@@ -7,6 +7,9 @@
 #   Python clients   (PyPI)       -> $TOOLS/venv              (confluent-kafka, kafka-python, aiokafka)
 #   Node clients, kinesis-local and kinesalite (npm) -> $TOOLS/node/node_modules
 #                                 (from tests/clients/package.json)
+#   Java test client (javac)      -> $TOOLS/java-client/classes   (tests/clients/java/KkpClient.java)
+#   Go test clients (Go proxy)    -> $TOOLS/go-clients/bin        (franz-go-client, sarama-client
+#                                 from tests/clients/go; Go >= the go.mod version, fetched if older)
 #
 # TOOLS is ${KKP_TOOLS_DIR:-$HOME/.cache/kafka-kinesis-proxy}. Idempotent:
 # each component is skipped when already present, and one line per
@@ -140,4 +143,89 @@ else
     "for (const m of ['kafkajs','kafkajs-snappy','kafkajs-lz4','zstd-codec','kinesis-local/package.json','kinesalite']) require(m)"
   echo "$want_hash" >"$NODE_DIR/.package.json.sha256"
   say node "installed ($NODE_DIR/node_modules)"
+fi
+
+# --- Java test client (tests/clients/java) ----------------------------------------
+# KkpClient.java against the kafka-clients jar of the Kafka install above, compiled to
+# $TOOLS/java-client/classes (tests/support/mod.rs puts it after $TOOLS/kafka/libs/*).
+# Recompiled when the sources or the Kafka version change.
+JAVA_CLIENT="$TOOLS/java-client"
+JAVA_SRC="$REPO/tests/clients/java"
+want_hash="$( (cd "$JAVA_SRC" && sha256sum -- *.java && echo "kafka $KAFKA_VERSION") | sha256sum | cut -d' ' -f1)"
+have_hash="$(cat "$JAVA_CLIENT/.sources.sha256" 2>/dev/null || true)"
+if [ "$want_hash" = "$have_hash" ] && [ -f "$JAVA_CLIENT/classes/KkpClient.class" ]; then
+  say java-client "skipped (sources unchanged in $JAVA_CLIENT/classes)"
+else
+  command -v javac >/dev/null || run_logged jdk apt_install openjdk-17-jdk-headless
+  rm -rf "$JAVA_CLIENT/classes.tmp"
+  mkdir -p "$JAVA_CLIENT/classes.tmp"
+  run_logged javac javac --release 17 -encoding UTF-8 -cp "$TOOLS/kafka/libs/*" \
+    -d "$JAVA_CLIENT/classes.tmp" "$JAVA_SRC"/*.java
+  rm -rf "$JAVA_CLIENT/classes"
+  mv "$JAVA_CLIENT/classes.tmp" "$JAVA_CLIENT/classes"
+  echo "$want_hash" >"$JAVA_CLIENT/.sources.sha256"
+  say java-client "installed ($JAVA_CLIENT/classes)"
+fi
+
+# --- Go test clients (tests/clients/go) --------------------------------------------
+# franz-go-client and sarama-client -> $TOOLS/go-clients/bin, modules from the Go module
+# proxy (pinned by go.sum). Their go.mod needs Go >= GO_NEED: any go on the machine that
+# is older (Debian 12 ships 1.19) fetches the official toolchain, which the proxy serves
+# as the module golang.org/toolchain (what GOTOOLCHAIN=auto does), into $TOOLS/go-$GO_NEED.
+GO_DIR="$REPO/tests/clients/go"
+GO_OUT="$TOOLS/go-clients"
+GO_NEED="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$GO_DIR/go.mod")"
+go_ok() { # go_ok BINARY: true when BINARY runs and is at least GO_NEED
+  local v
+  v="$(GOTOOLCHAIN=local "$1" env GOVERSION 2>/dev/null)" || return 1
+  v="${v#go}"
+  [ -n "$v" ] && [ "$(printf '%s\n' "$GO_NEED" "$v" | sort -V | head -n1)" = "$GO_NEED" ]
+}
+GO=""
+for g in "$TOOLS/go-$GO_NEED/bin/go" "$(command -v go || true)" /usr/local/go/bin/go; do
+  if [ -n "$g" ] && go_ok "$g"; then
+    GO="$g"
+    break
+  fi
+done
+if [ -z "$GO" ]; then
+  # Any older go can fetch it; install Debian's when there is none at all.
+  boot="$(command -v go || true)"
+  if [ -z "$boot" ] && [ -x /usr/local/go/bin/go ]; then
+    boot=/usr/local/go/bin/go
+  fi
+  if [ -z "$boot" ]; then
+    run_logged golang apt_install golang-go
+    boot="$(command -v go)"
+  fi
+  echo "go:      fetching the Go $GO_NEED toolchain through the Go module proxy (about 70 MB)..."
+  tc="golang.org/toolchain@v0.0.1-go$GO_NEED.$(GOTOOLCHAIN=local "$boot" env GOHOSTOS)-$(GOTOOLCHAIN=local "$boot" env GOHOSTARCH)"
+  dl="$TOOLS/go-download"
+  rm -rf "$dl" "$TOOLS/go-$GO_NEED"
+  mkdir -p "$dl"
+  run_logged go-toolchain env -C "$dl" GOTOOLCHAIN=local GOFLAGS=-modcacherw GOMODCACHE="$dl/mod" \
+    "$boot" mod download "$tc"
+  # Module zips carry no file modes: restore the executables' bits.
+  cp -r "$dl/mod/$tc" "$TOOLS/go-$GO_NEED"
+  chmod -R u+w "$TOOLS/go-$GO_NEED"
+  find "$TOOLS/go-$GO_NEED/bin" "$TOOLS/go-$GO_NEED/pkg/tool" -type f -exec chmod +x {} +
+  rm -rf "$dl"
+  GO="$TOOLS/go-$GO_NEED/bin/go"
+  go_ok "$GO"
+fi
+want_hash="$( (cd "$GO_DIR" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 \
+  | LC_ALL=C sort -z | xargs -0 sha256sum && GOTOOLCHAIN=local "$GO" env GOVERSION) | sha256sum | cut -d' ' -f1)"
+have_hash="$(cat "$GO_OUT/.sources.sha256" 2>/dev/null || true)"
+if [ "$want_hash" = "$have_hash" ] && [ -x "$GO_OUT/bin/franz-go-client" ] && [ -x "$GO_OUT/bin/sarama-client" ]; then
+  say go-clients "skipped (sources unchanged in $GO_OUT/bin)"
+else
+  run_logged go-mod-download env GOTOOLCHAIN=local GOFLAGS=-buildvcs=false "$GO" -C "$GO_DIR" mod download
+  rm -rf "$GO_OUT/bin.tmp"
+  mkdir -p "$GO_OUT/bin.tmp"
+  run_logged go-build env GOTOOLCHAIN=local GOFLAGS=-buildvcs=false \
+    "$GO" -C "$GO_DIR" build -trimpath -o "$GO_OUT/bin.tmp/" ./cmd/...
+  rm -rf "$GO_OUT/bin"
+  mv "$GO_OUT/bin.tmp" "$GO_OUT/bin"
+  echo "$want_hash" >"$GO_OUT/.sources.sha256"
+  say go-clients "installed ($GO_OUT/bin: franz-go-client, sarama-client; $("$GO" version))"
 fi
