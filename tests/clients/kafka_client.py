@@ -3,7 +3,7 @@
 
   kafka_client.py --client confluent|kafka-python|aiokafka produce \
       --bootstrap B --topic T --count N --codec none|gzip|snappy|lz4|zstd \
-      --acks 0|1|all [--idempotent] [--legacy-api]
+      --acks 0|1|all [--idempotent] [--legacy-api] [--rate R --acked-log FILE]
       (--legacy-api: kafka-python only, api_version=(0, 10): Produce v2
       carrying a v1 message set)
   kafka_client.py --client ... consume --bootstrap B --topic T --count N \
@@ -75,14 +75,22 @@ def confluent_produce(a):
     p = Producer(conf, logger=logging.getLogger("rdkafka"))
     errors = Errors()
     ok = [0]
+    acked_log = open(a.acked_log, "w", buffering=1) if a.acked_log else None
 
-    def cb(err, _msg):
+    def cb(err, msg):
         if err is not None:
             errors.add(err)
         else:
             ok[0] += 1
+            if acked_log:
+                acked_log.write(f"{msg.partition()} {msg.offset()} {msg.key().decode()}\n")
 
+    started = time.monotonic()
     for i in range(a.count):
+        if a.rate:
+            # Paced: record i is due i/rate seconds after the start.
+            while time.monotonic() - started < i / a.rate:
+                p.poll(0.005)
         k, v = record(a.topic, i)
         while True:
             try:
@@ -97,6 +105,8 @@ def confluent_produce(a):
     remaining = p.flush(a.timeout)
     if remaining:
         errors.add(f"{remaining} messages still undelivered after flush({a.timeout})")
+    if acked_log:
+        acked_log.close()
     return produce_result(ok[0], errors)
 
 
@@ -416,6 +426,8 @@ def main():
     pp.add_argument("--idempotent", action="store_true")
     pp.add_argument("--legacy-api", action="store_true")
     pp.add_argument("--timeout", type=float, default=60.0)
+    pp.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
+    pp.add_argument("--acked-log", help="append 'PARTITION OFFSET KEY' per acknowledged record")
 
     cp = sub.add_parser("consume")
     cp.add_argument("--bootstrap", required=True)
@@ -433,6 +445,8 @@ def main():
     asub.add_parser("list")
 
     a = ap.parse_args()
+    if (getattr(a, "rate", 0) or getattr(a, "acked_log", None)) and a.client != "confluent":
+        ap.error("--rate and --acked-log are only implemented for --client confluent")
     if getattr(a, "legacy_api", False) and a.client != "kafka-python":
         # librdkafka turns ApiVersion requests back on for any fallback
         # >= 0.10, and aiokafka >= 0.13 ignores api_version.

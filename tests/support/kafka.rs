@@ -542,6 +542,8 @@ fn node_properties(node: &Node, n: usize, voters: &str, dir: &Path, tls: &TlsFil
          # A killed broker is fenced, and its partitions get new leaders, within seconds.\n\
          broker.session.timeout.ms=4000\n\
          broker.heartbeat.interval.ms=500\n\
+         # A restarted broker gets its preferred leaderships back within seconds.\n\
+         leader.imbalance.check.interval.seconds=5\n\
          sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
          ssl.keystore.type=PEM\n\
          ssl.keystore.certificate.chain={cert}\n\

@@ -161,6 +161,22 @@ impl Daemon {
         }
     }
 
+    /// Runs `cmd` in the background with its stdout and stderr in one log file, which a test
+    /// can poll (`log_since`, `log_tail`).
+    pub fn start(name: &str, mut cmd: Command) -> Daemon {
+        cmd.env_remove("LD_LIBRARY_PATH");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kkp-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        Daemon::spawn(name, dir, cmd)
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
     /// The process id, for signals and /proc readings.
     pub fn pid(&self) -> u32 {
         self.child.id()
