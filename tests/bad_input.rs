@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::{create_topic, num, run_client, Proxy, Tansu};
+use support::{num, run_client, KafkaCluster, Proxy};
 
 /// Sends `frame` and returns whether the proxy closed the connection within 10 s (EOF or a
 /// reset); a read that times out means it stayed open.
@@ -44,10 +44,10 @@ fn truncated_produce() -> Vec<u8> {
 
 #[test]
 fn undecodable_and_oversized_frames_close_only_their_connection() {
-    let tansu = Tansu::start();
-    let mut proxy = Proxy::start(&tansu);
+    let cluster = KafkaCluster::shared();
+    let mut proxy = Proxy::start(cluster);
     let bootstrap = proxy.bootstrap();
-    create_topic(&bootstrap, "steady", 1);
+    cluster.create_topic("steady", 1);
 
     assert!(
         closed_after(&bootstrap, &truncated_produce()),

@@ -1,8 +1,8 @@
 //! The Docker deployment (docker-compose.yml, Dockerfile, .dockerignore, deploy/) checked
 //! without a Docker engine: the files are parsed and cross-checked against each other and
 //! against deploy/proxy/proxy.toml, and every metric the Grafana dashboard queries is looked
-//! up in the /metrics of a real proxy (in front of tansu and kinesis-local) that has carried
-//! traffic under the deployment's own [kinesis] and [[mirror]] settings.
+//! up in the /metrics of a real proxy (in front of Apache Kafka and kinesis-local) that has
+//! carried traffic under the deployment's own [kinesis] and [[mirror]] settings.
 
 mod support;
 
@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use support::kinesis::KinesisLocal;
 use support::metrics::scrape;
-use support::{create_topic, num, run_client, Proxy, Tansu};
+use support::{num, run_client, KafkaCluster, Proxy};
 
 /// The proxy's config inside the compose deployment, relative to the repository.
 const PROXY_CONFIG: &str = "deploy/proxy/proxy.toml";
@@ -1067,7 +1067,7 @@ fn deploy_kinesis_and_mirror(endpoint: &str) -> String {
 async fn every_dashboard_metric_is_exported_by_a_live_proxy() {
     let cfg = proxy_config();
     let routes = cfg["mirror"].as_array().unwrap().clone();
-    let tansu = Tansu::start();
+    let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     for route in &routes {
         // As deploy/localstack/ready.d creates it.
@@ -1075,16 +1075,13 @@ async fn every_dashboard_metric_is_exported_by_a_live_proxy() {
             .create_stream(route["stream"].as_str().unwrap(), 4)
             .await;
     }
-    let proxy = Proxy::start_with(
-        &[tansu.bootstrap()],
-        &deploy_kinesis_and_mirror(&kinesis.endpoint),
-    );
+    let proxy = Proxy::start_with(cluster, &deploy_kinesis_and_mirror(&kinesis.endpoint));
     let bootstrap = proxy.bootstrap();
 
     const RECORDS: i64 = 600;
     for route in &routes {
         let topic = route["topic"].as_str().unwrap();
-        create_topic(&bootstrap, topic, 6);
+        cluster.create_topic(topic, 6);
         let out = run_client(
             "confluent",
             &[

@@ -2,6 +2,10 @@
 //! throttling, a full outage with the spool, block mode, a kill -9 with a torn spool tail.
 //! Each test checks that no record is missing, none is duplicated, and each key's records sit
 //! in Kafka order in their shard.
+//!
+//! Kafka is the single-node Apache Kafka cluster shared by every test of this binary, so each
+//! test produces to a topic of its own, named after its stream; the emulator, the fault layer
+//! and the proxy are the test's own.
 
 mod support;
 
@@ -14,12 +18,13 @@ use serde_json::Value;
 use support::faults::{FaultLayer, FaultPlan};
 use support::kinesis::{KinesisLocal, StoredRecord};
 use support::metrics::{get, scrape, value, wait_for};
-use support::{create_topic, python, Proxy, Tansu};
+use support::{python, KafkaCluster, Proxy};
 
 const KEYS: usize = 2000;
 
 struct Rig {
-    _tansu: Tansu,
+    /// The test's topic, mirrored to its stream.
+    topic: String,
     kinesis: KinesisLocal,
     faults: FaultLayer,
     proxy: Proxy,
@@ -32,26 +37,35 @@ async fn rig(stream: &str, extra: &str) -> Rig {
 /// `top` holds top-level config keys; `extra` goes into the [kinesis] table (and may open
 /// further tables).
 async fn rig_with(stream: &str, top: &str, extra: &str) -> Rig {
-    let tansu = Tansu::start();
+    let cluster = KafkaCluster::shared();
+    let topic = format!("events-{stream}");
     let kinesis = KinesisLocal::start();
     kinesis.create_stream(stream, 4).await;
     let faults = FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
     let config = format!(
-        "{top}\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\nrequest_timeout_ms = 60000\n{extra}\n\n[[mirror]]\ntopic = \"events\"\nstream = \"{stream}\"\npercent = 100.0\n",
+        "{top}\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\nrequest_timeout_ms = 60000\n{extra}\n\n[[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100.0\n",
         faults.endpoint
     );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &config);
-    create_topic(&proxy.bootstrap(), "events", 6);
+    let proxy = Proxy::start_with(cluster, &config);
+    cluster.create_topic(&topic, 6);
     Rig {
-        _tansu: tansu,
+        topic,
         kinesis,
         faults,
         proxy,
     }
 }
 
+impl Rig {
+    /// Keyed traffic to the test's topic through the proxy: record `order` i has key
+    /// customer-(i % KEYS).
+    fn produce(&self, count: usize, rate: usize) -> Child {
+        produce(&self.proxy.bootstrap(), &self.topic, count, rate)
+    }
+}
+
 /// Keyed traffic: record `order` i has key customer-(i % KEYS).
-fn produce(bootstrap: &str, count: usize, rate: usize) -> Child {
+fn produce(bootstrap: &str, topic: &str, count: usize, rate: usize) -> Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo_traffic.py");
     Command::new(python())
         .arg(script)
@@ -59,7 +73,7 @@ fn produce(bootstrap: &str, count: usize, rate: usize) -> Child {
             "--bootstrap",
             bootstrap,
             "--topic",
-            "events",
+            topic,
             "--client-id",
             "faults",
         ])
@@ -130,7 +144,7 @@ async fn partial_throttling_delivers_everything_once_in_key_order() {
         ..FaultPlan::default()
     });
     const COUNT: usize = 20_000;
-    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 2000));
+    let outcome = finish(rig.produce(COUNT, 2000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     let m = wait_for(
         rig.proxy.admin_port,
@@ -165,7 +179,7 @@ async fn outage_spills_to_the_spool_and_replays_in_order() {
     let rig = rig("outage", "record_ttl_secs = 3").await;
     let admin = rig.proxy.admin_port;
     const COUNT: usize = 12_000;
-    let producer = produce(&rig.proxy.bootstrap(), COUNT, 400);
+    let producer = rig.produce(COUNT, 400);
     tokio::time::sleep(Duration::from_secs(5)).await;
     rig.faults.set(FaultPlan {
         down: true,
@@ -199,25 +213,26 @@ async fn outage_spills_to_the_spool_and_replays_in_order() {
         spooled > 1000.0 && spool_bytes > 0.0,
         "the outage must spill to the spool: spooled {spooled}, {spool_bytes} bytes"
     );
-    let m = wait_for(
+    wait_for(
         admin,
         "everything delivered after recovery",
         Duration::from_secs(240),
         |m| sent(m) >= COUNT as f64,
     )
     .await;
-    let stored = rig.kinesis.read_all("outage").await;
+    // Replayed entries leave the spool once their delivery is counted, so its size reaches 0
+    // a moment after `sent` reaches the count.
+    let m = wait_for(admin, "the spool to drain", Duration::from_secs(30), |m| {
+        value(m, "kafka_kinesis_proxy_spool_bytes", &[]) == 0.0
+    })
+    .await;
     assert_eq!(
         backlog(admin),
         0,
         "the backlog in /routes drains with the spool"
     );
+    let stored = rig.kinesis.read_all("outage").await;
     check_delivery(&stored, COUNT);
-    assert_eq!(
-        value(&m, "kafka_kinesis_proxy_spool_bytes", &[]),
-        0.0,
-        "the spool drains"
-    );
     println!(
         "outage: produced {COUNT}, delivered {}, spooled {spooled} (peak spool {spool_bytes} bytes), dead-lettered {}, lost 0",
         stored.len(),
@@ -234,7 +249,7 @@ async fn kill_9_during_an_outage_replays_the_spool_after_a_torn_tail() {
         ..FaultPlan::default()
     });
     const COUNT: usize = 3000;
-    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 1000));
+    let outcome = finish(rig.produce(COUNT, 1000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     let m = wait_for(admin, "everything spooled", Duration::from_secs(60), |m| {
         value(
@@ -304,7 +319,7 @@ async fn block_mode_slows_producers_and_loses_nothing() {
     });
     const COUNT: usize = 9000;
     let started = Instant::now();
-    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 3000));
+    let outcome = finish(rig.produce(COUNT, 3000));
     let elapsed = started.elapsed();
     assert_eq!(
         outcome["errors"], 0,
@@ -364,7 +379,7 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
         ..FaultPlan::default()
     });
     const COUNT: usize = 2000;
-    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 1000));
+    let outcome = finish(rig.produce(COUNT, 1000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     wait_for(
         admin,
@@ -423,7 +438,7 @@ async fn memory_stays_near_the_budget_during_an_outage() {
     });
     // About 2.6 MB of records against a 1 MiB budget (kinesis-local slows down past ~20,000).
     const COUNT: usize = 20_000;
-    let outcome = finish(produce(&rig.proxy.bootstrap(), COUNT, 4000));
+    let outcome = finish(rig.produce(COUNT, 4000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     let m = wait_for(
         admin,

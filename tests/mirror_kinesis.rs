@@ -1,6 +1,10 @@
 //! The Kinesis mirror, end to end with real parts: Kafka clients produce through the proxy to a
-//! tansu broker, and the proxy mirrors into kinesis-local (kinesis-mock). Everything asserted is
-//! read back from Kinesis itself, or from the proxy's /metrics as an operator would.
+//! real Apache Kafka 4.1 broker, and the proxy mirrors into kinesis-local (kinesis-mock).
+//! Everything asserted is read back from Kinesis itself, from Kafka directly, or from the
+//! proxy's /metrics as an operator would.
+//!
+//! One single-node cluster serves every test of this binary (`KafkaCluster::shared`), so each
+//! test uses topic names of its own; each test has its own kinesis-local and proxy.
 
 mod support;
 
@@ -12,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::kinesis::{KinesisLocal, StoredRecord};
 use support::metrics::{value, wait_for};
-use support::{clients_dir, create_topic, num, python, run_client, Proxy, Tansu};
+use support::{clients_dir, num, python, run_client, KafkaCluster, Proxy};
 
 fn route(topic: &str, stream: &str, percent: f64) -> String {
     format!("[[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = {percent}\n")
@@ -25,16 +29,18 @@ fn kinesis_section(k: &KinesisLocal) -> String {
     )
 }
 
-/// Tansu, kinesis-local with `stream` (`shards` shards), and a proxy routing `topic` (created
-/// with `partitions` partitions) to it at 100%; `kinesis_extra` goes into the [kinesis] table.
+/// kinesis-local with `stream` (`shards` shards), and a proxy in front of the shared cluster
+/// routing `topic` (created with `partitions` partitions and `topic_configs`) to it at 100%;
+/// `kinesis_extra` goes into the [kinesis] table.
 async fn single_route(
     stream: &str,
     shards: i32,
     topic: &str,
-    partitions: u32,
+    partitions: i32,
+    topic_configs: &[(&str, &str)],
     kinesis_extra: &str,
-) -> (Tansu, KinesisLocal, Proxy) {
-    let tansu = Tansu::start();
+) -> (&'static KafkaCluster, KinesisLocal, Proxy) {
+    let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream(stream, shards).await;
     let extra = format!(
@@ -42,9 +48,9 @@ async fn single_route(
         kinesis_section(&kinesis),
         route(topic, stream, 100.0)
     );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
-    create_topic(&proxy.bootstrap(), topic, partitions);
-    (tansu, kinesis, proxy)
+    let proxy = Proxy::start_with(cluster, &extra);
+    cluster.create_topic_with(topic, partitions, topic_configs);
+    (cluster, kinesis, proxy)
 }
 
 fn produce(client: &str, bootstrap: &str, topic: &str, count: usize, codec: &str) {
@@ -99,7 +105,7 @@ fn topic_of(record: &StoredRecord) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec() {
-    let tansu = Tansu::start();
+    let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream("all-codecs", 4).await;
     let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
@@ -108,16 +114,16 @@ async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec
         extra.push_str(&route(&format!("orders-{codec}"), "all-codecs", 100.0));
     }
     extra.push_str(&route("orders-kafka-python", "all-codecs", 100.0));
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let proxy = Proxy::start_with(cluster, &extra);
     let bootstrap = proxy.bootstrap();
 
     const PER_TOPIC: usize = 400;
     for codec in codecs {
         let topic = format!("orders-{codec}");
-        create_topic(&bootstrap, &topic, 3);
+        cluster.create_topic(&topic, 3);
         produce("confluent", &bootstrap, &topic, PER_TOPIC, codec);
     }
-    create_topic(&bootstrap, "orders-kafka-python", 3);
+    cluster.create_topic("orders-kafka-python", 3);
     produce(
         "kafka-python",
         &bootstrap,
@@ -251,7 +257,7 @@ fn md5_of(key: &str) -> [u8; 16] {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
-    let tansu = Tansu::start();
+    let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     for stream in ["sample-25", "sample-60", "sample-0"] {
         kinesis.create_stream(stream, 4).await;
@@ -263,11 +269,11 @@ async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
         route("keys-60", "sample-60", 60.0),
         route("keys-0", "sample-0", 0.0)
     );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let proxy = Proxy::start_with(cluster, &extra);
     let bootstrap = proxy.bootstrap();
     const KEYS: usize = 20_000;
     for topic in ["keys-25", "keys-60", "keys-0"] {
-        create_topic(&bootstrap, topic, 6);
+        cluster.create_topic(topic, 6);
     }
     produce("confluent", &bootstrap, "keys-25", KEYS, "lz4");
     produce("kafka-python", &bootstrap, "keys-60", KEYS, "snappy");
@@ -382,16 +388,66 @@ async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
         (KEYS as i64, 0),
         "{consumed}"
     );
+    let stored_in_kafka: i64 = (0..6)
+        .map(|p| {
+            let (low, high) = cluster.offsets("keys-0", p);
+            high - low
+        })
+        .sum();
+    assert_eq!(
+        stored_in_kafka, KEYS as i64,
+        "Kafka's log holds every record"
+    );
 }
 
-/// Sends one Produce v7 (acks=all) with `records` as a single batch, as a raw request, and
-/// returns the partition's error code.
-async fn raw_produce(
-    bootstrap: &str,
-    topic: &'static str,
+/// A raw Produce v7 request: `records` (keys and values) for one partition, as one batch unless
+/// `batch_per_record`.
+struct RawProduce<'a> {
+    topic: &'a str,
+    partition: i32,
+    acks: i16,
+    /// -1 for a plain batch; otherwise an idempotent batch from this producer id, epoch 0,
+    /// first sequence 5.
     producer_id: i64,
+    /// Flip the batch's last byte after sealing it, so its CRC no longer matches.
+    corrupt_crc: bool,
+    /// Each record in a batch of its own, instead of one batch for all.
+    batch_per_record: bool,
     records: Vec<(String, Vec<u8>)>,
-) -> i16 {
+}
+
+impl RawProduce<'_> {
+    fn new(topic: &str, records: Vec<(String, Vec<u8>)>) -> RawProduce<'_> {
+        RawProduce {
+            topic,
+            partition: 0,
+            acks: -1,
+            producer_id: -1,
+            corrupt_crc: false,
+            batch_per_record: false,
+            records,
+        }
+    }
+}
+
+/// What came back for a raw Produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A response, with the partition's error code.
+    Partition(i16),
+    /// The connection was closed with no response.
+    Closed,
+}
+
+/// Kafka error codes the tests expect (kafka.common.protocol.Errors).
+const CORRUPT_MESSAGE: i16 = 2;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const MESSAGE_TOO_LARGE: i16 = 10;
+const INVALID_REQUIRED_ACKS: i16 = 21;
+const INVALID_RECORD: i16 = 87;
+
+/// Sends `produce` to `bootstrap` as a raw request on a fresh connection and returns the answer.
+async fn raw_produce(bootstrap: &str, produce: RawProduce<'_>) -> Answer {
     use bytes::BytesMut;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{
@@ -403,7 +459,10 @@ async fn raw_produce(
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let records: Vec<Record> = records
+    let producer_id = produce.producer_id;
+    let per_record = produce.batch_per_record;
+    let records: Vec<Record> = produce
+        .records
         .into_iter()
         .enumerate()
         .map(|(i, (key, value))| Record {
@@ -414,7 +473,14 @@ async fn raw_produce(
             producer_epoch: if producer_id < 0 { -1 } else { 0 },
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: if producer_id < 0 { -1 } else { 5 + i as i32 },
+            // The encoder starts a new batch where offset - sequence changes, and takes the
+            // batch's base sequence from its first record: -1 for no producer id.
+            sequence: match (producer_id < 0, per_record) {
+                (true, false) => i as i32 - 1,
+                (true, true) => -1,
+                (false, false) => 5 + i as i32,
+                (false, true) => panic!("batch_per_record is for plain batches"),
+            },
             timestamp: 0,
             key: Some(key.into()),
             value: Some(value.into()),
@@ -432,14 +498,19 @@ async fn raw_produce(
         },
     )
     .unwrap();
+    if produce.corrupt_crc {
+        // The last byte belongs to the last record, which the CRC covers.
+        let last = batch.len() - 1;
+        batch[last] ^= 0xff;
+    }
     let version = 7;
     let request = ProduceRequest::default()
-        .with_acks(-1)
+        .with_acks(produce.acks)
         .with_timeout_ms(5000)
         .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_name(TopicName(StrBytes::from_string(produce.topic.to_owned())))
             .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
+                .with_index(produce.partition)
                 .with_records(Some(batch.freeze()))])]);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)
@@ -456,76 +527,258 @@ async fn raw_produce(
 
     let mut conn = tokio::net::TcpStream::connect(bootstrap).await.unwrap();
     conn.write_all(&frame).await.unwrap();
-    let size = conn.read_i32().await.unwrap();
-    let mut body = vec![0u8; size as usize];
-    conn.read_exact(&mut body).await.unwrap();
+    // Kafka answers within the request's 5 s timeout or closes the connection.
+    let read = async {
+        let size = conn.read_i32().await?;
+        let mut body = vec![0u8; size as usize];
+        conn.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    let body = match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Err(_) => panic!("no answer and no close within 30 s"),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Answer::Closed
+        }
+        Ok(Err(e)) => panic!("reading the Produce response: {e}"),
+        Ok(Ok(body)) => body,
+    };
     let mut body = bytes::Bytes::from(body);
     let header =
         ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
             .unwrap();
     assert_eq!(header.correlation_id, 1);
     let response = ProduceResponse::decode(&mut body, version).unwrap();
-    response.responses[0].partition_responses[0].error_code
+    Answer::Partition(response.responses[0].partition_responses[0].error_code)
 }
 
-/// A Produce that Kafka rejects is answered with an error and mirrors nothing. The request is
-/// an idempotent batch from a producer id the broker never allocated, sent raw because real
-/// clients only send ids they were given. Apache Kafka would also reject a missing topic, a
-/// partition beyond the topic's count, a corrupt CRC or acks=5; tansu 0.6.0 accepts all four
-/// (a gap noted in README), while both reject an unknown producer id (UNKNOWN_PRODUCER_ID).
+/// Ten records whose keys say which case sent them.
+fn tagged_records(case: &str) -> Vec<(String, Vec<u8>)> {
+    (0..10)
+        .map(|i| (format!("{case}-k{i}"), format!("{case}-v{i}").into_bytes()))
+        .collect()
+}
+
+/// A Produce that Kafka rejects is answered with Kafka's error and mirrors nothing. The
+/// requests are raw, because real clients do not send them. Apache Kafka 4.1 answers each with
+/// an error code for the partition (and keeps the connection open):
+/// - a partition beyond the topic's count, and a topic that does not exist (a Produce does not
+///   auto-create a topic; only a Metadata request does): UNKNOWN_TOPIC_OR_PARTITION (3);
+/// - acks=5 (only -1, 0 and 1 are valid): INVALID_REQUIRED_ACKS (21);
+/// - a batch per record (from Produce v3 on, a partition's records are exactly one batch):
+///   INVALID_RECORD (87);
+/// - a batch whose CRC does not match: CORRUPT_MESSAGE (2). The mirror checks the CRC too, so
+///   it counts a decode error for that request instead of a verdict on its records.
+///
+/// Last comes an idempotent batch from a producer id the broker never allocated. Kafka 4.1
+/// accepts it (a producer id it has no state for may start at any sequence; there is no
+/// UNKNOWN_PRODUCER_ID for it), so it is mirrored; being behind the rejected requests, it also
+/// shows that the mirror has handled them by the time it reaches Kinesis.
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_produce_mirrors_nothing() {
-    let (_tansu, kinesis, proxy) = single_route("rejected", 2, "small", 1, "").await;
+    let topic = "rejected-small";
+    // A route for the missing topic too, so it would be mirrored if Kafka took it.
+    let missing = "rejected-missing";
+    let (cluster, kinesis, proxy) = single_route(
+        "rejected",
+        2,
+        topic,
+        1,
+        &[],
+        &route(missing, "rejected", 100.0),
+    )
+    .await;
+    let bootstrap = proxy.bootstrap();
+    let error_records = |m: &BTreeMap<String, f64>, t: &str| {
+        value(
+            m,
+            "kafka_kinesis_proxy_kafka_records_total",
+            &[("topic", t), ("result", "error")],
+        )
+    };
+    let decode_errors = |m: &BTreeMap<String, f64>, t: &str| {
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_decode_errors_total",
+            &[("topic", t)],
+        )
+    };
 
-    let records = (0..10)
-        .map(|i| (format!("k{i}"), format!("v{i}").into_bytes()))
-        .collect();
-    let error = raw_produce(&proxy.bootstrap(), "small", 987_654, records).await;
-    assert_ne!(
-        error, 0,
-        "Kafka must reject a batch from an unknown producer id"
+    let cases = [
+        (
+            "a partition beyond the topic's count",
+            RawProduce {
+                partition: 1,
+                ..RawProduce::new(topic, tagged_records("partition"))
+            },
+            UNKNOWN_TOPIC_OR_PARTITION,
+        ),
+        (
+            "a topic that does not exist",
+            RawProduce::new(missing, tagged_records("missing")),
+            UNKNOWN_TOPIC_OR_PARTITION,
+        ),
+        (
+            "acks=5",
+            RawProduce {
+                acks: 5,
+                ..RawProduce::new(topic, tagged_records("acks5"))
+            },
+            INVALID_REQUIRED_ACKS,
+        ),
+        (
+            "a batch per record",
+            RawProduce {
+                batch_per_record: true,
+                ..RawProduce::new(topic, tagged_records("batches"))
+            },
+            INVALID_RECORD,
+        ),
+        (
+            "a corrupt CRC",
+            RawProduce {
+                corrupt_crc: true,
+                ..RawProduce::new(topic, tagged_records("crc"))
+            },
+            CORRUPT_MESSAGE,
+        ),
+    ];
+    for (what, produce, expected) in cases {
+        let t = produce.topic;
+        let before = support::metrics::scrape(proxy.admin_port);
+        let (errors, decodes) = (error_records(&before, t), decode_errors(&before, t));
+        let answer = raw_produce(&bootstrap, produce).await;
+        assert_eq!(answer, Answer::Partition(expected), "{what}");
+        // The mirror saw Kafka's answer: a verdict on the ten records, or, for the corrupt
+        // batch, a decode error.
+        let crc = expected == CORRUPT_MESSAGE;
+        wait_for(
+            proxy.admin_port,
+            &format!("the mirror to count {what}"),
+            Duration::from_secs(30),
+            |m| {
+                if crc {
+                    decode_errors(m, t) >= decodes + 1.0
+                } else {
+                    error_records(m, t) >= errors + 10.0
+                }
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        cluster.offsets(topic, 0),
+        (0, 0),
+        "Kafka stored none of the rejected records"
+    );
+    assert_eq!(
+        cluster.leader(missing, 0),
+        None,
+        "a Produce must not create the missing topic"
     );
 
+    let answer = raw_produce(
+        &bootstrap,
+        RawProduce {
+            producer_id: 987_654,
+            ..RawProduce::new(topic, tagged_records("unallocated-pid"))
+        },
+    )
+    .await;
+    assert_eq!(
+        answer,
+        Answer::Partition(0),
+        "Kafka 4.1 accepts an idempotent batch from an unallocated producer id"
+    );
     let m = wait_for(
         proxy.admin_port,
-        "the rejection counted",
+        "the accepted batch mirrored",
         Duration::from_secs(60),
         |m| {
             value(
                 m,
-                "kafka_kinesis_proxy_kafka_records_total",
-                &[("topic", "small"), ("result", "error")],
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("topic", topic), ("result", "sent")],
             ) >= 10.0
         },
     )
     .await;
     assert_eq!(
+        cluster.offsets(topic, 0),
+        (0, 10),
+        "Kafka stored the accepted batch"
+    );
+    assert_eq!(error_records(&m, topic), 30.0, "partition, acks=5, batches");
+    assert_eq!(error_records(&m, missing), 10.0);
+    assert_eq!(decode_errors(&m, topic), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_kafka_records_total",
+            &[("topic", topic), ("result", "ok")]
+        ),
+        10.0
+    );
+    assert_eq!(
         value(
             &m,
             "kafka_kinesis_proxy_mirror_records_total",
-            &[("topic", "small")]
+            &[("topic", missing)]
         ),
         0.0
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(
-        kinesis.read_all("rejected").await.is_empty(),
-        "a rejected produce must mirror nothing"
-    );
+    let keys: BTreeSet<String> = kinesis
+        .read_all("rejected")
+        .await
+        .into_iter()
+        .map(|r| r.partition_key)
+        .collect();
+    let accepted: BTreeSet<String> = tagged_records("unallocated-pid")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, accepted, "a rejected produce must mirror nothing");
 }
 
 /// A record over the stream's per-record limit (data plus partition key, 1 MiB by default) is
-/// not sent, and is counted as `oversize`; its neighbours are delivered.
+/// not sent, and is counted as `oversize`; its neighbours are delivered. The topic takes batches
+/// up to 2 MiB: at Kafka's default `max.message.bytes` (1 MiB + 12 bytes) Kafka itself refuses
+/// this batch with MESSAGE_TOO_LARGE (10), and the mirror would never see it.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_record_is_counted_not_sent() {
-    let (_tansu, kinesis, mut proxy) = single_route("limits", 1, "big", 1, "").await;
+    let (cluster, kinesis, mut proxy) = single_route(
+        "limits",
+        1,
+        "big",
+        1,
+        &[("max.message.bytes", "2097152")],
+        "",
+    )
+    .await;
 
     let records = vec![
         ("small-1".to_owned(), b"fits".to_vec()),
         ("huge".to_owned(), vec![b'x'; 1024 * 1024]),
         ("small-2".to_owned(), b"fits too".to_vec()),
     ];
-    assert_eq!(raw_produce(&proxy.bootstrap(), "big", -1, records).await, 0);
+    cluster.create_topic("big-default-limit", 1);
+    assert_eq!(
+        raw_produce(
+            &proxy.bootstrap(),
+            RawProduce::new("big-default-limit", records.clone())
+        )
+        .await,
+        Answer::Partition(MESSAGE_TOO_LARGE),
+        "Kafka's default max.message.bytes"
+    );
+    assert_eq!(
+        raw_produce(&proxy.bootstrap(), RawProduce::new("big", records)).await,
+        Answer::Partition(0)
+    );
     let m = wait_for(
         proxy.admin_port,
         "both small records sent",
@@ -585,11 +838,13 @@ async fn oversized_record_is_counted_not_sent() {
     );
 }
 
-/// With acks=0 Kafka sends no response: records are mirrored on send and counted apart from
-/// Kafka's verdicts.
+/// With acks=0 Kafka sends no response (Apache Kafka never answers an acks=0 Produce; it closes
+/// the connection instead if the request fails): records are mirrored on send and counted apart
+/// from Kafka's verdicts, and Kafka stores them all.
 #[tokio::test(flavor = "multi_thread")]
 async fn acks_zero_records_are_mirrored_on_send() {
-    let (_tansu, kinesis, proxy) = single_route("fire-and-forget", 2, "metrics-feed", 2, "").await;
+    let (cluster, kinesis, proxy) =
+        single_route("fire-and-forget", 2, "metrics-feed", 2, &[], "").await;
     let bootstrap = proxy.bootstrap();
     let out = run_client(
         "confluent",
@@ -648,6 +903,29 @@ async fn acks_zero_records_are_mirrored_on_send() {
         (500, 0, 0),
         "{t}"
     );
+    wait_until(
+        "Kafka to hold the 500 acks=0 records",
+        Duration::from_secs(30),
+        || {
+            (0..2)
+                .map(|p| cluster.offsets("metrics-feed", p).1)
+                .sum::<i64>()
+                == 500
+        },
+    )
+    .await;
+}
+
+/// Polls `done` until it holds; fails the test after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// After a SplitShard, the proxy's predictions go wrong for the split range, the mispredictions
@@ -655,11 +933,12 @@ async fn acks_zero_records_are_mirrored_on_send() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shard_map_refreshes_after_a_split() {
     // A long timer, so only the misprediction can trigger the refresh.
-    let (_tansu, kinesis, proxy) = single_route(
+    let (_cluster, kinesis, proxy) = single_route(
         "resharded",
         2,
         "events",
         3,
+        &[],
         "shard_map_refresh_secs = 3600
 ",
     )
@@ -726,8 +1005,19 @@ async fn shard_map_refreshes_after_a_split() {
         "records sent with the stale map must count as mispredicted"
     );
 
-    // The refresh happened: a third run is predicted correctly.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // The refresh happens: /routes shows the three open shards, and a third run is predicted
+    // correctly.
+    wait_until(
+        "the refreshed map (3 open shards) in /routes",
+        Duration::from_secs(30),
+        || {
+            let routes: Value =
+                serde_json::from_str(&support::metrics::get(proxy.admin_port, "/routes").1)
+                    .unwrap();
+            routes["routes"][0]["open_shards"] == 3
+        },
+    )
+    .await;
     produce("confluent", &bootstrap, "events", 300, "none");
     let m = wait_for(
         proxy.admin_port,
@@ -750,16 +1040,16 @@ async fn shard_map_refreshes_after_a_split() {
 /// the records go to the dead-letter file, where `spool replay` can re-send them later.
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
-    let tansu = Tansu::start();
+    let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     let extra = format!(
         "{}{}",
         kinesis_section(&kinesis),
         route("payments", "no-such-stream", 100.0)
     );
-    let mut proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
+    let mut proxy = Proxy::start_with(cluster, &extra);
     let bootstrap = proxy.bootstrap();
-    create_topic(&bootstrap, "payments", 2);
+    cluster.create_topic("payments", 2);
     produce("confluent", &bootstrap, "payments", 1000, "zstd");
     let consumed = run_client(
         "confluent",

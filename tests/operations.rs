@@ -1,5 +1,8 @@
 //! Operating a cutover: the ramp is hot-reloaded under live traffic, bad edits are refused,
 //! `/readyz` follows the Kinesis emulator, and `/clients` tells who produces what.
+//!
+//! Kafka is the single-node Apache Kafka cluster shared by every test of this binary; each test
+//! has a topic, an emulator and a proxy of its own.
 
 mod support;
 
@@ -11,14 +14,16 @@ use std::time::Duration;
 use serde_json::Value;
 use support::kinesis::KinesisLocal;
 use support::metrics::{get, scrape, value};
-use support::{create_topic, python, Proxy, Tansu};
+use support::{python, KafkaCluster, Proxy};
 
 fn json(port: u16, path: &str) -> Value {
     serde_json::from_str(&get(port, path).1).unwrap()
 }
 
-fn setup(stream: &str, topic: &str, percent: f64) -> (Tansu, KinesisLocal, Proxy) {
-    let tansu = Tansu::start();
+/// kinesis-local with `stream`, and a proxy in front of the shared cluster routing `topic`
+/// (6 partitions, created here) to it at `percent`.
+fn setup(stream: &str, topic: &str, percent: f64) -> (KinesisLocal, Proxy) {
+    let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(kinesis.create_stream(stream, 4));
@@ -26,9 +31,9 @@ fn setup(stream: &str, topic: &str, percent: f64) -> (Tansu, KinesisLocal, Proxy
         "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\n[[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = {percent:.1}\n",
         kinesis.endpoint
     );
-    let proxy = Proxy::start_with(&[tansu.bootstrap()], &extra);
-    create_topic(&proxy.bootstrap(), topic, 6);
-    (tansu, kinesis, proxy)
+    let proxy = Proxy::start_with(cluster, &extra);
+    cluster.create_topic(topic, 6);
+    (kinesis, proxy)
 }
 
 /// The demo's steady producer: one connection for its whole life.
@@ -100,7 +105,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn live_reload_ramps_the_fraction_without_errors_or_reconnects() {
-    let (_tansu, _kinesis, mut proxy) = setup("ramp", "ramp", 10.0);
+    let (_kinesis, mut proxy) = setup("ramp", "ramp", 10.0);
     let admin = proxy.admin_port;
     let producer = traffic(
         &proxy.bootstrap(),
@@ -180,7 +185,7 @@ fn live_reload_ramps_the_fraction_without_errors_or_reconnects() {
 
 #[test]
 fn invalid_edit_is_rejected_whole_and_restart_only_settings_are_reported() {
-    let (_tansu, _kinesis, mut proxy) = setup("guarded", "guarded", 10.0);
+    let (_kinesis, mut proxy) = setup("guarded", "guarded", 10.0);
     let admin = proxy.admin_port;
     let original = std::fs::read_to_string(&proxy.config_path).unwrap();
 
@@ -257,7 +262,7 @@ fn invalid_edit_is_rejected_whole_and_restart_only_settings_are_reported() {
 
 #[test]
 fn readyz_follows_the_kinesis_emulator() {
-    let (_tansu, kinesis, proxy) = setup("ready", "ready", 100.0);
+    let (kinesis, proxy) = setup("ready", "ready", 100.0);
     let admin = proxy.admin_port;
     wait_until("ready", || get(admin, "/readyz").0 == 200);
     let routes = json(admin, "/routes");
