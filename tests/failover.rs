@@ -74,7 +74,10 @@ impl Drop for KilledNode {
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -134,12 +137,27 @@ impl Tally {
 
     fn assert_exactly_once(&self, what: &str, expected_acks: usize) {
         eprintln!("FAILOVER {what}: {self:?}");
-        assert_eq!(self.in_kafka, self.acknowledged, "{what}: Kafka holds unacknowledged records: {self:?}");
-        assert_eq!(self.acknowledged, expected_acks, "{what}: the producer did not recover: {self:?}");
-        assert_eq!(self.lost, 0, "{what}: acknowledged records missing from Kafka: {self:?}");
-        assert_eq!(self.misplaced, 0, "{what}: records not at their acknowledged offset: {self:?}");
+        assert_eq!(
+            self.in_kafka, self.acknowledged,
+            "{what}: Kafka holds unacknowledged records: {self:?}"
+        );
+        assert_eq!(
+            self.acknowledged, expected_acks,
+            "{what}: the producer did not recover: {self:?}"
+        );
+        assert_eq!(
+            self.lost, 0,
+            "{what}: acknowledged records missing from Kafka: {self:?}"
+        );
+        assert_eq!(
+            self.misplaced, 0,
+            "{what}: records not at their acknowledged offset: {self:?}"
+        );
         assert_eq!(self.duplicates, 0, "{what}: duplicates in Kafka: {self:?}");
-        assert_eq!(self.order_violations, 0, "{what}: per-partition order broken: {self:?}");
+        assert_eq!(
+            self.order_violations, 0,
+            "{what}: per-partition order broken: {self:?}"
+        );
     }
 }
 
@@ -189,7 +207,8 @@ fn value_ids(records: &[KafkaRecord]) -> Vec<(u64, i32, i64)> {
     records
         .iter()
         .map(|r| {
-            let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+            let value =
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
             let id = value
                 .parse()
                 .unwrap_or_else(|_| panic!("not a VerifiableProducer value: {value:?}"));
@@ -202,10 +221,18 @@ fn value_ids(records: &[KafkaRecord]) -> Vec<(u64, i32, i64)> {
 /// are acknowledged, and returns the acknowledgements after the producer finished.
 fn produce_through_fault(bootstrap: &str, topic: &str, fault: impl FnOnce()) -> Vec<Acked> {
     let (mut producer, _config) = verifiable_producer(bootstrap, topic);
-    wait_until("acknowledgements before the fault", Duration::from_secs(120), || {
-        assert!(producer.is_running(), "VerifiableProducer exited early:\n{}", producer.log_tail(20));
-        verifiable_acks(&producer.log_text()).len() >= ACKED_BEFORE_FAULT
-    });
+    wait_until(
+        "acknowledgements before the fault",
+        Duration::from_secs(120),
+        || {
+            assert!(
+                producer.is_running(),
+                "VerifiableProducer exited early:\n{}",
+                producer.log_tail(20)
+            );
+            verifiable_acks(&producer.log_text()).len() >= ACKED_BEFORE_FAULT
+        },
+    );
     fault();
     let exit = producer.wait_exit(PRODUCER_DEADLINE);
     let log = producer.log_text();
@@ -216,7 +243,12 @@ fn produce_through_fault(bootstrap: &str, topic: &str, fault: impl FnOnce()) -> 
         errors.len(),
         errors[0]
     );
-    assert_eq!(exit, Some(0), "VerifiableProducer exit; log:\n{}", producer.log_tail(40));
+    assert_eq!(
+        exit,
+        Some(0),
+        "VerifiableProducer exit; log:\n{}",
+        producer.log_tail(40)
+    );
     verifiable_acks(&log)
 }
 
@@ -248,28 +280,47 @@ fn each_broker_has_its_own_proxy_port() {
     let mut leaders = cluster.wait_for_leaders(topic, 6, None, Duration::from_secs(30));
     leaders.sort();
     leaders.dedup();
-    assert_eq!(leaders, vec![1, 2, 3], "partitions are not led by every broker");
+    assert_eq!(
+        leaders,
+        vec![1, 2, 3],
+        "partitions are not led by every broker"
+    );
 
     let expected: Vec<(i32, String, i32)> = cluster
         .node_ids()
         .into_iter()
         .map(|id| (id, "127.0.0.1".to_owned(), i32::from(proxy.broker_port(id))))
         .collect();
-    assert_eq!(brokers_seen_through(&proxy.bootstrap()), expected, "rewritten Metadata");
+    assert_eq!(
+        brokers_seen_through(&proxy.bootstrap()),
+        expected,
+        "rewritten Metadata"
+    );
     // Every broker port answers with the same rewritten view, so a client that bootstraps from
     // any of them stays on the proxy.
     for id in cluster.node_ids() {
         let port_bootstrap = format!("127.0.0.1:{}", proxy.broker_port(id));
-        assert_eq!(brokers_seen_through(&port_bootstrap), expected, "through node {id}'s port");
+        assert_eq!(
+            brokers_seen_through(&port_bootstrap),
+            expected,
+            "through node {id}'s port"
+        );
     }
     let v = run_client(
         "confluent",
-        &words(&format!("produce --bootstrap {} --topic {topic} --count 3000", proxy.bootstrap())),
+        &words(&format!(
+            "produce --bootstrap {} --topic {topic} --count 3000",
+            proxy.bootstrap()
+        )),
     );
     check_produced(&v, 3000).unwrap();
     for p in 0..6 {
         let (_, high) = cluster.offsets(topic, p);
-        assert!(high > 0, "partition {p} (led by {:?}) got nothing", cluster.leader(topic, p));
+        assert!(
+            high > 0,
+            "partition {p} (led by {:?}) got nothing",
+            cluster.leader(topic, p)
+        );
     }
 }
 
@@ -299,11 +350,24 @@ fn leader_kill_java_then_broker_restart() {
     let after = "failover-java-after";
     cluster.create_topic(after, 3);
     let leaders = cluster.wait_for_leaders(after, 3, None, Duration::from_secs(30));
-    assert!(leaders.contains(&victim), "restarted node {victim} leads nothing: {leaders:?}");
+    assert!(
+        leaders.contains(&victim),
+        "restarted node {victim} leads nothing: {leaders:?}"
+    );
     let b = proxy.bootstrap();
-    let p = run_client("confluent", &words(&format!("produce --bootstrap {b} --topic {after} --count 3000")));
+    let p = run_client(
+        "confluent",
+        &words(&format!(
+            "produce --bootstrap {b} --topic {after} --count 3000"
+        )),
+    );
     check_produced(&p, 3000).unwrap();
-    let c = run_client("confluent", &words(&format!("consume --bootstrap {b} --topic {after} --count 3000")));
+    let c = run_client(
+        "confluent",
+        &words(&format!(
+            "consume --bootstrap {b} --topic {after} --count 3000"
+        )),
+    );
     check_consumed(&c, 3000).unwrap();
     let port = i32::from(proxy.broker_port(victim));
     assert!(
@@ -312,7 +376,9 @@ fn leader_kill_java_then_broker_restart() {
     );
     assert!(proxy.daemon().is_running(), "the proxy exited");
     assert_eq!(proxy.pid(), proxy_pid);
-    eprintln!("FAILOVER broker restart: node {victim} back on proxy port {port}, leaders {leaders:?}");
+    eprintln!(
+        "FAILOVER broker restart: node {victim} back on proxy port {port}, leaders {leaders:?}"
+    );
 }
 
 #[test]
@@ -344,13 +410,19 @@ fn leader_kill_confluent_idempotent() {
                 let partition = f.next()?.parse().ok()?;
                 let offset = f.next()?.parse().ok()?;
                 let id = f.next()?.strip_prefix("key-")?.parse().ok()?;
-                Some(Acked { id, partition, offset })
+                Some(Acked {
+                    id,
+                    partition,
+                    offset,
+                })
             })
             .collect()
     };
-    wait_until("acknowledgements before the fault", Duration::from_secs(120), || {
-        read_acked().len() >= ACKED_BEFORE_FAULT
-    });
+    wait_until(
+        "acknowledgements before the fault",
+        Duration::from_secs(120),
+        || read_acked().len() >= ACKED_BEFORE_FAULT,
+    );
     let victim = cluster.leader(topic, 0).expect("partition 0 has a leader");
     let killed = KilledNode::kill(cluster, victim);
     let exit = producer.wait_exit(PRODUCER_DEADLINE);
@@ -368,10 +440,15 @@ fn leader_kill_confluent_idempotent() {
         .map(|r| {
             let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
             let id = key.strip_prefix("key-").and_then(|i| i.parse().ok());
-            (id.unwrap_or_else(|| panic!("unexpected key {key:?}")), r.partition, r.offset)
+            (
+                id.unwrap_or_else(|| panic!("unexpected key {key:?}")),
+                r.partition,
+                r.offset,
+            )
         })
         .collect();
-    Tally::of(&read_acked(), &stored).assert_exactly_once("confluent idempotent, leader kill", RECORDS as usize);
+    Tally::of(&read_acked(), &stored)
+        .assert_exactly_once("confluent idempotent, leader kill", RECORDS as usize);
     killed.restart();
 }
 
@@ -389,8 +466,10 @@ fn proxy_restart_mid_produce() {
         proxy.restart();
     });
     assert_ne!(proxy.pid(), old_pid);
-    Tally::of(&acked, &value_ids(&cluster.read_all(topic, false)))
-        .assert_exactly_once("java VerifiableProducer, proxy kill -9 and restart", RECORDS as usize);
+    Tally::of(&acked, &value_ids(&cluster.read_all(topic, false))).assert_exactly_once(
+        "java VerifiableProducer, proxy kill -9 and restart",
+        RECORDS as usize,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -420,7 +499,8 @@ async fn mirror_keeps_every_acknowledged_record_through_leader_kill() {
         acked
     });
     let in_kafka = value_ids(&cluster.read_all(topic, false));
-    Tally::of(&acked, &in_kafka).assert_exactly_once("mirror run, leader kill (Kafka side)", RECORDS as usize);
+    Tally::of(&acked, &in_kafka)
+        .assert_exactly_once("mirror run, leader kill (Kafka side)", RECORDS as usize);
 
     // Every acknowledged record must reach Kinesis; wait for the mirror to catch up.
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -428,7 +508,9 @@ async fn mirror_keeps_every_acknowledged_record_through_leader_kill() {
         let records = kinesis.read_all(stream).await;
         let mut copies: HashMap<u64, usize> = HashMap::new();
         for r in &records {
-            let id = String::from_utf8_lossy(&r.data).parse::<u64>().unwrap_or(u64::MAX);
+            let id = String::from_utf8_lossy(&r.data)
+                .parse::<u64>()
+                .unwrap_or(u64::MAX);
             *copies.entry(id).or_default() += 1;
         }
         let missing = acked.iter().filter(|a| !copies.contains_key(&a.id)).count();
@@ -448,5 +530,8 @@ async fn mirror_keeps_every_acknowledged_record_through_leader_kill() {
         copies.len()
     );
     assert_eq!(missing, 0, "acknowledged records never reached Kinesis");
-    assert_eq!(unexpected, 0, "Kinesis holds records Kafka never acknowledged");
+    assert_eq!(
+        unexpected, 0,
+        "Kinesis holds records Kafka never acknowledged"
+    );
 }

@@ -122,7 +122,10 @@ impl RoundTrip<'_> {
             }
         };
         if num(&p, "produced") == 0 {
-            return Err(format!("produce: nothing acknowledged: {p}{}", producer_log()));
+            return Err(format!(
+                "produce: nothing acknowledged: {p}{}",
+                producer_log()
+            ));
         }
         let c = try_run_client(
             client,
@@ -152,7 +155,10 @@ impl RoundTrip<'_> {
         let Some(k) = known_limitation(self.client, self.codec, self.produce_flags) else {
             return result;
         };
-        let shown = result.as_ref().err().is_some_and(|e| e.contains(k.client_says));
+        let shown = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains(k.client_says));
         let text = format!("client said {:?}", k.client_says);
         match (shown, result) {
             (true, Err(e)) => Ok(format!(
@@ -160,7 +166,9 @@ impl RoundTrip<'_> {
                 k.why,
                 e.lines().next().unwrap_or("")
             )),
-            (true, Ok(s)) => Ok(format!("KNOWN LIMITATION seen ({text}) but no record lost: {s}")),
+            (true, Ok(s)) => Ok(format!(
+                "KNOWN LIMITATION seen ({text}) but no record lost: {s}"
+            )),
             (false, Err(e)) => Err(format!(
                 "failed without the known symptom ({text}; {}):\n{e}",
                 k.why
@@ -215,7 +223,10 @@ fn family_matrix(client: &str) {
     };
     let result = spread.judge(&three).and_then(|s| {
         // The cell counts only if the partitions really were led by every broker.
-        let leaders = three.cluster.wait_for_leaders(&topic, 6, None, std::time::Duration::from_secs(10));
+        let leaders =
+            three
+                .cluster
+                .wait_for_leaders(&topic, 6, None, std::time::Duration::from_secs(10));
         let mut distinct = leaders.clone();
         distinct.sort();
         distinct.dedup();
@@ -274,7 +285,10 @@ fn matrix_sarama() {
 fn old_client_gets_kafkas_own_answer() {
     let cluster = KafkaCluster::shared();
     let proxy = Proxy::start(cluster);
-    for (path, bootstrap) in [("direct", cluster.bootstrap()), ("proxy", proxy.bootstrap())] {
+    for (path, bootstrap) in [
+        ("direct", cluster.bootstrap()),
+        ("proxy", proxy.bootstrap()),
+    ] {
         let topic = format!("legacy-{path}");
         cluster.create_topic(&topic, 1);
         let v = run_client(
@@ -284,24 +298,35 @@ fn old_client_gets_kafkas_own_answer() {
                  --acks all --legacy-api --timeout 5"
             )),
         );
-        assert_eq!(num(&v, "produced"), 0, "{path}: Kafka 4 accepted a v1 message set: {v}");
+        assert_eq!(
+            num(&v, "produced"),
+            0,
+            "{path}: Kafka 4 accepted a v1 message set: {v}"
+        );
         let errors = v["errors"].to_string();
         assert!(
             errors.contains("KafkaTimeoutError"),
             "{path}: expected the records to time out unacknowledged: {v}"
         );
         let (_, offsets) = cluster.offsets(&topic, 0);
-        assert_eq!(offsets, 0, "{path}: Kafka stored records of a v1 message set");
+        assert_eq!(
+            offsets, 0,
+            "{path}: Kafka stored records of a v1 message set"
+        );
     }
     let broker_log = std::fs::read_to_string(cluster.node_log(1)).unwrap();
     assert!(
-        broker_log.contains("Received request for api with key 0 (Produce) and unsupported version 2"),
+        broker_log
+            .contains("Received request for api with key 0 (Produce) and unsupported version 2"),
         "Kafka did not log the unsupported Produce v2"
     );
     // The proxy still serves a current client.
     let v = run_client(
         "confluent",
-        &words(&format!("produce --bootstrap {} --topic legacy-direct --count 10", proxy.bootstrap())),
+        &words(&format!(
+            "produce --bootstrap {} --topic legacy-direct --count 10",
+            proxy.bootstrap()
+        )),
     );
     check_produced(&v, 10).unwrap();
 }
@@ -332,7 +357,11 @@ fn consumer_group_commits() {
     };
     let first = consume(STEP_TIMEOUT);
     check_consumed(&first, LARGE_CELL_RECORDS).unwrap();
-    assert_eq!(first["assigned"], serde_json::json!([0, 1, 2]), "first pass: {first}");
+    assert_eq!(
+        first["assigned"],
+        serde_json::json!([0, 1, 2]),
+        "first pass: {first}"
+    );
     assert_eq!(
         num(&first, "committed_total"),
         LARGE_CELL_RECORDS,
@@ -341,8 +370,15 @@ fn consumer_group_commits() {
 
     // Same group again: it must resume at the committed offsets (the end) and see nothing new.
     let second = consume(8);
-    assert_eq!(num(&second, "consumed"), 0, "second pass re-read records: {second}");
-    assert_eq!(second["committed"], first["committed"], "committed offsets moved: {second}");
+    assert_eq!(
+        num(&second, "consumed"),
+        0,
+        "second pass re-read records: {second}"
+    );
+    assert_eq!(
+        second["committed"], first["committed"],
+        "committed offsets moved: {second}"
+    );
 }
 
 /// Every family's generator must stay byte-identical to records.py.
@@ -350,13 +386,20 @@ fn consumer_group_commits() {
 fn generators_match() {
     let topic = "mirror.check-T_1";
     let mut py = std::process::Command::new(python());
-    py.arg(clients_dir().join("records.py")).args([topic, "0", "3000"]);
+    py.arg(clients_dir().join("records.py"))
+        .args([topic, "0", "3000"]);
     let py = run_command(py, CLIENT_TIMEOUT);
     assert!(py.success(), "{}", py.describe());
     assert_eq!(py.stdout.lines().count(), 6000);
     for client in ["kafkajs", "java", "franz-go", "sarama"] {
-        let run = run_command(client_command(client, &["record", topic, "0", "3000"]), CLIENT_TIMEOUT);
+        let run = run_command(
+            client_command(client, &["record", topic, "0", "3000"]),
+            CLIENT_TIMEOUT,
+        );
         assert!(run.success(), "{}", run.describe());
-        assert!(py.stdout == run.stdout, "records.py and the {client} generator disagree");
+        assert!(
+            py.stdout == run.stdout,
+            "records.py and the {client} generator disagree"
+        );
     }
 }

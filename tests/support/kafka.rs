@@ -123,11 +123,8 @@ impl KafkaCluster {
     /// all `n` brokers.
     pub fn start(n: usize) -> KafkaCluster {
         remove_stale_dirs();
-        let dir = std::env::temp_dir().join(format!(
-            "kkp-kafka-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("kkp-kafka-{}-{}", std::process::id(), free_port()));
         fs::create_dir_all(&dir).expect("create cluster dir");
         let tls = make_tls_files(&dir);
         let mut nodes: Vec<Node> = (1..=n as i32)
@@ -227,7 +224,10 @@ impl KafkaCluster {
     pub fn restart(&self, id: i32) {
         {
             let mut node = lock(self.node(id));
-            assert!(node.child.is_none(), "node {id} is still running: kill it first");
+            assert!(
+                node.child.is_none(),
+                "node {id} is still running: kill it first"
+            );
             let from = fs::metadata(&node.log).map(|m| m.len()).unwrap_or(0);
             node.spawn();
             node.wait_started(from);
@@ -297,7 +297,11 @@ impl KafkaCluster {
             .set("enable.partition.eof", "true")
             .set(
                 "isolation.level",
-                if read_committed { "read_committed" } else { "read_uncommitted" },
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
             )
             .set("log_level", "3")
             .create()
@@ -321,7 +325,10 @@ impl KafkaCluster {
         consumer.assign(&assignment).expect("assign");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !remaining.is_empty() {
-            assert!(Instant::now() < deadline, "{topic}: reading back timed out, left: {remaining:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: reading back timed out, left: {remaining:?}"
+            );
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     if let Some(high) = remaining.get(&m.partition()) {
@@ -454,7 +461,10 @@ impl Node {
         // fast and is plenty for test traffic.
         cmd.args(["-Xms768m", "-Xmx768m", "-XX:+UseSerialGC"])
             .args(["-XX:+ExitOnOutOfMemoryError", "-XX:-UsePerfData"])
-            .arg(format!("-Dkafka.logs.dir={}", self.log.parent().unwrap().display()))
+            .arg(format!(
+                "-Dkafka.logs.dir={}",
+                self.log.parent().unwrap().display()
+            ))
             .arg("kafka.Kafka")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -607,9 +617,7 @@ fn format_storage(nodes: &[Node], dir: &Path) {
 }
 
 fn run_java(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -637,18 +645,38 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
     .expect("write openssl extensions");
     let steps: [Vec<&std::ffi::OsStr>; 3] = [
         [
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            "/CN=kkp-test-ca", "-keyout",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=kkp-test-ca",
+            "-keyout",
         ]
         .iter()
         .map(|s| s.as_ref())
-        .chain([tls.ca_key.as_os_str(), "-out".as_ref(), tls.ca_cert.as_os_str()])
+        .chain([
+            tls.ca_key.as_os_str(),
+            "-out".as_ref(),
+            tls.ca_cert.as_os_str(),
+        ])
         .collect(),
-        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout"]
-            .iter()
-            .map(|s| s.as_ref())
-            .chain([tls.server_key.as_os_str(), "-out".as_ref(), csr.as_os_str()])
-            .collect(),
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.as_ref())
+        .chain([tls.server_key.as_os_str(), "-out".as_ref(), csr.as_os_str()])
+        .collect(),
         ["x509", "-req", "-days", "1", "-set_serial", "2", "-in"]
             .iter()
             .map(|s| s.as_ref())

@@ -303,7 +303,11 @@ impl Proxy {
 
     /// Proxy in front of `cluster` with `extra_toml` appended to the config.
     pub fn start_with(cluster: &KafkaCluster, extra_toml: &str) -> Proxy {
-        Proxy::start_upstream(&cluster.addresses(Listener::Plaintext), &cluster.node_ids(), extra_toml)
+        Proxy::start_upstream(
+            &cluster.addresses(Listener::Plaintext),
+            &cluster.node_ids(),
+            extra_toml,
+        )
     }
 
     /// Proxy in front of the brokers `node_ids` reached through `upstream` (which may be a
@@ -503,14 +507,19 @@ pub fn java_command(extra_classpath: Option<&Path>) -> Command {
         classpath.push(extra);
     }
     let mut cmd = Command::new("java");
-    cmd.args(["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
-        .arg("-Djava.awt.headless=true")
-        .arg(format!(
-            "-Dlog4j2.configurationFile={}",
-            kafka_home().join("config/log4j2.yaml").display()
-        ))
-        .arg("-cp")
-        .arg(classpath);
+    cmd.args([
+        "-Xms64m",
+        "-Xmx512m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+    ])
+    .arg("-Djava.awt.headless=true")
+    .arg(format!(
+        "-Dlog4j2.configurationFile={}",
+        kafka_home().join("config/log4j2.yaml").display()
+    ))
+    .arg("-cp")
+    .arg(classpath);
     cmd
 }
 
@@ -531,7 +540,10 @@ pub fn client_command(client: &str, args: &[&str]) -> Command {
                 .env("NODE_PATH", node_modules());
         }
         "java" => {
-            let classes = require(tools_dir().join("java-client/classes"), "the Java test client");
+            let classes = require(
+                tools_dir().join("java-client/classes"),
+                "the Java test client",
+            );
             cmd = java_command(Some(&classes));
             cmd.arg("KkpClient");
         }
