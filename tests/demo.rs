@@ -12,12 +12,14 @@ use support::{free_port, run_command};
 #[test]
 fn demo_ramps_from_10_to_50_percent_with_full_success() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let broker_base = free_port() - 111;
+    // Kafka's node id is 1: the proxy serves it on broker_port_base + 1, a free port.
+    let broker_base = free_port() - 1;
     let mut demo = Command::new(repo.join("scripts/demo.sh"));
     demo.args(["--duration", "60"])
         .current_dir(repo)
         .env("KKP_PROXY_BIN", env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
         .env("KKP_DEMO_KAFKA_PORT", free_port().to_string())
+        .env("KKP_DEMO_CONTROLLER_PORT", free_port().to_string())
         .env("KKP_DEMO_KINESIS_PORT", free_port().to_string())
         .env("KKP_DEMO_BOOTSTRAP_PORT", free_port().to_string())
         .env("KKP_DEMO_BROKER_PORT_BASE", broker_base.to_string())
