@@ -22,7 +22,7 @@ use kafka_kinesis_proxy::ops::logging::{self, LogFormat};
 use kafka_kinesis_proxy::ops::metrics::Metrics;
 use kafka_kinesis_proxy::ops::reload::Reloader;
 use kafka_kinesis_proxy::ops::status;
-use kafka_kinesis_proxy::proxy::Proxy;
+use kafka_kinesis_proxy::proxy::{check_tls_files, Proxy};
 
 #[derive(Parser)]
 #[command(
@@ -117,7 +117,14 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path } => with_config(&path, |config| {
+            // The files behind the TLS keys change without the config changing, so they are
+            // checked here as the proxy would load them.
+            let certificates =
+                check_tls_files(config.listener.tls.as_ref(), config.kafka.tls.as_ref())?;
             println!("{}: ok\n{config}", path.display());
+            for (key, summary) in certificates {
+                println!("{key}: {summary}");
+            }
             Ok(())
         }),
         Command::Run { config: path } => {
@@ -196,7 +203,7 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let admin_bind = config.admin.bind;
     tokio::spawn(Reloader::new(path, config.clone(), mirror.clone(), metrics.clone()).run());
     let grace = config.shutdown_grace;
-    let proxy = Proxy::new(config, mirror.clone(), metrics.clone(), inventory.clone());
+    let proxy = Proxy::new(config, mirror.clone(), metrics.clone(), inventory.clone())?;
     let admin = admin::bind(
         admin_bind,
         AdminState {

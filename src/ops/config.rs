@@ -16,6 +16,10 @@ use toml::Spanned;
 
 use crate::mirror::partition_key::PartitionKeyRule;
 
+mod tls;
+
+pub use tls::{ClientCertificate, KafkaTlsConfig, ListenerTlsConfig, DEFAULT_HANDSHAKE_TIMEOUT};
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -112,12 +116,16 @@ pub struct ListenerConfig {
     pub max_frame_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// `None`: clients speak plain TCP.
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaConfig {
     pub bootstrap_servers: Vec<String>,
     pub connect_timeout: Duration,
+    /// `None`: the proxy connects to brokers in plain TCP.
+    pub tls: Option<KafkaTlsConfig>,
 }
 
 /// How upstream broker node ids map to proxy ports: an explicit entry wins, otherwise
@@ -333,6 +341,7 @@ struct RawListener {
     max_frame_bytes: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
+    tls: Option<tls::RawListenerTls>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +349,7 @@ struct RawListener {
 struct RawKafka {
     bootstrap_servers: Spanned<Vec<Spanned<String>>>,
     connect_timeout_ms: Option<Spanned<u64>>,
+    tls: Option<tls::RawKafkaTls>,
 }
 
 impl RawConfig {
@@ -677,6 +687,7 @@ fn validate_listener(raw: RawListener, section: Range<usize>) -> Result<Listener
         max_frame_bytes,
         idle_timeout: Duration::from_secs(idle_timeout_secs),
         max_connections: max_connections as usize,
+        tls: raw.tls.map(tls::validate_listener_tls).transpose()?,
     })
 }
 
@@ -711,6 +722,7 @@ fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
     Ok(KafkaConfig {
         bootstrap_servers,
         connect_timeout: Duration::from_millis(connect_timeout_ms),
+        tls: raw.tls.map(tls::validate_kafka_tls).transpose()?,
     })
 }
 
@@ -747,6 +759,23 @@ impl fmt::Display for Config {
         writeln!(f, "  max_frame_bytes   {}", l.max_frame_bytes)?;
         writeln!(f, "  idle_timeout      {}s", l.idle_timeout.as_secs())?;
         writeln!(f, "  max_connections   {}", l.max_connections)?;
+        if let Some(tls) = &l.tls {
+            writeln!(f, "  tls cert          {}", tls.cert.display())?;
+            writeln!(f, "  tls key           {}", tls.key.display())?;
+            match &tls.client_ca {
+                Some(ca) => writeln!(
+                    f,
+                    "  tls client_ca     {} (client certificates required)",
+                    ca.display()
+                )?,
+                None => writeln!(f, "  tls client_ca     (none: no client certificates)")?,
+            }
+            writeln!(
+                f,
+                "  tls handshake     {}ms",
+                tls.handshake_timeout.as_millis()
+            )?;
+        }
         writeln!(f, "kafka")?;
         writeln!(
             f,
@@ -758,6 +787,23 @@ impl fmt::Display for Config {
             "  connect_timeout   {}ms",
             self.kafka.connect_timeout.as_millis()
         )?;
+        if let Some(tls) = &self.kafka.tls {
+            let ca = tls
+                .ca
+                .as_ref()
+                .map_or("(system roots)".into(), |ca| ca.display().to_string());
+            writeln!(f, "  tls ca            {ca}")?;
+            if let Some(client) = &tls.client_certificate {
+                writeln!(f, "  tls cert          {}", client.cert.display())?;
+                writeln!(f, "  tls key           {}", client.key.display())?;
+            }
+            let name = match (&tls.server_name, tls.verify_hostname) {
+                (_, false) => "NOT VERIFIED (verify_hostname = false)",
+                (Some(name), true) => name.as_str(),
+                (None, true) => "each broker's advertised host",
+            };
+            writeln!(f, "  tls hostname      {name}")?;
+        }
         writeln!(f, "admin")?;
         writeln!(f, "  bind              {}", self.admin.bind)?;
         let k = &self.kinesis;

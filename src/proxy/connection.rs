@@ -17,11 +17,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use super::tls::{Stream, StreamReader, StreamWriter};
 use super::Proxy;
 use crate::kafka::frame::{FrameCodec, FrameError};
 use crate::kafka::header::{response_correlation_id, HeaderError, RequestHeader};
@@ -156,7 +155,7 @@ impl Connection {
     }
 
     /// Serves the connection until either side closes it, then closes the other side.
-    pub async fn run(self, client: TcpStream, upstream: TcpStream) {
+    pub async fn run(self, client: Stream, upstream: Stream) {
         let (client_rd, client_wr) = client.into_split();
         let (upstream_rd, upstream_wr) = upstream.into_split();
         let (tx, rx) = mpsc::channel(MAX_PIPELINED);
@@ -192,8 +191,8 @@ impl Connection {
 
     async fn forward_requests(
         &self,
-        client_rd: OwnedReadHalf,
-        mut upstream_wr: OwnedWriteHalf,
+        client_rd: StreamReader,
+        mut upstream_wr: StreamWriter,
         pending: mpsc::Sender<Pending>,
     ) -> Result<Closed, ConnectionError> {
         let mut frames = FramedRead::new(
@@ -358,8 +357,8 @@ impl Connection {
 
     async fn forward_responses(
         &self,
-        upstream_rd: OwnedReadHalf,
-        mut client_wr: OwnedWriteHalf,
+        upstream_rd: StreamReader,
+        mut client_wr: StreamWriter,
         mut pending: mpsc::Receiver<Pending>,
     ) -> Result<Closed, ConnectionError> {
         let mut frames = FramedRead::new(upstream_rd, FrameCodec::new(MAX_RESPONSE_BYTES));

@@ -11,10 +11,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
+use super::tls::{StreamReader, StreamWriter};
 use super::Proxy;
 use crate::kafka::frame::{seal, FrameCodec, SIZE_PREFIX};
 use crate::kafka::message::Response;
@@ -43,12 +42,7 @@ pub async fn discover_brokers(proxy: Arc<Proxy>) {
 }
 
 async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> anyhow::Result<usize> {
-    let stream = tokio::time::timeout(
-        proxy.config.kafka.connect_timeout,
-        TcpStream::connect(server),
-    )
-    .await??;
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = proxy.connect_to(server).await?.into_split();
     let mut conn = Exchange {
         frames: FramedRead::new(rd, FrameCodec::new(64 * 1024 * 1024)),
         wr,
@@ -93,8 +87,8 @@ async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> anyhow::Result<us
 
 /// A minimal request/response client for the proxy's own requests.
 struct Exchange {
-    frames: FramedRead<OwnedReadHalf, FrameCodec>,
-    wr: OwnedWriteHalf,
+    frames: FramedRead<StreamReader, FrameCodec>,
+    wr: StreamWriter,
 }
 
 impl Exchange {

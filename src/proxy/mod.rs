@@ -8,6 +8,7 @@
 mod brokers;
 mod connection;
 mod discovery;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ use tokio::sync::Semaphore;
 
 use brokers::BrokerDirectory;
 use connection::Connection;
+pub use tls::{check_tls_files, CertificateSummary, TlsError};
+use tls::{ClientTls, Stream, UpstreamTls};
 
 use crate::mirror::Mirror;
 use crate::ops::config::Config;
@@ -36,6 +39,8 @@ pub enum ProxyError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Which upstream a listener's connections go to.
@@ -61,6 +66,10 @@ pub struct Proxy {
     connection_slots: Arc<Semaphore>,
     /// Spreads bootstrap connections over the configured servers.
     next_bootstrap: AtomicUsize,
+    /// `None`: clients connect in plain TCP.
+    client_tls: Option<ClientTls>,
+    /// `None`: brokers are reached in plain TCP.
+    upstream_tls: Option<UpstreamTls>,
 }
 
 impl Proxy {
@@ -69,14 +78,24 @@ impl Proxy {
         mirror: Mirror,
         metrics: Arc<Metrics>,
         inventory: Arc<Inventory>,
-    ) -> Arc<Proxy> {
+    ) -> Result<Arc<Proxy>, ProxyError> {
         let listener = &config.listener;
+        // Bad TLS files stop the start, rather than failing every client later.
+        let client_tls = listener.tls.as_ref().map(ClientTls::new).transpose()?;
+        let upstream_tls = config
+            .kafka
+            .tls
+            .as_ref()
+            .map(UpstreamTls::new)
+            .transpose()?;
         let directory = BrokerDirectory::new(
             listener.broker_ports.clone(),
             listener.bootstrap_port,
             &listener.advertised_host,
         );
-        Arc::new(Proxy {
+        Ok(Arc::new(Proxy {
+            client_tls,
+            upstream_tls,
             connection_slots: Arc::new(Semaphore::new(listener.max_connections)),
             directory,
             broker_listeners: Mutex::new(HashMap::new()),
@@ -87,7 +106,7 @@ impl Proxy {
             inventory,
             kafka_problem: Mutex::new(Some("not checked yet".to_owned())),
             stopping: tokio_util::sync::CancellationToken::new(),
-        })
+        }))
     }
 
     /// Opens the bootstrap listener, learns the cluster's brokers in the background, and serves
@@ -214,6 +233,16 @@ impl Proxy {
         upstream: Upstream,
     ) {
         let _ = client.set_nodelay(true);
+        let client = match &self.client_tls {
+            None => Stream::Plain(client),
+            Some(tls) => match tls.accept(client).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%peer, ?upstream, error = %e, "client refused: TLS handshake");
+                    return;
+                }
+            },
+        };
         let upstream_conn = match self.connect_upstream(upstream).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -225,7 +254,7 @@ impl Proxy {
         Connection::new(self, peer).run(client, upstream_conn).await;
     }
 
-    async fn connect_upstream(&self, upstream: Upstream) -> std::io::Result<TcpStream> {
+    async fn connect_upstream(&self, upstream: Upstream) -> std::io::Result<Stream> {
         let candidates = match upstream {
             Upstream::Broker(node_id) => {
                 vec![self.directory.upstream(node_id).ok_or_else(|| {
@@ -245,28 +274,33 @@ impl Proxy {
         };
         let mut last_error = None;
         for address in candidates {
-            match tokio::time::timeout(
-                self.config.kafka.connect_timeout,
-                TcpStream::connect(&address),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
-                Ok(Err(e)) => {
-                    last_error = Some(std::io::Error::new(e.kind(), format!("{address}: {e}")))
-                }
-                Err(_) => {
-                    last_error = Some(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("{address}: connect timed out"),
-                    ))
-                }
+            match self.connect_to(&address).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.expect("at least one upstream candidate"))
+    }
+
+    /// A connection to the broker at `address` (`HOST:PORT`), over TLS when `[kafka.tls]` is
+    /// set. Errors name the address.
+    async fn connect_to(&self, address: &str) -> std::io::Result<Stream> {
+        let timeout = self.config.kafka.connect_timeout;
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(std::io::Error::new(e.kind(), format!("{address}: {e}"))),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{address}: connect timed out"),
+                ))
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        match &self.upstream_tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => tls.connect(tcp, address, timeout).await,
+        }
     }
 }
 
