@@ -150,8 +150,9 @@ impl StreamWriter {
         StreamWriter { tx, control, state }
     }
 
-    /// Delivers what can be delivered before `deadline`, spools the rest, and returns when the
-    /// writer has stopped (in-flight requests included, each bounded by `request_timeout_ms`).
+    /// Delivers what can be delivered before `deadline`, spools the rest (records still in the
+    /// input included), and returns when the writer has stopped (in-flight requests included,
+    /// each bounded by `request_timeout_ms`).
     pub async fn shut_down(&self, deadline: Instant) {
         let (done, finished) = tokio::sync::oneshot::channel();
         if self.control.send(Shutdown { deadline, done }).await.is_ok() {
@@ -266,6 +267,10 @@ impl WriterTask {
                 _ = refresh_now.notified() => self.refresh_map().await,
                 Some(shutdown) = control.recv(), if self.closing.is_none() => {
                     tracing::info!(stream = %self.state.stream, "flushing the mirror before shutdown");
+                    // Records already in the input were handed over before the shutdown and
+                    // are owed an outcome like any other: closing the input lets the loop
+                    // drain them into the queues (the branch above), and only then settle.
+                    rx.close();
                     self.closing = Some(shutdown);
                 }
             }
@@ -276,7 +281,7 @@ impl WriterTask {
             self.dispatch(!input_open || closing.is_some());
             let settled =
                 self.lanes.is_idle() && self.requests_in_flight == 0 && self.held.is_empty();
-            if settled && (!input_open || closing.is_some()) {
+            if settled && !input_open {
                 break;
             }
         }
@@ -1047,13 +1052,5 @@ fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::runs;
-
-    #[test]
-    fn runs_count_adjacent_equal_labels() {
-        let labels = ["a", "a", "b", "a", "a", "a"];
-        assert_eq!(runs(labels.into_iter()), vec![("a", 2), ("b", 1), ("a", 3)]);
-        assert!(runs(std::iter::empty()).is_empty());
-    }
-}
+#[path = "writer_tests.rs"]
+mod tests;
