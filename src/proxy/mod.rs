@@ -237,6 +237,10 @@ impl Proxy {
             None => Stream::Plain(client),
             Some(tls) => match tls.accept(client).await {
                 Ok(stream) => stream,
+                Err(e) if e.is_hang_up() => {
+                    tracing::debug!(%peer, ?upstream, error = %e, "client left during the TLS handshake");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(%peer, ?upstream, error = %e, "client refused: TLS handshake");
                     return;

@@ -177,6 +177,14 @@ pub(crate) enum HandshakeError {
     Failed(io::Error),
 }
 
+impl HandshakeError {
+    /// The client left before finishing, as TCP health checks and port scanners do: not
+    /// worth a warning.
+    pub(crate) fn is_hang_up(&self) -> bool {
+        matches!(self, HandshakeError::Failed(e) if e.kind() == io::ErrorKind::UnexpectedEof)
+    }
+}
+
 impl ClientTls {
     pub(crate) fn new(tls: &ListenerTlsConfig) -> Result<ClientTls, TlsError> {
         let provider = provider();

@@ -156,7 +156,7 @@ pub struct CertificateSummary {
     pub subject: String,
     /// Hex, as `openssl x509 -serial` prints it.
     pub serial: String,
-    /// RFC 2822 in UTC.
+    /// `YYYY-MM-DD HH:MM:SS UTC`.
     pub not_after: String,
     pub expired: bool,
 }
@@ -165,16 +165,22 @@ impl CertificateSummary {
     pub(crate) fn of(cert: &CertificateDer<'_>) -> Result<CertificateSummary, String> {
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
             .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-        let not_after = parsed.validity().not_after;
+        let end = parsed.validity().not_after.to_datetime();
         Ok(CertificateSummary {
             subject: parsed.subject().to_string(),
             serial: parsed
                 .raw_serial_as_string()
                 .replace(':', "")
                 .to_uppercase(),
-            not_after: not_after
-                .to_rfc2822()
-                .unwrap_or_else(|_| not_after.to_string()),
+            not_after: format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                end.year(),
+                u8::from(end.month()),
+                end.day(),
+                end.hour(),
+                end.minute(),
+                end.second()
+            ),
             expired: !parsed.validity().is_valid(),
         })
     }
