@@ -136,6 +136,21 @@ pub struct Connection {
     acks0_sent: Mutex<std::collections::VecDeque<i32>>,
 }
 
+/// Writes a response to the client unless a write already failed. A failure does not end the
+/// response side: the broker's remaining answers must still be read and Produce exchanges
+/// handed to the mirror, so the failure is kept and becomes the connection's outcome.
+async fn answer_client(
+    client_wr: &mut StreamWriter,
+    client_gone: &mut Option<std::io::Error>,
+    response: &[u8],
+) {
+    if client_gone.is_none() {
+        if let Err(e) = client_wr.write_all(response).await {
+            *client_gone = Some(e);
+        }
+    }
+}
+
 fn api_name(api_key: i16) -> String {
     match ApiKey::try_from(api_key) {
         Ok(key) => format!("{key:?}"),
@@ -164,15 +179,20 @@ impl Connection {
         tokio::pin!(requests, responses);
         let outcome = tokio::select! {
             r = &mut requests => match r {
-                // The client is done sending and upstream got a FIN after its last request.
-                // Let the broker finish: closing with its answers unread would reset the
-                // connection and could discard requests it has not processed yet.
-                Ok(Closed::ByClient) => match tokio::time::timeout(DRAIN_TIMEOUT, &mut responses).await {
+                // Nothing in flight, so nothing to wait for.
+                Ok(Closed::Idle) => Ok(Closed::Idle),
+                // However the request side ended (the client closed, reset the connection or
+                // sent garbage), upstream's write half is closed after the last request. Let
+                // the broker finish: Kafka's verdict on a Produce decides what is mirrored,
+                // whether or not the client is there to hear it, and closing with its answers
+                // unread would reset the connection and could discard requests it has not
+                // processed yet.
+                ended => match (ended, tokio::time::timeout(DRAIN_TIMEOUT, &mut responses).await) {
+                    (Err(e), _) => Err(e),
                     // A client that left cannot take its answers; that is not an error.
-                    Ok(Err(ConnectionError::ClientWrite(_))) | Ok(Ok(_)) | Err(_) => Ok(Closed::ByClient),
-                    Ok(Err(e)) => Err(e),
+                    (Ok(how), Ok(Ok(_)) | Ok(Err(ConnectionError::ClientWrite(_))) | Err(_)) => Ok(how),
+                    (Ok(_), Ok(Err(e))) => Err(e),
                 },
-                other => other,
             },
             r = &mut responses => r,
         };
@@ -362,6 +382,8 @@ impl Connection {
         mut pending: mpsc::Receiver<Pending>,
     ) -> Result<Closed, ConnectionError> {
         let mut frames = FramedRead::new(upstream_rd, FrameCodec::new(MAX_RESPONSE_BYTES));
+        // Set once a write to the client fails; the broker's answers are still read.
+        let mut client_gone = None;
         loop {
             // `biased`: a request's entry is queued before the request is written upstream, so
             // when a response is readable its entry is already in the queue.
@@ -373,7 +395,10 @@ impl Connection {
                     // to acks=0 requests from brokers that send them) until it closes.
                     None => {
                         while let Some(Ok(_)) = frames.next().await {}
-                        return Ok(Closed::ByClient);
+                        return match client_gone {
+                            Some(e) => Err(ConnectionError::ClientWrite(e)),
+                            None => Ok(Closed::ByClient),
+                        };
                     }
                 },
                 frame = frames.next() => return match frame {
@@ -393,10 +418,7 @@ impl Connection {
             } = entry;
             let timers = self.proxy.metrics.api_timers(api_key);
             if let Handling::Local(response) = handling {
-                client_wr
-                    .write_all(&response)
-                    .await
-                    .map_err(ConnectionError::ClientWrite)?;
+                answer_client(&mut client_wr, &mut client_gone, &response).await;
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
@@ -422,18 +444,25 @@ impl Connection {
                     version: api_version,
                 });
             }
-            let rewritten = self.rewrite(&handling, &frame, api_key, api_version)?;
-            client_wr
-                .write_all(rewritten.as_ref().unwrap_or(&frame))
-                .await
-                .map_err(ConnectionError::ClientWrite)?;
+            let rewritten = self.rewrite(&handling, &frame, api_key, api_version);
+            if let Ok(rewritten) = &rewritten {
+                answer_client(
+                    &mut client_wr,
+                    &mut client_gone,
+                    rewritten.as_ref().unwrap_or(&frame),
+                )
+                .await;
+            }
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             timers.request.observe(received.elapsed().as_secs_f64());
-            // Only now, with the client answered, does the mirror see the exchange.
+            // Only now, with the client answered, does the mirror see the exchange; and it
+            // sees it even when the client could not be answered, because Kafka has stored
+            // (or rejected) the records either way.
             if let Handling::Produce { mut exchange } = handling {
                 exchange.response_frame = Some(frame);
                 self.proxy.mirror.hand_over(exchange).await;
             }
+            rewritten?;
         }
     }
 
