@@ -291,6 +291,40 @@ fn mtls_refuses_clients_without_a_certificate() {
 }
 
 #[test]
+fn client_that_never_finishes_its_handshake_is_disconnected() {
+    use std::io::Read;
+    let cluster = KafkaCluster::shared();
+    let tls = cluster.tls();
+    let mut proxy = Proxy::start_with(
+        cluster,
+        &format!(
+            "{}handshake_timeout_ms = 300\n",
+            listener_tls(&tls.server_cert, &tls.server_key, None)
+        ),
+    );
+    let mut silent = std::net::TcpStream::connect(proxy.bootstrap()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let read = silent.read(&mut [0; 16]);
+    assert!(
+        matches!(read, Ok(0)),
+        "expected the proxy to close the connection, got {read:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    wait_for_log(
+        &mut proxy,
+        "TLS handshake did not finish within 300ms",
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
 fn rotated_certificate_reaches_new_connections_while_a_producer_runs() {
     let cluster = KafkaCluster::shared();
     let tls = cluster.tls();
