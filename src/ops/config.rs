@@ -760,21 +760,7 @@ impl fmt::Display for Config {
         writeln!(f, "  idle_timeout      {}s", l.idle_timeout.as_secs())?;
         writeln!(f, "  max_connections   {}", l.max_connections)?;
         if let Some(tls) = &l.tls {
-            writeln!(f, "  tls cert          {}", tls.cert.display())?;
-            writeln!(f, "  tls key           {}", tls.key.display())?;
-            match &tls.client_ca {
-                Some(ca) => writeln!(
-                    f,
-                    "  tls client_ca     {} (client certificates required)",
-                    ca.display()
-                )?,
-                None => writeln!(f, "  tls client_ca     (none: no client certificates)")?,
-            }
-            writeln!(
-                f,
-                "  tls handshake     {}ms",
-                tls.handshake_timeout.as_millis()
-            )?;
+            write!(f, "{tls}")?;
         }
         writeln!(f, "kafka")?;
         writeln!(
@@ -788,21 +774,7 @@ impl fmt::Display for Config {
             self.kafka.connect_timeout.as_millis()
         )?;
         if let Some(tls) = &self.kafka.tls {
-            let ca = tls
-                .ca
-                .as_ref()
-                .map_or("(system roots)".into(), |ca| ca.display().to_string());
-            writeln!(f, "  tls ca            {ca}")?;
-            if let Some(client) = &tls.client_certificate {
-                writeln!(f, "  tls cert          {}", client.cert.display())?;
-                writeln!(f, "  tls key           {}", client.key.display())?;
-            }
-            let name = match (&tls.server_name, tls.verify_hostname) {
-                (_, false) => "NOT VERIFIED (verify_hostname = false)",
-                (Some(name), true) => name.as_str(),
-                (None, true) => "each broker's advertised host",
-            };
-            writeln!(f, "  tls hostname      {name}")?;
+            write!(f, "{tls}")?;
         }
         writeln!(f, "admin")?;
         writeln!(f, "  bind              {}", self.admin.bind)?;

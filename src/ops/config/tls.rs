@@ -5,6 +5,7 @@
 //! (`proxy::tls`), at startup and by `check-config`, because the files change while the proxy
 //! runs and the config does not.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -124,6 +125,47 @@ pub(super) fn validate_kafka_tls(raw: RawKafkaTls) -> Result<KafkaTlsConfig, Inv
         server_name,
         verify_hostname: raw.verify_hostname.unwrap_or(true),
     })
+}
+
+/// `check-config`'s lines for `[listener.tls]`.
+impl fmt::Display for ListenerTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "  tls cert          {}", self.cert.display())?;
+        writeln!(f, "  tls key           {}", self.key.display())?;
+        match &self.client_ca {
+            Some(ca) => writeln!(
+                f,
+                "  tls client_ca     {} (client certificates required)",
+                ca.display()
+            )?,
+            None => writeln!(f, "  tls client_ca     (none: no client certificates)")?,
+        }
+        writeln!(
+            f,
+            "  tls handshake     {}ms",
+            self.handshake_timeout.as_millis()
+        )
+    }
+}
+
+/// `check-config`'s lines for `[kafka.tls]`.
+impl fmt::Display for KafkaTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.ca {
+            Some(ca) => writeln!(f, "  tls ca            {}", ca.display())?,
+            None => writeln!(f, "  tls ca            (system roots)")?,
+        }
+        if let Some(client) = &self.client_certificate {
+            writeln!(f, "  tls cert          {}", client.cert.display())?;
+            writeln!(f, "  tls key           {}", client.key.display())?;
+        }
+        let name = match (&self.server_name, self.verify_hostname) {
+            (_, false) => "NOT VERIFIED (verify_hostname = false)",
+            (Some(name), true) => name.as_str(),
+            (None, true) => "each broker's advertised host",
+        };
+        writeln!(f, "  tls hostname      {name}")
+    }
 }
 
 fn path(value: Spanned<String>, key: &str) -> Result<PathBuf, Invalid> {
