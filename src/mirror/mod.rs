@@ -28,7 +28,7 @@ use crate::ops::config::{MirrorRoute, WhenFull};
 use crate::ops::inventory::{ClientKey, Inventory};
 use crate::ops::metrics::{Metrics, MirrorResult};
 use partition_key::{kinesis_key, PartitionKeyRule};
-use sampling::{is_sampled, sample_point};
+use sampling::{is_sampled, record_sample_point};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -418,7 +418,7 @@ impl Stage {
                 record.index as i64
             };
             if !is_sampled(
-                sample_point(record.key.as_deref(), partition, offset),
+                record_sample_point(&route.partition_key, record, partition),
                 route.percent,
             ) {
                 skipped += 1;

@@ -65,6 +65,25 @@ impl KinesisKey {
     }
 }
 
+/// The bytes `record`'s partition key is made from under `rule`: the header's or the Kafka
+/// key's, whichever the rule picks, if not null or empty; `None` when the partition rule
+/// applies.
+pub fn routing_key_bytes<'r>(rule: &PartitionKeyRule, record: &'r Record) -> Option<&'r [u8]> {
+    let non_empty = |bytes: &'r [u8]| (!bytes.is_empty()).then_some(bytes);
+    let kafka_key = || record.key.as_deref().and_then(non_empty);
+    match rule {
+        PartitionKeyRule::Partition => None,
+        PartitionKeyRule::Key => kafka_key(),
+        PartitionKeyRule::Header(name) => record
+            .headers
+            .iter()
+            .find(|(h, _)| h == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(non_empty)
+            .or_else(kafka_key),
+    }
+}
+
 /// The Kinesis key of `record`, produced to `partition`, for a stream with `open_shards` shards.
 pub fn kinesis_key(
     rule: &PartitionKeyRule,
@@ -72,22 +91,10 @@ pub fn kinesis_key(
     partition: i32,
     open_shards: usize,
 ) -> KinesisKey {
-    let from_bytes = |bytes: &[u8]| (!bytes.is_empty()).then(|| key_from_bytes(bytes));
-    let chosen = match rule {
-        PartitionKeyRule::Partition => None,
-        PartitionKeyRule::Key => record.key.as_deref().and_then(from_bytes),
-        PartitionKeyRule::Header(name) => record
-            .headers
-            .iter()
-            .find(|(h, _)| h == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(from_bytes)
-            .or_else(|| record.key.as_deref().and_then(from_bytes)),
-    };
-    chosen.map_or_else(
+    routing_key_bytes(rule, record).map_or_else(
         || partition_key_for(partition, open_shards),
-        |partition_key| KinesisKey {
-            partition_key,
+        |bytes| KinesisKey {
+            partition_key: key_from_bytes(bytes),
             explicit_hash_key: None,
         },
     )

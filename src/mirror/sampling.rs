@@ -1,27 +1,50 @@
 //! Key-consistent sampling.
 //!
-//! Whether a record is mirrored depends only on a hash of its Kafka key and the percentage, so
-//! at a given percentage a key is always in or always out, and raising the percentage only adds
-//! keys. The hash is xxh3, deliberately not MD5: sampling "MD5 below a threshold" would put a
-//! 25% sample entirely on the first quarter of the shards.
+//! Whether a record is mirrored depends only on a hash of the key it is routed by and the
+//! percentage, so at a given percentage a key is always in or always out, and raising the
+//! percentage only adds keys. The hash is xxh3, deliberately not MD5: sampling "MD5 below a
+//! threshold" would put a 25% sample entirely on the first quarter of the shards.
+//!
+//! Records without a key (null or empty) are sampled by a hash of their partition and value:
+//! both are in Kafka, so anyone reading the topic can recompute which records were mirrored.
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+
+use super::partition_key::{routing_key_bytes, PartitionKeyRule};
+use crate::kafka::records::Record;
 
 /// Fixed so that the same keys are in or out across restarts and proxy instances.
 const SEED: u64 = 0x6b6b_705f_7361_6d70; // "kkp_samp"
 
-/// A record's position in the sampling space `0..2^64`.
-pub fn sample_point(key: Option<&[u8]>, partition: i32, offset: i64) -> u64 {
-    match key {
+/// A position in the sampling space `0..2^64`: xxh3-64 of a non-empty `key`; for a null or
+/// empty key, xxh3-64 of the partition number (4 bytes, big-endian) followed by the value's
+/// bytes (none for a null value).
+pub fn sample_point(key: Option<&[u8]>, partition: i32, value: Option<&[u8]>) -> u64 {
+    match key.filter(|k| !k.is_empty()) {
         Some(key) => xxh3_64_with_seed(key, SEED),
-        // Null keys have no identity to keep consistent; spread them by position instead.
+        // No identity to keep consistent. The position within the request would do as a
+        // spreader, but not for producers that send one record per request (all at position
+        // 0), and nobody can recompute it afterwards; the value can be.
         None => {
-            let mut position = [0u8; 12];
-            position[..4].copy_from_slice(&partition.to_be_bytes());
-            position[4..].copy_from_slice(&offset.to_be_bytes());
-            xxh3_64_with_seed(&position, SEED)
+            let mut hasher = Xxh3::with_seed(SEED);
+            hasher.update(&partition.to_be_bytes());
+            hasher.update(value.unwrap_or_default());
+            hasher.digest()
         }
     }
+}
+
+/// Where `record`, produced to `partition` of a topic routed with `rule`, falls in the
+/// sampling space: by the key it is routed by (a `header:NAME` route samples by the header,
+/// so one Kinesis key's records are all in or all out). The `partition` rule samples by the
+/// Kafka key instead: sampling by partition would turn a percentage into a choice of
+/// partitions.
+pub fn record_sample_point(rule: &PartitionKeyRule, record: &Record, partition: i32) -> u64 {
+    let key = match rule {
+        PartitionKeyRule::Partition => routing_key_bytes(&PartitionKeyRule::Key, record),
+        rule => routing_key_bytes(rule, record),
+    };
+    sample_point(key, partition, record.value.as_deref())
 }
 
 /// Whether a record at `point` is mirrored at `percent` (0..=100).
@@ -34,6 +57,7 @@ pub fn is_sampled(point: u64, percent: f64) -> bool {
 mod tests {
     use super::*;
     use crate::kinesis::shard_map::hash_key;
+    use bytes::Bytes;
 
     fn keys(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("key-{i:06}")).collect()
@@ -42,7 +66,7 @@ mod tests {
     #[test]
     fn edges_are_none_and_all() {
         for k in keys(1000) {
-            let p = sample_point(Some(k.as_bytes()), 0, 0);
+            let p = sample_point(Some(k.as_bytes()), 0, None);
             assert!(!is_sampled(p, 0.0));
             assert!(is_sampled(p, 100.0));
         }
@@ -54,7 +78,7 @@ mod tests {
         let keys = keys(20_000);
         let set = |pct: f64| -> Vec<bool> {
             keys.iter()
-                .map(|k| is_sampled(sample_point(Some(k.as_bytes()), 0, 0), pct))
+                .map(|k| is_sampled(sample_point(Some(k.as_bytes()), 0, None), pct))
                 .collect()
         };
         let (s25, s60) = (set(25.0), set(60.0));
@@ -72,7 +96,7 @@ mod tests {
         // With 4 even shards, a 25% sample must still land on every shard roughly evenly.
         let mut per_quarter = [0usize; 4];
         for k in keys(20_000) {
-            if is_sampled(sample_point(Some(k.as_bytes()), 0, 0), 25.0) {
+            if is_sampled(sample_point(Some(k.as_bytes()), 0, None), 25.0) {
                 per_quarter[(hash_key(&k) >> 126) as usize] += 1;
             }
         }
@@ -83,13 +107,89 @@ mod tests {
         }
     }
 
+    fn record(index: usize, key: Option<&[u8]>, value: &[u8], tenant: Option<&str>) -> Record {
+        Record {
+            index,
+            offset: index as i64,
+            timestamp: 0,
+            key: key.map(Bytes::copy_from_slice),
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: tenant
+                .map(|t| {
+                    vec![(
+                        "tenant".to_owned(),
+                        Some(Bytes::copy_from_slice(t.as_bytes())),
+                    )]
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Records of `values` (one per request, so each is index 0) with `key`, sampled at 50%.
+    fn sampled_at_half(key: Option<&[u8]>) -> usize {
+        (0..1000)
+            .filter(|i| {
+                let r = record(0, key, format!("value-{i}").as_bytes(), None);
+                is_sampled(record_sample_point(&PartitionKeyRule::Key, &r, 3), 50.0)
+            })
+            .count()
+    }
+
     #[test]
-    fn null_keys_spread_by_position() {
-        let sampled = (0..10_000)
-            .filter(|o| is_sampled(sample_point(None, 3, *o), 50.0))
-            .count();
-        assert!((4_700..5_300).contains(&sampled), "{sampled}");
-        assert_eq!(sample_point(None, 1, 2), sample_point(None, 1, 2));
-        assert_ne!(sample_point(None, 1, 2), sample_point(None, 2, 1));
+    fn empty_keys_are_sampled_like_null_keys() {
+        let sampled = sampled_at_half(Some(b""));
+        assert!(
+            (400..600).contains(&sampled),
+            "{sampled} of 1000 empty-key records sampled at 50%"
+        );
+    }
+
+    #[test]
+    fn null_keys_are_sampled_by_partition_and_value_not_position() {
+        let sampled = sampled_at_half(None);
+        assert!(
+            (400..600).contains(&sampled),
+            "{sampled} of 1000 single-record requests sampled at 50%"
+        );
+        // The same record in another position, or from another request, lands on the same
+        // point, so the decision can be recomputed from what Kafka stored.
+        let rule = PartitionKeyRule::Key;
+        let at = |index, partition| {
+            record_sample_point(&rule, &record(index, None, b"v", None), partition)
+        };
+        assert_eq!(at(0, 3), at(17, 3));
+        assert_ne!(at(0, 3), at(0, 4));
+    }
+
+    #[test]
+    fn header_routes_sample_by_the_header() {
+        let rule = PartitionKeyRule::Header("tenant".into());
+        let mut tenants_in = 0;
+        for t in 0..200 {
+            let tenant = format!("tenant-{t}");
+            let decisions: std::collections::BTreeSet<bool> = (0..5)
+                .map(|k| {
+                    let key = format!("order-{t}-{k}");
+                    let r = record(k, Some(key.as_bytes()), b"v", Some(&tenant));
+                    is_sampled(record_sample_point(&rule, &r, 0), 50.0)
+                })
+                .collect();
+            assert_eq!(
+                decisions.len(),
+                1,
+                "{tenant}'s records split by their Kafka keys"
+            );
+            tenants_in += usize::from(decisions.contains(&true));
+        }
+        assert!(
+            (70..130).contains(&tenants_in),
+            "{tenants_in} of 200 tenants sampled at 50%"
+        );
+        // Without the header, the record routes (and so samples) by its Kafka key.
+        let without = record(0, Some(b"order-1"), b"v", None);
+        assert_eq!(
+            record_sample_point(&rule, &without, 0),
+            record_sample_point(&PartitionKeyRule::Key, &without, 0)
+        );
     }
 }
