@@ -17,9 +17,7 @@ use crate::kinesis::budget::Budget;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::spool::Spool;
 use crate::mirror::partition_key::KinesisKey;
-use crate::ops::config::{
-    KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering,
-};
+use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
 use crate::ops::metrics::Metrics;
 
 const SPOOL_MAX_BYTES: u64 = 1 << 30;
@@ -130,7 +128,10 @@ async fn shutdown_spools_records_still_in_the_input() {
         let writer = writer.clone();
         async move {
             for offset in 0..sent {
-                writer.send(record(offset)).await.expect("writer is running");
+                writer
+                    .send(record(offset))
+                    .await
+                    .expect("writer is running");
             }
         }
     });

@@ -107,6 +107,7 @@ mod tests {
         }
     }
 
+    /// A record at `index` of its request, with a `tenant` header when given.
     fn record(index: usize, key: Option<&[u8]>, value: &[u8], tenant: Option<&str>) -> Record {
         Record {
             index,
@@ -125,7 +126,8 @@ mod tests {
         }
     }
 
-    /// Records of `values` (one per request, so each is index 0) with `key`, sampled at 50%.
+    /// How many of 1,000 records with `key` and distinct values, each alone in its request
+    /// (so each at index 0), are sampled at 50%.
     fn sampled_at_half(key: Option<&[u8]>) -> usize {
         (0..1000)
             .filter(|i| {
