@@ -6,10 +6,40 @@
       --acks 0|1|all [--idempotent] [--legacy-api] [--rate R --acked-log FILE]
       (--legacy-api: kafka-python only, api_version=(0, 10): Produce v2
       carrying a v1 message set)
+      [--transactional-id ID [--txn-size K] [--abort-every M]]   (confluent only)
   kafka_client.py --client ... consume --bootstrap B --topic T --count N \
       [--group G] [--timeout S]
-  kafka_client.py admin --bootstrap B create --topic T --partitions P
+      confluent only: [--isolation read_committed|read_uncommitted]
+      [--list-indices] [--expect-indices FILE] [--group-protocol classic|consumer]
+      [--commit auto|sync] [--events FILE] [--stop-file FILE]
+      [--assignment-strategy range|roundrobin|cooperative-sticky] [--session-timeout-ms MS]
+      [--commit-delay-ms MS]
+  kafka_client.py admin --bootstrap B create --topic T --partitions P \
+      [--replication-factor R] [--config K=V[,K=V...]]
   kafka_client.py admin --bootstrap B list
+  kafka_client.py admin --bootstrap B delete --topic T | describe --topic T \
+      | describe-configs --topic T | list-groups | describe-group --group G
+
+Transactions (--transactional-id), same contract as KkpClient.java: records
+go out in transactions of K records (default 100); transaction numbers M,
+2M, ... (1-based) are flushed and then aborted, the others committed; record
+indices stay consecutive. "produced" counts every acknowledged record (the
+aborted ones too); added: "committed_count", "aborted_count" and, when
+count <= 20000, "committed" (sorted indices of committed records).
+
+consume --expect-indices FILE (a produce output with "committed", or bare
+integers): stop once every expected index is seen and every partition is at
+its end (the last stable offset under read_committed); "missing" counts
+expected indices not seen; adds "expected", "unexpected" (distinct indices
+seen that were not expected), "unexpected_examples". --list-indices adds
+"indices".
+
+Group members (--commit sync, --events, --stop-file): the contract of
+KkpClient.java's consume (see its header): offsets committed synchronously
+after each processed poll, in the revoke callback and before close; one
+events line per record ("r P OFFSET INDEX"), rebalance callback
+("assigned/revoked/lost P ...") and commit ("commit ok|fail WHY P:NEXT ...");
+"closed" at the end; the member runs until the stop file exists.
 
 Every command prints exactly one JSON line on stdout; diagnostics go to
 stderr. Records come from records.py. Consumers always start at offset 0
@@ -27,7 +57,7 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from records import Verifier, record  # noqa: E402
+from records import Verifier, index_of_key, record  # noqa: E402
 
 
 class Errors:
@@ -72,6 +102,12 @@ def confluent_produce(a):
         "message.timeout.ms": int(a.timeout * 1000),
         "enable.idempotence": bool(a.idempotent),
     }
+    if a.transactional_id:
+        conf["transactional.id"] = a.transactional_id
+        conf["enable.idempotence"] = True
+        # librdkafka requires message.timeout.ms <= transaction.timeout.ms
+        conf["transaction.timeout.ms"] = max(60000, conf["message.timeout.ms"])
+        return confluent_produce_transactional(a, conf)
     p = Producer(conf, logger=logging.getLogger("rdkafka"))
     errors = Errors()
     ok = [0]
@@ -110,70 +146,326 @@ def confluent_produce(a):
     return produce_result(ok[0], errors)
 
 
+def confluent_produce_transactional(a, conf):
+    from confluent_kafka import KafkaException, Producer
+
+    p = Producer(conf, logger=logging.getLogger("rdkafka"))
+    errors = Errors()
+    ok = [0]
+    committed = []
+    aborted = 0
+
+    def cb(err, _msg):
+        if err is not None:
+            errors.add(err)
+        else:
+            ok[0] += 1
+
+    def send(i):
+        k, v = record(a.topic, i)
+        while True:
+            try:
+                p.produce(a.topic, key=k, value=v, on_delivery=cb)
+                return
+            except BufferError:
+                p.poll(0.1)
+
+    p.init_transactions(a.timeout)
+    txn = 0
+    for start in range(0, a.count, a.txn_size):
+        txn += 1
+        end = min(a.count, start + a.txn_size)
+        abort = a.abort_every > 0 and txn % a.abort_every == 0
+        try:
+            p.begin_transaction()
+            for i in range(start, end):
+                send(i)
+                p.poll(0)
+            if abort:
+                # Flush first, so the aborted records really are in the log.
+                remaining = p.flush(a.timeout)
+                if remaining:
+                    raise RuntimeError(f"{remaining} records unflushed before abort")
+                p.abort_transaction(a.timeout)
+                aborted += end - start
+            else:
+                p.commit_transaction(a.timeout)
+                committed.extend(range(start, end))
+        except KafkaException as e:
+            err = e.args[0]
+            errors.add(f"transaction {txn}: {err}")
+            if err.fatal():
+                # No further transactions possible.
+                break
+            try:
+                p.abort_transaction(a.timeout)
+            except KafkaException as e2:
+                errors.add(f"abort transaction {txn}: {e2}")
+                break
+        except RuntimeError as e:
+            errors.add(f"transaction {txn}: {e}")
+            break
+    p.flush(10)
+    out = produce_result(ok[0], errors)
+    out["committed_count"] = len(committed)
+    out["aborted_count"] = aborted
+    if a.count <= 20000:
+        out["committed"] = committed
+    return out
+
+
+def read_indices(path):
+    """Indices in FILE: a produce output's "committed" list, or every integer."""
+    import re
+
+    text = open(path).read()
+    k = text.find('"committed"')
+    if k >= 0:
+        text = text[text.index("[", k) + 1 : text.index("]", text.index("[", k))]
+    return {int(x) for x in re.findall(r"-?\d+", text)}
+
+
+class Events:
+    """The --events log of a group member (see the module docstring)."""
+
+    def __init__(self, path):
+        self.f = open(path, "w") if path else None
+
+    def line(self, s):
+        if self.f:
+            self.f.write(s + "\n")
+
+    def partitions(self, what, parts):
+        self.line(" ".join([what] + [str(q) for q in sorted(tp.partition for tp in parts)]))
+        self.flush()
+
+    def flush(self):
+        if self.f:
+            self.f.flush()
+
+    def close(self):
+        if self.f:
+            self.f.close()
+
+
 def confluent_consume(a):
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     v = Verifier(a.topic, a.count)
+    expected = read_indices(a.expect_indices) if a.expect_indices else None
+    sync = a.commit == "sync"
     conf = {
         "bootstrap.servers": a.bootstrap,
         "group.id": a.group or f"kkp-nogroup-{uuid.uuid4()}",
         "auto.offset.reset": "earliest",
-        "enable.auto.commit": bool(a.group),
+        "enable.auto.commit": bool(a.group) and not sync,
+        "enable.partition.eof": expected is not None,
     }
+    if a.isolation:
+        # librdkafka's default is read_committed
+        conf["isolation.level"] = a.isolation
+    if a.group_protocol:
+        conf["group.protocol"] = a.group_protocol
+    if a.assignment_strategy:
+        conf["partition.assignment.strategy"] = a.assignment_strategy
+    if a.session_timeout_ms:
+        conf["session.timeout.ms"] = a.session_timeout_ms
+        conf["heartbeat.interval.ms"] = max(100, a.session_timeout_ms // 5)
     c = Consumer(conf, logger=logging.getLogger("rdkafka"))
+    events = Events(a.events)
     deadline = time.monotonic() + a.timeout
     errors = []
     assigned = set()
+    pending = {}  # partition -> next offset, processed but not committed
+    commit_failures = [0]
+    at_eof = set()
+
+    def commit(which, why):
+        offs = sorted((q, o) for q, o in pending.items() if which is None or q in which)
+        if not offs:
+            return
+        desc = " ".join(f"{q}:{o}" for q, o in offs)
+        try:
+            res = c.commit(offsets=[TopicPartition(a.topic, q, o) for q, o in offs], asynchronous=False)
+            bad = [f"p{tp.partition}: {tp.error}" for tp in (res or []) if tp.error is not None]
+            if bad:
+                raise KafkaException(KafkaError(KafkaError._FAIL, "; ".join(bad)))
+        except KafkaException as e:
+            commit_failures[0] += 1
+            events.line(f"commit fail {why} {desc} | {str(e).replace(chr(10), ' ')}")
+            logging.warning("commit (%s) failed: %s", why, e)
+        else:
+            events.line(f"commit ok {why} {desc}")
+            for q, o in offs:
+                if pending.get(q) == o:
+                    del pending[q]
+        events.flush()
+
     if a.group:
 
         def on_assign(_consumer, parts):
             assigned.update(tp.partition for tp in parts)
+            events.partitions("assigned", parts)
 
-        c.subscribe([a.topic], on_assign=on_assign)
+        def on_revoke(_consumer, parts):
+            gone = {tp.partition for tp in parts}
+            if sync:
+                commit(gone, "revoke")
+            for q in gone:
+                pending.pop(q, None)
+            events.partitions("revoked", parts)
+
+        def on_lost(_consumer, parts):
+            # Owned by another member already: nothing may be committed.
+            for tp in parts:
+                pending.pop(tp.partition, None)
+            events.partitions("lost", parts)
+
+        c.subscribe([a.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+        partitions = None
     else:
         md = c.list_topics(a.topic, timeout=a.timeout)
         tmd = md.topics.get(a.topic)
         if tmd is None or tmd.error is not None or not tmd.partitions:
             raise SystemExit(f"no metadata for topic {a.topic}: {tmd and tmd.error}")
-        c.assign([TopicPartition(a.topic, p, 0) for p in sorted(tmd.partitions)])
-    while not v.done() and time.monotonic() < deadline:
-        msgs = c.consume(num_messages=1000, timeout=0.5)
+        partitions = sorted(tmd.partitions)
+        c.assign([TopicPartition(a.topic, p, 0) for p in partitions])
+
+    def finished():
+        if a.stop_file:
+            return os.path.exists(a.stop_file)
+        if expected is not None:
+            return expected <= v.seen and partitions is not None and at_eof >= set(partitions)
+        return v.done()
+
+    while not finished() and time.monotonic() < deadline:
+        msgs = c.consume(num_messages=500, timeout=0.5)
         for m in msgs:
             if m.error():
-                if len(errors) < 5:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(m.partition())
+                elif len(errors) < 5:
                     errors.append(str(m.error()))
                 continue
+            at_eof.discard(m.partition())
             v.add(m.key(), m.value(), f"p{m.partition()}@{m.offset()}")
+            i = index_of_key(m.key())
+            events.line(f"r {m.partition()} {m.offset()} {-1 if i is None else i}")
+            pending[m.partition()] = m.offset() + 1
+        if msgs:
+            events.flush()
+            if sync:
+                if a.commit_delay_ms:
+                    time.sleep(a.commit_delay_ms / 1000)
+                commit(None, "batch")
     if a.group:
-        try:
-            c.commit(asynchronous=False)
-        except KafkaException as e:
-            # _NO_OFFSET: nothing consumed, nothing to commit
-            if "NO_OFFSET" not in str(e):
-                errors.append(f"commit: {e}")
+        if sync:
+            commit(None, "close")
+        else:
+            try:
+                c.commit(asynchronous=False)
+            except KafkaException as e:
+                # _NO_OFFSET: nothing consumed, nothing to commit
+                if "NO_OFFSET" not in str(e):
+                    errors.append(f"commit: {e}")
         md = c.list_topics(a.topic, timeout=10).topics[a.topic]
         tps = [TopicPartition(a.topic, p) for p in sorted(md.partitions)]
         committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
     c.close()
+    events.line("closed")
+    events.close()
     out = v.summary()
     out["errors"] = errors
     if a.group:
         out.update(group_summary(assigned, committed))
+    if a.stop_file:
+        out["commit_failures"] = commit_failures[0]
+    if expected is not None:
+        seen_expected = len(expected & v.seen)
+        unexpected = sorted(v.seen - expected)
+        out["missing"] = len(expected) - seen_expected
+        out["expected"] = len(expected)
+        out["unexpected"] = len(unexpected)
+        out["unexpected_examples"] = unexpected[:5]
+    if a.list_indices:
+        out["indices"] = sorted(v.seen)
     return out
 
 
 def confluent_admin(a):
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicCollection
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-    ad = AdminClient({"bootstrap.servers": a.bootstrap})
+    ad = AdminClient({"bootstrap.servers": a.bootstrap}, logger=logging.getLogger("rdkafka"))
     if a.admin_cmd == "create":
+        configs = {}
+        for kv in filter(None, (a.config or "").split(",")):
+            k, sep, val = kv.partition("=")
+            if not sep or not k:
+                raise SystemExit(f"--config: expected K=V[,K=V...], got {a.config!r}")
+            configs[k] = val
         futs = ad.create_topics(
-            [NewTopic(a.topic, num_partitions=a.partitions, replication_factor=-1)],
+            [NewTopic(a.topic, num_partitions=a.partitions, replication_factor=a.replication_factor,
+                      config=configs)],
             operation_timeout=30,
             request_timeout=30,
         )
         futs[a.topic].result(timeout=60)
-        return {"created": a.topic, "partitions": a.partitions}
+        return {"created": a.topic, "partitions": a.partitions, "configs": configs}
+    if a.admin_cmd == "delete":
+        ad.delete_topics([a.topic], operation_timeout=30, request_timeout=30)[a.topic].result(timeout=60)
+        return {"deleted": a.topic}
+    if a.admin_cmd == "describe":
+        d = ad.describe_topics(TopicCollection([a.topic]), request_timeout=30)[a.topic].result(timeout=60)
+        return {
+            "topic": d.name,
+            "partitions": [
+                {
+                    "partition": p.id,
+                    "leader": p.leader.id if p.leader is not None else -1,
+                    "replicas": [n.id for n in p.replicas],
+                    "isr": [n.id for n in p.isr],
+                }
+                for p in sorted(d.partitions, key=lambda p: p.id)
+            ],
+        }
+    if a.admin_cmd == "describe-configs":
+        r = ConfigResource(ResourceType.TOPIC, a.topic)
+        entries = ad.describe_configs([r], request_timeout=30)[r].result(timeout=60)
+        return {name: e.value for name, e in sorted(entries.items())}
+    if a.admin_cmd == "list-groups":
+        res = ad.list_consumer_groups(request_timeout=30).result(timeout=60)
+        return {
+            g.group_id: {
+                "type": g.type.name.lower() if g.type is not None else "",
+                "state": g.state.name.lower() if g.state is not None else "",
+            }
+            for g in sorted(res.valid, key=lambda g: g.group_id)
+        }
+    if a.admin_cmd == "describe-group":
+        d = ad.describe_consumer_groups([a.group], request_timeout=30)[a.group].result(timeout=60)
+        offs = ad.list_consumer_group_offsets([ConsumerGroupTopicPartitions(a.group)], request_timeout=30)
+        tps = offs[a.group].result(timeout=60).topic_partitions or []
+        return {
+            "group": d.group_id,
+            "state": d.state.name.lower() if d.state is not None else "",
+            "type": d.type.name.lower() if d.type is not None else "",
+            "coordinator": d.coordinator.id if d.coordinator is not None else -1,
+            "assignor": d.partition_assignor,
+            "members": len(d.members),
+            "member_list": [
+                {
+                    "client_id": m.client_id,
+                    "host": m.host,
+                    "partitions": sorted(
+                        f"{tp.topic}:{tp.partition}"
+                        for tp in ((m.assignment.topic_partitions or []) if m.assignment else [])
+                    ),
+                }
+                for m in d.members
+            ],
+            "offsets": {f"{tp.topic}:{tp.partition}": tp.offset for tp in sorted(tps, key=lambda t: (t.topic, t.partition))},
+        }
     md = ad.list_topics(timeout=30)
     return sorted(md.topics.keys())
 
@@ -428,6 +720,9 @@ def main():
     pp.add_argument("--timeout", type=float, default=60.0)
     pp.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
     pp.add_argument("--acked-log", help="append 'PARTITION OFFSET KEY' per acknowledged record")
+    pp.add_argument("--transactional-id")
+    pp.add_argument("--txn-size", type=int, default=100)
+    pp.add_argument("--abort-every", type=int, default=0)
 
     cp = sub.add_parser("consume")
     cp.add_argument("--bootstrap", required=True)
@@ -435,6 +730,17 @@ def main():
     cp.add_argument("--count", type=int, required=True)
     cp.add_argument("--group")
     cp.add_argument("--timeout", type=float, default=60.0)
+    cp.add_argument("--isolation", choices=["read_committed", "read_uncommitted"])
+    cp.add_argument("--list-indices", action="store_true")
+    cp.add_argument("--expect-indices")
+    cp.add_argument("--group-protocol", choices=["classic", "consumer"])
+    cp.add_argument("--commit", choices=["auto", "sync"], default="auto")
+    cp.add_argument("--events")
+    cp.add_argument("--stop-file")
+    cp.add_argument("--assignment-strategy", choices=["range", "roundrobin", "cooperative-sticky"])
+    cp.add_argument("--session-timeout-ms", type=int)
+    cp.add_argument("--commit-delay-ms", type=int, default=0,
+                    help="wait between processing a poll's records and committing them")
 
     adp = sub.add_parser("admin")
     adp.add_argument("--bootstrap", required=True)
@@ -442,11 +748,26 @@ def main():
     acr = asub.add_parser("create")
     acr.add_argument("--topic", required=True)
     acr.add_argument("--partitions", type=int, default=1)
+    acr.add_argument("--replication-factor", type=int, default=-1)
+    acr.add_argument("--config", help="K=V[,K=V...]")
     asub.add_parser("list")
+    for name in ("delete", "describe", "describe-configs"):
+        asub.add_parser(name).add_argument("--topic", required=True)
+    asub.add_parser("list-groups")
+    asub.add_parser("describe-group").add_argument("--group", required=True)
 
     a = ap.parse_args()
     if (getattr(a, "rate", 0) or getattr(a, "acked_log", None)) and a.client != "confluent":
         ap.error("--rate and --acked-log are only implemented for --client confluent")
+    if getattr(a, "transactional_id", None) and a.client != "confluent":
+        ap.error("--transactional-id is only implemented for --client confluent")
+    confluent_only = ("isolation", None), ("list_indices", False), ("expect_indices", None), \
+        ("group_protocol", None), ("commit", "auto"), ("events", None), ("stop_file", None), \
+        ("assignment_strategy", None), ("session_timeout_ms", None), ("commit_delay_ms", 0)
+    if a.cmd == "consume" and a.client != "confluent":
+        for name, default in confluent_only:
+            if getattr(a, name) != default:
+                ap.error(f"--{name.replace('_', '-')} is only implemented for --client confluent")
     if getattr(a, "legacy_api", False) and a.client != "kafka-python":
         # librdkafka turns ApiVersion requests back on for any fallback
         # >= 0.10, and aiokafka >= 0.13 ignores api_version.

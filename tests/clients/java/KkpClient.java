@@ -7,10 +7,16 @@
 //   KkpClient consume --bootstrap B --topic T --count N [--group G] [--timeout S]
 //       [--isolation read_committed|read_uncommitted] [--group-protocol classic|consumer]
 //       [--list-indices] [--expect-indices FILE]
+//       [--commit auto|sync] [--events FILE] [--stop-file FILE]
+//       [--assignment-strategy range|roundrobin|cooperative-sticky] [--session-timeout-ms MS]
+//       [--max-poll-records N] [--commit-delay-ms MS]
 //   KkpClient admin --bootstrap B create --topic T [--partitions P] [--replication-factor R]
+//       [--config K=V[,K=V...]]
 //   KkpClient admin --bootstrap B list | list-groups
 //   KkpClient admin --bootstrap B delete --topic T | describe --topic T | describe-configs --topic T
 //   KkpClient admin --bootstrap B describe-group --group G
+//       (list-groups: {group: {"type", "state", "protocol"}}; describe-group: state, type,
+//       coordinator, assignor, members, member_list, committed offsets "TOPIC:P" -> offset)
 //   KkpClient record TOPIC START [END]      (prints generated records like records.py)
 //
 // produce: {"produced", "errors", "error_count"}. enable.idempotence is set
@@ -25,6 +31,21 @@
 // consume: the records.py Verifier summary plus "errors"; with --group also
 // "assigned", "committed", "committed_total" (kafka_client.py group_summary).
 // --list-indices adds "indices": the sorted distinct indices seen.
+//
+// Group members (tests/kafka_semantics.rs): --commit sync turns auto-commit
+// off; after each poll's records are processed (verified and written to the
+// events file) their offsets are committed with commitSync, the processed but
+// uncommitted offsets of revoked partitions are committed in
+// onPartitionsRevoked, and the rest before close (a clean leave). --events FILE
+// gets one line per event, flushed after each poll, before its commit:
+//   assigned P P ... | revoked P ... | lost P ...   (rebalance callbacks)
+//   r P OFFSET INDEX                                 (a processed record; INDEX -1: not ours)
+//   commit ok|fail WHY P:NEXT ... [| ERROR]          (WHY: batch, revoke, close)
+//   closed                                           (after KafkaConsumer.close)
+// --commit-delay-ms MS: wait MS between processing a poll's records and committing
+// them (processing time: the window a hard kill leaves uncommitted).
+// --stop-file FILE: run until FILE exists (or the timeout), whatever was seen;
+// adds "commit_failures" and "polls" to the output.
 // --expect-indices FILE: FILE holds the indices that must arrive, either as
 // a produce output (its "committed" list) or as bare integers / a JSON array.
 // The consumer then stops once all of them are seen and it has read up to the
@@ -74,6 +95,7 @@ import org.apache.kafka.clients.admin.ConfigEntry;
 import org.apache.kafka.clients.admin.ConsumerGroupDescription;
 import org.apache.kafka.clients.admin.GroupListing;
 import org.apache.kafka.clients.admin.ListTopicsOptions;
+import org.apache.kafka.clients.admin.MemberDescription;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
@@ -530,11 +552,12 @@ public final class KkpClient {
                 break;
             case "consume":
                 result = consume(new Args(argv, 1, Set.of("bootstrap", "topic", "count", "group", "timeout",
-                        "isolation", "group-protocol", "list-indices", "expect-indices")));
+                        "isolation", "group-protocol", "list-indices", "expect-indices", "commit", "events",
+                        "stop-file", "assignment-strategy", "session-timeout-ms", "max-poll-records", "commit-delay-ms")));
                 break;
             case "admin":
                 result = admin(new Args(argv, 1, Set.of("bootstrap", "topic", "partitions",
-                        "replication-factor", "group")));
+                        "replication-factor", "group", "config")));
                 break;
             default:
                 throw new UsageError("unknown command '" + argv[0] + "'");
@@ -753,6 +776,98 @@ public final class KkpClient {
         return out;
     }
 
+    /** The --events log of a group member: one line per event, flushed per poll. */
+    static final class Events {
+        private final java.io.BufferedWriter w;
+
+        Events(String file) throws IOException {
+            w = file == null ? null : Files.newBufferedWriter(Path.of(file), StandardCharsets.UTF_8);
+        }
+
+        void line(String s) {
+            if (w == null) {
+                return;
+            }
+            try {
+                w.write(s);
+                w.write('\n');
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
+
+        void partitions(String what, Collection<TopicPartition> parts) {
+            StringBuilder sb = new StringBuilder(what);
+            List<Integer> ps = new ArrayList<>();
+            for (TopicPartition tp : parts) {
+                ps.add(tp.partition());
+            }
+            ps.sort(null);
+            for (int q : ps) {
+                sb.append(' ').append(q);
+            }
+            line(sb.toString());
+            flush();
+        }
+
+        void flush() {
+            if (w == null) {
+                return;
+            }
+            try {
+                w.flush();
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
+    }
+
+    /**
+     * --commit sync: the offsets a member has processed but not committed yet, and their
+     * synchronous commit.
+     */
+    static final class SyncCommitter {
+        final KafkaConsumer<byte[], byte[]> c;
+        final Events events;
+        final Map<TopicPartition, Long> pending = new HashMap<>();
+        int failures;
+
+        SyncCommitter(KafkaConsumer<byte[], byte[]> c, Events events) {
+            this.c = c;
+            this.events = events;
+        }
+
+        /** Commits the pending offsets of `which` (null: all); logs the outcome. */
+        void commit(Collection<TopicPartition> which, String why) {
+            Map<TopicPartition, OffsetAndMetadata> offsets = new TreeMap<>(
+                    (x, y) -> Integer.compare(x.partition(), y.partition()));
+            for (Map.Entry<TopicPartition, Long> e : pending.entrySet()) {
+                if (which == null || which.contains(e.getKey())) {
+                    offsets.put(e.getKey(), new OffsetAndMetadata(e.getValue()));
+                }
+            }
+            if (offsets.isEmpty()) {
+                return;
+            }
+            StringBuilder sb = new StringBuilder();
+            for (Map.Entry<TopicPartition, OffsetAndMetadata> e : offsets.entrySet()) {
+                sb.append(' ').append(e.getKey().partition()).append(':').append(e.getValue().offset());
+            }
+            try {
+                c.commitSync(offsets, Duration.ofSeconds(30));
+                events.line("commit ok " + why + sb);
+                for (Map.Entry<TopicPartition, OffsetAndMetadata> e : offsets.entrySet()) {
+                    pending.remove(e.getKey(), e.getValue().offset());
+                }
+            } catch (KafkaException e) {
+                failures++;
+                events.line("commit fail " + why + sb + " | " + describe(e).replace('\n', ' '));
+                System.err.println("commit (" + why + ") failed: " + describe(e));
+            }
+            events.flush();
+        }
+    }
+
     static Object consume(Args a) throws Exception {
         String bootstrap = a.required("bootstrap");
         String topic = a.required("topic");
@@ -764,20 +879,43 @@ public final class KkpClient {
         boolean listIndices = a.bool("list-indices");
         String expectFile = a.str("expect-indices", null);
         Set<Integer> expected = expectFile == null ? null : readIndices(expectFile);
+        boolean syncCommit = "sync".equals(a.choice("commit", "auto", "auto", "sync"));
+        String stopFile = a.str("stop-file", null);
+        String strategy = a.choice("assignment-strategy", null, "range", "roundrobin", "cooperative-sticky");
+        String sessionTimeout = a.str("session-timeout-ms", null);
+        String maxPollRecords = a.str("max-poll-records", null);
+        int commitDelayMs = a.integer("commit-delay-ms", 0);
+        if (group == null && (syncCommit || strategy != null || sessionTimeout != null)) {
+            throw new UsageError("--commit sync, --assignment-strategy and --session-timeout-ms need --group");
+        }
         long deadline = System.nanoTime() + (long) (timeout * 1e9);
 
         Properties p = new Properties();
         p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ConsumerConfig.CLIENT_ID_CONFIG, "kkp-java");
         p.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
-        p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, Boolean.toString(group != null));
+        p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, Boolean.toString(group != null && !syncCommit));
         p.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, isolation);
         p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
         p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        if (maxPollRecords != null) {
+            p.put(ConsumerConfig.MAX_POLL_RECORDS_CONFIG, maxPollRecords);
+        }
         if (group != null) {
             p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
             if (protocol != null) {
                 p.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, protocol);
+            }
+            if (strategy != null) {
+                String cls = strategy.equals("range") ? "org.apache.kafka.clients.consumer.RangeAssignor"
+                        : strategy.equals("roundrobin") ? "org.apache.kafka.clients.consumer.RoundRobinAssignor"
+                        : "org.apache.kafka.clients.consumer.CooperativeStickyAssignor";
+                p.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG, cls);
+            }
+            if (sessionTimeout != null) {
+                p.put(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG, sessionTimeout);
+                p.put(ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG,
+                        Integer.toString(Math.max(100, Integer.parseInt(sessionTimeout) / 5)));
             }
         }
 
@@ -785,7 +923,11 @@ public final class KkpClient {
         List<String> errors = new ArrayList<>();
         Set<Integer> assigned = new TreeSet<>();
         Map<Integer, Long> committed = new TreeMap<>();
+        Events events = new Events(a.str("events", null));
+        int polls = 0;
+        int commitFailures = 0;
         try (KafkaConsumer<byte[], byte[]> c = new KafkaConsumer<>(p)) {
+            SyncCommitter committer = new SyncCommitter(c, events);
             if (group != null) {
                 c.subscribe(List.of(topic), new ConsumerRebalanceListener() {
                     @Override
@@ -793,10 +935,23 @@ public final class KkpClient {
                         for (TopicPartition tp : parts) {
                             assigned.add(tp.partition());
                         }
+                        events.partitions("assigned", parts);
                     }
 
                     @Override
                     public void onPartitionsRevoked(Collection<TopicPartition> parts) {
+                        if (syncCommit) {
+                            committer.commit(parts, "revoke");
+                            committer.pending.keySet().removeAll(parts);
+                        }
+                        events.partitions("revoked", parts);
+                    }
+
+                    @Override
+                    public void onPartitionsLost(Collection<TopicPartition> parts) {
+                        // Owned by another member already: nothing may be committed.
+                        committer.pending.keySet().removeAll(parts);
+                        events.partitions("lost", parts);
                     }
                 });
             } else {
@@ -811,7 +966,11 @@ public final class KkpClient {
                 }
             }
             while (System.nanoTime() < deadline) {
-                if (expected == null ? v.done() : v.seen.containsAll(expected) && atEnd(c)) {
+                if (stopFile != null) {
+                    if (Files.exists(Path.of(stopFile))) {
+                        break;
+                    }
+                } else if (expected == null ? v.done() : v.seen.containsAll(expected) && atEnd(c)) {
                     break;
                 }
                 long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
@@ -825,15 +984,31 @@ public final class KkpClient {
                     Thread.sleep(100);
                     continue;
                 }
+                polls++;
                 for (ConsumerRecord<byte[], byte[]> r : recs) {
                     v.add(r.key(), r.value(), "p" + r.partition() + "@" + r.offset());
+                    events.line("r " + r.partition() + " " + r.offset() + " " + indexOfKey(r.key()));
+                    committer.pending.put(new TopicPartition(r.topic(), r.partition()), r.offset() + 1);
+                }
+                if (!recs.isEmpty()) {
+                    events.flush();
+                    if (syncCommit) {
+                        if (commitDelayMs > 0) {
+                            Thread.sleep(commitDelayMs);
+                        }
+                        committer.commit(null, "batch");
+                    }
                 }
             }
             if (group != null) {
-                try {
-                    c.commitSync(Duration.ofSeconds(10));
-                } catch (KafkaException e) {
-                    errors.add("commit: " + describe(e));
+                if (syncCommit) {
+                    committer.commit(null, "close");
+                } else {
+                    try {
+                        c.commitSync(Duration.ofSeconds(10));
+                    } catch (KafkaException e) {
+                        errors.add("commit: " + describe(e));
+                    }
                 }
                 Set<TopicPartition> tps = new HashSet<>();
                 for (PartitionInfo pi : c.partitionsFor(topic, Duration.ofSeconds(10))) {
@@ -845,7 +1020,10 @@ public final class KkpClient {
                     committed.put(tp.partition(), om == null || om.offset() < 0 ? -1L : om.offset());
                 }
             }
+            commitFailures = committer.failures;
         }
+        events.line("closed");
+        events.flush();
         Map<String, Object> m = v.summary();
         m.put("errors", errors);
         if (group != null) {
@@ -860,6 +1038,10 @@ public final class KkpClient {
             }
             m.put("committed", cm);
             m.put("committed_total", total);
+        }
+        if (stopFile != null) {
+            m.put("commit_failures", commitFailures);
+            m.put("polls", polls);
         }
         if (expected != null) {
             int seenExpected = 0;
@@ -950,12 +1132,22 @@ public final class KkpClient {
                 String topic = a.required("topic");
                 int partitions = a.integer("partitions", 1);
                 short rf = (short) a.integer("replication-factor", 1);
+                Map<String, String> configs = new TreeMap<>();
+                String cs = a.str("config", "");
+                for (String kv : cs.isEmpty() ? new String[0] : cs.split(",")) {
+                    int eq = kv.indexOf('=');
+                    if (eq <= 0) {
+                        throw new UsageError("--config: expected K=V[,K=V...], got '" + cs + "'");
+                    }
+                    configs.put(kv.substring(0, eq), kv.substring(eq + 1));
+                }
                 try (Admin ad = Admin.create(p)) {
-                    ad.createTopics(List.of(new NewTopic(topic, partitions, rf))).all().get(t, s);
+                    ad.createTopics(List.of(new NewTopic(topic, partitions, rf).configs(configs))).all().get(t, s);
                 }
                 Map<String, Object> m = new LinkedHashMap<>();
                 m.put("created", topic);
                 m.put("partitions", partitions);
+                m.put("configs", configs);
                 return m;
             }
             case "list":
@@ -1004,32 +1196,66 @@ public final class KkpClient {
                 return m;
             }
             case "list-groups": {
+                // group id -> {"type", "state", "protocol"} (-> "" when the broker does not say)
                 Collection<GroupListing> gs;
                 try (Admin ad = Admin.create(p)) {
                     gs = ad.listGroups().all().get(t, s);
                 }
-                Set<String> ids = new TreeSet<>();
+                Map<String, Object> out = new TreeMap<>();
                 for (GroupListing g : gs) {
-                    ids.add(g.groupId());
+                    Map<String, Object> gm = new LinkedHashMap<>();
+                    gm.put("type", g.type().map(Object::toString).orElse(""));
+                    gm.put("state", g.groupState().map(Object::toString).orElse(""));
+                    gm.put("protocol", g.protocol());
+                    out.put(g.groupId(), gm);
                 }
-                return ids;
+                return out;
             }
             case "describe-group": {
+                // {"group", "state", "type", "coordinator", "assignor", "members" (count),
+                //  "member_list": [{"client_id", "host", "partitions"}], "offsets": {P: committed}}
                 String group = a.required("group");
                 Map<String, Object> m = new LinkedHashMap<>();
                 m.put("group", group);
                 try (Admin ad = Admin.create(p)) {
-                    ConsumerGroupDescription d = ad.describeConsumerGroups(List.of(group)).all()
-                            .get(t, s).get(group);
-                    m.put("state", d.groupState().toString());
-                    m.put("members", d.members().size());
-                } catch (ExecutionException e) {
-                    if (!(e.getCause() instanceof GroupIdNotFoundException)) {
-                        throw e;
+                    try {
+                        ConsumerGroupDescription d = ad.describeConsumerGroups(List.of(group)).all()
+                                .get(t, s).get(group);
+                        m.put("state", d.groupState().toString());
+                        m.put("type", d.type().toString());
+                        m.put("coordinator", d.coordinator() == null ? -1 : d.coordinator().id());
+                        m.put("assignor", d.partitionAssignor());
+                        m.put("members", d.members().size());
+                        List<Object> members = new ArrayList<>();
+                        for (MemberDescription md : d.members()) {
+                            Map<String, Object> mm = new LinkedHashMap<>();
+                            mm.put("client_id", md.clientId());
+                            mm.put("host", md.host());
+                            List<String> parts = new ArrayList<>();
+                            for (TopicPartition tp : md.assignment().topicPartitions()) {
+                                parts.add(tp.topic() + ":" + tp.partition());
+                            }
+                            parts.sort(null);
+                            mm.put("partitions", parts);
+                            members.add(mm);
+                        }
+                        m.put("member_list", members);
+                    } catch (ExecutionException e) {
+                        if (!(e.getCause() instanceof GroupIdNotFoundException)) {
+                            throw e;
+                        }
+                        System.err.println("describe-group: " + describe(e));
+                        m.put("state", "Dead");
+                        m.put("members", 0);
                     }
-                    System.err.println("describe-group: " + describe(e));
-                    m.put("state", "Dead");
-                    m.put("members", 0);
+                    Map<TopicPartition, OffsetAndMetadata> offs = ad.listConsumerGroupOffsets(group)
+                            .partitionsToOffsetAndMetadata().get(t, s);
+                    Map<String, Object> om = new TreeMap<>();
+                    for (Map.Entry<TopicPartition, OffsetAndMetadata> e : offs.entrySet()) {
+                        om.put(e.getKey().topic() + ":" + e.getKey().partition(),
+                                e.getValue() == null ? -1L : e.getValue().offset());
+                    }
+                    m.put("offsets", om);
                 }
                 return m;
             }
