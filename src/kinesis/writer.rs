@@ -665,24 +665,32 @@ impl WriterTask {
                 stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
                 code = %code, %message, "record cannot be delivered; written to the dead-letter file"
             );
-            if count {
-                self.count(&record.topic, MirrorResult::DeadLetter, 1);
+        }
+        if let Some(file) = self.settings.dead_letters.clone() {
+            let entries: Vec<DeadLetter> = letters
+                .iter()
+                .map(|(record, code, message)| {
+                    DeadLetter::from_entry(
+                        &spool_entry(&self.state.stream, record),
+                        code,
+                        message,
+                        now,
+                    )
+                })
+                .collect();
+            let written = tokio::task::spawn_blocking(move || file.append(&entries))
+                .await
+                .expect("dead-letter task");
+            if let Err(e) = written {
+                tracing::error!(error = %e, "cannot write the dead-letter file; the records above are only in this log");
             }
         }
-        let Some(file) = self.settings.dead_letters.clone() else {
-            return;
-        };
-        let letters: Vec<DeadLetter> = letters
-            .iter()
-            .map(|(record, code, message)| {
-                DeadLetter::from_entry(&spool_entry(&self.state.stream, record), code, message, now)
-            })
-            .collect();
-        let written = tokio::task::spawn_blocking(move || file.append(&letters))
-            .await
-            .expect("dead-letter task");
-        if let Err(e) = written {
-            tracing::error!(error = %e, "cannot write the dead-letter file; the records above are only in this log");
+        // Counted once the file holds them, so that an operator (or a test) who sees the
+        // count can read the letters.
+        if count {
+            for (record, _, _) in &letters {
+                self.count(&record.topic, MirrorResult::DeadLetter, 1);
+            }
         }
     }
 
