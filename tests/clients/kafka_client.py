@@ -42,9 +42,8 @@ events line per record ("r P OFFSET INDEX"), rebalance callback
 "closed" at the end; the member runs until the stop file exists.
 
 Every command prints exactly one JSON line on stdout; diagnostics go to
-stderr. Records come from records.py. Consumers always start at offset 0
-(without --group) because tansu 0.6.0 reports a wrong high watermark and
-skips records when a fetch starts inside a batch.
+stderr. Records come from records.py. Without --group, consumers read every
+partition from offset 0, so a topic's whole content is checked.
 """
 
 import argparse
