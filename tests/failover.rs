@@ -21,10 +21,8 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
-use support::kafka::KafkaRecord;
+use support::kafka::{brokers_seen_through, KafkaRecord};
 use support::kinesis::KinesisLocal;
 use support::*;
 
@@ -250,25 +248,6 @@ fn produce_through_fault(bootstrap: &str, topic: &str, fault: impl FnOnce()) -> 
         producer.log_tail(40)
     );
     verifiable_acks(&log)
-}
-
-/// The brokers' addresses as a client sees them through `bootstrap`.
-fn brokers_seen_through(bootstrap: &str) -> Vec<(i32, String, i32)> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .unwrap();
-    let md = client
-        .fetch_metadata(None, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("metadata through {bootstrap}: {e}"));
-    let mut brokers: Vec<_> = md
-        .brokers()
-        .iter()
-        .map(|b| (b.id(), b.host().to_owned(), b.port()))
-        .collect();
-    brokers.sort();
-    brokers
 }
 
 #[test]

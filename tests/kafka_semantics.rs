@@ -49,7 +49,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use support::kafka::KafkaRecord;
+use support::kafka::{brokers_seen_through, KafkaRecord};
 use support::*;
 
 /// Records per rebalance cell, produced at RATE per second so the members consume while the
@@ -89,17 +89,10 @@ macro_rules! ensure {
 
 /// The brokers' node ids as a client sees them through `bootstrap`.
 fn node_ids_through(bootstrap: &str) -> Vec<i32> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .unwrap();
-    let md = client
-        .fetch_metadata(None, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("metadata through {bootstrap}: {e}"));
-    let mut ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
-    ids.sort();
-    ids
+    brokers_seen_through(bootstrap)
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect()
 }
 
 /// The committed offsets of `group` on `topic`'s partitions, fetched through `bootstrap`

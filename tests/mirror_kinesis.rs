@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::kinesis::{KinesisLocal, StoredRecord};
 use support::metrics::{value, wait_for};
+use support::raw_produce::RawProduce;
 use support::{clients_dir, num, python, run_client, KafkaCluster, Proxy};
 
 fn route(topic: &str, stream: &str, percent: f64) -> String {
@@ -400,36 +401,6 @@ async fn percentage_sample_is_key_consistent_and_spreads_over_shards() {
     );
 }
 
-/// A raw Produce v7 request: `records` (keys and values) for one partition, as one batch unless
-/// `batch_per_record`.
-struct RawProduce<'a> {
-    topic: &'a str,
-    partition: i32,
-    acks: i16,
-    /// -1 for a plain batch; otherwise an idempotent batch from this producer id, epoch 0,
-    /// first sequence 5.
-    producer_id: i64,
-    /// Flip the batch's last byte after sealing it, so its CRC no longer matches.
-    corrupt_crc: bool,
-    /// Each record in a batch of its own, instead of one batch for all.
-    batch_per_record: bool,
-    records: Vec<(String, Vec<u8>)>,
-}
-
-impl RawProduce<'_> {
-    fn new(topic: &str, records: Vec<(String, Vec<u8>)>) -> RawProduce<'_> {
-        RawProduce {
-            topic,
-            partition: 0,
-            acks: -1,
-            producer_id: -1,
-            corrupt_crc: false,
-            batch_per_record: false,
-            records,
-        }
-    }
-}
-
 /// What came back for a raw Produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -448,83 +419,12 @@ const INVALID_RECORD: i16 = 87;
 
 /// Sends `produce` to `bootstrap` as a raw request on a fresh connection and returns the answer.
 async fn raw_produce(bootstrap: &str, produce: RawProduce<'_>) -> Answer {
-    use bytes::BytesMut;
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{
-        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-    };
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let producer_id = produce.producer_id;
-    let per_record = produce.batch_per_record;
-    let records: Vec<Record> = produce
-        .records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: if producer_id < 0 { -1 } else { 0 },
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch where offset - sequence changes, and takes the
-            // batch's base sequence from its first record: -1 for no producer id.
-            sequence: match (producer_id < 0, per_record) {
-                (true, false) => i as i32 - 1,
-                (true, true) => -1,
-                (false, false) => 5 + i as i32,
-                (false, true) => panic!("batch_per_record is for plain batches"),
-            },
-            timestamp: 0,
-            key: Some(key.into()),
-            value: Some(value.into()),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut batch,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    if produce.corrupt_crc {
-        // The last byte belongs to the last record, which the CRC covers.
-        let last = batch.len() - 1;
-        batch[last] ^= 0xff;
-    }
-    let version = 7;
-    let request = ProduceRequest::default()
-        .with_acks(produce.acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(produce.topic.to_owned())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(produce.partition)
-                .with_records(Some(batch.freeze()))])]);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-    let mut frame = BytesMut::from(&[0u8; 4][..]);
-    header
-        .encode(&mut frame, ApiKey::Produce.request_header_version(version))
-        .unwrap();
-    request.encode(&mut frame, version).unwrap();
-    let size = (frame.len() - 4) as i32;
-    frame[..4].copy_from_slice(&size.to_be_bytes());
-
+    let frame = produce.frame();
+    let version = RawProduce::VERSION;
     let mut conn = tokio::net::TcpStream::connect(bootstrap).await.unwrap();
     conn.write_all(&frame).await.unwrap();
     // Kafka answers within the request's 5 s timeout or closes the connection.

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use support::kinesis::KinesisLocal;
+use support::raw_produce::RawProduce;
 use support::{KafkaCluster, Listener, Proxy};
 
 /// Kafka's api key for Produce.
@@ -102,70 +102,6 @@ async fn relay(
     Ok(())
 }
 
-/// A Produce v7 request frame (size prefix included) with `records` as one batch for
-/// partition 0 of `topic`, acks=all.
-fn produce_frame(topic: &str, records: &[(String, String)]) -> Bytes {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
-    use kafka_protocol::protocol::{Encodable, StrBytes};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch where offset - sequence changes.
-            sequence: i as i32 - 1,
-            timestamp: 0,
-            key: Some(Bytes::copy_from_slice(key.as_bytes())),
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut batch,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    let version = 7;
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch.freeze()))])]);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("gone-before-the-answer")));
-    let mut frame = BytesMut::from(&[0u8; 4][..]);
-    header
-        .encode(&mut frame, ApiKey::Produce.request_header_version(version))
-        .unwrap();
-    request.encode(&mut frame, version).unwrap();
-    let size = (frame.len() - 4) as i32;
-    frame[..4].copy_from_slice(&size.to_be_bytes());
-    frame.freeze()
-}
-
 /// Polls `done` until it holds; fails the test with `state()` after `limit`.
 async fn wait_until<T: std::fmt::Debug>(
     what: &str,
@@ -206,19 +142,17 @@ async fn records_kafka_accepted_are_mirrored_when_the_client_resets_before_the_a
     let proxy = Proxy::start_upstream(&[gate.address.clone()], &cluster.node_ids(), &extra);
     cluster.create_topic(topic, 1);
 
-    let records: Vec<(String, String)> = (0..RECORDS)
+    let records: Vec<(String, Vec<u8>)> = (0..RECORDS)
         .map(|i| {
             (
                 format!("gone-{i:03}"),
-                format!("{topic}|{i}|accepted while the client left"),
+                format!("{topic}|{i}|accepted while the client left").into_bytes(),
             )
         })
         .collect();
+    let frame = RawProduce::new(topic, records.clone()).frame();
     let mut client = TcpStream::connect(proxy.bootstrap()).await.unwrap();
-    client
-        .write_all(&produce_frame(topic, &records))
-        .await
-        .unwrap();
+    client.write_all(&frame).await.unwrap();
     wait_until(
         "the Produce to reach Kafka through the proxy",
         Duration::from_secs(30),
@@ -246,7 +180,7 @@ async fn records_kafka_accepted_are_mirrored_when_the_client_resets_before_the_a
     )
     .await;
     assert_eq!(stored, RECORDS, "Kinesis holds more records than Kafka");
-    let expected: BTreeSet<Vec<u8>> = records.iter().map(|(_, v)| v.as_bytes().to_vec()).collect();
+    let expected: BTreeSet<Vec<u8>> = records.iter().map(|(_, v)| v.clone()).collect();
     let mirrored: BTreeSet<Vec<u8>> = kinesis
         .read_all(stream)
         .await

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::kafka::openssl;
 use support::*;
 
 const RECORDS: i64 = 500;
@@ -17,19 +18,6 @@ const RECORDS: i64 = 500;
 struct Minted {
     cert: PathBuf,
     key: PathBuf,
-}
-
-fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A certificate for `cn` with `serial`, signed by the cluster's CA, valid for localhost and

@@ -694,17 +694,43 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
             .collect(),
     ];
     for args in steps {
-        let out = Command::new("openssl")
-            .args(&args)
-            .output()
-            .expect("run openssl (Debian package openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        openssl(&args);
     }
     tls
+}
+
+/// Runs openssl with `args` and returns its stdout; fails the test with its stderr.
+pub fn openssl<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The brokers (node id, host, port) that a Metadata request through `bootstrap` names, as a
+/// client sees them: through the proxy, its rewritten addresses.
+pub fn brokers_seen_through(bootstrap: &str) -> Vec<(i32, String, i32)> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .expect("rdkafka metadata client");
+    let md = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("metadata through {bootstrap}: {e}"));
+    let mut brokers: Vec<_> = md
+        .brokers()
+        .iter()
+        .map(|b| (b.id(), b.host().to_owned(), b.port()))
+        .collect();
+    brokers.sort();
+    brokers
 }
 
 /// Removes the data directories of test processes that no longer run.

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod kafka;
 pub mod kinesis;
 pub mod metrics;
+pub mod raw_produce;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
