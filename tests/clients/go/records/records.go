@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf16"
 )
 
@@ -289,6 +290,23 @@ func GroupSummary(out *Obj, assigned map[int32]bool, committed map[int32]int64) 
 
 // Print writes v as the one JSON line on stdout, formatted like Python's
 // json.dumps: ", " and ": " separators, non-ASCII escaped as \uXXXX.
+// Run dispatches the parsed command to the client's implementation and prints its result.
+func Run(a *Args, produce, consume, admin func(*Args) any) {
+	var out any
+	switch a.Cmd {
+	case "produce":
+		out = produce(a)
+	case "consume":
+		out = consume(a)
+	case "admin":
+		out = admin(a)
+	}
+	Print(out)
+}
+
+// Seconds converts a command-line duration in (fractional) seconds.
+func Seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
 func Print(v any) {
 	b, err := marshal(v)
 	if err != nil {

@@ -31,19 +31,8 @@ import (
 
 func main() {
 	a := records.ParseArgs("franz-go-client", os.Args[1:])
-	var out any
-	switch a.Cmd {
-	case "produce":
-		out = produce(a)
-	case "consume":
-		out = consume(a)
-	case "admin":
-		out = admin(a)
-	}
-	records.Print(out)
+	records.Run(a, produce, consume, admin)
 }
-
-func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 func logger() kgo.Opt {
 	level := kgo.LogLevelWarn
@@ -91,7 +80,7 @@ func produce(a *records.Args) any {
 		kgo.ProducerBatchCompression(codec(a.Codec)),
 		kgo.RequiredAcks(acks(a.Acks)),
 		kgo.ProducerLinger(5 * time.Millisecond),
-		kgo.RecordDeliveryTimeout(seconds(a.Timeout)),
+		kgo.RecordDeliveryTimeout(records.Seconds(a.Timeout)),
 		logger(),
 	}
 	if !a.Idem {
@@ -120,7 +109,7 @@ func produce(a *records.Args) any {
 		k, v := records.Record(a.Topic, i)
 		cl.Produce(ctx, &kgo.Record{Key: k, Value: v}, cb)
 	}
-	fctx, cancel := context.WithTimeout(ctx, seconds(a.Timeout))
+	fctx, cancel := context.WithTimeout(ctx, records.Seconds(a.Timeout))
 	defer cancel()
 	if err := cl.Flush(fctx); err != nil {
 		mu.Lock()
@@ -169,7 +158,7 @@ func partitions(ctx context.Context, adm *kadm.Client, topic string, deadline ti
 
 func consume(a *records.Args) any {
 	start := time.Now()
-	deadline := start.Add(seconds(a.Timeout))
+	deadline := start.Add(records.Seconds(a.Timeout))
 	v := records.NewVerifier(a.Topic, a.Count)
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(a.Brokers()...),

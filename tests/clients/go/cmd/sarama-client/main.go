@@ -40,19 +40,8 @@ func main() {
 	case "DEBUG", "INFO":
 		sarama.Logger = log.New(os.Stderr, "sarama ", log.LstdFlags|log.Lmicroseconds)
 	}
-	var out any
-	switch a.Cmd {
-	case "produce":
-		out = produce(a)
-	case "consume":
-		out = consume(a)
-	case "admin":
-		out = admin(a)
-	}
-	records.Print(out)
+	records.Run(a, produce, consume, admin)
 }
-
-func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 func config(a *records.Args) *sarama.Config {
 	cfg := sarama.NewConfig()
@@ -136,7 +125,7 @@ func produce(a *records.Args) any {
 			done <- struct{}{}
 		}
 	}()
-	deadline := time.After(seconds(a.Timeout))
+	deadline := time.After(records.Seconds(a.Timeout))
 	timedOut := false
 	for i := 0; i < a.Count && !timedOut; i++ {
 		k, v := records.Record(a.Topic, i)
@@ -211,7 +200,7 @@ func (e *errList) add(s string) {
 }
 
 func consume(a *records.Args) any {
-	deadline := time.Now().Add(seconds(a.Timeout))
+	deadline := time.Now().Add(records.Seconds(a.Timeout))
 	v := records.NewVerifier(a.Topic, a.Count)
 	cfg := config(a)
 	cfg.Consumer.Return.Errors = true
