@@ -16,8 +16,10 @@ use toml::Spanned;
 
 use crate::mirror::partition_key::PartitionKeyRule;
 
+mod sasl;
 mod tls;
 
+pub use sasl::{KafkaSaslConfig, Password, PasswordError, PasswordSource, SaslMechanism};
 pub use tls::{ClientCertificate, KafkaTlsConfig, ListenerTlsConfig, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// A validated configuration.
@@ -126,6 +128,8 @@ pub struct KafkaConfig {
     pub connect_timeout: Duration,
     /// `None`: the proxy connects to brokers in plain TCP.
     pub tls: Option<KafkaTlsConfig>,
+    /// Credentials of the proxy's own connections; `None`: they do not authenticate.
+    pub sasl: Option<KafkaSaslConfig>,
 }
 
 /// How upstream broker node ids map to proxy ports: an explicit entry wins, otherwise
@@ -350,6 +354,7 @@ struct RawKafka {
     bootstrap_servers: Spanned<Vec<Spanned<String>>>,
     connect_timeout_ms: Option<Spanned<u64>>,
     tls: Option<tls::RawKafkaTls>,
+    sasl: Option<Spanned<sasl::RawKafkaSasl>>,
 }
 
 impl RawConfig {
@@ -723,6 +728,13 @@ fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
         bootstrap_servers,
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         tls: raw.tls.map(tls::validate_kafka_tls).transpose()?,
+        sasl: raw
+            .sasl
+            .map(|table| {
+                let span = table.span();
+                sasl::validate_kafka_sasl(table.into_inner(), span)
+            })
+            .transpose()?,
     })
 }
 
@@ -775,6 +787,9 @@ impl fmt::Display for Config {
         )?;
         if let Some(tls) = &self.kafka.tls {
             write!(f, "{tls}")?;
+        }
+        if let Some(sasl) = &self.kafka.sasl {
+            write!(f, "{sasl}")?;
         }
         writeln!(f, "admin")?;
         writeln!(f, "  bind              {}", self.admin.bind)?;
