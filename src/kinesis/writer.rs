@@ -141,6 +141,7 @@ impl StreamWriter {
             refresh_now: Arc::new(Notify::new()),
             spool: None,
             spilling: false,
+            spill_pending: false,
             replay: None,
             held: std::collections::VecDeque::new(),
             backoff: Backoff::default(),
@@ -212,6 +213,11 @@ struct WriterTask {
     refresh_now: Arc<Notify>,
     spool: Option<Arc<Spool>>,
     spilling: bool,
+    /// Records waited too long and the queue must move to the spool, but requests are still
+    /// in flight: their records are the oldest, and any that fail come back to the front of
+    /// the queue. Nothing new is dispatched until they settle, then everything moves in order.
+    /// Spilling at once left such records in memory for as long as Kinesis stayed down.
+    spill_pending: bool,
     replay: Option<Replay>,
     /// Records waiting, in order, for room in the budget (`when_full = "block"`) or the
     /// spool; no input is taken while any wait.
@@ -497,6 +503,7 @@ impl WriterTask {
         let now = Instant::now();
         while self.requests_in_flight < self.settings.kinesis.max_in_flight_requests
             && self.state.is_healthy()
+            && !self.spill_pending
         {
             let oldest_waited = self
                 .lanes
@@ -781,6 +788,10 @@ impl WriterTask {
                     || attempts >= self.settings.kinesis.max_attempts
             });
         if too_old && !self.spilling && self.spool.is_some() {
+            self.spill_pending = true;
+        }
+        if self.spill_pending && self.requests_in_flight == 0 {
+            self.spill_pending = false;
             tracing::warn!(stream = %self.state.stream, "records waited past record_ttl or max_attempts; moving the queue to the spool");
             let queued = self.lanes.drain_queued();
             let records: Vec<MirrorRecord> = queued
