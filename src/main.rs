@@ -203,7 +203,14 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let admin_bind = config.admin.bind;
     tokio::spawn(Reloader::new(path, config.clone(), mirror.clone(), metrics.clone()).run());
     let grace = config.shutdown_grace;
-    let proxy = Proxy::new(config, mirror.clone(), metrics.clone(), inventory.clone())?;
+    let brokers_file = kafka_kinesis_proxy::proxy::brokers_file_location(&config, path);
+    let proxy = Proxy::new(
+        config,
+        mirror.clone(),
+        metrics.clone(),
+        inventory.clone(),
+        brokers_file,
+    )?;
     let admin = admin::bind(
         admin_bind,
         AdminState {

@@ -1,7 +1,7 @@
 //! The admin HTTP endpoint:
 //! - `/metrics`: Prometheus text;
 //! - `/livez`: the process is serving;
-//! - `/readyz`: 200 only when Kafka is reachable and every routed stream was described
+//! - `/readyz`: 200 only when a bootstrap server answers ApiVersions and every routed stream was described
 //!   successfully, else 503 with a JSON body saying what is wrong;
 //! - `/routes`: every route with its percent, stream state, shard count, records mirrored,
 //!   success ratio and spool backlog;
@@ -68,7 +68,9 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let mut problems = Vec::new();
     if let Some(problem) = state.proxy.kafka_problem() {
-        problems.push(format!("kafka: no bootstrap server reachable: {problem}"));
+        problems.push(format!(
+            "kafka: no bootstrap server answers ApiVersions: {problem}"
+        ));
     }
     let streams = state.mirror.streams().await;
     for route in state.mirror.routes().values() {

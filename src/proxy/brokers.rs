@@ -1,10 +1,12 @@
 //! Which upstream broker sits behind which proxy port.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::RwLock;
 
 use kafka_protocol::protocol::StrBytes;
 
+use super::broker_map_file;
 use crate::kafka::rewrite::{AddressError, AddressRewriter};
 use crate::ops::config::{BrokerPortMap, PortMapError};
 
@@ -14,16 +16,51 @@ pub struct BrokerDirectory {
     bootstrap_port: u16,
     advertised_host: StrBytes,
     upstream: RwLock<HashMap<i32, String>>,
+    /// Where the learned addresses are kept across restarts (`brokers.json`); `None` in tests.
+    file: Option<PathBuf>,
 }
 
 impl BrokerDirectory {
-    pub fn new(ports: BrokerPortMap, bootstrap_port: u16, advertised_host: &str) -> Self {
+    pub fn new(
+        ports: BrokerPortMap,
+        bootstrap_port: u16,
+        advertised_host: &str,
+        file: Option<PathBuf>,
+    ) -> Self {
         BrokerDirectory {
             ports,
             bootstrap_port,
             advertised_host: StrBytes::from_string(advertised_host.to_owned()),
             upstream: RwLock::new(HashMap::new()),
+            file,
         }
+    }
+
+    /// Takes in the addresses saved by an earlier run; returns each node with its proxy port.
+    /// A broken file is logged and ignored: discovery rebuilds it.
+    pub fn restore(&self) -> Vec<(i32, u16)> {
+        let Some(file) = &self.file else {
+            return Vec::new();
+        };
+        let saved = match broker_map_file::load(file) {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(error = %e, "saved broker addresses unusable; waiting for discovery");
+                return Vec::new();
+            }
+        };
+        let mut restored = Vec::new();
+        let mut upstream = self.upstream.write().expect("directory lock");
+        for (node_id, address) in saved {
+            match self.port_for(node_id) {
+                Ok(port) => {
+                    upstream.insert(node_id, address);
+                    restored.push((node_id, port));
+                }
+                Err(e) => tracing::warn!(node_id, error = %e, "saved broker left out"),
+            }
+        }
+        restored
     }
 
     pub fn port_for(&self, node_id: i32) -> Result<u16, PortMapError> {
@@ -43,10 +80,17 @@ impl BrokerDirectory {
         let known = self.upstream.read().expect("directory lock").get(&node_id) == Some(&address);
         if !known {
             tracing::info!(node_id, upstream = %address, "learned broker address");
-            self.upstream
-                .write()
-                .expect("directory lock")
-                .insert(node_id, address);
+            let mut upstream = self.upstream.write().expect("directory lock");
+            upstream.insert(node_id, address);
+            // Rare (a broker is new or moved) and small, so written in place, under the lock so
+            // that the last snapshot written is the newest.
+            if let Some(file) = &self.file {
+                let snapshot: BTreeMap<i32, String> =
+                    upstream.iter().map(|(k, v)| (*k, v.clone())).collect();
+                if let Err(e) = broker_map_file::save(file, &snapshot) {
+                    tracing::warn!(error = %e, "cannot save broker addresses; after a restart, broker ports wait for discovery");
+                }
+            }
         }
     }
 
@@ -100,6 +144,7 @@ mod tests {
             },
             19092,
             "proxy.local",
+            None,
         );
         let mut rw = dir.rewriter();
         let (mut host, mut port) = (StrBytes::from_static_str("kafka-a"), 9092);

@@ -1,25 +1,51 @@
 //! Learns the cluster's brokers at startup, so that every broker port is open again right after
-//! a restart, before any client has asked for metadata.
+//! a restart, before any client has asked for metadata; and checks, for `/readyz`, that some
+//! bootstrap server answers Kafka requests.
+//!
+//! Each attempt is bounded (`kafka.connect_timeout_ms` per connect and per response), so a
+//! server that accepts and never answers is logged and skipped instead of hanging startup.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, RequestKind, ResponseKind,
-};
-use kafka_protocol::protocol::{Encodable, StrBytes};
-use tokio::io::AsyncWriteExt;
-use tokio_util::codec::FramedRead;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, RequestKind};
 
-use super::tls::{StreamReader, StreamWriter};
+use super::own_connection::{common_version, OwnConnection, OwnRequestError};
+use super::own_sasl::{self, OwnSaslError};
 use super::Proxy;
-use crate::kafka::frame::{seal, FrameCodec, SIZE_PREFIX};
-use crate::kafka::message::Response;
-use crate::kafka::rewrite::rewrite_response;
+use crate::kafka::rewrite::{rewrite_response, RewriteError};
 
-const CLIENT_ID: &str = "kafka-kinesis-proxy";
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(transparent)]
+    Request(#[from] OwnRequestError),
+    #[error(transparent)]
+    Sasl(#[from] OwnSaslError),
+    #[error("{server}: the broker closed the connection instead of answering Metadata: the cluster requires SASL authentication; set [kafka.sasl] (mechanism, username, and password_env or password_file)")]
+    SaslRequired { server: String },
+    #[error("{server}: the broker does not offer the Metadata API")]
+    NoMetadataApi { server: String },
+    #[error("{server}: Metadata response: {source}")]
+    Rewrite {
+        server: String,
+        source: RewriteError,
+    },
+}
+
+impl DiscoveryError {
+    /// Failures that retrying cannot fix without an operator: logged as errors, not warnings.
+    fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            DiscoveryError::SaslRequired { .. }
+                | DiscoveryError::Sasl(
+                    OwnSaslError::Password(_)
+                        | OwnSaslError::Refused { .. }
+                        | OwnSaslError::MechanismNotOffered { .. }
+                )
+        )
+    }
+}
 
 /// Retries until one bootstrap server has described the cluster.
 pub async fn discover_brokers(proxy: Arc<Proxy>) {
@@ -31,9 +57,10 @@ pub async fn discover_brokers(proxy: Arc<Proxy>) {
                     tracing::info!(%server, brokers = count, "discovered cluster brokers");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(%server, error = %e, "broker discovery failed; will retry")
+                Err(e) if e.needs_operator() => {
+                    tracing::error!(error = %e, "broker discovery failed; will retry")
                 }
+                Err(e) => tracing::warn!(error = %e, "broker discovery failed; will retry"),
             }
         }
         tokio::time::sleep(delay).await;
@@ -41,43 +68,42 @@ pub async fn discover_brokers(proxy: Arc<Proxy>) {
     }
 }
 
-async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> anyhow::Result<usize> {
-    let (rd, wr) = proxy.connect_to(server).await?.into_split();
-    let mut conn = Exchange {
-        frames: FramedRead::new(rd, FrameCodec::new(64 * 1024 * 1024)),
-        wr,
-    };
-
-    let versions = conn
-        .call(
-            ApiKey::ApiVersions,
-            0,
-            RequestKind::ApiVersions(ApiVersionsRequest::default()),
-        )
-        .await?;
-    let versions = Response::decode(&versions, ApiKey::ApiVersions, 0)?;
-    let ResponseKind::ApiVersions(versions) = versions.body else {
-        unreachable!("decoded as ApiVersions")
-    };
-    let metadata_version = versions
-        .api_keys
-        .iter()
-        .find(|k| k.api_key == ApiKey::Metadata as i16)
-        .map(|k| k.max_version.min(ApiKey::Metadata.valid_versions().max))
-        .ok_or_else(|| anyhow::anyhow!("broker does not offer the Metadata API"))?;
+async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> Result<usize, DiscoveryError> {
+    let mut conn = OwnConnection::open(proxy, server).await?;
+    let versions = conn.api_versions().await?;
+    if let Some(sasl) = &proxy.config.kafka.sasl {
+        own_sasl::authenticate(&mut conn, &versions, sasl).await?;
+    }
+    let metadata_version = common_version(&versions, ApiKey::Metadata).ok_or_else(|| {
+        DiscoveryError::NoMetadataApi {
+            server: server.to_owned(),
+        }
+    })?;
 
     // An empty topic list asks for brokers only (v1+; at v0 it means every topic, which is
     // harmless, only larger).
     let request = MetadataRequest::default().with_topics(Some(Vec::new()));
-    let frame = conn
-        .call(
+    let frame = match conn
+        .call_raw(
             ApiKey::Metadata,
             metadata_version,
             RequestKind::Metadata(request),
         )
-        .await?;
+        .await
+    {
+        // A SASL listener answers ApiVersions, then drops a connection that skips SASL.
+        Err(OwnRequestError::Closed { server, .. }) if proxy.config.kafka.sasl.is_none() => {
+            return Err(DiscoveryError::SaslRequired { server })
+        }
+        other => other?,
+    };
+    let rewrite_failed = |source| DiscoveryError::Rewrite {
+        server: server.to_owned(),
+        source,
+    };
     let mut rewriter = proxy.directory.rewriter();
-    rewrite_response(&frame, ApiKey::Metadata, metadata_version, &mut rewriter)?;
+    rewrite_response(&frame, ApiKey::Metadata, metadata_version, &mut rewriter)
+        .map_err(rewrite_failed)?;
     let count = rewriter.learned.len();
     for (node_id, port) in rewriter.learned {
         proxy.ensure_broker_listener(node_id, port);
@@ -85,33 +111,19 @@ async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> anyhow::Result<us
     Ok(count)
 }
 
-/// A minimal request/response client for the proxy's own requests.
-struct Exchange {
-    frames: FramedRead<StreamReader, FrameCodec>,
-    wr: StreamWriter,
-}
-
-impl Exchange {
-    async fn call(
-        &mut self,
-        api_key: ApiKey,
-        version: i16,
-        request: RequestKind,
-    ) -> anyhow::Result<Bytes> {
-        let header = RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(i32::from(version))
-            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0; SIZE_PREFIX]);
-        header.encode(&mut buf, api_key.request_header_version(version))?;
-        request.encode(&mut buf, version)?;
-        self.wr.write_all(&seal(buf)).await?;
-        Ok(self
-            .frames
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("connection closed"))??)
+/// `Ok(server)` once a bootstrap server has answered ApiVersions, which Kafka answers before
+/// SASL, so readiness needs no credentials; else every server's failure.
+pub async fn answering_bootstrap_server(proxy: &Proxy) -> Result<String, String> {
+    let mut failures = Vec::new();
+    for server in &proxy.config.kafka.bootstrap_servers {
+        let answered = async {
+            let mut conn = OwnConnection::open(proxy, server).await?;
+            conn.api_versions().await
+        };
+        match answered.await {
+            Ok(_) => return Ok(server.clone()),
+            Err(e) => failures.push(e.to_string()),
+        }
     }
+    Err(failures.join("; "))
 }

@@ -5,13 +5,18 @@
 //! broker. Each client connection gets exactly one upstream connection to the broker behind its
 //! port, so per-connection state such as SASL stays between the client and that broker.
 
+mod broker_map_file;
 mod brokers;
 mod connection;
 mod discovery;
+mod own_connection;
+mod own_sasl;
+mod scram;
 mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +33,7 @@ use crate::ops::config::Config;
 use crate::ops::inventory::Inventory;
 use crate::ops::metrics::Metrics;
 
-/// How often the proxy checks that some bootstrap server accepts connections, for `/readyz`.
+/// How often the proxy checks that some bootstrap server answers ApiVersions, for `/readyz`.
 const KAFKA_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +61,7 @@ pub struct Proxy {
     mirror: Mirror,
     metrics: Arc<Metrics>,
     inventory: Arc<Inventory>,
-    /// `None` while Kafka is reachable, else why not.
+    /// `None` while a bootstrap server answers ApiVersions, else why not.
     kafka_problem: Mutex<Option<String>>,
     /// Cancelled on shutdown: listeners stop accepting, connections stop reading requests.
     stopping: tokio_util::sync::CancellationToken,
@@ -73,11 +78,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// `brokers_file`: where learned broker addresses are kept across restarts
+    /// ([`brokers_file_location`]).
     pub fn new(
         config: Config,
         mirror: Mirror,
         metrics: Arc<Metrics>,
         inventory: Arc<Inventory>,
+        brokers_file: PathBuf,
     ) -> Result<Arc<Proxy>, ProxyError> {
         let listener = &config.listener;
         // Bad TLS files stop the start, rather than failing every client later.
@@ -92,6 +100,7 @@ impl Proxy {
             listener.broker_ports.clone(),
             listener.bootstrap_port,
             &listener.advertised_host,
+            Some(brokers_file),
         );
         Ok(Arc::new(Proxy {
             client_tls,
@@ -119,7 +128,18 @@ impl Proxy {
         let listener = bind(addr, "listener.bootstrap_port")?;
         tracing::info!(%addr, "bootstrap listener open");
         // Brokers' ports must be open after a restart even before any client asks for
-        // metadata: clients reconnect to the broker ports they cached.
+        // metadata: clients reconnect to the broker ports they cached. The saved map opens them
+        // at once, even while discovery cannot reach or authenticate to the cluster.
+        let restored = self.directory.restore();
+        if !restored.is_empty() {
+            tracing::info!(
+                brokers = restored.len(),
+                "reopening broker ports saved by an earlier run"
+            );
+        }
+        for (node_id, port) in restored {
+            self.ensure_broker_listener(node_id, port);
+        }
         tokio::spawn(discovery::discover_brokers(self.clone()));
         tokio::spawn(self.clone().probe_kafka());
         self.clone()
@@ -144,19 +164,29 @@ impl Proxy {
         }
     }
 
-    /// Why Kafka is unreachable, or `None` when some bootstrap server accepts connections.
+    /// Why Kafka is unusable, or `None` when some bootstrap server answers ApiVersions.
     pub fn kafka_problem(&self) -> Option<String> {
         self.kafka_problem.lock().expect("kafka probe lock").clone()
     }
 
+    /// A TCP connect is not enough: a server that accepts and never answers is not Kafka.
     async fn probe_kafka(self: Arc<Self>) {
         loop {
-            let problem = self
-                .connect_upstream(Upstream::Bootstrap)
-                .await
-                .err()
-                .map(|e| e.to_string());
-            *self.kafka_problem.lock().expect("kafka probe lock") = problem;
+            let outcome = discovery::answering_bootstrap_server(&self).await;
+            let problem = outcome.as_ref().err().cloned();
+            let previous = std::mem::replace(
+                &mut *self.kafka_problem.lock().expect("kafka probe lock"),
+                problem.clone(),
+            );
+            // Logged on changes only, so an outage is one line, not one every interval.
+            match (&outcome, previous.is_some()) {
+                (Ok(server), true) => tracing::info!(%server, "kafka ready: ApiVersions answered"),
+                (Err(why), false) => tracing::warn!(problem = %why, "kafka not ready"),
+                (Err(why), true) if previous != problem => {
+                    tracing::warn!(problem = %why, "kafka not ready")
+                }
+                _ => {}
+            }
             tokio::time::sleep(KAFKA_PROBE_INTERVAL).await;
         }
     }
@@ -317,4 +347,10 @@ fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ProxyError> {
     let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
     std_listener.set_nonblocking(true).map_err(fail)?;
     TcpListener::from_std(std_listener).map_err(fail)
+}
+
+/// Where the proxy keeps learned broker addresses across restarts: `spool.dir/brokers.json`, or
+/// `brokers.json` beside the config file when there is no spool.
+pub fn brokers_file_location(config: &Config, config_path: &Path) -> PathBuf {
+    broker_map_file::location(config.spool.dir.as_deref(), config_path)
 }
