@@ -348,6 +348,7 @@ mod tests {
                 topic: Arc::from("t"),
                 partition: 0,
                 offset: seq,
+                offset_from_kafka: true,
                 key: KinesisKey {
                     partition_key: key.to_owned(),
                     explicit_hash_key: None,

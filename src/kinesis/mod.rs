@@ -6,6 +6,7 @@ pub mod client;
 pub mod dead_letter;
 pub mod lanes;
 pub mod rate;
+pub mod recent;
 pub mod replay;
 pub mod request;
 pub mod retry;

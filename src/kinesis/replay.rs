@@ -46,6 +46,7 @@ fn record_of(letter: &DeadLetter) -> MirrorRecord {
         topic: Arc::from(letter.topic.as_str()),
         partition: letter.partition,
         offset: letter.offset,
+        offset_from_kafka: false,
         key: KinesisKey {
             partition_key: letter.partition_key.clone(),
             // read_all refuses letters whose hash key or data does not decode.

@@ -24,6 +24,9 @@ pub struct MirrorRecord {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    /// Whether `offset` is Kafka's. An acks=0 record has no offset: `offset` is then its
+    /// position in its request, which says nothing about whether it was mirrored before.
+    pub offset_from_kafka: bool,
     pub key: KinesisKey,
     pub data: Bytes,
     /// When Kafka acknowledged it (or, for acks=0, when it was sent), for the lag metric.

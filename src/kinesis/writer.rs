@@ -23,6 +23,7 @@ use super::budget::Budget;
 use super::client::{describe, load_shard_map, DEFAULT_MAX_RECORD_BYTES};
 use super::dead_letter::{DeadLetter, DeadLetterFile};
 use super::lanes::{Lanes, Queued, Request};
+use super::recent::{self, RecentRecords};
 use super::request::{entry, MirrorRecord};
 use super::retry::{is_retryable, Backoff};
 use super::shard_map::ShardMap;
@@ -146,6 +147,7 @@ impl StreamWriter {
             held: std::collections::VecDeque::new(),
             backoff: Backoff::default(),
             closing: None,
+            recent: RecentRecords::default(),
         };
         tokio::spawn(task.run(rx, done_rx, control_rx));
         StreamWriter { tx, control, state }
@@ -225,6 +227,8 @@ struct WriterTask {
     backoff: Backoff,
     /// Set on shutdown: the deadline, and whom to tell when done.
     closing: Option<Shutdown>,
+    /// Records accepted lately, so that a batch Kafka acknowledges twice is mirrored once.
+    recent: RecentRecords,
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -336,6 +340,17 @@ impl WriterTask {
         let now = Instant::now();
         let mut to_spool = Vec::new();
         for record in batch {
+            if record.offset_from_kafka
+                && !self.recent.first_time(
+                    &record.topic,
+                    record.partition,
+                    record.offset,
+                    recent::digest(&record),
+                )
+            {
+                self.count(&record.topic, MirrorResult::Duplicate, 1);
+                continue;
+            }
             let size = record.kinesis_bytes();
             if size > self.max_record_bytes {
                 self.oversize(record, size).await;
@@ -1059,6 +1074,8 @@ fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
         topic: Arc::from(entry.topic.as_str()),
         partition: entry.partition,
         offset: entry.offset,
+        // Replayed from the spool, past the window of recent records.
+        offset_from_kafka: false,
         key: KinesisKey {
             partition_key: entry.partition_key,
             explicit_hash_key: entry.explicit_hash_key,

@@ -93,6 +93,7 @@ fn record(offset: i64) -> MirrorRecord {
         topic: Arc::from("orders"),
         partition: 0,
         offset,
+        offset_from_kafka: true,
         key: KinesisKey {
             partition_key: format!("key-{offset}"),
             explicit_hash_key: None,
@@ -143,5 +144,64 @@ async fn shutdown_spools_records_still_in_the_input() {
         spooled_entries(spool_dir.path(), "orders-stream"),
         sent as u64,
         "every record handed to the writer before shutdown must be in the spool"
+    );
+}
+
+/// Item 9 of the mirror-correctness issue, by construction: two producer connections to one
+/// partition are answered out of order (B's batch, offsets 10..20, reaches the writer before
+/// A's, 0..10), then both producers retry and Kafka acknowledges both batches again with the
+/// same offsets. Each record must be kept once; a record that a truncated log put at a reused
+/// offset (5, with other contents) is a new record. Kinesis is unreachable, so what the writer
+/// kept is what the shutdown spools.
+#[tokio::test(start_paused = true)]
+async fn retried_batches_answered_out_of_order_are_kept_once() {
+    let spool_dir = tempfile::tempdir().expect("tempdir");
+    let settings = settings(spool_dir.path(), 1 << 20, WhenFull::Spill);
+    let metrics = Arc::new(Metrics::new());
+    let writer = StreamWriter::spawn(
+        "orders-stream",
+        unreachable_kinesis(),
+        &settings,
+        metrics.clone(),
+    );
+    let batch_a = 0..10;
+    let batch_b = 10..20;
+    let arrivals = batch_b
+        .clone()
+        .chain(batch_a.clone())
+        .chain(batch_a)
+        .chain(batch_b);
+    for offset in arrivals {
+        writer
+            .send(record(offset))
+            .await
+            .expect("writer is running");
+    }
+    let mut reused = record(5);
+    reused.data = Bytes::from_static(b"another record, after truncation");
+    writer.send(reused).await.expect("writer is running");
+    // acks=0 records have no offsets: their positions repeat across requests, so they are
+    // never taken for duplicates.
+    for _ in 0..2 {
+        let mut unacknowledged = record(0);
+        unacknowledged.offset_from_kafka = false;
+        writer
+            .send(unacknowledged)
+            .await
+            .expect("writer is running");
+    }
+    writer.shut_down(Instant::now()).await;
+    assert_eq!(
+        spooled_entries(spool_dir.path(), "orders-stream"),
+        20 + 1 + 2,
+        "each acknowledged record once, the reused offset's new record, and both acks=0 records"
+    );
+    let duplicates = metrics
+        .mirror_records
+        .with_label_values(&["orders", "orders-stream", "duplicate"])
+        .get();
+    assert_eq!(
+        duplicates, 20,
+        "every retried record counted as a duplicate"
     );
 }

@@ -428,6 +428,7 @@ impl Stage {
                 topic: topic.clone(),
                 partition,
                 offset,
+                offset_from_kafka: base_offset >= 0,
                 key: kinesis_key(&route.partition_key, record, partition, open_shards),
                 // Copied out: a slice would pin the whole request frame (or decompressed
                 // batch) until its last record is delivered, so a full budget could hold

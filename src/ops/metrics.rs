@@ -33,6 +33,9 @@ pub enum MirrorResult {
     Spooled,
     DeadLetter,
     Dropped,
+    /// Already mirrored: a producer's retry that Kafka acknowledged again with the same
+    /// offsets.
+    Duplicate,
 }
 
 impl MirrorResult {
@@ -46,6 +49,7 @@ impl MirrorResult {
             MirrorResult::Spooled => "spooled",
             MirrorResult::DeadLetter => "dead_letter",
             MirrorResult::Dropped => "dropped",
+            MirrorResult::Duplicate => "duplicate",
         }
     }
 }
@@ -344,8 +348,12 @@ impl Metrics {
             | MirrorResult::Oversize
             | MirrorResult::DeadLetter
             | MirrorResult::Dropped => self.dual_write.record(topic, 0, n),
-            // Not decided yet: spooled records are delivered later.
-            MirrorResult::Skipped | MirrorResult::Retried | MirrorResult::Spooled => {}
+            // Not decided yet (spooled records are delivered later), or decided by the
+            // first copy (a duplicate).
+            MirrorResult::Skipped
+            | MirrorResult::Retried
+            | MirrorResult::Spooled
+            | MirrorResult::Duplicate => {}
         }
     }
 
