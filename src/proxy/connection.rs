@@ -4,8 +4,11 @@
 //! alone how the response must be handled, queues that decision, and writes the original frame
 //! upstream. `forward_responses` takes the decisions in order and pairs each with the next
 //! upstream frame: Kafka answers requests on a connection in order, so FIFO pairing is exact,
-//! and the correlation id is checked to prove it. Requests that get no response (Produce with
-//! acks=0) queue nothing.
+//! and the correlation id is checked to prove it. A Produce with acks=0 gets no response; its
+//! entry waits for the next upstream response to vouch that the broker kept the connection past
+//! it (Kafka closes the connection of an acks=0 Produce it rejects), and when the client sends
+//! nothing more, the proxy asks an ApiVersions of its own and swallows the answer. Bare SASL
+//! tokens after SaslHandshake v0 have no header: they are paired by order alone.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -17,9 +20,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
+use super::sasl::{handshake_mechanism, response_error_code, Mechanism, SaslError, SaslSession};
 use super::tls::{Stream, StreamReader, StreamWriter};
 use super::Proxy;
 use crate::kafka::frame::{FrameCodec, FrameError};
@@ -44,6 +48,18 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// brokers do (tansu 0.6.0); such an answer is discarded instead of breaking the FIFO pairing.
 const MAX_REMEMBERED_ACKS0: usize = 1024;
 
+/// How long an acks=0 Produce may wait for a later request's answer to vouch for it before the
+/// proxy sends a request of its own to get one. Bounds both the records held per connection and
+/// the extra requests (at most one per this interval) on a connection that only sends acks=0.
+const ACKS0_PROOF_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Correlation ids of the proxy's own ApiVersions requests count up from here, far from the
+/// small non-negative ids clients use.
+const PROBE_CORRELATION_BASE: i32 = i32::MIN;
+
+/// Client id of the proxy's own requests.
+const PROBE_CLIENT_ID: &[u8] = b"kafka-kinesis-proxy";
+
 /// Upstream responses are trusted to be well formed; the limit only guards against a
 /// nonsensical size prefix.
 const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
@@ -54,14 +70,26 @@ enum Handling {
     NegotiateVersions,
     RewriteAddresses(ApiKey),
     /// Forwarded (with NodeEndpoints rewritten where the version has them), then handed to
-    /// the mirror with the response filled in.
+    /// the mirror with the response filled in; `None` when sent before the connection
+    /// authenticated, which is never mirrored.
     Produce {
-        exchange: ProduceExchange,
+        exchange: Option<ProduceExchange>,
     },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
-    /// Produce with acks=0: no response will come; the mirror gets the request on send.
-    Unanswered(ProduceExchange),
+    /// Produce with acks=0: no response will come. Mirrored once a later upstream response
+    /// shows the broker kept the connection; `None` when it may not be mirrored at all.
+    Unanswered(Option<ProduceExchange>),
+    /// Forwarded; the error code tells whether the broker took the mechanism, and for v0 the
+    /// request loop hears it, because then bare tokens follow.
+    SaslHandshake(Option<oneshot::Sender<bool>>),
+    /// Forwarded; the error code tells whether the round succeeded.
+    SaslAuthenticate,
+    /// A bare token after SaslHandshake v0: no header, no correlation id; its answer is the
+    /// next upstream frame, also bare, and proves the round succeeded.
+    SaslToken,
+    /// The proxy's own ApiVersions, vouching for acks=0 requests; the client never sees it.
+    Probe,
 }
 
 struct Pending {
@@ -91,6 +119,8 @@ pub enum ConnectionError {
     UpstreamFrame(FrameError),
     #[error("request header: {0}")]
     Header(#[from] HeaderError),
+    #[error(transparent)]
+    Sasl(#[from] SaslError),
     #[error("{api} v{version} request: {source}")]
     Request {
         api: String,
@@ -134,6 +164,7 @@ pub struct Connection {
     in_flight: AtomicUsize,
     /// Correlation ids of recent acks=0 Produce requests, oldest first.
     acks0_sent: Mutex<std::collections::VecDeque<i32>>,
+    sasl: Mutex<SaslSession>,
 }
 
 /// Writes a response to the client unless a write already failed. A failure does not end the
@@ -151,6 +182,20 @@ async fn answer_client(
     }
 }
 
+/// ApiVersions v0 (request header v1), the cheapest request Kafka answers on an authenticated
+/// connection.
+fn probe_frame(correlation_id: i32) -> Bytes {
+    let size = 2 + 2 + 4 + 2 + PROBE_CLIENT_ID.len();
+    let mut frame = bytes::BytesMut::with_capacity(4 + size);
+    frame.extend_from_slice(&(size as i32).to_be_bytes());
+    frame.extend_from_slice(&(ApiKey::ApiVersions as i16).to_be_bytes());
+    frame.extend_from_slice(&0i16.to_be_bytes());
+    frame.extend_from_slice(&correlation_id.to_be_bytes());
+    frame.extend_from_slice(&(PROBE_CLIENT_ID.len() as i16).to_be_bytes());
+    frame.extend_from_slice(PROBE_CLIENT_ID);
+    frame.freeze()
+}
+
 fn api_name(api_key: i16) -> String {
     match ApiKey::try_from(api_key) {
         Ok(key) => format!("{key:?}"),
@@ -166,6 +211,7 @@ impl Connection {
             client: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             acks0_sent: Mutex::new(std::collections::VecDeque::new()),
+            sasl: Mutex::new(SaslSession::default()),
         }
     }
 
@@ -221,9 +267,24 @@ impl Connection {
         );
         let idle_timeout = self.proxy.config.listener.idle_timeout;
         let mut client: Option<ClientState> = None;
+        // Bare SASL tokens still to come after an accepted SaslHandshake v0.
+        let mut tokens_expected = 0u8;
+        // Set while an acks=0 Produce has been sent that no answered request sent since
+        // vouches for: by then the proxy sends its own request.
+        let mut proof_due: Option<tokio::time::Instant> = None;
+        let mut probes = 0i32;
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(idle_timeout, frames.next()) => next,
+                _ = tokio::time::sleep_until(proof_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if proof_due.is_some() =>
+                {
+                    proof_due = None;
+                    if !self.send_probe(&mut upstream_wr, &pending, &mut probes).await? {
+                        return Ok(Closed::ByUpstream);
+                    }
+                    continue;
+                }
                 // Shutdown: read no more requests; the ones in flight finish as on a client close.
                 _ = self.proxy.stopping.cancelled() => Ok(None),
             };
@@ -233,6 +294,11 @@ impl Connection {
                 }
                 Err(_elapsed) => continue,
                 Ok(None) => {
+                    // The last acks=0 records still need the broker's word before they leave.
+                    if proof_due.is_some() {
+                        self.send_probe(&mut upstream_wr, &pending, &mut probes)
+                            .await?;
+                    }
                     let _ = upstream_wr.shutdown().await;
                     return Ok(Closed::ByClient);
                 }
@@ -240,6 +306,25 @@ impl Connection {
                 Ok(Some(Ok(frame))) => frame,
             };
             let received = Instant::now();
+            if tokens_expected > 0 {
+                // A bare token has no header to read; it is paired with the next answer.
+                tokens_expected -= 1;
+                let entry = Pending {
+                    api_key: ApiKey::SaslAuthenticate as i16,
+                    api_version: 0,
+                    correlation_id: 0,
+                    handling: Handling::SaslToken,
+                    received,
+                    forwarded: Instant::now(),
+                };
+                if !self
+                    .send_upstream(&mut upstream_wr, &pending, entry, &frame)
+                    .await?
+                {
+                    return Ok(Closed::ByUpstream);
+                }
+                continue;
+            }
             let header = RequestHeader::parse(&frame)?;
             let client = self.identify(&mut client, header.client_id.unwrap_or(""));
             if client
@@ -252,37 +337,139 @@ impl Connection {
                     header.api_version,
                 );
             }
-            let handling = self.handling_for(&header, &frame, client)?;
-            let local = matches!(handling, Handling::Local(_));
-            let mut unanswered = None;
-            if let Handling::Unanswered(exchange) = handling {
-                unanswered = Some(exchange);
+            let mut handshake_v0 = None;
+            let handling = if header.api_key == ApiKey::SaslHandshake as i16 {
+                let (handling, v0) = self.sasl_handshake(&header, &frame)?;
+                handshake_v0 = v0;
+                handling
             } else {
-                self.in_flight.fetch_add(1, Ordering::AcqRel);
-                let entry = Pending {
-                    api_key: header.api_key,
-                    api_version: header.api_version,
-                    correlation_id: header.correlation_id,
-                    handling,
-                    received,
-                    forwarded: Instant::now(),
-                };
-                // Queued before the request goes upstream, so the response always finds it.
-                if pending.send(entry).await.is_err() {
-                    return Ok(Closed::ByUpstream);
+                self.handling_for(&header, &frame, client)?
+            };
+            match &handling {
+                // Nothing will answer it, and it may not be mirrored: nothing to wait for.
+                Handling::Unanswered(None) => {
+                    upstream_wr
+                        .write_all(&frame)
+                        .await
+                        .map_err(ConnectionError::UpstreamWrite)?;
+                    continue;
+                }
+                Handling::Unanswered(Some(_)) => {
+                    proof_due
+                        .get_or_insert_with(|| tokio::time::Instant::now() + ACKS0_PROOF_DELAY);
+                }
+                Handling::Local(_) => {}
+                // Its answer will vouch for every acks=0 request sent before it.
+                _ => proof_due = None,
+            }
+            let entry = Pending {
+                api_key: header.api_key,
+                api_version: header.api_version,
+                correlation_id: header.correlation_id,
+                handling,
+                received,
+                forwarded: Instant::now(),
+            };
+            if !self
+                .send_upstream(&mut upstream_wr, &pending, entry, &frame)
+                .await?
+            {
+                return Ok(Closed::ByUpstream);
+            }
+            if let Some((accepted, rounds)) = handshake_v0 {
+                // Whether bare tokens follow depends on the broker's answer; the client waits
+                // for it too before it sends a token.
+                match accepted.await {
+                    Ok(true) => tokens_expected = rounds,
+                    Ok(false) => {}
+                    Err(_) => return Ok(Closed::ByUpstream),
                 }
             }
-            if !local {
-                upstream_wr
-                    .write_all(&frame)
-                    .await
-                    .map_err(ConnectionError::UpstreamWrite)?;
-            }
-            if let Some(exchange) = unanswered {
-                // acks=0: no response will come, so the mirror sees the request on send.
-                self.proxy.mirror.hand_over(exchange).await;
-            }
         }
+    }
+
+    /// Queues `entry` and writes `frame` upstream (unless the proxy answers it itself).
+    /// `false`: the response side has ended.
+    async fn send_upstream(
+        &self,
+        upstream_wr: &mut StreamWriter,
+        pending: &mpsc::Sender<Pending>,
+        entry: Pending,
+        frame: &[u8],
+    ) -> Result<bool, ConnectionError> {
+        let local = matches!(entry.handling, Handling::Local(_));
+        if !matches!(entry.handling, Handling::Unanswered(_)) {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        // Queued before the request goes upstream, so the response always finds it.
+        if pending.send(entry).await.is_err() {
+            return Ok(false);
+        }
+        if !local {
+            upstream_wr
+                .write_all(frame)
+                .await
+                .map_err(ConnectionError::UpstreamWrite)?;
+        }
+        Ok(true)
+    }
+
+    /// Sends an ApiVersions v0 of the proxy's own, whose answer vouches for the acks=0 requests
+    /// before it. Not while a SASL exchange is in progress: Kafka would take it for the
+    /// exchange's next step and fail the authentication; the exchange's own answers vouch then.
+    async fn send_probe(
+        &self,
+        upstream_wr: &mut StreamWriter,
+        pending: &mpsc::Sender<Pending>,
+        probes: &mut i32,
+    ) -> Result<bool, ConnectionError> {
+        if !self.sasl.lock().expect("sasl lock").may_interject() {
+            return Ok(true);
+        }
+        *probes = probes.wrapping_add(1);
+        let correlation_id = PROBE_CORRELATION_BASE.wrapping_add(*probes);
+        let entry = Pending {
+            api_key: ApiKey::ApiVersions as i16,
+            api_version: 0,
+            correlation_id,
+            handling: Handling::Probe,
+            received: Instant::now(),
+            forwarded: Instant::now(),
+        };
+        self.send_upstream(upstream_wr, pending, entry, &probe_frame(correlation_id))
+            .await
+    }
+
+    /// Reads the mechanism of a SaslHandshake request. For v0, also a receiver for whether the
+    /// broker took it, and how many bare tokens follow then.
+    #[allow(clippy::type_complexity)]
+    fn sasl_handshake(
+        &self,
+        header: &RequestHeader<'_>,
+        frame: &[u8],
+    ) -> Result<(Handling, Option<(oneshot::Receiver<bool>, u8)>), ConnectionError> {
+        let body = header.body_offset.map_or(&frame[..0], |o| &frame[o..]);
+        let name = handshake_mechanism(body)?;
+        let mechanism = Mechanism::from_name(name);
+        if header.api_version > 0 {
+            self.sasl
+                .lock()
+                .expect("sasl lock")
+                .handshake_sent(mechanism);
+            return Ok((Handling::SaslHandshake(None), None));
+        }
+        let rounds = mechanism
+            .rounds()
+            .ok_or_else(|| SaslError::UnknownTokenRounds(name.to_owned()))?;
+        self.sasl
+            .lock()
+            .expect("sasl lock")
+            .handshake_sent(mechanism);
+        let (accepted, answer) = oneshot::channel();
+        Ok((
+            Handling::SaslHandshake(Some(accepted)),
+            Some((answer, rounds)),
+        ))
     }
 
     /// Decides from the request header how its response is handled.
@@ -296,6 +483,14 @@ impl Connection {
             return Ok(Handling::Forward);
         };
         let version = header.api_version;
+        if api_key == ApiKey::SaslAuthenticate {
+            return Ok(Handling::SaslAuthenticate);
+        }
+        let may_mirror = {
+            let mut sasl = self.sasl.lock().expect("sasl lock");
+            sasl.other_request_sent();
+            sasl.may_mirror()
+        };
         let handling = match api_key {
             ApiKey::ApiVersions if version > max_api_versions_version() => {
                 Handling::Local(unsupported_version_response(header.correlation_id))
@@ -316,12 +511,14 @@ impl Connection {
                 let request_body = header
                     .body_offset
                     .map_or_else(Bytes::new, |offset| frame.slice(offset..));
-                let exchange = ProduceExchange {
+                // Sent before the connection authenticated: Kafka refuses it, and even were it
+                // to store it, the records would be the word of someone it does not know.
+                let exchange = may_mirror.then(|| ProduceExchange {
                     client: client.key.clone(),
                     version,
                     request_body,
                     response_frame: None,
-                };
+                });
                 if acks == 0 {
                     let mut sent = self.acks0_sent.lock().expect("acks0 lock");
                     if sent.len() == MAX_REMEMBERED_ACKS0 {
@@ -384,6 +581,8 @@ impl Connection {
         let mut frames = FramedRead::new(upstream_rd, FrameCodec::new(MAX_RESPONSE_BYTES));
         // Set once a write to the client fails; the broker's answers are still read.
         let mut client_gone = None;
+        // acks=0 Produce requests the broker has not yet vouched for, oldest first.
+        let mut unproven: Vec<ProduceExchange> = Vec::new();
         loop {
             // `biased`: a request's entry is queued before the request is written upstream, so
             // when a response is readable its entry is already in the queue.
@@ -416,16 +615,27 @@ impl Connection {
                 received,
                 forwarded,
             } = entry;
-            let timers = self.proxy.metrics.api_timers(api_key);
-            if let Handling::Local(response) = handling {
-                answer_client(&mut client_wr, &mut client_gone, &response).await;
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                continue;
-            }
+            let mut handling = match handling {
+                Handling::Unanswered(Some(exchange)) => {
+                    unproven.push(exchange);
+                    continue;
+                }
+                Handling::Local(response) => {
+                    answer_client(&mut client_wr, &mut client_gone, &response).await;
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                handling => handling,
+            };
+            let bare = matches!(handling, Handling::SaslToken);
             let frame = loop {
                 match frames.next().await {
-                    None => return Ok(Closed::ByUpstream),
+                    None => {
+                        self.forget_unproven(&unproven);
+                        return Ok(Closed::ByUpstream);
+                    }
                     Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
+                    Some(Ok(frame)) if bare => break frame,
                     // The awaited response wins, even if a client reused an acks=0 request's id.
                     Some(Ok(frame)) if response_correlation_id(&frame) == Some(correlation_id) => {
                         break frame
@@ -434,9 +644,8 @@ impl Connection {
                     Some(Ok(frame)) => break frame,
                 }
             };
-            timers.upstream.observe(forwarded.elapsed().as_secs_f64());
             let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
-            if got != correlation_id {
+            if !bare && got != correlation_id {
                 return Err(ConnectionError::CorrelationMismatch {
                     expected: correlation_id,
                     got,
@@ -444,8 +653,14 @@ impl Connection {
                     version: api_version,
                 });
             }
+            // The broker answered a request sent after these acks=0 requests, so it kept the
+            // connection past them: they were not refused.
+            let proven = std::mem::take(&mut unproven);
+            // Before the client hears the answer, so that its next request sees the outcome.
+            self.observe_sasl(&mut handling, &frame, api_version)?;
             let rewritten = self.rewrite(&handling, &frame, api_key, api_version);
-            if let Ok(rewritten) = &rewritten {
+            let is_probe = matches!(handling, Handling::Probe);
+            if let (Ok(rewritten), false) = (&rewritten, is_probe) {
                 answer_client(
                     &mut client_wr,
                     &mut client_gone,
@@ -454,15 +669,70 @@ impl Connection {
                 .await;
             }
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            timers.request.observe(received.elapsed().as_secs_f64());
+            if !is_probe {
+                let timers = self.proxy.metrics.api_timers(api_key);
+                timers.upstream.observe(forwarded.elapsed().as_secs_f64());
+                timers.request.observe(received.elapsed().as_secs_f64());
+            }
+            for exchange in proven {
+                self.proxy.mirror.hand_over(exchange).await;
+            }
             // Only now, with the client answered, does the mirror see the exchange; and it
             // sees it even when the client could not be answered, because Kafka has stored
             // (or rejected) the records either way.
-            if let Handling::Produce { mut exchange } = handling {
+            if let Handling::Produce {
+                exchange: Some(mut exchange),
+            } = handling
+            {
                 exchange.response_frame = Some(frame);
                 self.proxy.mirror.hand_over(exchange).await;
             }
             rewritten?;
+        }
+    }
+
+    /// Updates the SASL session from the broker's answer to a SASL request.
+    fn observe_sasl(
+        &self,
+        handling: &mut Handling,
+        frame: &[u8],
+        version: i16,
+    ) -> Result<(), SaslError> {
+        match handling {
+            Handling::SaslHandshake(accepted) => {
+                let code = response_error_code(frame, ApiKey::SaslHandshake, version)?;
+                self.sasl
+                    .lock()
+                    .expect("sasl lock")
+                    .handshake_answered(code);
+                if let Some(accepted) = accepted.take() {
+                    // The request loop may have ended; then no token follows anyway.
+                    let _ = accepted.send(code == 0);
+                }
+            }
+            Handling::SaslAuthenticate => {
+                let code = response_error_code(frame, ApiKey::SaslAuthenticate, version)?;
+                let mut sasl = self.sasl.lock().expect("sasl lock");
+                match code {
+                    0 => sasl.round_succeeded(),
+                    _ => sasl.round_failed(),
+                }
+            }
+            // With v0 the broker answers only a token it accepted; else it closes.
+            Handling::SaslToken => self.sasl.lock().expect("sasl lock").round_succeeded(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn forget_unproven(&self, unproven: &[ProduceExchange]) {
+        if !unproven.is_empty() {
+            tracing::info!(
+                peer = %self.peer,
+                requests = unproven.len(),
+                "not mirroring acks=0 Produce requests: the broker closed the connection after them, \
+                 which is how Kafka refuses one"
+            );
         }
     }
 
@@ -496,7 +766,13 @@ impl Connection {
             source,
         };
         let key = match handling {
-            Handling::Forward | Handling::Local(_) | Handling::Unanswered(_) => return Ok(None),
+            Handling::Forward
+            | Handling::Local(_)
+            | Handling::Unanswered(_)
+            | Handling::SaslHandshake(_)
+            | Handling::SaslAuthenticate
+            | Handling::SaslToken
+            | Handling::Probe => return Ok(None),
             Handling::NegotiateVersions => {
                 return negotiate_response(frame, version)
                     .map_err(|e: MessageError| failed(e.into()));

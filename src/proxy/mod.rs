@@ -11,6 +11,7 @@ mod connection;
 mod discovery;
 mod own_connection;
 mod own_sasl;
+mod sasl;
 mod scram;
 mod tls;
 
