@@ -503,12 +503,16 @@ async fn mirror_keeps_every_acknowledged_record_through_leader_kill() {
     let unexpected = copies.keys().filter(|id| **id >= RECORDS).count();
     eprintln!(
         "FAILOVER mirror: acknowledged {}, in Kinesis {last_count}, distinct {}, missing {missing}, \
-         duplicates {duplicates} (from producer retries; removed by the mirror-correctness issue), \
+         duplicates {duplicates} (producer retries acknowledged twice are mirrored once), \
          unexpected {unexpected}",
         acked.len(),
         copies.len()
     );
     assert_eq!(missing, 0, "acknowledged records never reached Kinesis");
+    assert_eq!(
+        duplicates, 0,
+        "records in Kinesis more than once: a producer retry was mirrored again"
+    );
     assert_eq!(
         unexpected, 0,
         "Kinesis holds records Kafka never acknowledged"
