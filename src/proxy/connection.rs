@@ -23,19 +23,24 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use super::sasl::{handshake_mechanism, response_error_code, Mechanism, SaslError, SaslSession};
+mod acks0;
+mod error;
+
+use super::sasl::{SaslError, SaslSession};
 use super::tls::{Stream, StreamReader, StreamWriter};
 use super::Proxy;
-use crate::kafka::frame::{FrameCodec, FrameError};
-use crate::kafka::header::{response_correlation_id, HeaderError, RequestHeader};
+use crate::kafka::frame::FrameCodec;
+use crate::kafka::header::{response_correlation_id, RequestHeader};
 use crate::kafka::message::MessageError;
-use crate::kafka::produce::{peek_acks, ProduceDecodeError};
+use crate::kafka::produce::peek_acks;
 use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
 use crate::kafka::versions::{
     max_api_versions_version, negotiate_response, unsupported_version_response,
 };
 use crate::mirror::ProduceExchange;
 use crate::ops::inventory::ClientKey;
+use acks0::{Acks0Ids, Probes};
+pub use error::ConnectionError;
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
 /// their own in-flight requests far below this; it only bounds memory for a misbehaving one.
@@ -43,22 +48,6 @@ const MAX_PIPELINED: usize = 1024;
 
 /// How long a connection the client closed may wait for the broker to finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// acks=0 Produce requests remembered per connection. Apache Kafka never answers them, but some
-/// brokers do (tansu 0.6.0); such an answer is discarded instead of breaking the FIFO pairing.
-const MAX_REMEMBERED_ACKS0: usize = 1024;
-
-/// How long an acks=0 Produce may wait for a later request's answer to vouch for it before the
-/// proxy sends a request of its own to get one. Bounds both the records held per connection and
-/// the extra requests (at most one per this interval) on a connection that only sends acks=0.
-const ACKS0_PROOF_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Correlation ids of the proxy's own ApiVersions requests count up from here, far from the
-/// small non-negative ids clients use.
-const PROBE_CORRELATION_BASE: i32 = i32::MIN;
-
-/// Client id of the proxy's own requests.
-const PROBE_CLIENT_ID: &[u8] = b"kafka-kinesis-proxy";
 
 /// Upstream responses are trusted to be well formed; the limit only guards against a
 /// nonsensical size prefix.
@@ -111,43 +100,6 @@ struct ClientState {
     acks_seen: HashSet<i16>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectionError {
-    #[error("client frame: {0}")]
-    ClientFrame(FrameError),
-    #[error("upstream frame: {0}")]
-    UpstreamFrame(FrameError),
-    #[error("request header: {0}")]
-    Header(#[from] HeaderError),
-    #[error(transparent)]
-    Sasl(#[from] SaslError),
-    #[error("{api} v{version} request: {source}")]
-    Request {
-        api: String,
-        version: i16,
-        source: ProduceDecodeError,
-    },
-    #[error("{api} v{version} response: {source}")]
-    Response {
-        api: String,
-        version: i16,
-        source: RewriteError,
-    },
-    #[error("upstream answered correlation id {got}, expected {expected} ({api} v{version})")]
-    CorrelationMismatch {
-        expected: i32,
-        got: i32,
-        api: String,
-        version: i16,
-    },
-    #[error("upstream sent a response nobody asked for")]
-    Unsolicited,
-    #[error("write to client: {0}")]
-    ClientWrite(std::io::Error),
-    #[error("write to upstream: {0}")]
-    UpstreamWrite(std::io::Error),
-}
-
 /// Why a connection ended without error.
 #[derive(Debug)]
 pub enum Closed {
@@ -162,8 +114,7 @@ pub struct Connection {
     /// The client as last identified, for logs and the inventory's connection count.
     client: Mutex<Option<Arc<ClientKey>>>,
     in_flight: AtomicUsize,
-    /// Correlation ids of recent acks=0 Produce requests, oldest first.
-    acks0_sent: Mutex<std::collections::VecDeque<i32>>,
+    acks0_sent: Acks0Ids,
     sasl: Mutex<SaslSession>,
 }
 
@@ -182,20 +133,6 @@ async fn answer_client(
     }
 }
 
-/// ApiVersions v0 (request header v1), the cheapest request Kafka answers on an authenticated
-/// connection.
-fn probe_frame(correlation_id: i32) -> Bytes {
-    let size = 2 + 2 + 4 + 2 + PROBE_CLIENT_ID.len();
-    let mut frame = bytes::BytesMut::with_capacity(4 + size);
-    frame.extend_from_slice(&(size as i32).to_be_bytes());
-    frame.extend_from_slice(&(ApiKey::ApiVersions as i16).to_be_bytes());
-    frame.extend_from_slice(&0i16.to_be_bytes());
-    frame.extend_from_slice(&correlation_id.to_be_bytes());
-    frame.extend_from_slice(&(PROBE_CLIENT_ID.len() as i16).to_be_bytes());
-    frame.extend_from_slice(PROBE_CLIENT_ID);
-    frame.freeze()
-}
-
 fn api_name(api_key: i16) -> String {
     match ApiKey::try_from(api_key) {
         Ok(key) => format!("{key:?}"),
@@ -210,7 +147,7 @@ impl Connection {
             peer,
             client: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
-            acks0_sent: Mutex::new(std::collections::VecDeque::new()),
+            acks0_sent: Acks0Ids::default(),
             sasl: Mutex::new(SaslSession::default()),
         }
     }
@@ -272,7 +209,7 @@ impl Connection {
         // Set while an acks=0 Produce has been sent that no answered request sent since
         // vouches for: by then the proxy sends its own request.
         let mut proof_due: Option<tokio::time::Instant> = None;
-        let mut probes = 0i32;
+        let mut probes = Probes::default();
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(idle_timeout, frames.next()) => next,
@@ -356,7 +293,7 @@ impl Connection {
                 }
                 Handling::Unanswered(Some(_)) => {
                     proof_due
-                        .get_or_insert_with(|| tokio::time::Instant::now() + ACKS0_PROOF_DELAY);
+                        .get_or_insert_with(|| tokio::time::Instant::now() + acks0::PROOF_DELAY);
                 }
                 Handling::Local(_) => {}
                 // Its answer will vouch for every acks=0 request sent before it.
@@ -421,13 +358,12 @@ impl Connection {
         &self,
         upstream_wr: &mut StreamWriter,
         pending: &mpsc::Sender<Pending>,
-        probes: &mut i32,
+        probes: &mut Probes,
     ) -> Result<bool, ConnectionError> {
         if !self.sasl.lock().expect("sasl lock").may_interject() {
             return Ok(true);
         }
-        *probes = probes.wrapping_add(1);
-        let correlation_id = PROBE_CORRELATION_BASE.wrapping_add(*probes);
+        let (correlation_id, frame) = probes.next();
         let entry = Pending {
             api_key: ApiKey::ApiVersions as i16,
             api_version: 0,
@@ -436,11 +372,11 @@ impl Connection {
             received: Instant::now(),
             forwarded: Instant::now(),
         };
-        self.send_upstream(upstream_wr, pending, entry, &probe_frame(correlation_id))
+        self.send_upstream(upstream_wr, pending, entry, &frame)
             .await
     }
 
-    /// Reads the mechanism of a SaslHandshake request. For v0, also a receiver for whether the
+    /// Records a SaslHandshake request's mechanism. For v0, also a receiver for whether the
     /// broker took it, and how many bare tokens follow then.
     #[allow(clippy::type_complexity)]
     fn sasl_handshake(
@@ -449,26 +385,14 @@ impl Connection {
         frame: &[u8],
     ) -> Result<(Handling, Option<(oneshot::Receiver<bool>, u8)>), ConnectionError> {
         let body = header.body_offset.map_or(&frame[..0], |o| &frame[o..]);
-        let name = handshake_mechanism(body)?;
-        let mechanism = Mechanism::from_name(name);
-        if header.api_version > 0 {
-            self.sasl
-                .lock()
-                .expect("sasl lock")
-                .handshake_sent(mechanism);
+        let mut sasl = self.sasl.lock().expect("sasl lock");
+        let Some(tokens) = sasl.handshake_request(header.api_version, body)? else {
             return Ok((Handling::SaslHandshake(None), None));
-        }
-        let rounds = mechanism
-            .rounds()
-            .ok_or_else(|| SaslError::UnknownTokenRounds(name.to_owned()))?;
-        self.sasl
-            .lock()
-            .expect("sasl lock")
-            .handshake_sent(mechanism);
+        };
         let (accepted, answer) = oneshot::channel();
         Ok((
             Handling::SaslHandshake(Some(accepted)),
-            Some((answer, rounds)),
+            Some((answer, tokens)),
         ))
     }
 
@@ -520,11 +444,7 @@ impl Connection {
                     response_frame: None,
                 });
                 if acks == 0 {
-                    let mut sent = self.acks0_sent.lock().expect("acks0 lock");
-                    if sent.len() == MAX_REMEMBERED_ACKS0 {
-                        sent.pop_front();
-                    }
-                    sent.push_back(header.correlation_id);
+                    self.acks0_sent.remember(header.correlation_id);
                     return Ok(Handling::Unanswered(exchange));
                 }
                 Handling::Produce { exchange }
@@ -698,28 +618,18 @@ impl Connection {
         frame: &[u8],
         version: i16,
     ) -> Result<(), SaslError> {
+        let mut sasl = self.sasl.lock().expect("sasl lock");
         match handling {
-            Handling::SaslHandshake(accepted) => {
-                let code = response_error_code(frame, ApiKey::SaslHandshake, version)?;
-                self.sasl
-                    .lock()
-                    .expect("sasl lock")
-                    .handshake_answered(code);
-                if let Some(accepted) = accepted.take() {
+            Handling::SaslHandshake(v0) => {
+                let accepted = sasl.handshake_response(frame, version)?;
+                if let Some(v0) = v0.take() {
                     // The request loop may have ended; then no token follows anyway.
-                    let _ = accepted.send(code == 0);
+                    let _ = v0.send(accepted);
                 }
             }
-            Handling::SaslAuthenticate => {
-                let code = response_error_code(frame, ApiKey::SaslAuthenticate, version)?;
-                let mut sasl = self.sasl.lock().expect("sasl lock");
-                match code {
-                    0 => sasl.round_succeeded(),
-                    _ => sasl.round_failed(),
-                }
-            }
+            Handling::SaslAuthenticate => sasl.authenticate_response(frame, version)?,
             // With v0 the broker answers only a token it accepted; else it closes.
-            Handling::SaslToken => self.sasl.lock().expect("sasl lock").round_succeeded(),
+            Handling::SaslToken => sasl.round_succeeded(),
             _ => {}
         }
         Ok(())
@@ -738,18 +648,11 @@ impl Connection {
 
     /// Whether `frame` answers an acks=0 Produce request; if so it is forgotten.
     fn is_acks0_answer(&self, frame: &Bytes) -> bool {
-        let Some(id) = response_correlation_id(frame) else {
+        let Some(id) = self.acks0_sent.take_answer(frame) else {
             return false;
         };
-        let mut sent = self.acks0_sent.lock().expect("acks0 lock");
-        match sent.iter().position(|c| *c == id) {
-            Some(i) => {
-                sent.remove(i);
-                tracing::debug!(peer = %self.peer, correlation_id = id, "discarding the broker's answer to an acks=0 Produce");
-                true
-            }
-            None => false,
-        }
+        tracing::debug!(peer = %self.peer, correlation_id = id, "discarding the broker's answer to an acks=0 Produce");
+        true
     }
 
     /// The response to send instead of `frame`, if it must change.

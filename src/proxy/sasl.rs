@@ -98,6 +98,40 @@ struct Exchange {
 }
 
 impl SaslSession {
+    /// The client sent SaslHandshake with `body`. For v0, how many bare tokens follow if the
+    /// broker takes the mechanism.
+    pub fn handshake_request(
+        &mut self,
+        version: i16,
+        body: &[u8],
+    ) -> Result<Option<u8>, SaslError> {
+        let name = handshake_mechanism(body)?;
+        let mechanism = Mechanism::from_name(name);
+        let tokens = match (version, mechanism.rounds()) {
+            (0, None) => return Err(SaslError::UnknownTokenRounds(name.to_owned())),
+            (0, rounds) => rounds,
+            _ => None,
+        };
+        self.handshake_sent(mechanism);
+        Ok(tokens)
+    }
+
+    /// The broker answered SaslHandshake with `frame`: whether it took the mechanism.
+    pub fn handshake_response(&mut self, frame: &[u8], version: i16) -> Result<bool, SaslError> {
+        let code = response_error_code(frame, ApiKey::SaslHandshake, version)?;
+        self.handshake_answered(code);
+        Ok(code == 0)
+    }
+
+    /// The broker answered SaslAuthenticate with `frame`.
+    pub fn authenticate_response(&mut self, frame: &[u8], version: i16) -> Result<(), SaslError> {
+        match response_error_code(frame, ApiKey::SaslAuthenticate, version)? {
+            0 => self.round_succeeded(),
+            _ => self.round_failed(),
+        }
+        Ok(())
+    }
+
     /// The client sent SaslHandshake naming `mechanism` (again, for a re-authentication).
     pub fn handshake_sent(&mut self, mechanism: Mechanism) {
         self.started = true;
@@ -259,6 +293,27 @@ mod tests {
         assert!(!s.may_mirror());
         s.other_request_sent();
         assert!(s.may_mirror() && s.may_interject());
+    }
+
+    #[test]
+    fn handshake_requests_and_answers() {
+        let mut s = SaslSession::default();
+        assert_eq!(s.handshake_request(0, b"\0\x0dSCRAM-SHA-512"), Ok(Some(2)));
+        assert!(!s.may_interject());
+        let refused = [0, 0, 0, 6, 0, 0, 0, 1, 0, 33];
+        assert_eq!(s.handshake_response(&refused, 0), Ok(false));
+        assert!(s.may_interject());
+        assert_eq!(s.handshake_request(1, b"\0\x06GSSAPI"), Ok(None));
+        assert_eq!(
+            s.handshake_request(0, b"\0\x06GSSAPI"),
+            Err(SaslError::UnknownTokenRounds("GSSAPI".into()))
+        );
+        assert_eq!(s.handshake_request(1, b"\0\x05PLAIN"), Ok(None));
+        let accepted = [0, 0, 0, 6, 0, 0, 0, 1, 0, 0];
+        assert_eq!(s.handshake_response(&accepted, 1), Ok(true));
+        let authenticated = [0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0];
+        s.authenticate_response(&authenticated, 2).unwrap();
+        assert!(s.may_mirror());
     }
 
     #[test]
