@@ -3,10 +3,11 @@
 //! - an authenticated acks=0 Produce that Kafka rejects (a record over the topic's
 //!   `max.message.bytes`, a partition that does not exist) does not reach Kinesis, while one
 //!   that Kafka accepts does, even when the client sends nothing after it;
-//! - a client that authenticates with SaslHandshake v0 (raw tokens, no Kafka header) works.
+//! - a client that authenticates with SaslHandshake v0 (raw tokens, no Kafka header) works:
+//!   a raw PLAIN client, and Sarama with PLAIN and SCRAM-SHA-512.
 //!
-//! Every client here is raw bytes on a socket, so the test controls exactly what the broker
-//! sees. "Nothing reached Kinesis" is only asserted after a marker record, produced later
+//! The clients are raw bytes on a socket, so the test controls exactly what the broker sees
+//! (Sarama aside). "Nothing reached Kinesis" is only asserted after a marker record, produced later
 //! through the proxy and acknowledged by Kafka, has arrived in the same stream.
 //!
 //! One single-node cluster serves every test of this binary (`KafkaCluster::shared`), so each
@@ -319,4 +320,62 @@ async fn sasl_handshake_v0_with_raw_tokens_works_through_the_proxy() {
         BTreeSet::from(["via-v0".to_owned(), "marker-3".to_owned()])
     );
     assert_eq!(cluster.offsets(topic, 0).1, 2);
+}
+
+/// Sarama with `Net.SASL.Version = SASLHandshakeV0`, as older Sarama sends by default: PLAIN
+/// (one bare token each way) and SCRAM-SHA-512 (two), producing through the proxy and mirrored.
+#[tokio::test(flavor = "multi_thread")]
+async fn sarama_with_sasl_handshake_v0_produces_through_the_proxy() {
+    const COUNT: i64 = 20;
+    let (topic, stream) = ("sasl-v0-sarama", "sasl-v0-sarama-stream");
+    let (cluster, kinesis, proxy) = sasl_proxy(topic, stream, &[]).await;
+    let bootstrap = proxy.bootstrap();
+    let count = COUNT.to_string();
+    for (round, mechanism) in ["PLAIN", "SCRAM-SHA-512"].into_iter().enumerate() {
+        let args = [
+            "produce",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            topic,
+            "--count",
+            &count,
+            "--sasl-mechanism",
+            mechanism,
+            "--sasl-user",
+            SASL_USER.0,
+            "--sasl-password",
+            SASL_USER.1,
+            "--sasl-handshake",
+            "0",
+            "--timeout",
+            "60",
+        ];
+        let result = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                support::try_run_client("sarama", &args)
+            }
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("sarama with {mechanism} over SaslHandshake v0:\n{e}"));
+        support::check_produced(&result, COUNT).unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+        let expected = COUNT * (round as i64 + 1);
+        assert_eq!(cluster.offsets(topic, 0).1, expected, "{mechanism}");
+    }
+    let deadline = Instant::now() + STEP;
+    loop {
+        let mirrored = kinesis.read_all(stream).await.len() as i64;
+        if mirrored == 2 * COUNT {
+            break;
+        }
+        assert!(
+            mirrored < 2 * COUNT && Instant::now() < deadline,
+            "Kinesis holds {mirrored} records, Kafka {}",
+            2 * COUNT
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -12,6 +12,10 @@
 // picks the request versions it sends; default 3.6.0: Kafka 4 no longer
 // accepts the oldest versions, and zstd needs >= 2.1).
 //
+// SASL: --sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 with --sasl-user and
+// --sasl-password; --sasl-handshake 0 sends SaslHandshake v0 (bare tokens follow, as older
+// Sarama did), otherwise v1 (SaslAuthenticate).
+//
 // Prints exactly one JSON line on stdout; logs go to stderr (sarama's
 // logger is on when KKP_CLIENT_LOG is DEBUG or INFO).
 package main
@@ -35,7 +39,8 @@ import (
 const defaultVersion = "3.6.0"
 
 func main() {
-	a := records.ParseArgs("sarama-client", os.Args[1:], "kafka-version")
+	a := records.ParseArgs("sarama-client", os.Args[1:], "kafka-version",
+		"sasl-mechanism", "sasl-user", "sasl-password", "sasl-handshake")
 	switch strings.ToUpper(os.Getenv("KKP_CLIENT_LOG")) {
 	case "DEBUG", "INFO":
 		sarama.Logger = log.New(os.Stderr, "sarama ", log.LstdFlags|log.Lmicroseconds)
@@ -55,6 +60,22 @@ func config(a *records.Args) *sarama.Config {
 		records.Usage("--kafka-version: %v", err)
 	}
 	cfg.Version = ver
+	if m := *a.Extra["sasl-mechanism"]; m != "" {
+		cfg.Net.SASL.Enable = true
+		cfg.Net.SASL.Mechanism = sarama.SASLMechanism(m)
+		cfg.Net.SASL.User = *a.Extra["sasl-user"]
+		cfg.Net.SASL.Password = *a.Extra["sasl-password"]
+		cfg.Net.SASL.Handshake = true
+		cfg.Net.SASL.Version = sarama.SASLHandshakeV1
+		if *a.Extra["sasl-handshake"] == "0" {
+			cfg.Net.SASL.Version = sarama.SASLHandshakeV0
+			// sarama's rule for v0 (Config.Validate), as in the releases that used it.
+			cfg.ApiVersionsRequest = false
+		}
+		if strings.HasPrefix(m, "SCRAM-") {
+			cfg.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return newSCRAMClient(m) }
+		}
+	}
 	return cfg
 }
 
