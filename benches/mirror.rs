@@ -122,6 +122,7 @@ fn put_records(c: &mut Criterion) {
                 topic: topic.clone(),
                 partition: (i % 6) as i32,
                 offset: i as i64,
+                offset_from_kafka: true,
                 key: kinesis_key(&PartitionKeyRule::Key, &record, (i % 6) as i32, 4),
                 data: record.value.clone().expect("value"),
                 acked_at: std::time::Instant::now(),
