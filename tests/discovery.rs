@@ -339,3 +339,24 @@ fn password_appears_in_no_log_output_endpoint_or_spool_file() {
         assert!(files > 0, "brokers.json at least");
     }
 }
+
+#[test]
+fn credentials_for_a_listener_without_sasl_are_an_error_that_says_so() {
+    let cluster = KafkaCluster::shared();
+    let secrets = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::start_with(
+        cluster,
+        &sasl_toml(secrets.path(), "SCRAM-SHA-512", kafka::SASL_USER.1),
+    );
+    wait_for(
+        &mut proxy,
+        Duration::from_secs(30),
+        "an error saying the listener does not use SASL",
+        |p| {
+            log(p).lines().any(|l| {
+                l.contains("ERROR")
+                    && l.contains("this listener does not use SASL; remove [kafka.sasl]")
+            })
+        },
+    );
+}

@@ -42,6 +42,7 @@ impl DiscoveryError {
                     OwnSaslError::Password(_)
                         | OwnSaslError::Refused { .. }
                         | OwnSaslError::MechanismNotOffered { .. }
+                        | OwnSaslError::ListenerWithoutSasl { .. }
                 )
         )
     }

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{
     SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
 use super::own_connection::{common_version, OwnConnection, OwnRequestError};
 use super::scram::{ScramClient, ScramError, ScramHash};
@@ -22,6 +23,8 @@ pub enum OwnSaslError {
     Password(#[from] PasswordError),
     #[error("{server}: the broker does not offer {api:?}, which SASL needs")]
     NoSaslApi { server: String, api: ApiKey },
+    #[error("{server}: this listener does not use SASL; remove [kafka.sasl], or point kafka.bootstrap_servers at a SASL listener")]
+    ListenerWithoutSasl { server: String },
     #[error("{server}: the broker does not enable {mechanism} (it offers {offered}); set kafka.sasl.mechanism to one of those")]
     MechanismNotOffered {
         server: String,
@@ -76,6 +79,10 @@ pub async fn authenticate(
     else {
         unreachable!("decoded as SaslHandshake")
     };
+    // ILLEGAL_SASL_STATE: a listener without SASL has authenticated the connection already.
+    if handshake.error_code == ResponseError::IllegalSaslState.code() {
+        return Err(OwnSaslError::ListenerWithoutSasl { server });
+    }
     if handshake.error_code != 0 {
         return Err(OwnSaslError::MechanismNotOffered {
             server,
