@@ -739,10 +739,10 @@ async fn oversized_record_is_counted_not_sent() {
 }
 
 /// With acks=0 Kafka sends no response (Apache Kafka never answers an acks=0 Produce; it closes
-/// the connection instead if the request fails): records are mirrored on send and counted apart
-/// from Kafka's verdicts, and Kafka stores them all.
+/// the connection instead if the request fails): records are mirrored once the broker has kept
+/// the connection past them, counted apart from Kafka's verdicts, and Kafka stores them all.
 #[tokio::test(flavor = "multi_thread")]
-async fn acks_zero_records_are_mirrored_on_send() {
+async fn acks_zero_records_are_mirrored_once_the_broker_kept_the_connection() {
     let (cluster, kinesis, proxy) =
         single_route("fire-and-forget", 2, "metrics-feed", 2, &[], "").await;
     let bootstrap = proxy.bootstrap();
