@@ -192,7 +192,7 @@ impl Drop for SilentServer {
 #[test]
 fn silent_bootstrap_server_is_logged_and_never_ready() {
     let silent = SilentServer::start();
-    let mut proxy = Proxy::start_upstream(&[silent.address.clone()], &[1], "");
+    let mut proxy = Proxy::start_upstream(std::slice::from_ref(&silent.address), &[1], "");
     let timed_out = format!("{}: no ApiVersions response within", silent.address);
     let started = Instant::now();
     // Discovery gives up on the silent server after kafka.connect_timeout_ms (10 s by default)
@@ -288,8 +288,7 @@ fn password_appears_in_no_log_output_endpoint_or_spool_file() {
     wait_for(&mut proxy, Duration::from_secs(30), DISCOVERED, |p| {
         log(p).contains(DISCOVERED)
     });
-    let second = sasl_proxy(cluster, &sasl_toml(secrets.path(), "PLAIN", password));
-    let mut second = second;
+    let mut second = sasl_proxy(cluster, &sasl_toml(secrets.path(), "PLAIN", password));
     wait_for(&mut second, Duration::from_secs(30), DISCOVERED, |p| {
         log(p).contains(DISCOVERED)
     });
