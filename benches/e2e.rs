@@ -789,9 +789,11 @@ impl Bench {
         let dir = tempfile::tempdir().expect("tempdir");
         // The benchmark installs its own broker and peer proxy (tansu), which the test suite
         // does not need; skipped when already installed.
-        let install = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-bench-deps.sh"))
-            .status()
-            .expect("run scripts/install-bench-deps.sh");
+        let install = Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-bench-deps.sh"),
+        )
+        .status()
+        .expect("run scripts/install-bench-deps.sh");
         assert!(install.success(), "scripts/install-bench-deps.sh failed");
         let tansu = tools_dir().join("tansu/bin/tansu");
         eprintln!(
