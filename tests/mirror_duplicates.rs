@@ -261,7 +261,7 @@ async fn start(
          [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100\n",
         kinesis.endpoint
     );
-    let proxy = Proxy::start_upstream(&[gate.address.clone()], &cluster.node_ids(), &extra);
+    let proxy = Proxy::start_upstream(std::slice::from_ref(&gate.address), &cluster.node_ids(), &extra);
     cluster.create_topic(topic, 1);
     (cluster, kinesis, gate, proxy)
 }

@@ -139,7 +139,7 @@ async fn records_kafka_accepted_are_mirrored_when_the_client_resets_before_the_a
          [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100\n",
         kinesis.endpoint
     );
-    let proxy = Proxy::start_upstream(&[gate.address.clone()], &cluster.node_ids(), &extra);
+    let proxy = Proxy::start_upstream(std::slice::from_ref(&gate.address), &cluster.node_ids(), &extra);
     cluster.create_topic(topic, 1);
 
     let records: Vec<(String, Vec<u8>)> = (0..RECORDS)

@@ -169,7 +169,7 @@ async fn render(
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  {}",
+        "{:<24} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  STREAM STATE",
         "TOPIC",
         "STREAM",
         "PERCENT",
@@ -179,7 +179,6 @@ async fn render(
         "SUCCESS",
         "FAILED",
         "SPOOL BYTES",
-        "STREAM STATE"
     );
     for r in &routes.routes {
         let kafka = after.kafka_ok.get(&r.topic).copied().unwrap_or(0.0);
