@@ -13,129 +13,16 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
+use support::answer_gate::{Hold, ProduceAnswerGate};
 use support::kinesis::KinesisLocal;
 use support::metrics::{value, wait_for};
 use support::raw_produce::RawProduce;
-use support::{KafkaCluster, Listener, Proxy};
-
-/// Kafka's api key for Produce.
-const PRODUCE: i16 = 0;
-
-/// A TCP relay in front of a Kafka broker that holds back the broker's answers on the first
-/// connection whose first request is a Produce, until the test releases them. Every other
-/// connection (later producers, the proxy's discovery and readiness checks) flows freely.
-struct FirstProducerGate {
-    address: String,
-    /// Set once the held connection's Produce has been passed to the broker whole.
-    produce_forwarded: Arc<AtomicBool>,
-    release: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FirstProducerGate {
-    async fn start(broker: String) -> FirstProducerGate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let produce_forwarded = Arc::new(AtomicBool::new(false));
-        let (release, released) = watch::channel(false);
-        let task = tokio::spawn({
-            let produce_forwarded = produce_forwarded.clone();
-            async move {
-                let held_taken = Arc::new(AtomicBool::new(false));
-                while let Ok((proxy_side, _)) = listener.accept().await {
-                    let (broker, forwarded, released, held_taken) = (
-                        broker.clone(),
-                        produce_forwarded.clone(),
-                        released.clone(),
-                        held_taken.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let _ = relay(proxy_side, &broker, &forwarded, &held_taken, released).await;
-                    });
-                }
-            }
-        });
-        FirstProducerGate {
-            address,
-            produce_forwarded,
-            release,
-            task,
-        }
-    }
-
-    /// Lets the broker's held answers through.
-    fn release(&self) {
-        self.release.send_replace(true);
-    }
-}
-
-impl Drop for FirstProducerGate {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Relays one connection; its answers wait for `released` if it is the first whose first
-/// request is a Produce.
-async fn relay(
-    mut proxy_side: TcpStream,
-    broker: &str,
-    produce_forwarded: &AtomicBool,
-    held_taken: &AtomicBool,
-    mut released: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let mut broker_side = TcpStream::connect(broker).await?;
-    let size = proxy_side.read_i32().await?;
-    let mut first = vec![0u8; size as usize];
-    proxy_side.read_exact(&mut first).await?;
-    let is_produce = first.len() >= 2 && i16::from_be_bytes([first[0], first[1]]) == PRODUCE;
-    let held = is_produce && !held_taken.swap(true, Ordering::AcqRel);
-    broker_side.write_all(&size.to_be_bytes()).await?;
-    broker_side.write_all(&first).await?;
-    if held {
-        produce_forwarded.store(true, Ordering::Release);
-    }
-    let (mut proxy_rd, mut proxy_wr) = proxy_side.into_split();
-    let (mut broker_rd, mut broker_wr) = broker_side.into_split();
-    let requests = tokio::io::copy(&mut proxy_rd, &mut broker_wr);
-    let answers = async {
-        if held {
-            let _ = released.wait_for(|open| *open).await;
-        }
-        tokio::io::copy(&mut broker_rd, &mut proxy_wr).await
-    };
-    let _ = tokio::join!(requests, answers);
-    Ok(())
-}
-
-/// Polls `done` until it holds; fails the test with `state()` after `limit`.
-async fn wait_until<T: std::fmt::Debug>(
-    what: &str,
-    limit: Duration,
-    mut state: impl AsyncFnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let now = state().await;
-        if done(&now) {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}; last seen: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use support::{wait_until_async, KafkaCluster, Listener, Proxy};
 
 /// `count` records tagged with `tag`, with values unique across the test.
 fn records(tag: &str, count: usize) -> Vec<(String, Vec<u8>)> {
@@ -168,21 +55,21 @@ async fn produce(bootstrap: &str, frame: &[u8]) {
 async fn produce_and_lose_the_answer(
     bootstrap: &str,
     frame: &[u8],
-    gate: &FirstProducerGate,
+    gate: &ProduceAnswerGate,
     cluster: &KafkaCluster,
     topic: &str,
     stored_after: i64,
 ) {
     let mut client = TcpStream::connect(bootstrap).await.unwrap();
     client.write_all(frame).await.unwrap();
-    wait_until(
+    wait_until_async(
         "the Produce to reach Kafka through the proxy",
         Duration::from_secs(30),
-        async || gate.produce_forwarded.load(Ordering::Acquire),
+        async || gate.produce_forwarded(),
         |forwarded| *forwarded,
     )
     .await;
-    wait_until(
+    wait_until_async(
         "Kafka to store the batch whose answer is held",
         Duration::from_secs(30),
         async || cluster.offsets(topic, 0).1,
@@ -249,19 +136,27 @@ async fn start(
 ) -> (
     &'static KafkaCluster,
     KinesisLocal,
-    FirstProducerGate,
+    ProduceAnswerGate,
     Proxy,
 ) {
     let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream(stream, 1).await;
-    let gate = FirstProducerGate::start(cluster.addresses(Listener::Plaintext)[0].clone()).await;
+    let gate = ProduceAnswerGate::start(
+        cluster.addresses(Listener::Plaintext)[0].clone(),
+        Hold::FirstProducer,
+    )
+    .await;
     let extra = format!(
         "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\
          [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100\n",
         kinesis.endpoint
     );
-    let proxy = Proxy::start_upstream(std::slice::from_ref(&gate.address), &cluster.node_ids(), &extra);
+    let proxy = Proxy::start_upstream(
+        std::slice::from_ref(&gate.address),
+        &cluster.node_ids(),
+        &extra,
+    );
     cluster.create_topic(topic, 1);
     (cluster, kinesis, gate, proxy)
 }
@@ -325,7 +220,7 @@ async fn two_producers_answered_out_of_order_then_retried_are_mirrored_once() {
     produce_and_lose_the_answer(&bootstrap, &frame_a, &gate, cluster, topic, RECORDS as i64).await;
     produce(&bootstrap, &frame_b).await;
     // B's records reach the mirror first; then A's answer is let through.
-    wait_until(
+    wait_until_async(
         "B's records to be mirrored",
         Duration::from_secs(60),
         async || copies_in(&kinesis, stream).await.len(),

@@ -7,6 +7,7 @@
 //! says how to install it.
 #![allow(dead_code)]
 
+pub mod answer_gate;
 pub mod faults;
 pub mod kafka;
 pub mod kinesis;
@@ -796,5 +797,27 @@ pub fn check_consumed(v: &Value, count: i64) -> Result<(), String> {
         Err(format!(
             "consume: expected {count} distinct, 0 missing, 0 mismatched, got {v}"
         ))
+    }
+}
+
+/// Polls `state` until `done` holds for it and returns it; fails the test with the last state
+/// after `limit`.
+pub async fn wait_until_async<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut state: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = state().await;
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last seen: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
