@@ -8,7 +8,8 @@
 //!   same proxy process;
 //! - the proxy itself killed and restarted in the middle of a produce run;
 //! - the mirror at 100% to kinesis-local through a leader kill: every record Kafka
-//!   acknowledged reaches Kinesis (duplicates from producer retries are reported).
+//!   acknowledged reaches Kinesis once (the mirror skips a batch that a producer's retry got
+//!   acknowledged again).
 //!
 //! Each test prints a FAILOVER line with its counts. Tests that take a node down run one at a
 //! time: two nodes down at once would lose the controller quorum and min.insync.replicas.
