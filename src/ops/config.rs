@@ -847,13 +847,26 @@ impl fmt::Display for Config {
     }
 }
 
+/// Parsing helpers shared by the unit tests of every config section.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use std::path::Path;
 
-    fn parse(text: &str) -> Result<Config, String> {
+    use super::Config;
+
+    /// `text` parsed as `proxy.toml`, with the error as its message.
+    pub(crate) fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("proxy.toml"), text).map_err(|e| e.to_string())
     }
+
+    /// The smallest valid config, for a section's test to append its table to.
+    pub(crate) const BASE: &str = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::parse;
+    use super::*;
 
     const MINIMAL: &str =
         "[listener]\nbootstrap_port = 19092\n[kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\n";

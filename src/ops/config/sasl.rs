@@ -203,16 +203,8 @@ impl fmt::Display for KafkaSaslConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::ops::config::Config;
-
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(Path::new("proxy.toml"), text).map_err(|e| e.to_string())
-    }
-
-    const BASE: &str = "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n";
+    use crate::ops::config::test_support::{parse, BASE};
 
     #[test]
     fn scram_with_password_file() {
