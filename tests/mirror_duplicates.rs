@@ -18,11 +18,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::answer_gate::{Hold, ProduceAnswerGate};
+use support::answer_gate::{mirror_behind_gate, Hold, ProduceAnswerGate};
 use support::kinesis::KinesisLocal;
 use support::metrics::{value, wait_for};
 use support::raw_produce::RawProduce;
-use support::{wait_until_async, KafkaCluster, Listener, Proxy};
+use support::{wait_until_async, KafkaCluster, Proxy};
 
 /// `count` records tagged with `tag`, with values unique across the test.
 fn records(tag: &str, count: usize) -> Vec<(String, Vec<u8>)> {
@@ -130,37 +130,6 @@ async fn copies_in(kinesis: &KinesisLocal, stream: &str) -> HashMap<Vec<u8>, usi
     copies
 }
 
-async fn start(
-    topic: &str,
-    stream: &str,
-) -> (
-    &'static KafkaCluster,
-    KinesisLocal,
-    ProduceAnswerGate,
-    Proxy,
-) {
-    let cluster = KafkaCluster::shared();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream(stream, 1).await;
-    let gate = ProduceAnswerGate::start(
-        cluster.addresses(Listener::Plaintext)[0].clone(),
-        Hold::FirstProducer,
-    )
-    .await;
-    let extra = format!(
-        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\
-         [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100\n",
-        kinesis.endpoint
-    );
-    let proxy = Proxy::start_upstream(
-        std::slice::from_ref(&gate.address),
-        &cluster.node_ids(),
-        &extra,
-    );
-    cluster.create_topic(topic, 1);
-    (cluster, kinesis, gate, proxy)
-}
-
 /// An injected lost response: the client's first answer never arrives, so it retries the same
 /// batch on a new connection; Kafka answers the retry with the original offsets, and then the
 /// held first answer reaches the proxy too. Kinesis must hold each record once.
@@ -168,7 +137,8 @@ async fn start(
 async fn a_batch_retried_after_a_lost_answer_is_mirrored_once() {
     const RECORDS: usize = 50;
     let (topic, stream) = ("lost-answer", "lost-answer-stream");
-    let (cluster, kinesis, gate, proxy) = start(topic, stream).await;
+    let (cluster, kinesis, gate, proxy) =
+        mirror_behind_gate(topic, stream, Hold::FirstProducer).await;
     let bootstrap = proxy.bootstrap();
     let batch = records("lost", RECORDS);
     let frame = idempotent_frame(topic, 424_201, &batch);
@@ -211,7 +181,8 @@ async fn a_batch_retried_after_a_lost_answer_is_mirrored_once() {
 async fn two_producers_answered_out_of_order_then_retried_are_mirrored_once() {
     const RECORDS: usize = 20;
     let (topic, stream) = ("out-of-order", "out-of-order-stream");
-    let (cluster, kinesis, gate, proxy) = start(topic, stream).await;
+    let (cluster, kinesis, gate, proxy) =
+        mirror_behind_gate(topic, stream, Hold::FirstProducer).await;
     let bootstrap = proxy.bootstrap();
     let (batch_a, batch_b) = (records("a", RECORDS), records("b", RECORDS));
     let frame_a = idempotent_frame(topic, 424_202, &batch_a);

@@ -13,10 +13,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use support::answer_gate::{Hold, ProduceAnswerGate};
-use support::kinesis::KinesisLocal;
+use support::answer_gate::{mirror_behind_gate, Hold};
 use support::raw_produce::RawProduce;
-use support::{wait_until_async, KafkaCluster, Listener, Proxy};
+use support::wait_until_async;
 
 /// A producer sends an acks=all Produce and resets its connection (SO_LINGER 0) before Kafka
 /// answers. Kafka stores the records; the mirror must follow Kafka's verdict and deliver them
@@ -25,25 +24,8 @@ use support::{wait_until_async, KafkaCluster, Listener, Proxy};
 async fn records_kafka_accepted_are_mirrored_when_the_client_resets_before_the_answer() {
     const RECORDS: usize = 50;
     let (topic, stream) = ("client-gone", "client-gone-stream");
-    let cluster = KafkaCluster::shared();
-    let kinesis = KinesisLocal::start();
-    kinesis.create_stream(stream, 1).await;
-    let gate = ProduceAnswerGate::start(
-        cluster.addresses(Listener::Plaintext)[0].clone(),
-        Hold::EveryProducer,
-    )
-    .await;
-    let extra = format!(
-        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\
-         [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100\n",
-        kinesis.endpoint
-    );
-    let proxy = Proxy::start_upstream(
-        std::slice::from_ref(&gate.address),
-        &cluster.node_ids(),
-        &extra,
-    );
-    cluster.create_topic(topic, 1);
+    let (cluster, kinesis, gate, proxy) =
+        mirror_behind_gate(topic, stream, Hold::EveryProducer).await;
 
     let records: Vec<(String, Vec<u8>)> = (0..RECORDS)
         .map(|i| {

@@ -27,11 +27,7 @@ fn setup(stream: &str, topic: &str, percent: f64) -> (KinesisLocal, Proxy) {
     let kinesis = KinesisLocal::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(kinesis.create_stream(stream, 4));
-    let extra = format!(
-        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\n[[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = {percent:.1}\n",
-        kinesis.endpoint
-    );
-    let proxy = Proxy::start_with(cluster, &extra);
+    let proxy = Proxy::start_with(cluster, &kinesis.mirror_config(topic, stream, percent));
     cluster.create_topic(topic, 6);
     (kinesis, proxy)
 }

@@ -45,15 +45,10 @@ async fn sasl_proxy(
     let cluster = KafkaCluster::shared();
     let kinesis = KinesisLocal::start();
     kinesis.create_stream(stream, 1).await;
-    let extra = format!(
-        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\
-         [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100\n",
-        kinesis.endpoint
-    );
     let proxy = Proxy::start_upstream(
         &cluster.addresses(Listener::SaslPlaintext),
         &cluster.node_ids(),
-        &extra,
+        &kinesis.mirror_config(topic, stream, 100.0),
     );
     cluster.create_topic_with(topic, 1, topic_configs);
     (cluster, kinesis, proxy)

@@ -10,6 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::kinesis::KinesisLocal;
+use super::{KafkaCluster, Listener, Proxy};
+
 /// Kafka's api key for Produce.
 const PRODUCE: i16 = 0;
 
@@ -77,6 +80,33 @@ impl Drop for ProduceAnswerGate {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// kinesis-local with a one-shard `stream`, and a proxy that reaches the shared cluster's first
+/// node through a gate holding `hold`'s answers and mirrors `topic` (one partition, created
+/// here) into `stream` at 100%.
+pub async fn mirror_behind_gate(
+    topic: &str,
+    stream: &str,
+    hold: Hold,
+) -> (
+    &'static KafkaCluster,
+    KinesisLocal,
+    ProduceAnswerGate,
+    Proxy,
+) {
+    let cluster = KafkaCluster::shared();
+    let kinesis = KinesisLocal::start();
+    kinesis.create_stream(stream, 1).await;
+    let gate =
+        ProduceAnswerGate::start(cluster.addresses(Listener::Plaintext)[0].clone(), hold).await;
+    let proxy = Proxy::start_upstream(
+        std::slice::from_ref(&gate.address),
+        &cluster.node_ids(),
+        &kinesis.mirror_config(topic, stream, 100.0),
+    );
+    cluster.create_topic(topic, 1);
+    (cluster, kinesis, gate, proxy)
 }
 
 /// One relayed connection.

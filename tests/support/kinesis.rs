@@ -28,6 +28,16 @@ pub struct StoredRecord {
 }
 
 impl KinesisLocal {
+    /// Proxy config that mirrors `topic` into `stream` of this emulator at `percent`, batching
+    /// with a short linger so that tests do not wait on the default.
+    pub fn mirror_config(&self, topic: &str, stream: &str, percent: f64) -> String {
+        format!(
+            "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\n\
+             [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = {percent:.1}\n",
+            self.endpoint
+        )
+    }
+
     pub fn start() -> KinesisLocal {
         KinesisLocal::start_on(free_port())
     }
