@@ -92,6 +92,26 @@ struct Pending {
     forwarded: Instant,
 }
 
+impl Pending {
+    /// A request about to go upstream now.
+    fn new(
+        api_key: i16,
+        api_version: i16,
+        correlation_id: i32,
+        handling: Handling,
+        received: Instant,
+    ) -> Pending {
+        Pending {
+            api_key,
+            api_version,
+            correlation_id,
+            handling,
+            received,
+            forwarded: Instant::now(),
+        }
+    }
+}
+
 /// What the request loop knows about its client, kept local so that steady traffic takes no
 /// lock: the inventory hears only of what is new.
 struct ClientState {
@@ -246,14 +266,13 @@ impl Connection {
             if tokens_expected > 0 {
                 // A bare token has no header to read; it is paired with the next answer.
                 tokens_expected -= 1;
-                let entry = Pending {
-                    api_key: ApiKey::SaslAuthenticate as i16,
-                    api_version: 0,
-                    correlation_id: 0,
-                    handling: Handling::SaslToken,
+                let entry = Pending::new(
+                    ApiKey::SaslAuthenticate as i16,
+                    0,
+                    0,
+                    Handling::SaslToken,
                     received,
-                    forwarded: Instant::now(),
-                };
+                );
                 if !self
                     .send_upstream(&mut upstream_wr, &pending, entry, &frame)
                     .await?
@@ -299,14 +318,13 @@ impl Connection {
                 // Its answer will vouch for every acks=0 request sent before it.
                 _ => proof_due = None,
             }
-            let entry = Pending {
-                api_key: header.api_key,
-                api_version: header.api_version,
-                correlation_id: header.correlation_id,
+            let entry = Pending::new(
+                header.api_key,
+                header.api_version,
+                header.correlation_id,
                 handling,
                 received,
-                forwarded: Instant::now(),
-            };
+            );
             if !self
                 .send_upstream(&mut upstream_wr, &pending, entry, &frame)
                 .await?
@@ -364,14 +382,13 @@ impl Connection {
             return Ok(true);
         }
         let (correlation_id, frame) = probes.next();
-        let entry = Pending {
-            api_key: ApiKey::ApiVersions as i16,
-            api_version: 0,
+        let entry = Pending::new(
+            ApiKey::ApiVersions as i16,
+            0,
             correlation_id,
-            handling: Handling::Probe,
-            received: Instant::now(),
-            forwarded: Instant::now(),
-        };
+            Handling::Probe,
+            Instant::now(),
+        );
         self.send_upstream(upstream_wr, pending, entry, &frame)
             .await
     }
