@@ -16,16 +16,17 @@ mod support;
 
 use std::collections::VecDeque;
 
-use kafka_kinesis_proxy::ops::config::WriteOrdering;
+use kafka_kinesis_proxy::config::WriteOrdering;
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use kafka_kinesis_proxy::config::PartitionKeyRule;
 use kafka_kinesis_proxy::kafka::records::Record;
 use kafka_kinesis_proxy::kinesis::lanes::{Lanes, Queued};
 use kafka_kinesis_proxy::kinesis::request::{entry, MirrorRecord};
 use kafka_kinesis_proxy::kinesis::shard_map::{hash_key, ShardMap};
-use kafka_kinesis_proxy::mirror::partition_key::{kinesis_key, PartitionKeyRule};
+use kafka_kinesis_proxy::mirror::partition_key::kinesis_key;
 use kafka_kinesis_proxy::mirror::sampling::{is_sampled, sample_point};
 
 const KEYS: usize = 1024;

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use kafka_kinesis_proxy::admin::http::{self, AdminState};
+use kafka_kinesis_proxy::admin::reload::Reloader;
+use kafka_kinesis_proxy::admin::status;
+use kafka_kinesis_proxy::config::Config;
 use kafka_kinesis_proxy::kinesis::budget::Budget;
 use kafka_kinesis_proxy::kinesis::client::{build_client, load_shard_map};
 use kafka_kinesis_proxy::kinesis::dead_letter::DeadLetterFile;
@@ -15,14 +19,10 @@ use kafka_kinesis_proxy::kinesis::replay::replay_dead_letters;
 use kafka_kinesis_proxy::kinesis::shard_map::hash_key;
 use kafka_kinesis_proxy::kinesis::writer::WriterSettings;
 use kafka_kinesis_proxy::mirror::Mirror;
-use kafka_kinesis_proxy::ops::admin::{self, AdminState};
-use kafka_kinesis_proxy::ops::config::Config;
-use kafka_kinesis_proxy::ops::inventory::Inventory;
-use kafka_kinesis_proxy::ops::logging::{self, LogFormat};
-use kafka_kinesis_proxy::ops::metrics::Metrics;
-use kafka_kinesis_proxy::ops::reload::Reloader;
-use kafka_kinesis_proxy::ops::status;
 use kafka_kinesis_proxy::proxy::{check_tls_files, Proxy};
+use kafka_kinesis_proxy::telemetry::inventory::Inventory;
+use kafka_kinesis_proxy::telemetry::logging::{self, LogFormat};
+use kafka_kinesis_proxy::telemetry::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(
@@ -211,7 +211,7 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         inventory.clone(),
         brokers_file,
     )?;
-    let admin = admin::bind(
+    let admin = http::bind(
         admin_bind,
         AdminState {
             metrics: metrics.clone(),

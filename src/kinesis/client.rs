@@ -7,7 +7,7 @@ use aws_sdk_kinesis::Client;
 use std::time::Duration;
 
 use super::shard_map::{ShardMap, ShardMapError};
-use crate::ops::config::KinesisConfig;
+use crate::config::KinesisConfig;
 
 /// Kinesis' default per-record limit (data plus partition key) when the stream does not say.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;

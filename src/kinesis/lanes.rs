@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::rate::TokenBucket;
 use super::request::{MirrorRecord, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use super::shard_map::ShardMap;
-use crate::ops::config::WriteOrdering;
+use crate::config::WriteOrdering;
 
 /// A record waiting in a lane.
 #[derive(Debug, Clone)]

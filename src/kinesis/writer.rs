@@ -28,9 +28,9 @@ use super::request::{entry, MirrorRecord};
 use super::retry::{is_retryable, Backoff};
 use super::shard_map::ShardMap;
 use super::spool::{Spool, SpoolEntry, SpoolPosition};
+use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
 use crate::mirror::partition_key::KinesisKey;
-use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
-use crate::ops::metrics::{Metrics, MirrorResult};
+use crate::telemetry::metrics::{Metrics, MirrorResult};
 
 /// Records a writer may hold in its input channel, outside the memory budget: a few MiB, so
 /// the budget is what bounds memory...

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use prometheus::IntGauge;
 
 use super::{runs, StreamWriter, WriterSettings};
+use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
 use crate::kinesis::budget::Budget;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::spool::Spool;
 use crate::mirror::partition_key::KinesisKey;
-use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
-use crate::ops::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 const SPOOL_MAX_BYTES: u64 = 1 << 30;
 

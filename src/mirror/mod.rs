@@ -18,16 +18,16 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::mpsc;
 
+use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
 use crate::kafka::header::response_body_offset;
 use crate::kafka::produce::{ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::{decode_batches, summarize};
 use crate::kinesis::client::build_client;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
-use crate::ops::config::{MirrorRoute, WhenFull};
-use crate::ops::inventory::{ClientKey, Inventory};
-use crate::ops::metrics::{Metrics, MirrorResult};
-use partition_key::{kinesis_key, PartitionKeyRule};
+use crate::telemetry::inventory::{ClientKey, Inventory};
+use crate::telemetry::metrics::{Metrics, MirrorResult};
+use partition_key::kinesis_key;
 use sampling::{is_sampled, record_sample_point};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and

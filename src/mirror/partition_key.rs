@@ -12,44 +12,11 @@
 
 use md5::{Digest, Md5};
 
+use crate::config::PartitionKeyRule;
 use crate::kafka::records::Record;
 
 /// Kinesis' maximum partition key length, in Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartitionKeyRule {
-    Key,
-    Partition,
-    Header(String),
-}
-
-impl std::fmt::Display for PartitionKeyRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PartitionKeyRule::Key => f.write_str("key"),
-            PartitionKeyRule::Partition => f.write_str("partition"),
-            PartitionKeyRule::Header(name) => write!(f, "header:{name}"),
-        }
-    }
-}
-
-impl std::str::FromStr for PartitionKeyRule {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "key" => Ok(PartitionKeyRule::Key),
-            "partition" => Ok(PartitionKeyRule::Partition),
-            _ => match s.strip_prefix("header:") {
-                Some(name) if !name.is_empty() => Ok(PartitionKeyRule::Header(name.to_owned())),
-                _ => Err(format!(
-                    "`{s}` is not one of \"key\", \"partition\", \"header:NAME\""
-                )),
-            },
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KinesisKey {
@@ -138,21 +105,6 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.map(Bytes::copy_from_slice)))
                 .collect(),
-        }
-    }
-
-    #[test]
-    fn rules_parse() {
-        assert_eq!("key".parse(), Ok(PartitionKeyRule::Key));
-        assert_eq!("partition".parse(), Ok(PartitionKeyRule::Partition));
-        assert_eq!(
-            "header:tenant".parse(),
-            Ok(PartitionKeyRule::Header("tenant".into()))
-        );
-        assert!("header:".parse::<PartitionKeyRule>().is_err());
-        assert!("value".parse::<PartitionKeyRule>().is_err());
-        for text in ["key", "partition", "header:tenant"] {
-            assert_eq!(text.parse::<PartitionKeyRule>().unwrap().to_string(), text);
         }
     }
 

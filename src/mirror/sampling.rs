@@ -10,7 +10,8 @@
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
-use super::partition_key::{routing_key_bytes, PartitionKeyRule};
+use super::partition_key::routing_key_bytes;
+use crate::config::PartitionKeyRule;
 use crate::kafka::records::Record;
 
 /// Fixed so that the same keys are in or out across restarts and proxy instances.

@@ -7,8 +7,8 @@ use std::sync::RwLock;
 use kafka_protocol::protocol::StrBytes;
 
 use super::broker_map_file;
+use crate::config::{BrokerPortMap, PortMapError};
 use crate::kafka::rewrite::{AddressError, AddressRewriter};
-use crate::ops::config::{BrokerPortMap, PortMapError};
 
 /// Upstream addresses learned from the cluster's own responses, and the fixed port mapping.
 pub struct BrokerDirectory {

@@ -38,7 +38,7 @@ use crate::kafka::versions::{
     max_api_versions_version, negotiate_response, unsupported_version_response,
 };
 use crate::mirror::ProduceExchange;
-use crate::ops::inventory::ClientKey;
+use crate::telemetry::inventory::ClientKey;
 use acks0::{Acks0Ids, Probes};
 pub use error::ConnectionError;
 

@@ -29,10 +29,10 @@ use connection::Connection;
 pub use tls::{check_tls_files, CertificateSummary, TlsError};
 use tls::{ClientTls, Stream, UpstreamTls};
 
+use crate::config::Config;
 use crate::mirror::Mirror;
-use crate::ops::config::Config;
-use crate::ops::inventory::Inventory;
-use crate::ops::metrics::Metrics;
+use crate::telemetry::inventory::Inventory;
+use crate::telemetry::metrics::Metrics;
 
 /// How often the proxy checks that some bootstrap server answers ApiVersions, for `/readyz`.
 const KAFKA_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);

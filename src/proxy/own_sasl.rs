@@ -13,7 +13,7 @@ use kafka_protocol::ResponseError;
 
 use super::own_connection::{common_version, OwnConnection, OwnRequestError};
 use super::scram::{ScramClient, ScramError, ScramHash};
-use crate::ops::config::{KafkaSaslConfig, PasswordError, SaslMechanism};
+use crate::config::{KafkaSaslConfig, PasswordError, SaslMechanism};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnSaslError {

@@ -8,7 +8,7 @@ use hmac::{KeyInit, Mac};
 use rand::distr::{Alphanumeric, SampleString};
 use sha2::Digest;
 
-use crate::ops::config::Password;
+use crate::config::Password;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScramHash {
@@ -190,7 +190,7 @@ fn salted_password(hash: ScramHash, password: &[u8], salt: &[u8], iterations: u3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::config::PasswordSource;
+    use crate::config::PasswordSource;
 
     fn password(value: &str) -> Password {
         let dir = tempfile::tempdir().unwrap();

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::ops::config::{KafkaTlsConfig, ListenerTlsConfig};
+use crate::config::{KafkaTlsConfig, ListenerTlsConfig};
 use files::{load_key_pair, load_roots, summarize, system_roots, KeyPairFiles};
 pub use files::{CertificateSummary, TlsError};
 

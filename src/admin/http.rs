@@ -19,10 +19,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
-use super::inventory::Inventory;
-use super::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::proxy::Proxy;
+use crate::telemetry::inventory::Inventory;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} (admin.bind): {source}")]

@@ -178,7 +178,7 @@ fn path(value: Spanned<String>, key: &str) -> Result<PathBuf, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::config::test_support::{parse, BASE};
+    use crate::config::test_support::{parse, BASE};
 
     #[test]
     fn listener_tls_gets_default_handshake_timeout_and_no_client_ca() {

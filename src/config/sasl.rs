@@ -204,7 +204,7 @@ impl fmt::Display for KafkaSaslConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::config::test_support::{parse, BASE};
+    use crate::config::test_support::{parse, BASE};
 
     #[test]
     fn scram_with_password_file() {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::config::Config;
-use super::metrics::Metrics;
+use crate::config::Config;
 use crate::mirror::Mirror;
+use crate::telemetry::metrics::Metrics;
 
 /// Quiet time after the last file event before reloading: editors write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);

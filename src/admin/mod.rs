@@ -1,0 +1,6 @@
+//! The roof: the admin HTTP endpoint, config reload and the `status` view. These read every
+//! stage below them; nothing below imports them.
+
+pub mod http;
+pub mod reload;
+pub mod status;

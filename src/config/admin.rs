@@ -1,0 +1,104 @@
+//! `[admin]` and `[spool]`: the admin HTTP endpoint, and where records Kinesis cannot take yet
+//! are kept on disk.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::listener::ListenerConfig;
+use super::{invalid, positive, Invalid};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    /// Spool segments and the dead-letter file live here; required once routes exist.
+    pub dir: Option<PathBuf>,
+    pub max_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// The JSON-lines file of records that can never be delivered.
+    pub fn dead_letter_file(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("dead-letters.jsonl"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    bind: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpool {
+    dir: Option<Spanned<String>>,
+    max_bytes: Option<Spanned<u64>>,
+}
+
+pub(super) fn validate_admin(
+    raw: Option<RawAdmin>,
+    listener: &ListenerConfig,
+) -> Result<AdminConfig, Invalid> {
+    let Some(bind) = raw.and_then(|a| a.bind) else {
+        return Ok(AdminConfig {
+            bind: ([127, 0, 0, 1], 9464).into(),
+        });
+    };
+    let addr = bind
+        .get_ref()
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            invalid(
+                bind.span(),
+                format!("admin.bind: `{}` is not IP:PORT", bind.get_ref()),
+            )
+        })?;
+    if addr.port() == listener.bootstrap_port
+        || listener
+            .broker_ports
+            .explicit
+            .values()
+            .any(|p| *p == addr.port())
+    {
+        return invalid(
+            bind.span(),
+            format!(
+                "admin.bind: port {} collides with a Kafka listener port",
+                addr.port()
+            ),
+        );
+    }
+    Ok(AdminConfig { bind: addr })
+}
+
+pub(super) fn validate_spool(
+    raw: Option<Spanned<RawSpool>>,
+    has_routes: bool,
+) -> Result<SpoolConfig, Invalid> {
+    let span = raw.as_ref().map(|r| r.span());
+    let raw = raw.map(Spanned::into_inner);
+    let (dir, max_bytes) = raw.map_or((None, None), |r| (r.dir, r.max_bytes));
+    let dir = match dir {
+        Some(d) if d.get_ref().trim().is_empty() => return invalid(d.span(), "spool.dir: must not be empty"),
+        Some(d) => Some(PathBuf::from(d.into_inner())),
+        None if has_routes => {
+            return Err((
+                span,
+                "spool.dir: required when [[mirror]] routes exist, so records Kinesis cannot take have a durable place (add [spool] dir = \"/var/lib/kafka-kinesis-proxy\")".to_owned(),
+            ))
+        }
+        None => None,
+    };
+    let max_bytes = positive(
+        max_bytes.as_ref(),
+        10 * 1024 * 1024 * 1024,
+        "spool.max_bytes",
+    )?;
+    Ok(SpoolConfig { dir, max_bytes })
+}

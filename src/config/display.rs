@@ -1,0 +1,96 @@
+//! The one-screen summary `check-config` prints.
+
+use std::fmt;
+
+use super::Config;
+
+impl fmt::Display for Config {
+    /// The one-screen summary printed by `check-config`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.listener;
+        writeln!(f, "listener")?;
+        writeln!(f, "  bind              {}", l.bind)?;
+        writeln!(f, "  advertised_host   {}", l.advertised_host)?;
+        writeln!(f, "  bootstrap_port    {}", l.bootstrap_port)?;
+        writeln!(f, "  broker ports      {} + node id", l.broker_ports.base)?;
+        for (node, port) in &l.broker_ports.explicit {
+            writeln!(f, "    node {node:<10} -> {port}")?;
+        }
+        writeln!(f, "  max_frame_bytes   {}", l.max_frame_bytes)?;
+        writeln!(f, "  idle_timeout      {}s", l.idle_timeout.as_secs())?;
+        writeln!(f, "  max_connections   {}", l.max_connections)?;
+        if let Some(tls) = &l.tls {
+            write!(f, "{tls}")?;
+        }
+        writeln!(f, "kafka")?;
+        writeln!(
+            f,
+            "  bootstrap_servers {}",
+            self.kafka.bootstrap_servers.join(", ")
+        )?;
+        writeln!(
+            f,
+            "  connect_timeout   {}ms",
+            self.kafka.connect_timeout.as_millis()
+        )?;
+        if let Some(tls) = &self.kafka.tls {
+            write!(f, "{tls}")?;
+        }
+        if let Some(sasl) = &self.kafka.sasl {
+            write!(f, "{sasl}")?;
+        }
+        writeln!(f, "admin")?;
+        writeln!(f, "  bind              {}", self.admin.bind)?;
+        let k = &self.kinesis;
+        writeln!(f, "kinesis")?;
+        writeln!(
+            f,
+            "  region            {}",
+            k.region.as_deref().unwrap_or("(AWS default chain)")
+        )?;
+        writeln!(
+            f,
+            "  endpoint_url      {}",
+            k.endpoint_url
+                .as_deref()
+                .unwrap_or("(AWS default resolution)")
+        )?;
+        writeln!(
+            f,
+            "  linger            {}ms, {} requests in flight, {} attempts",
+            k.linger.as_millis(),
+            k.max_in_flight_requests,
+            k.max_attempts
+        )?;
+        writeln!(
+            f,
+            "  ordering          {:?}, shard rate x{}, record ttl {}s",
+            k.ordering,
+            k.shard_rate_factor,
+            k.record_ttl.as_secs()
+        )?;
+        writeln!(
+            f,
+            "mirror_buffer       {} bytes, when full: {:?}",
+            self.mirror_buffer.max_bytes, self.mirror_buffer.when_full
+        )?;
+        match &self.spool.dir {
+            Some(dir) => writeln!(
+                f,
+                "spool               {} (max {} bytes)",
+                dir.display(),
+                self.spool.max_bytes
+            )?,
+            None => writeln!(f, "spool               (none: no routes)")?,
+        }
+        writeln!(f, "mirror routes       {}", self.mirror.len())?;
+        for r in &self.mirror {
+            writeln!(
+                f,
+                "  {} -> {}  {}%  partition_key={:?}",
+                r.topic, r.stream, r.percent, r.partition_key
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! `[kafka]`: the upstream cluster, and how the proxy's own connections reach it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::sasl::{self, KafkaSaslConfig};
+use super::tls::{self, KafkaTlsConfig};
+use super::{invalid, positive, Invalid};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: Vec<String>,
+    pub connect_timeout: Duration,
+    /// `None`: the proxy connects to brokers in plain TCP.
+    pub tls: Option<KafkaTlsConfig>,
+    /// Credentials of the proxy's own connections; `None`: they do not authenticate.
+    pub sasl: Option<KafkaSaslConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKafka {
+    bootstrap_servers: Spanned<Vec<Spanned<String>>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    tls: Option<tls::RawKafkaTls>,
+    sasl: Option<Spanned<sasl::RawKafkaSasl>>,
+}
+
+pub(super) fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
+    let servers_span = raw.bootstrap_servers.span();
+    let servers = raw.bootstrap_servers.into_inner();
+    if servers.is_empty() {
+        return invalid(
+            servers_span,
+            "kafka.bootstrap_servers: list at least one HOST:PORT",
+        );
+    }
+    let mut bootstrap_servers = Vec::with_capacity(servers.len());
+    for server in servers {
+        let text = server.get_ref();
+        let valid = text.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            return invalid(
+                server.span(),
+                format!("kafka.bootstrap_servers: `{text}` is not HOST:PORT"),
+            );
+        }
+        bootstrap_servers.push(server.into_inner());
+    }
+    let connect_timeout_ms = positive(
+        raw.connect_timeout_ms.as_ref(),
+        10_000,
+        "kafka.connect_timeout_ms",
+    )?;
+    Ok(KafkaConfig {
+        bootstrap_servers,
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        tls: raw.tls.map(tls::validate_kafka_tls).transpose()?,
+        sasl: raw
+            .sasl
+            .map(|table| {
+                let span = table.span();
+                sasl::validate_kafka_sasl(table.into_inner(), span)
+            })
+            .transpose()?,
+    })
+}

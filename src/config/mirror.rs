@@ -1,0 +1,183 @@
+//! `[[mirror]]` routes and `[mirror_buffer]`: which topics go to which streams, how records are
+//! keyed and sampled, and what happens when the in-memory buffer is full.
+
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{invalid, positive, Invalid};
+
+/// One `[[mirror]]` entry: a Kafka topic mirrored into a Kinesis stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorRoute {
+    pub topic: String,
+    pub stream: String,
+    pub percent: f64,
+    pub partition_key: PartitionKeyRule,
+}
+
+/// How a record's Kinesis partition key is chosen (rules documented in README and
+/// `mirror::partition_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionKeyRule {
+    Key,
+    Partition,
+    Header(String),
+}
+
+impl fmt::Display for PartitionKeyRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PartitionKeyRule::Key => f.write_str("key"),
+            PartitionKeyRule::Partition => f.write_str("partition"),
+            PartitionKeyRule::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not one of \"key\", \"partition\", \"header:NAME\"")]
+pub struct UnknownPartitionKeyRule(String);
+
+impl std::str::FromStr for PartitionKeyRule {
+    type Err = UnknownPartitionKeyRule;
+
+    fn from_str(s: &str) -> Result<Self, UnknownPartitionKeyRule> {
+        match s {
+            "key" => Ok(PartitionKeyRule::Key),
+            "partition" => Ok(PartitionKeyRule::Partition),
+            _ => match s.strip_prefix("header:") {
+                Some(name) if !name.is_empty() => Ok(PartitionKeyRule::Header(name.to_owned())),
+                _ => Err(UnknownPartitionKeyRule(s.to_owned())),
+            },
+        }
+    }
+}
+
+/// What to do when the in-memory mirror buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Append to the spool and keep Kafka at full speed.
+    Spill,
+    /// Delay the Kafka responses of routed topics, so producers slow down.
+    Block,
+    /// Shadow-mode experiments only: drop, count and log.
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorBufferConfig {
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirror {
+    topic: Spanned<String>,
+    stream: Spanned<String>,
+    percent: Spanned<f64>,
+    partition_key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirrorBuffer {
+    max_bytes: Option<Spanned<u64>>,
+    when_full: Option<Spanned<String>>,
+}
+
+pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<MirrorRoute>, Invalid> {
+    let mut routes: Vec<MirrorRoute> = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let entry = entry.into_inner();
+        let topic = entry.topic.get_ref();
+        if topic.is_empty() {
+            return invalid(entry.topic.span(), "mirror.topic: must not be empty");
+        }
+        if routes.iter().any(|r| &r.topic == topic) {
+            return invalid(entry.topic.span(), format!("mirror.topic: `{topic}` has more than one [[mirror]] entry; a topic maps to one stream"));
+        }
+        let stream = entry.stream.get_ref();
+        let valid_stream = (1..=128).contains(&stream.len())
+            && stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid_stream {
+            return invalid(entry.stream.span(), format!("mirror.stream: `{stream}` is not a Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -)"));
+        }
+        let percent = *entry.percent.get_ref();
+        if !(0.0..=100.0).contains(&percent) {
+            return invalid(
+                entry.percent.span(),
+                format!("mirror.percent: {percent} for topic `{topic}` is outside 0..=100"),
+            );
+        }
+        let partition_key = match &entry.partition_key {
+            None => PartitionKeyRule::Key,
+            Some(rule) => rule
+                .get_ref()
+                .parse()
+                .or_else(|e| invalid(rule.span(), format!("mirror.partition_key: {e}")))?,
+        };
+        routes.push(MirrorRoute {
+            topic: topic.clone(),
+            stream: stream.clone(),
+            percent,
+            partition_key,
+        });
+    }
+    Ok(routes)
+}
+
+pub(super) fn validate_mirror_buffer(
+    raw: Option<RawMirrorBuffer>,
+) -> Result<MirrorBufferConfig, Invalid> {
+    let (max_bytes, when_full) = raw.map_or((None, None), |r| (r.max_bytes, r.when_full));
+    let max_bytes = positive(
+        max_bytes.as_ref(),
+        256 * 1024 * 1024,
+        "mirror_buffer.max_bytes",
+    )?;
+    let when_full = match &when_full {
+        None => WhenFull::Spill,
+        Some(w) => match w.get_ref().as_str() {
+            "spill" => WhenFull::Spill,
+            "block" => WhenFull::Block,
+            "drop" => WhenFull::Drop,
+            other => {
+                return invalid(
+                    w.span(),
+                    format!(
+                    "mirror_buffer.when_full: `{other}` is not \"spill\", \"block\" or \"drop\""
+                ),
+                )
+            }
+        },
+    };
+    Ok(MirrorBufferConfig {
+        max_bytes,
+        when_full,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse() {
+        assert_eq!("key".parse(), Ok(PartitionKeyRule::Key));
+        assert_eq!("partition".parse(), Ok(PartitionKeyRule::Partition));
+        assert_eq!(
+            "header:tenant".parse(),
+            Ok(PartitionKeyRule::Header("tenant".into()))
+        );
+        assert!("header:".parse::<PartitionKeyRule>().is_err());
+        assert!("value".parse::<PartitionKeyRule>().is_err());
+        for text in ["key", "partition", "header:tenant"] {
+            assert_eq!(text.parse::<PartitionKeyRule>().unwrap().to_string(), text);
+        }
+    }
+}
