@@ -19,6 +19,18 @@ impl fmt::Display for Config {
         writeln!(f, "  max_frame_bytes   {}", l.max_frame_bytes)?;
         writeln!(f, "  idle_timeout      {}s", l.idle_timeout.as_secs())?;
         writeln!(f, "  max_connections   {}", l.max_connections)?;
+        if let Some(per_ip) = l.max_connections_per_ip {
+            writeln!(f, "    per source ip   {per_ip}")?;
+        }
+        writeln!(f, "  frame_timeout     {}ms", l.frame_timeout.as_millis())?;
+        writeln!(f, "  max_buffered      {} bytes", l.max_buffered_bytes)?;
+        if l.sasl_required {
+            writeln!(
+                f,
+                "  sasl_required     yes: frames up to {} bytes until authenticated",
+                l.max_unauthenticated_frame_bytes
+            )?;
+        }
         if let Some(tls) = &l.tls {
             write!(f, "{tls}")?;
         }

@@ -21,6 +21,17 @@ pub struct ListenerConfig {
     pub max_frame_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// `None`: no limit per source address.
+    pub max_connections_per_ip: Option<usize>,
+    /// Clients must authenticate with SASL; until they have, frames are capped at
+    /// `max_unauthenticated_frame_bytes`.
+    pub sasl_required: bool,
+    pub max_unauthenticated_frame_bytes: usize,
+    /// Once a frame's first byte has arrived, the rest must arrive within this.
+    pub frame_timeout: Duration,
+    /// Request and response bytes all connections may hold together before the proxy stops
+    /// reading requests.
+    pub max_buffered_bytes: usize,
     /// `None`: clients speak plain TCP.
     pub tls: Option<ListenerTlsConfig>,
 }
@@ -76,6 +87,9 @@ impl BrokerPortMap {
 }
 
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+/// Kafka's own cap before authentication (`sasl.server.max.receive.size`).
+pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 512 * 1024;
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 512 * 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +103,11 @@ pub(super) struct RawListener {
     max_frame_bytes: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
+    max_connections_per_ip: Option<Spanned<u64>>,
+    sasl_required: Option<bool>,
+    max_unauthenticated_frame_bytes: Option<Spanned<u64>>,
+    frame_timeout_ms: Option<Spanned<u64>>,
+    max_buffered_bytes: Option<Spanned<u64>>,
     tls: Option<tls::RawListenerTls>,
 }
 
@@ -157,16 +176,34 @@ pub(super) fn validate_listener(
         explicit.insert(node_id, p);
     }
 
-    let max_frame_bytes = match &raw.max_frame_bytes {
-        None => DEFAULT_MAX_FRAME_BYTES,
-        Some(v) if *v.get_ref() < 1024 || *v.get_ref() > i32::MAX as u64 => {
-            return invalid(
-                v.span(),
-                "listener.max_frame_bytes: must be between 1024 and 2147483647",
-            )
-        }
-        Some(v) => *v.get_ref() as usize,
-    };
+    let max_frame_bytes = frame_size(
+        raw.max_frame_bytes.as_ref(),
+        DEFAULT_MAX_FRAME_BYTES,
+        "listener.max_frame_bytes",
+    )?;
+    let max_unauthenticated_frame_bytes = frame_size(
+        raw.max_unauthenticated_frame_bytes.as_ref(),
+        DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES.min(max_frame_bytes),
+        "listener.max_unauthenticated_frame_bytes",
+    )?;
+    if max_unauthenticated_frame_bytes > max_frame_bytes {
+        let span = raw.max_unauthenticated_frame_bytes.as_ref().map(Spanned::span);
+        return Err((span, format!("listener.max_unauthenticated_frame_bytes: {max_unauthenticated_frame_bytes} is more than listener.max_frame_bytes ({max_frame_bytes})")));
+    }
+    let max_buffered_bytes = positive(
+        raw.max_buffered_bytes.as_ref(),
+        DEFAULT_MAX_BUFFERED_BYTES as u64,
+        "listener.max_buffered_bytes",
+    )?;
+    if max_buffered_bytes < max_frame_bytes as u64 {
+        let span = raw.max_buffered_bytes.as_ref().map(Spanned::span);
+        return Err((span, format!("listener.max_buffered_bytes: {max_buffered_bytes} is less than listener.max_frame_bytes ({max_frame_bytes}), so the largest allowed request could never be read")));
+    }
+    let frame_timeout_ms = positive(
+        raw.frame_timeout_ms.as_ref(),
+        30_000,
+        "listener.frame_timeout_ms",
+    )?;
     let idle_timeout_secs = positive(
         raw.idle_timeout_secs.as_ref(),
         600,
@@ -177,6 +214,11 @@ pub(super) fn validate_listener(
         10_000,
         "listener.max_connections",
     )?;
+    let max_connections_per_ip = raw
+        .max_connections_per_ip
+        .as_ref()
+        .map(|v| positive(Some(v), 0, "listener.max_connections_per_ip"))
+        .transpose()?;
 
     Ok(ListenerConfig {
         bind,
@@ -186,8 +228,24 @@ pub(super) fn validate_listener(
         max_frame_bytes,
         idle_timeout: Duration::from_secs(idle_timeout_secs),
         max_connections: max_connections as usize,
+        max_connections_per_ip: max_connections_per_ip.map(|n| n as usize),
+        sasl_required: raw.sasl_required.unwrap_or(false),
+        max_unauthenticated_frame_bytes,
+        frame_timeout: Duration::from_millis(frame_timeout_ms),
+        max_buffered_bytes: usize::try_from(max_buffered_bytes).unwrap_or(usize::MAX),
         tls: raw.tls.map(tls::validate_listener_tls).transpose()?,
     })
+}
+
+/// A frame size limit: Kafka's size prefix is an i32.
+fn frame_size(value: Option<&Spanned<u64>>, default: usize, key: &str) -> Result<usize, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() < 1024 || *v.get_ref() > i32::MAX as u64 => {
+            invalid(v.span(), format!("{key}: must be between 1024 and 2147483647"))
+        }
+        Some(v) => Ok(*v.get_ref() as usize),
+    }
 }
 
 pub(super) fn positive_port(

@@ -10,27 +10,20 @@ use super::message::{MessageError, Response};
 
 /// Maps an upstream broker address to the proxy address that serves that broker.
 pub trait AddressRewriter {
-    fn rewrite(
-        &mut self,
-        node_id: i32,
-        host: &mut StrBytes,
-        port: &mut i32,
-    ) -> Result<(), AddressError>;
+    /// Points `host` and `port` at the proxy. `false`: the proxy cannot serve this broker, and
+    /// the response leaves it out, so that clients are never sent to an address that does not
+    /// work; every other broker is unaffected.
+    fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> bool;
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("broker node {node_id}: {reason}")]
-pub struct AddressError {
-    pub node_id: i32,
-    pub reason: String,
-}
+/// What a FindCoordinator answer says of a coordinator the proxy cannot serve: retriable, so
+/// the client asks again.
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RewriteError {
     #[error(transparent)]
     Message(#[from] MessageError),
-    #[error(transparent)]
-    Address(#[from] AddressError),
 }
 
 /// Whether responses of this API and version can carry broker addresses.
@@ -55,51 +48,47 @@ pub fn rewrite_response(
 ) -> Result<Option<Bytes>, RewriteError> {
     let mut response = Response::decode(frame, api_key, version)?;
     let mut any = false;
-    let mut visit = |node_id: i32, host: &mut StrBytes, port: &mut i32| {
+    let mut keep = |node_id: i32, host: &mut StrBytes, port: &mut i32| {
         any = true;
         rewriter.rewrite(node_id, host, port)
     };
     match &mut response.body {
-        ResponseKind::Metadata(m) => {
-            for b in &mut m.brokers {
-                visit(b.node_id.0, &mut b.host, &mut b.port)?;
-            }
-        }
+        ResponseKind::Metadata(m) => m
+            .brokers
+            .retain_mut(|b| keep(b.node_id.0, &mut b.host, &mut b.port)),
         ResponseKind::FindCoordinator(f) => {
             if f.error_code == 0 && f.node_id.0 >= 0 && version < 4 {
-                visit(f.node_id.0, &mut f.host, &mut f.port)?;
+                let (node_id, host, port) = (f.node_id.0, &mut f.host, &mut f.port);
+                if !keep(node_id, host, port) {
+                    f.error_code = COORDINATOR_NOT_AVAILABLE;
+                    (f.node_id.0, f.host, f.port) = (-1, StrBytes::default(), -1);
+                }
             }
             for c in &mut f.coordinators {
-                if c.error_code == 0 && c.node_id.0 >= 0 {
-                    visit(c.node_id.0, &mut c.host, &mut c.port)?;
+                if c.error_code == 0
+                    && c.node_id.0 >= 0
+                    && !keep(c.node_id.0, &mut c.host, &mut c.port)
+                {
+                    c.error_code = COORDINATOR_NOT_AVAILABLE;
+                    (c.node_id.0, c.host, c.port) = (-1, StrBytes::default(), -1);
                 }
             }
         }
-        ResponseKind::DescribeCluster(d) => {
-            for b in &mut d.brokers {
-                visit(b.broker_id.0, &mut b.host, &mut b.port)?;
-            }
-        }
-        ResponseKind::Produce(p) => {
-            for e in &mut p.node_endpoints {
-                visit(e.node_id.0, &mut e.host, &mut e.port)?;
-            }
-        }
-        ResponseKind::Fetch(f) => {
-            for e in &mut f.node_endpoints {
-                visit(e.node_id.0, &mut e.host, &mut e.port)?;
-            }
-        }
-        ResponseKind::ShareFetch(f) => {
-            for e in &mut f.node_endpoints {
-                visit(e.node_id.0, &mut e.host, &mut e.port)?;
-            }
-        }
-        ResponseKind::ShareAcknowledge(a) => {
-            for e in &mut a.node_endpoints {
-                visit(e.node_id.0, &mut e.host, &mut e.port)?;
-            }
-        }
+        ResponseKind::DescribeCluster(d) => d
+            .brokers
+            .retain_mut(|b| keep(b.broker_id.0, &mut b.host, &mut b.port)),
+        ResponseKind::Produce(p) => p
+            .node_endpoints
+            .retain_mut(|e| keep(e.node_id.0, &mut e.host, &mut e.port)),
+        ResponseKind::Fetch(f) => f
+            .node_endpoints
+            .retain_mut(|e| keep(e.node_id.0, &mut e.host, &mut e.port)),
+        ResponseKind::ShareFetch(f) => f
+            .node_endpoints
+            .retain_mut(|e| keep(e.node_id.0, &mut e.host, &mut e.port)),
+        ResponseKind::ShareAcknowledge(a) => a
+            .node_endpoints
+            .retain_mut(|e| keep(e.node_id.0, &mut e.host, &mut e.port)),
         _ => return Ok(None),
     }
     if !any {
@@ -127,22 +116,14 @@ mod tests {
     }
 
     impl AddressRewriter for TestMap {
-        fn rewrite(
-            &mut self,
-            node_id: i32,
-            host: &mut StrBytes,
-            port: &mut i32,
-        ) -> Result<(), AddressError> {
+        fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> bool {
             if node_id > 1000 {
-                return Err(AddressError {
-                    node_id,
-                    reason: "no port".into(),
-                });
+                return false;
             }
             self.learned.push((node_id, host.to_string(), *port));
             *host = StrBytes::from_static_str("proxy");
             *port = 19100 + node_id;
-            Ok(())
+            true
         }
     }
 
@@ -297,19 +278,63 @@ mod tests {
     }
 
     #[test]
-    fn unmappable_node_is_an_error() {
-        let body = ResponseKind::Metadata(
-            MetadataResponse::default().with_brokers(vec![broker(5000, "far", 1)]),
+    fn unmappable_broker_is_left_out_and_the_others_kept() {
+        let body = ResponseKind::Metadata(MetadataResponse::default().with_brokers(vec![
+            broker(1, "kafka-1", 9092),
+            broker(5000, "far", 1),
+            broker(2, "kafka-2", 9092),
+        ]));
+        let (out, _) = round_trip(body, ApiKey::Metadata, 9);
+        let Some(ResponseKind::Metadata(m)) = out else {
+            panic!()
+        };
+        let ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn unmappable_coordinator_becomes_retriable_not_available() {
+        let single = FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(5000))
+            .with_host(StrBytes::from_static_str("far"))
+            .with_port(1);
+        let (out, _) = round_trip(
+            ResponseKind::FindCoordinator(single),
+            ApiKey::FindCoordinator,
+            3,
         );
-        let frame = Response {
-            header: ResponseHeader::default(),
-            body,
-        }
-        .encode(ApiKey::Metadata, 9)
-        .unwrap();
-        let err =
-            rewrite_response(&frame, ApiKey::Metadata, 9, &mut TestMap::default()).unwrap_err();
-        assert!(err.to_string().contains("broker node 5000"), "{err}");
+        let Some(ResponseKind::FindCoordinator(f)) = out else {
+            panic!()
+        };
+        assert_eq!(
+            (f.error_code, f.node_id.0, f.host.as_str(), f.port),
+            (COORDINATOR_NOT_AVAILABLE, -1, "", -1)
+        );
+        let list = FindCoordinatorResponse::default().with_coordinators(vec![
+            Coordinator::default()
+                .with_key(StrBytes::from_static_str("g1"))
+                .with_node_id(BrokerId(5000))
+                .with_host(StrBytes::from_static_str("far"))
+                .with_port(1),
+            Coordinator::default()
+                .with_key(StrBytes::from_static_str("g2"))
+                .with_node_id(BrokerId(4))
+                .with_host(StrBytes::from_static_str("kafka-4"))
+                .with_port(1),
+        ]);
+        let (out, _) = round_trip(
+            ResponseKind::FindCoordinator(list),
+            ApiKey::FindCoordinator,
+            4,
+        );
+        let Some(ResponseKind::FindCoordinator(f)) = out else {
+            panic!()
+        };
+        assert_eq!(f.coordinators[0].error_code, COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(
+            (f.coordinators[1].host.as_str(), f.coordinators[1].port),
+            ("proxy", 19104)
+        );
     }
 
     #[test]

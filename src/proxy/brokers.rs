@@ -1,14 +1,14 @@
 //! Which upstream broker sits behind which proxy port.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use kafka_protocol::protocol::StrBytes;
 
 use super::broker_map_file;
 use crate::config::{BrokerPortMap, PortMapError};
-use crate::kafka::rewrite::{AddressError, AddressRewriter};
+use crate::kafka::rewrite::AddressRewriter;
 
 /// Upstream addresses learned from the cluster's own responses, and the fixed port mapping.
 pub struct BrokerDirectory {
@@ -18,6 +18,8 @@ pub struct BrokerDirectory {
     upstream: RwLock<HashMap<i32, String>>,
     /// Where the learned addresses are kept across restarts (`brokers.json`); `None` in tests.
     file: Option<PathBuf>,
+    /// Brokers already logged as left out, so that each is logged once, not per response.
+    left_out: Mutex<HashSet<i32>>,
 }
 
 impl BrokerDirectory {
@@ -33,6 +35,7 @@ impl BrokerDirectory {
             advertised_host: StrBytes::from_string(advertised_host.to_owned()),
             upstream: RwLock::new(HashMap::new()),
             file,
+            left_out: Mutex::default(),
         }
     }
 
@@ -94,11 +97,19 @@ impl BrokerDirectory {
         }
     }
 
-    /// A rewriter for one response; it records the brokers the response named.
-    pub fn rewriter(&self) -> LearningRewriter<'_> {
+    /// A rewriter for one response. `listen(node_id, port)` opens the broker's port if it is
+    /// not open yet and says whether it is: a broker is advertised only once its port works.
+    pub fn rewriter<'a>(&'a self, listen: &'a dyn Fn(i32, u16) -> bool) -> LearningRewriter<'a> {
         LearningRewriter {
             directory: self,
-            learned: Vec::new(),
+            listen,
+            learned: 0,
+        }
+    }
+
+    fn leave_out(&self, node_id: i32, reason: &dyn std::fmt::Display) {
+        if self.left_out.lock().expect("left-out lock").insert(node_id) {
+            tracing::error!(node_id, %reason, "broker left out of responses: clients cannot reach it through the proxy; every other broker keeps working");
         }
     }
 }
@@ -106,27 +117,36 @@ impl BrokerDirectory {
 /// Points broker addresses at the proxy and remembers the real ones.
 pub struct LearningRewriter<'a> {
     directory: &'a BrokerDirectory,
-    /// Node ids named by the response, with the proxy port serving each.
-    pub learned: Vec<(i32, u16)>,
+    listen: &'a dyn Fn(i32, u16) -> bool,
+    /// Brokers the response named that clients can reach through the proxy.
+    pub learned: usize,
 }
 
 impl AddressRewriter for LearningRewriter<'_> {
-    fn rewrite(
-        &mut self,
-        node_id: i32,
-        host: &mut StrBytes,
-        port: &mut i32,
-    ) -> Result<(), AddressError> {
-        let proxy_port = self.directory.port_for(node_id).map_err(|e| AddressError {
-            node_id,
-            reason: e.to_string(),
-        })?;
+    fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> bool {
+        let proxy_port = match self.directory.port_for(node_id) {
+            Ok(proxy_port) => proxy_port,
+            Err(e) => {
+                self.directory.leave_out(node_id, &e);
+                return false;
+            }
+        };
         self.directory
             .learn(node_id, format!("{}:{}", host.as_str(), port));
+        if !(self.listen)(node_id, proxy_port) {
+            self.directory
+                .leave_out(node_id, &format!("port {proxy_port} cannot be opened"));
+            return false;
+        }
+        self.directory
+            .left_out
+            .lock()
+            .expect("left-out lock")
+            .remove(&node_id);
         *host = self.directory.advertised_host.clone();
         *port = i32::from(proxy_port);
-        self.learned.push((node_id, proxy_port));
-        Ok(())
+        self.learned += 1;
+        true
     }
 }
 
@@ -146,14 +166,25 @@ mod tests {
             "proxy.local",
             None,
         );
-        let mut rw = dir.rewriter();
+        let opened = Mutex::new(Vec::new());
+        let listen = |node, port| {
+            opened.lock().unwrap().push((node, port));
+            node != 7
+        };
+        let mut rw = dir.rewriter(&listen);
         let (mut host, mut port) = (StrBytes::from_static_str("kafka-a"), 9092);
-        rw.rewrite(1001, &mut host, &mut port).unwrap();
+        assert!(rw.rewrite(1001, &mut host, &mut port));
         assert_eq!((host.as_str(), port), ("proxy.local", 19201));
         let (mut host, mut port) = (StrBytes::from_static_str("kafka-b"), 9093);
-        rw.rewrite(5, &mut host, &mut port).unwrap();
+        assert!(rw.rewrite(5, &mut host, &mut port));
         assert_eq!(port, 19105);
-        assert_eq!(rw.learned, vec![(1001, 19201), (5, 19105)]);
+        let (mut host, mut port) = (StrBytes::from_static_str("kafka-c"), 9094);
+        assert!(!rw.rewrite(7, &mut host, &mut port), "its port did not open");
+        assert_eq!(rw.learned, 2);
+        assert_eq!(
+            *opened.lock().unwrap(),
+            vec![(1001, 19201), (5, 19105), (7, 19107)]
+        );
         assert_eq!(dir.upstream(1001).as_deref(), Some("kafka-a:9092"));
         assert_eq!(dir.upstream(5).as_deref(), Some("kafka-b:9093"));
         assert_eq!(dir.upstream(6), None);

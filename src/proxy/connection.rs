@@ -17,29 +17,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
 
 mod acks0;
+mod client_frames;
 mod error;
+mod responses;
 
-use super::sasl::{SaslError, SaslSession};
+use super::buffer_budget::Held;
+use super::sasl::SaslSession;
 use super::tls::{Stream, StreamReader, StreamWriter};
 use super::Proxy;
-use crate::kafka::frame::FrameCodec;
-use crate::kafka::header::{response_correlation_id, RequestHeader};
-use crate::kafka::message::MessageError;
+use crate::kafka::header::RequestHeader;
 use crate::kafka::produce::peek_acks;
-use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
+use crate::kafka::rewrite::carries_addresses;
 use crate::kafka::versions::{
-    max_api_versions_version, negotiate_response, unsupported_version_response,
+    max_api_versions_version, unsupported_version_response,
 };
 use crate::mirror::ProduceExchange;
 use crate::telemetry::inventory::ClientKey;
 use acks0::{Acks0Ids, Probes};
+use client_frames::{ClientEvent, ClientFrames, FrameLimit};
 pub use error::ConnectionError;
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
@@ -90,6 +90,9 @@ struct Pending {
     received: Instant,
     /// When it was written upstream.
     forwarded: Instant,
+    /// The request's bytes in the proxy's buffer budget, released when its answer is handled
+    /// (a Produce request's body stays in memory for the mirror until then).
+    held: Option<Held>,
 }
 
 impl Pending {
@@ -108,6 +111,14 @@ impl Pending {
             handling,
             received,
             forwarded: Instant::now(),
+            held: None,
+        }
+    }
+
+    fn holding(self, held: Held) -> Pending {
+        Pending {
+            held: Some(held),
+            ..self
         }
     }
 }
@@ -136,21 +147,6 @@ pub struct Connection {
     in_flight: AtomicUsize,
     acks0_sent: Acks0Ids,
     sasl: Mutex<SaslSession>,
-}
-
-/// Writes a response to the client unless a write already failed. A failure does not end the
-/// response side: the broker's remaining answers must still be read and Produce exchanges
-/// handed to the mirror, so the failure is kept and becomes the connection's outcome.
-async fn answer_client(
-    client_wr: &mut StreamWriter,
-    client_gone: &mut Option<std::io::Error>,
-    response: &[u8],
-) {
-    if client_gone.is_none() {
-        if let Err(e) = client_wr.write_all(response).await {
-            *client_gone = Some(e);
-        }
-    }
 }
 
 fn api_name(api_key: i16) -> String {
@@ -218,11 +214,14 @@ impl Connection {
         mut upstream_wr: StreamWriter,
         pending: mpsc::Sender<Pending>,
     ) -> Result<Closed, ConnectionError> {
-        let mut frames = FramedRead::new(
+        let listener = &self.proxy.config.listener;
+        let mut frames = ClientFrames::new(
             client_rd,
-            FrameCodec::new(self.proxy.config.listener.max_frame_bytes),
+            self.proxy.buffer_budget.clone(),
+            listener.frame_timeout,
         );
-        let idle_timeout = self.proxy.config.listener.idle_timeout;
+        let frame_limit = || self.frame_limit();
+        let idle_timeout = listener.idle_timeout;
         let mut client: Option<ClientState> = None;
         // Bare SASL tokens still to come after an accepted SaslHandshake v0.
         let mut tokens_expected = 0u8;
@@ -232,7 +231,7 @@ impl Connection {
         let mut probes = Probes::default();
         loop {
             let next = tokio::select! {
-                next = tokio::time::timeout(idle_timeout, frames.next()) => next,
+                next = frames.next(frame_limit, idle_timeout) => next,
                 _ = tokio::time::sleep_until(proof_due.unwrap_or_else(tokio::time::Instant::now)),
                     if proof_due.is_some() =>
                 {
@@ -243,14 +242,14 @@ impl Connection {
                     continue;
                 }
                 // Shutdown: read no more requests; the ones in flight finish as on a client close.
-                _ = self.proxy.stopping.cancelled() => Ok(None),
+                _ = self.proxy.stopping.cancelled() => Ok(ClientEvent::Closed),
             };
-            let frame = match next {
-                Err(_elapsed) if self.in_flight.load(Ordering::Acquire) == 0 => {
+            let (frame, held) = match next {
+                Ok(ClientEvent::Idle) if self.in_flight.load(Ordering::Acquire) == 0 => {
                     return Ok(Closed::Idle)
                 }
-                Err(_elapsed) => continue,
-                Ok(None) => {
+                Ok(ClientEvent::Idle) => continue,
+                Ok(ClientEvent::Closed) => {
                     // The last acks=0 records still need the broker's word before they leave.
                     if proof_due.is_some() {
                         self.send_probe(&mut upstream_wr, &pending, &mut probes)
@@ -259,8 +258,17 @@ impl Connection {
                     let _ = upstream_wr.shutdown().await;
                     return Ok(Closed::ByClient);
                 }
-                Ok(Some(Err(e))) => return Err(ConnectionError::ClientFrame(e)),
-                Ok(Some(Ok(frame))) => frame,
+                Err(e) => {
+                    if let Some(reason) = e.limit() {
+                        self.proxy
+                            .metrics
+                            .connections_refused
+                            .with_label_values(&[reason])
+                            .inc();
+                    }
+                    return Err(ConnectionError::ClientFrame(e));
+                }
+                Ok(ClientEvent::Frame(frame, held)) => (frame, held),
             };
             let received = Instant::now();
             if tokens_expected > 0 {
@@ -272,7 +280,8 @@ impl Connection {
                     0,
                     Handling::SaslToken,
                     received,
-                );
+                )
+                .holding(held);
                 if !self
                     .send_upstream(&mut upstream_wr, &pending, entry, &frame)
                     .await?
@@ -324,7 +333,8 @@ impl Connection {
                 header.correlation_id,
                 handling,
                 received,
-            );
+            )
+            .holding(held);
             if !self
                 .send_upstream(&mut upstream_wr, &pending, entry, &frame)
                 .await?
@@ -339,6 +349,23 @@ impl Connection {
                     Ok(false) => {}
                     Err(_) => return Ok(Closed::ByUpstream),
                 }
+            }
+        }
+    }
+
+    /// The size limit for the client's next frame: smaller until a client of a listener that
+    /// requires SASL has authenticated.
+    fn frame_limit(&self) -> FrameLimit {
+        let listener = &self.proxy.config.listener;
+        if listener.sasl_required && !self.sasl.lock().expect("sasl lock").authenticated() {
+            FrameLimit {
+                max: listener.max_unauthenticated_frame_bytes,
+                key: "listener.max_unauthenticated_frame_bytes",
+            }
+        } else {
+            FrameLimit {
+                max: listener.max_frame_bytes,
+                key: "listener.max_frame_bytes",
             }
         }
     }
@@ -507,208 +534,5 @@ impl Connection {
             versions_seen: HashSet::new(),
             acks_seen: HashSet::new(),
         })
-    }
-
-    async fn forward_responses(
-        &self,
-        upstream_rd: StreamReader,
-        mut client_wr: StreamWriter,
-        mut pending: mpsc::Receiver<Pending>,
-    ) -> Result<Closed, ConnectionError> {
-        let mut frames = FramedRead::new(upstream_rd, FrameCodec::new(MAX_RESPONSE_BYTES));
-        // Set once a write to the client fails; the broker's answers are still read.
-        let mut client_gone = None;
-        // acks=0 Produce requests the broker has not yet vouched for, oldest first.
-        let mut unproven: Vec<ProduceExchange> = Vec::new();
-        loop {
-            // `biased`: a request's entry is queued before the request is written upstream, so
-            // when a response is readable its entry is already in the queue.
-            let entry = tokio::select! {
-                biased;
-                entry = pending.recv() => match entry {
-                    Some(entry) => entry,
-                    // Every request is answered; read what the broker still sends (answers
-                    // to acks=0 requests from brokers that send them) until it closes.
-                    None => {
-                        while let Some(Ok(_)) = frames.next().await {}
-                        return match client_gone {
-                            Some(e) => Err(ConnectionError::ClientWrite(e)),
-                            None => Ok(Closed::ByClient),
-                        };
-                    }
-                },
-                frame = frames.next() => return match frame {
-                    None => Ok(Closed::ByUpstream),
-                    Some(Ok(frame)) if self.is_acks0_answer(&frame) => continue,
-                    Some(Ok(_)) => Err(ConnectionError::Unsolicited),
-                    Some(Err(e)) => Err(ConnectionError::UpstreamFrame(e)),
-                },
-            };
-            let Pending {
-                api_key,
-                api_version,
-                correlation_id,
-                handling,
-                received,
-                forwarded,
-            } = entry;
-            let mut handling = match handling {
-                Handling::Unanswered(Some(exchange)) => {
-                    unproven.push(exchange);
-                    continue;
-                }
-                Handling::Local(response) => {
-                    answer_client(&mut client_wr, &mut client_gone, &response).await;
-                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    continue;
-                }
-                handling => handling,
-            };
-            let bare = matches!(handling, Handling::SaslToken);
-            let frame = loop {
-                match frames.next().await {
-                    None => {
-                        self.forget_unproven(&unproven);
-                        return Ok(Closed::ByUpstream);
-                    }
-                    Some(Err(e)) => return Err(ConnectionError::UpstreamFrame(e)),
-                    Some(Ok(frame)) if bare => break frame,
-                    // The awaited response wins, even if a client reused an acks=0 request's id.
-                    Some(Ok(frame)) if response_correlation_id(&frame) == Some(correlation_id) => {
-                        break frame
-                    }
-                    Some(Ok(frame)) if self.is_acks0_answer(&frame) => continue,
-                    Some(Ok(frame)) => break frame,
-                }
-            };
-            let got = response_correlation_id(&frame).unwrap_or(i32::MIN);
-            if !bare && got != correlation_id {
-                return Err(ConnectionError::CorrelationMismatch {
-                    expected: correlation_id,
-                    got,
-                    api: api_name(api_key),
-                    version: api_version,
-                });
-            }
-            // The broker answered a request sent after these acks=0 requests, so it kept the
-            // connection past them: they were not refused.
-            let proven = std::mem::take(&mut unproven);
-            // Before the client hears the answer, so that its next request sees the outcome.
-            self.observe_sasl(&mut handling, &frame, api_version)?;
-            let rewritten = self.rewrite(&handling, &frame, api_key, api_version);
-            let is_probe = matches!(handling, Handling::Probe);
-            if let (Ok(rewritten), false) = (&rewritten, is_probe) {
-                answer_client(
-                    &mut client_wr,
-                    &mut client_gone,
-                    rewritten.as_ref().unwrap_or(&frame),
-                )
-                .await;
-            }
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if !is_probe {
-                let timers = self.proxy.metrics.api_timers(api_key);
-                timers.upstream.observe(forwarded.elapsed().as_secs_f64());
-                timers.request.observe(received.elapsed().as_secs_f64());
-            }
-            for exchange in proven {
-                self.proxy.mirror.hand_over(exchange).await;
-            }
-            // Only now, with the client answered, does the mirror see the exchange; and it
-            // sees it even when the client could not be answered, because Kafka has stored
-            // (or rejected) the records either way.
-            if let Handling::Produce {
-                exchange: Some(mut exchange),
-            } = handling
-            {
-                exchange.response_frame = Some(frame);
-                self.proxy.mirror.hand_over(exchange).await;
-            }
-            rewritten?;
-        }
-    }
-
-    /// Updates the SASL session from the broker's answer to a SASL request.
-    fn observe_sasl(
-        &self,
-        handling: &mut Handling,
-        frame: &[u8],
-        version: i16,
-    ) -> Result<(), SaslError> {
-        let mut sasl = self.sasl.lock().expect("sasl lock");
-        match handling {
-            Handling::SaslHandshake(v0) => {
-                let accepted = sasl.handshake_response(frame, version)?;
-                if let Some(v0) = v0.take() {
-                    // The request loop may have ended; then no token follows anyway.
-                    let _ = v0.send(accepted);
-                }
-            }
-            Handling::SaslAuthenticate => sasl.authenticate_response(frame, version)?,
-            // With v0 the broker answers only a token it accepted; else it closes.
-            Handling::SaslToken => sasl.round_succeeded(),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn forget_unproven(&self, unproven: &[ProduceExchange]) {
-        if !unproven.is_empty() {
-            tracing::info!(
-                peer = %self.peer,
-                requests = unproven.len(),
-                "not mirroring acks=0 Produce requests: the broker closed the connection after them, \
-                 which is how Kafka refuses one"
-            );
-        }
-    }
-
-    /// Whether `frame` answers an acks=0 Produce request; if so it is forgotten.
-    fn is_acks0_answer(&self, frame: &Bytes) -> bool {
-        let Some(id) = self.acks0_sent.take_answer(frame) else {
-            return false;
-        };
-        tracing::debug!(peer = %self.peer, correlation_id = id, "discarding the broker's answer to an acks=0 Produce");
-        true
-    }
-
-    /// The response to send instead of `frame`, if it must change.
-    fn rewrite(
-        &self,
-        handling: &Handling,
-        frame: &Bytes,
-        api_key: i16,
-        version: i16,
-    ) -> Result<Option<Bytes>, ConnectionError> {
-        let failed = |source: RewriteError| ConnectionError::Response {
-            api: api_name(api_key),
-            version,
-            source,
-        };
-        let key = match handling {
-            Handling::Forward
-            | Handling::Local(_)
-            | Handling::Unanswered(_)
-            | Handling::SaslHandshake(_)
-            | Handling::SaslAuthenticate
-            | Handling::SaslToken
-            | Handling::Probe => return Ok(None),
-            Handling::NegotiateVersions => {
-                return negotiate_response(frame, version)
-                    .map_err(|e: MessageError| failed(e.into()));
-            }
-            Handling::Produce { .. } if !carries_addresses(ApiKey::Produce, version) => {
-                return Ok(None)
-            }
-            Handling::Produce { .. } => ApiKey::Produce,
-            Handling::RewriteAddresses(key) => *key,
-        };
-        let mut rewriter = self.proxy.directory.rewriter();
-        let rewritten = rewrite_response(frame, key, version, &mut rewriter).map_err(failed)?;
-        // The listener for every broker named must exist before the client hears of it.
-        for (node_id, port) in rewriter.learned {
-            self.proxy.ensure_broker_listener(node_id, port);
-        }
-        Ok(rewritten)
     }
 }

@@ -102,14 +102,11 @@ async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> Result<usize, Dis
         server: server.to_owned(),
         source,
     };
-    let mut rewriter = proxy.directory.rewriter();
+    let listen = |node_id, port| proxy.ensure_broker_listener(node_id, port);
+    let mut rewriter = proxy.directory.rewriter(&listen);
     rewrite_response(&frame, ApiKey::Metadata, metadata_version, &mut rewriter)
         .map_err(rewrite_failed)?;
-    let count = rewriter.learned.len();
-    for (node_id, port) in rewriter.learned {
-        proxy.ensure_broker_listener(node_id, port);
-    }
-    Ok(count)
+    Ok(rewriter.learned)
 }
 
 /// `Ok(server)` once a bootstrap server has answered ApiVersions, which Kafka answers before

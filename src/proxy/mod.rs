@@ -5,7 +5,9 @@
 //! broker. Each client connection gets exactly one upstream connection to the broker behind its
 //! port, so per-connection state such as SASL stays between the client and that broker.
 
+mod admission;
 mod broker_map_file;
+mod buffer_budget;
 mod brokers;
 mod connection;
 mod discovery;
@@ -22,9 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
+use admission::Admission;
+pub use admission::raise_open_files_limit;
 use brokers::BrokerDirectory;
+use buffer_budget::BufferBudget;
 use connection::Connection;
 pub use tls::{check_tls_files, CertificateSummary, TlsError};
 use tls::{ClientTls, Stream, UpstreamTls};
@@ -69,7 +73,9 @@ pub struct Proxy {
     directory: BrokerDirectory,
     /// Broker listeners already open, by node id.
     broker_listeners: Mutex<HashMap<i32, u16>>,
-    connection_slots: Arc<Semaphore>,
+    admission: Admission,
+    /// Bytes all connections hold (`listener.max_buffered_bytes`).
+    buffer_budget: Arc<BufferBudget>,
     /// Spreads bootstrap connections over the configured servers.
     next_bootstrap: AtomicUsize,
     /// `None`: clients connect in plain TCP.
@@ -106,7 +112,11 @@ impl Proxy {
         Ok(Arc::new(Proxy {
             client_tls,
             upstream_tls,
-            connection_slots: Arc::new(Semaphore::new(listener.max_connections)),
+            admission: Admission::new(listener.max_connections, listener.max_connections_per_ip),
+            buffer_budget: BufferBudget::new(
+                listener.max_buffered_bytes,
+                metrics.buffered_bytes.clone(),
+            ),
             directory,
             broker_listeners: Mutex::new(HashMap::new()),
             next_bootstrap: AtomicUsize::new(0),
@@ -153,13 +163,10 @@ impl Proxy {
     /// (new ones are not read), and returns when all are closed or at `deadline`.
     pub async fn shut_down(&self, deadline: std::time::Instant) {
         self.stopping.cancel();
-        let max = self.config.listener.max_connections;
-        while self.connection_slots.available_permits() < max
-            && std::time::Instant::now() < deadline
-        {
+        while self.admission.open() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let open = max - self.connection_slots.available_permits();
+        let open = self.admission.open();
         if open > 0 {
             tracing::warn!(open, "shutdown grace over with connections still finishing");
         }
@@ -192,13 +199,14 @@ impl Proxy {
         }
     }
 
-    /// Opens the listener for broker `node_id` on `port` unless it is already open. A failure
-    /// is logged and retried the next time a response names the broker.
-    fn ensure_broker_listener(self: &Arc<Self>, node_id: i32, port: u16) {
+    /// Opens the listener for broker `node_id` on `port` unless it is already open, and says
+    /// whether it is open. A failure is logged and retried the next time a response names the
+    /// broker; until then the broker is left out of responses, never advertised unreachable.
+    fn ensure_broker_listener(self: &Arc<Self>, node_id: i32, port: u16) -> bool {
         let listener = {
             let mut open = self.broker_listeners.lock().expect("listener lock");
             if open.get(&node_id) == Some(&port) {
-                return;
+                return true;
             }
             let addr = SocketAddr::new(self.config.listener.bind, port);
             match bind(addr, &format!("broker node {node_id}")) {
@@ -208,8 +216,8 @@ impl Proxy {
                     listener
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "broker listener unavailable; clients cannot reach this broker through the proxy");
-                    return;
+                    tracing::error!(error = %e, "broker listener unavailable; the broker is left out of responses until its port opens");
+                    return false;
                 }
             }
         };
@@ -217,6 +225,7 @@ impl Proxy {
             self.clone()
                 .accept_loop(listener, Upstream::Broker(node_id)),
         );
+        true
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, upstream: Upstream) {
@@ -234,9 +243,20 @@ impl Proxy {
                     continue;
                 }
             };
-            let Ok(slot) = self.connection_slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = self.config.listener.max_connections, "connection refused: listener.max_connections reached");
-                continue;
+            let slot = match self.admission.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    let reason = match refusal {
+                        admission::Refusal::Total(_) => "max_connections",
+                        admission::Refusal::PerIp(_) => "max_connections_per_ip",
+                    };
+                    self.metrics
+                        .connections_refused
+                        .with_label_values(&[reason])
+                        .inc();
+                    tracing::warn!(%peer, "connection refused: {refusal}");
+                    continue;
+                }
             };
             let proxy = self.clone();
             tokio::spawn(async move {

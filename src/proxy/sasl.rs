@@ -189,6 +189,11 @@ impl SaslSession {
         !self.started || self.authenticated
     }
 
+    /// Whether the connection has completed SASL authentication.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
     /// Whether the proxy may slip a request of its own onto the connection: not while an
     /// exchange is in progress, where Kafka accepts only the exchange's next request.
     pub fn may_interject(&self) -> bool {

@@ -81,6 +81,10 @@ pub struct Metrics {
     pub shard_records: IntCounterVec,
     pub shard_map_mispredictions: IntCounterVec,
     pub connections: IntGaugeVec,
+    /// Client connections refused at accept or cut by a limit, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Request and response bytes all connections hold, against `listener.max_buffered_bytes`.
+    pub buffered_bytes: IntGauge,
     pub config_reloads: IntCounterVec,
     /// 1, labelled with the hash of the config text in force.
     pub config_info: IntGaugeVec,
@@ -278,6 +282,19 @@ impl Metrics {
         registry
             .register(Box::new(connections.clone()))
             .expect("unique metric");
+        let connections_refused = counter(
+            "connections_refused_total",
+            "Client connections refused or cut by a listener limit, by reason.",
+            &["reason"],
+        );
+        let buffered_bytes = IntGauge::new(
+            name("buffered_bytes"),
+            "Request and response bytes held by all connections (listener.max_buffered_bytes).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(buffered_bytes.clone()))
+            .expect("unique metric");
         let putrecords_duration = HistogramVec::new(
             HistogramOpts::new(
                 name("putrecords_duration_seconds"),
@@ -303,6 +320,8 @@ impl Metrics {
             shard_records,
             shard_map_mispredictions,
             connections,
+            connections_refused,
+            buffered_bytes,
             config_reloads,
             config_info,
             config_restart_required,

@@ -1,5 +1,6 @@
 //! Why a connection ended on error.
 
+use super::client_frames::ClientFrameError;
 use crate::kafka::frame::FrameError;
 use crate::kafka::header::HeaderError;
 use crate::kafka::produce::ProduceDecodeError;
@@ -9,7 +10,7 @@ use crate::proxy::sasl::SaslError;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error("client frame: {0}")]
-    ClientFrame(FrameError),
+    ClientFrame(ClientFrameError),
     #[error("upstream frame: {0}")]
     UpstreamFrame(FrameError),
     #[error("request header: {0}")]
