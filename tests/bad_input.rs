@@ -113,7 +113,7 @@ fn undecodable_and_oversized_frames_close_only_their_connection() {
         "{produce_line}"
     );
     assert!(
-        log.contains("frame of 209715200 bytes exceeds the limit of 104857600 bytes"),
+        log.contains("frame of 209715200 bytes exceeds listener.max_frame_bytes (104857600)"),
         "{log}"
     );
     assert!(proxy.daemon().is_running(), "the process keeps running");

@@ -187,7 +187,10 @@ pub(super) fn validate_listener(
         "listener.max_unauthenticated_frame_bytes",
     )?;
     if max_unauthenticated_frame_bytes > max_frame_bytes {
-        let span = raw.max_unauthenticated_frame_bytes.as_ref().map(Spanned::span);
+        let span = raw
+            .max_unauthenticated_frame_bytes
+            .as_ref()
+            .map(Spanned::span);
         return Err((span, format!("listener.max_unauthenticated_frame_bytes: {max_unauthenticated_frame_bytes} is more than listener.max_frame_bytes ({max_frame_bytes})")));
     }
     let max_buffered_bytes = positive(
@@ -241,9 +244,10 @@ pub(super) fn validate_listener(
 fn frame_size(value: Option<&Spanned<u64>>, default: usize, key: &str) -> Result<usize, Invalid> {
     match value {
         None => Ok(default),
-        Some(v) if *v.get_ref() < 1024 || *v.get_ref() > i32::MAX as u64 => {
-            invalid(v.span(), format!("{key}: must be between 1024 and 2147483647"))
-        }
+        Some(v) if *v.get_ref() < 1024 || *v.get_ref() > i32::MAX as u64 => invalid(
+            v.span(),
+            format!("{key}: must be between 1024 and 2147483647"),
+        ),
         Some(v) => Ok(*v.get_ref() as usize),
     }
 }

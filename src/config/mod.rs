@@ -28,8 +28,8 @@ pub use admin::{AdminConfig, SpoolConfig};
 pub use kafka::KafkaConfig;
 pub use kinesis::{KinesisConfig, WriteOrdering};
 pub use listener::{
-    BrokerPortMap, ListenerConfig, PortMapError, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
+    BrokerPortMap, ListenerConfig, PortMapError, DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
 };
 pub use mirror::{
     MirrorBufferConfig, MirrorRoute, PartitionKeyRule, UnknownPartitionKeyRule, WhenFull,

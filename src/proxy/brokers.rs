@@ -179,7 +179,10 @@ mod tests {
         assert!(rw.rewrite(5, &mut host, &mut port));
         assert_eq!(port, 19105);
         let (mut host, mut port) = (StrBytes::from_static_str("kafka-c"), 9094);
-        assert!(!rw.rewrite(7, &mut host, &mut port), "its port did not open");
+        assert!(
+            !rw.rewrite(7, &mut host, &mut port),
+            "its port did not open"
+        );
         assert_eq!(rw.learned, 2);
         assert_eq!(
             *opened.lock().unwrap(),

@@ -33,9 +33,7 @@ use super::Proxy;
 use crate::kafka::header::RequestHeader;
 use crate::kafka::produce::peek_acks;
 use crate::kafka::rewrite::carries_addresses;
-use crate::kafka::versions::{
-    max_api_versions_version, unsupported_version_response,
-};
+use crate::kafka::versions::{max_api_versions_version, unsupported_version_response};
 use crate::mirror::ProduceExchange;
 use crate::telemetry::inventory::ClientKey;
 use acks0::{Acks0Ids, Probes};

@@ -7,8 +7,8 @@
 
 mod admission;
 mod broker_map_file;
-mod buffer_budget;
 mod brokers;
+mod buffer_budget;
 mod connection;
 mod discovery;
 mod own_connection;
@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use admission::Admission;
 pub use admission::raise_open_files_limit;
+use admission::Admission;
 use brokers::BrokerDirectory;
 use buffer_budget::BufferBudget;
 use connection::Connection;

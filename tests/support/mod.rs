@@ -315,6 +315,16 @@ impl Proxy {
     /// Proxy in front of the brokers `node_ids` reached through `upstream` (which may be a
     /// fault-injecting layer) with `extra_toml` appended to the config.
     pub fn start_upstream(upstream: &[String], node_ids: &[i32], extra_toml: &str) -> Proxy {
+        Proxy::start_upstream_with_listener(upstream, node_ids, "", extra_toml)
+    }
+
+    /// As [`Proxy::start_upstream`], with `listener_keys` added to the `[listener]` table.
+    pub fn start_upstream_with_listener(
+        upstream: &[String],
+        node_ids: &[i32],
+        listener_keys: &str,
+        extra_toml: &str,
+    ) -> Proxy {
         let bootstrap_port = free_port();
         let admin_port = free_port();
         let broker_ports: Vec<(i32, u16)> = node_ids.iter().map(|id| (*id, free_port())).collect();
@@ -355,7 +365,7 @@ impl Proxy {
              advertised_host = \"127.0.0.1\"\n\
              bootstrap_port = {bootstrap_port}\n\
              broker_ports = {{ {port_map} }}\n\
-             \n\
+             {listener_keys}\n\
              [kafka]\n\
              bootstrap_servers = [{servers}]\n\
              \n\

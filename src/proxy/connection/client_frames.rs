@@ -156,7 +156,10 @@ mod tests {
 
     fn frames(
         frame_timeout: Duration,
-    ) -> (ClientFrames<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+    ) -> (
+        ClientFrames<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
         let (client, proxy) = tokio::io::duplex(64 * 1024);
         let budget = BufferBudget::new(1 << 20, IntGauge::new("t", "t").unwrap());
         (ClientFrames::new(proxy, budget, frame_timeout), client)
@@ -229,7 +232,10 @@ mod tests {
         let authenticated = std::sync::atomic::AtomicBool::new(false);
         let limit = || {
             if authenticated.load(std::sync::atomic::Ordering::Acquire) {
-                FrameLimit { max: 4096, key: "listener.max_frame_bytes" }
+                FrameLimit {
+                    max: 4096,
+                    key: "listener.max_frame_bytes",
+                }
             } else {
                 LIMIT
             }
@@ -246,7 +252,10 @@ mod tests {
     async fn a_close_between_frames_is_clean_and_inside_one_is_truncation() {
         let (mut frames, client) = frames(Duration::from_secs(30));
         drop(client);
-        assert!(matches!(frames.next(|| LIMIT, IDLE).await, Ok(ClientEvent::Closed)));
+        assert!(matches!(
+            frames.next(|| LIMIT, IDLE).await,
+            Ok(ClientEvent::Closed)
+        ));
         let (mut frames, mut client) = self::frames(Duration::from_secs(30));
         client.write_all(&frame(b"abc")[..5]).await.unwrap();
         drop(client);
