@@ -28,15 +28,18 @@ pub struct Admission {
     per_ip: Option<PerIp>,
 }
 
+/// Connections open now, by source address.
+type OpenByIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 struct PerIp {
     max: usize,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: OpenByIp,
 }
 
 /// A taken connection slot; dropping it frees the slot.
 pub struct Admitted {
     _slot: OwnedSemaphorePermit,
-    per_ip: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    per_ip: Option<(IpAddr, OpenByIp)>,
 }
 
 impl Drop for Admitted {
