@@ -162,10 +162,14 @@ fn kafka_client_files(tls: &KafkaTlsConfig) -> Option<KeyPairFiles<'_>> {
     })
 }
 
-/// Accepts TLS from clients, serving the certificate files as they are at accept time.
+/// Accepts TLS from clients, serving the certificate files, and trusting the client CA file,
+/// as they are at accept time.
 pub(crate) struct ClientTls {
-    acceptor: tokio_rustls::TlsAcceptor,
+    config: ArcSwap<ServerConfig>,
     certificate: Arc<ReloadingCertificate>,
+    /// `listener.tls.client_ca` and its state when last loaded.
+    client_ca: Option<(PathBuf, Mutex<Option<FileStamp>>)>,
+    provider: Arc<CryptoProvider>,
     handshake_timeout: Duration,
 }
 
@@ -189,26 +193,13 @@ impl ClientTls {
     pub(crate) fn new(tls: &ListenerTlsConfig) -> Result<ClientTls, TlsError> {
         let provider = provider();
         let certificate = Arc::new(ReloadingCertificate::load(tls, provider.clone())?);
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(setup_error("listener.tls"))?;
-        let builder = match &tls.client_ca {
-            Some(ca) => {
-                let roots = Arc::new(load_roots("listener.tls.client_ca", ca)?);
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| TlsError::Setup {
-                        key: "listener.tls.client_ca",
-                        reason: e.to_string(),
-                    })?;
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let config = builder.with_cert_resolver(certificate.clone());
+        let client_ca = tls.client_ca.as_ref().map(|ca| (ca.clone(), Mutex::new(stamp(ca))));
+        let config = server_config(&provider, tls.client_ca.as_deref(), certificate.clone())?;
         Ok(ClientTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            config: ArcSwap::from_pointee(config),
             certificate,
+            client_ca,
+            provider,
             handshake_timeout: tls.handshake_timeout,
         })
     }
@@ -216,12 +207,62 @@ impl ClientTls {
     /// The client's TLS session, once its handshake is done.
     pub(crate) async fn accept(&self, tcp: TcpStream) -> Result<Stream, HandshakeError> {
         self.certificate.reload_if_changed();
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+        self.reload_client_ca_if_changed();
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
+        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
             Err(_) => Err(HandshakeError::TimedOut(self.handshake_timeout)),
             Ok(Err(e)) => Err(HandshakeError::Failed(e)),
             Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
         }
     }
+
+    /// A replaced client CA file (a CA rotation adds the new CA before clients move to it)
+    /// applies to the next handshake, as the certificate does.
+    fn reload_client_ca_if_changed(&self) {
+        let Some((path, seen)) = &self.client_ca else {
+            return;
+        };
+        let now = stamp(path);
+        let mut seen = seen.lock().expect("client CA stamp lock");
+        if now.is_none() || *seen == now {
+            return;
+        }
+        *seen = now;
+        match server_config(&self.provider, Some(path), self.certificate.clone()) {
+            Ok(config) => {
+                tracing::info!(client_ca = %path.display(), "listener TLS client CA reloaded; new connections are checked against it");
+                self.config.store(Arc::new(config));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listener TLS client CA changed but cannot be used; still trusting the previous one")
+            }
+        }
+    }
+}
+
+/// The acceptor's configuration: mTLS against `client_ca` when set.
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    client_ca: Option<&std::path::Path>,
+    certificate: Arc<ReloadingCertificate>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(setup_error("listener.tls"))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let roots = Arc::new(load_roots("listener.tls.client_ca", ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Setup {
+                    key: "listener.tls.client_ca",
+                    reason: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(builder.with_cert_resolver(certificate))
 }
 
 /// The listener's certificate and key, re-read when either file changes. Checked at each
@@ -239,7 +280,9 @@ struct ReloadingCertificate {
     seen: Mutex<Option<FileStamps>>,
 }
 
-type FileStamps = [(SystemTime, u64, u64); 2];
+/// Modification time, size and inode: any replacement of the file changes one of them.
+type FileStamp = (SystemTime, u64, u64);
+type FileStamps = [FileStamp; 2];
 
 impl ReloadingCertificate {
     fn load(tls: &ListenerTlsConfig, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
@@ -287,14 +330,15 @@ impl ReloadingCertificate {
     }
 }
 
-/// Modification time, size and inode of both files; `None` while either is missing.
+/// The stamps of both files; `None` while either is missing.
 fn stamps(cert: &std::path::Path, key: &std::path::Path) -> Option<FileStamps> {
-    use std::os::unix::fs::MetadataExt;
-    let stamp = |path| {
-        let m = std::fs::metadata(path).ok()?;
-        Some((m.modified().ok()?, m.len(), m.ino()))
-    };
     Some([stamp(cert)?, stamp(key)?])
+}
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 impl ResolvesServerCert for ReloadingCertificate {

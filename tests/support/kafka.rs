@@ -2,12 +2,13 @@
 //! nodes on free loopback ports, run from the jars that `scripts/install-test-deps.sh` fetches
 //! from Maven Central.
 //!
-//! Every node has four client listeners, so the security tests can reach the same cluster
+//! Every node has five client listeners, so the security tests can reach the same cluster
 //! several ways:
 //! - PLAINTEXT;
 //! - SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 ([`SASL_USER`], created at format
 //!   time);
-//! - SSL and SASL_SSL, with a CA and a server certificate made at test time ([`TlsFiles`]).
+//! - SSL and SASL_SSL, with a CA and a server certificate made at test time ([`TlsFiles`]);
+//! - MTLS: SSL that requires a client certificate signed by the same CA.
 //!
 //! One cluster serves a whole test binary ([`KafkaCluster::shared`] for one node,
 //! [`KafkaCluster::shared3`] for three); tests use unique topic names. The JVMs are started from
@@ -46,23 +47,27 @@ pub enum Listener {
     SaslPlaintext,
     Ssl,
     SaslSsl,
+    /// SSL with `ssl.client.auth=required`.
+    Mtls,
 }
 
 impl Listener {
-    pub const ALL: [Listener; 4] = [
+    pub const ALL: [Listener; 5] = [
         Listener::Plaintext,
         Listener::SaslPlaintext,
         Listener::Ssl,
         Listener::SaslSsl,
+        Listener::Mtls,
     ];
 
-    /// The listener's name, which is also its security protocol.
+    /// The listener's name; except for MTLS, also its security protocol.
     pub fn name(self) -> &'static str {
         match self {
             Listener::Plaintext => "PLAINTEXT",
             Listener::SaslPlaintext => "SASL_PLAINTEXT",
             Listener::Ssl => "SSL",
             Listener::SaslSsl => "SASL_SSL",
+            Listener::Mtls => "MTLS",
         }
     }
 }
@@ -540,7 +545,8 @@ fn node_properties(node: &Node, n: usize, voters: &str, dir: &Path, tls: &TlsFil
          advertised.listeners={listeners}\n\
          inter.broker.listener.name=PLAINTEXT\n\
          listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,\
-         SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL\n\
+         SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,MTLS:SSL\n\
+         listener.name.mtls.ssl.client.auth=required\n\
          log.dirs={data}\n\
          num.partitions=1\n\
          default.replication.factor={replication}\n\
