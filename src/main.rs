@@ -180,7 +180,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), routes = config.mirror.len(), "starting");
     kafka_kinesis_proxy::proxy::raise_open_files_limit(config.listener.max_connections);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_topic_labels(config.admin.max_topic_labels));
     let inventory = Arc::new(Inventory::default());
     let dead_letters = match config.spool.dead_letter_file() {
         Some(path) => Some(Arc::new(

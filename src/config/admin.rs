@@ -9,9 +9,14 @@ use toml::Spanned;
 use super::listener::ListenerConfig;
 use super::{invalid, positive, Invalid};
 
+/// Unrouted topics that get their own metric label by default.
+pub const DEFAULT_MAX_TOPIC_LABELS: usize = 100;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub bind: std::net::SocketAddr,
+    /// Unrouted topics that get their own `topic` label in metrics; the rest share `(other)`.
+    pub max_topic_labels: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +37,7 @@ impl SpoolConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     bind: Option<Spanned<String>>,
+    max_topic_labels: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -45,9 +51,15 @@ pub(super) fn validate_admin(
     raw: Option<RawAdmin>,
     listener: &ListenerConfig,
 ) -> Result<AdminConfig, Invalid> {
-    let Some(bind) = raw.and_then(|a| a.bind) else {
+    let (bind, max_topic_labels) = raw.map_or((None, None), |a| (a.bind, a.max_topic_labels));
+    let max_topic_labels = match max_topic_labels {
+        None => DEFAULT_MAX_TOPIC_LABELS,
+        Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+    };
+    let Some(bind) = bind else {
         return Ok(AdminConfig {
             bind: ([127, 0, 0, 1], 9464).into(),
+            max_topic_labels,
         });
     };
     let addr = bind
@@ -74,7 +86,10 @@ pub(super) fn validate_admin(
             ),
         );
     }
-    Ok(AdminConfig { bind: addr })
+    Ok(AdminConfig {
+        bind: addr,
+        max_topic_labels,
+    })
 }
 
 pub(super) fn validate_spool(

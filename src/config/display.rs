@@ -53,6 +53,11 @@ impl fmt::Display for Config {
         }
         writeln!(f, "admin")?;
         writeln!(f, "  bind              {}", self.admin.bind)?;
+        writeln!(
+            f,
+            "  topic labels      routed topics + {} others",
+            self.admin.max_topic_labels
+        )?;
         let k = &self.kinesis;
         writeln!(f, "kinesis")?;
         writeln!(

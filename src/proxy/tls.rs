@@ -193,7 +193,10 @@ impl ClientTls {
     pub(crate) fn new(tls: &ListenerTlsConfig) -> Result<ClientTls, TlsError> {
         let provider = provider();
         let certificate = Arc::new(ReloadingCertificate::load(tls, provider.clone())?);
-        let client_ca = tls.client_ca.as_ref().map(|ca| (ca.clone(), Mutex::new(stamp(ca))));
+        let client_ca = tls
+            .client_ca
+            .as_ref()
+            .map(|ca| (ca.clone(), Mutex::new(stamp(ca))));
         let config = server_config(&provider, tls.client_ca.as_deref(), certificate.clone())?;
         Ok(ClientTls {
             config: ArcSwap::from_pointee(config),

@@ -13,6 +13,8 @@ use kafka_protocol::messages::ApiKey;
 use prometheus::Histogram;
 
 use super::dual_write::DualWriteRatio;
+use super::topic_labels::TopicLabels;
+use crate::config::DEFAULT_MAX_TOPIC_LABELS;
 
 const PREFIX: &str = "kafka_kinesis_proxy";
 
@@ -64,6 +66,8 @@ pub struct ApiTimers {
 
 pub struct Metrics {
     registry: Registry,
+    /// The `topic` label of per-topic series, bounded.
+    pub topic_labels: TopicLabels,
     /// Records produced through the proxy, by Kafka's verdict (`ok` or `error`).
     pub kafka_records: IntCounterVec,
     /// Records produced with acks=0: Kafka gives no verdict, so they are mirrored on send.
@@ -110,6 +114,11 @@ fn name(short: &str) -> String {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_topic_labels(DEFAULT_MAX_TOPIC_LABELS)
+    }
+
+    /// Metrics whose per-topic series label at most `max_topic_labels` unrouted topics.
+    pub fn with_topic_labels(max_topic_labels: usize) -> Metrics {
         let registry = Registry::new();
         let counter = |short: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name(short), help), labels).expect("valid metric");
@@ -309,6 +318,7 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             registry,
+            topic_labels: TopicLabels::new(max_topic_labels),
             kafka_records,
             kafka_unacked_records,
             mirror_records,

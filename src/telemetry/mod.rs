@@ -5,3 +5,4 @@ pub mod dual_write;
 pub mod inventory;
 pub mod logging;
 pub mod metrics;
+pub mod topic_labels;
