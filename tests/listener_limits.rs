@@ -6,7 +6,10 @@
 //!   `listener.max_unauthenticated_frame_bytes` is refused on its size prefix, before its body
 //!   is sent; after authentication the client's ~1 MB batches pass;
 //! - `listener.max_connections_per_ip` refuses the connection over the limit;
-//! - a broker whose proxy port cannot be opened is left out of Metadata, and the others work.
+//! - a broker whose proxy port cannot be opened is left out of Metadata, and the others work;
+//! - under a soft open-files limit of 1,024, the proxy serves 700 connections (1,400
+//!   descriptors), because it raises its soft limit to the hard one at startup, and it warns
+//!   when even the hard limit is too low for `listener.max_connections`.
 //!
 //! Each refusal is counted in `kafka_kinesis_proxy_connections_refused_total{reason}`.
 
@@ -256,6 +259,33 @@ fn a_broker_whose_port_cannot_open_is_left_out_and_the_others_work() {
         log.matches("broker left out of responses").count(),
         1,
         "logged once, not per response:\n{log}"
+    );
+}
+
+#[test]
+fn a_low_soft_open_files_limit_is_raised_and_a_low_hard_one_is_reported() {
+    let cluster = KafkaCluster::shared();
+    let mut proxy = Proxy::start_after_shell(cluster, "ulimit -Sn 1024");
+    let bootstrap = proxy.bootstrap();
+    let mut open = Vec::new();
+    for i in 0..700 {
+        let mut conn = TcpStream::connect(&bootstrap).unwrap();
+        assert!(
+            answers(&mut conn),
+            "connection {i} was not served (two descriptors each: 1,024 would stop near 500)"
+        );
+        open.push(conn);
+    }
+    drop(open);
+    assert!(proxy.daemon().is_running());
+
+    let mut low = Proxy::start_after_shell(cluster, "ulimit -n 1024");
+    let log = low.daemon().log_text();
+    assert!(
+        log.contains("the open-files limit is below what listener.max_connections needs")
+            && log.contains("open_files_limit=1024")
+            && log.contains("needed=20256"),
+        "{log}"
     );
 }
 

@@ -258,11 +258,7 @@ impl Connection {
                 }
                 Err(e) => {
                     if let Some(reason) = e.limit() {
-                        self.proxy
-                            .metrics
-                            .connections_refused
-                            .with_label_values(&[reason])
-                            .inc();
+                        self.proxy.metrics.connection_refused(reason);
                     }
                     return Err(ConnectionError::ClientFrame(e));
                 }

@@ -250,10 +250,7 @@ impl Proxy {
                         admission::Refusal::Total(_) => "max_connections",
                         admission::Refusal::PerIp(_) => "max_connections_per_ip",
                     };
-                    self.metrics
-                        .connections_refused
-                        .with_label_values(&[reason])
-                        .inc();
+                    self.metrics.connection_refused(reason);
                     tracing::warn!(%peer, "connection refused: {refusal}");
                     continue;
                 }

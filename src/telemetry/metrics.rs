@@ -347,6 +347,11 @@ impl Metrics {
         }
     }
 
+    /// A client connection refused at accept, or cut by a listener limit, for `reason`.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
     /// The latency histograms for `api_key`.
     pub fn api_timers(&self, api_key: i16) -> &ApiTimers {
         let slot = usize::try_from(api_key)

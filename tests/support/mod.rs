@@ -325,6 +325,28 @@ impl Proxy {
         listener_keys: &str,
         extra_toml: &str,
     ) -> Proxy {
+        Proxy::spawn(upstream, node_ids, listener_keys, extra_toml, None)
+    }
+
+    /// A proxy in front of `cluster`'s PLAINTEXT listeners, started through `sh -c` with
+    /// `shell_prefix` run first (for example `ulimit -Sn 1024`). Not kept across `restart`.
+    pub fn start_after_shell(cluster: &KafkaCluster, shell_prefix: &str) -> Proxy {
+        Proxy::spawn(
+            &cluster.addresses(Listener::Plaintext),
+            &cluster.node_ids(),
+            "",
+            "",
+            Some(shell_prefix),
+        )
+    }
+
+    fn spawn(
+        upstream: &[String],
+        node_ids: &[i32],
+        listener_keys: &str,
+        extra_toml: &str,
+        shell_prefix: Option<&str>,
+    ) -> Proxy {
         let bootstrap_port = free_port();
         let admin_port = free_port();
         let broker_ports: Vec<(i32, u16)> = node_ids.iter().map(|id| (*id, free_port())).collect();
@@ -386,7 +408,10 @@ impl Proxy {
         }
         let config_path = dir.path().join("proxy.toml");
         fs::write(&config_path, &config).expect("write proxy config");
-        let cmd = proxy_command(dir.path(), &config_path);
+        let mut cmd = proxy_command(dir.path(), &config_path);
+        if let Some(prefix) = shell_prefix {
+            cmd = after_shell(&cmd, prefix);
+        }
         let mut daemon = Daemon::spawn("proxy", dir, cmd);
         daemon.wait_for_port(bootstrap_port, Duration::from_secs(30));
         Proxy {
@@ -428,6 +453,26 @@ impl Proxy {
     pub fn daemon(&mut self) -> &mut Daemon {
         &mut self.daemon
     }
+}
+
+/// `cmd` run by `sh -c` after `prefix`, with the same arguments, environment and directory.
+fn after_shell(cmd: &Command, prefix: &str) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("{prefix} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => shell.env(key, value),
+            None => shell.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        shell.current_dir(dir);
+    }
+    shell
 }
 
 fn proxy_command(dir: &Path, config_path: &Path) -> Command {

@@ -136,6 +136,13 @@ impl<R: AsyncRead + Unpin> ClientFrames<R> {
                 Ok(Ok(_)) => {
                     self.started.get_or_insert_with(Instant::now);
                 }
+                // A reset between frames is how many clients close: not an error.
+                Ok(Err(e))
+                    if self.buffer.is_empty()
+                        && e.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    return Ok(ClientEvent::Closed)
+                }
                 Ok(Err(e)) => return Err(e.into()),
             }
         }
