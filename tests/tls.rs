@@ -461,3 +461,100 @@ fn check_config_prints_expiry_and_rejects_a_key_of_another_certificate() {
         "{stderr}"
     );
 }
+
+#[test]
+fn replaced_client_ca_file_applies_to_the_next_connection() {
+    let cluster = KafkaCluster::shared();
+    let tls = cluster.tls();
+    let dir = tempfile::tempdir().unwrap();
+    let client = mint(cluster, dir.path(), "kkp-ca-rotation-client", 41);
+    // The proxy first trusts only an unrelated CA, so the cluster-CA-signed client is refused.
+    let (other_key, other_ca) = (dir.path().join("other.key"), dir.path().join("other.pem"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=kkp-other-ca",
+        "-keyout",
+        other_key.to_str().unwrap(),
+        "-out",
+        other_ca.to_str().unwrap(),
+    ]);
+    let client_ca = dir.path().join("client-ca.pem");
+    std::fs::copy(&other_ca, &client_ca).unwrap();
+    let mut proxy = Proxy::start_with(
+        cluster,
+        &listener_tls(&tls.server_cert, &tls.server_key, Some(&client_ca)),
+    );
+    cluster.create_topic("tls-client-ca-rotation", 1);
+    let props = client_props(cluster, true, false, Some(&client));
+    assert!(
+        round_trip(&proxy.bootstrap(), &props, "tls-client-ca-rotation", 10, 5).is_err(),
+        "a client certificate from an untrusted CA got through"
+    );
+
+    // Rotated as deployment tools do it: the new file renamed over the old one.
+    let staged = dir.path().join("client-ca.pem.new");
+    std::fs::copy(&tls.ca_cert, &staged).unwrap();
+    std::fs::rename(&staged, &client_ca).unwrap();
+    round_trip(
+        &proxy.bootstrap(),
+        &props,
+        "tls-client-ca-rotation",
+        RECORDS,
+        20,
+    )
+    .unwrap();
+    wait_for_log(
+        &mut proxy,
+        "listener TLS client CA reloaded",
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn proxy_presents_its_own_certificate_to_a_cluster_that_requires_mtls() {
+    let cluster = KafkaCluster::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let own = mint(cluster, dir.path(), "kkp-proxy-client", 51);
+    let with_cert = format!("cert = {:?}\nkey = {:?}\n", own.cert, own.key);
+    let proxy = Proxy::start_upstream(
+        &cluster.addresses(Listener::Mtls),
+        &cluster.node_ids(),
+        &kafka_tls(cluster, &with_cert),
+    );
+    cluster.create_topic("tls-mtls-broker", 2);
+    round_trip(
+        &proxy.bootstrap(),
+        &client_props(cluster, false, false, None),
+        "tls-mtls-broker",
+        RECORDS,
+        20,
+    )
+    .unwrap();
+
+    // Without its certificate the proxy cannot even discover the cluster, and says why: with
+    // TLS 1.3 the broker's refusal arrives as an alert on the first read.
+    let mut without = Proxy::start_upstream(
+        &cluster.addresses(Listener::Mtls),
+        &cluster.node_ids(),
+        &kafka_tls(cluster, ""),
+    );
+    let log = wait_for_log(
+        &mut without,
+        "broker discovery failed",
+        Duration::from_secs(20),
+    );
+    assert!(
+        log.lines().any(|l| l.contains("broker discovery failed")
+            && l.contains("received fatal alert: BadCertificate")),
+        "{log}"
+    );
+}
