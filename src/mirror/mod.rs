@@ -36,10 +36,10 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 /// ...as long as they hold no more than this many bytes, counting those the stage is decoding:
 /// waiting exchanges pin whole request frames outside the memory budget, so this is what keeps
 /// the proxy's memory within the budget plus a fixed allowance when the stage falls behind.
-const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Partitions being decoded, or decoded and waiting to go to their writers, at once: each holds
 /// up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode memory.
-const DECODE_WINDOW: usize = DECODE_THREADS;
+pub const DECODE_WINDOW: usize = DECODE_THREADS;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
 
