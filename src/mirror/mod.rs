@@ -37,11 +37,11 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 /// waiting exchanges pin whole request frames outside the memory budget, so this is what keeps
 /// the proxy's memory within the budget plus a fixed allowance when the stage falls behind.
 pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
+const EXCHANGE_QUEUE_BLOCKING: usize = 16;
 /// Partitions being decoded, or decoded and waiting to go to their writers, at once: each holds
 /// up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode memory.
 pub const DECODE_WINDOW: usize = DECODE_THREADS;
-/// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
-const EXCHANGE_QUEUE_BLOCKING: usize = 16;
 
 /// A Produce request and, unless it was sent with acks=0, its response.
 pub struct ProduceExchange {
