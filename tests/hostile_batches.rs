@@ -291,8 +291,11 @@ async fn hostile_batches_cost_bounded_memory_and_stall_nobody() {
         );
     }
     assert!(sent > 0);
+    // Under 1 s; but when Kafka itself stalls longer (a loaded machine, its collector), that
+    // is not the proxy's: then the proxy may add no more than this to Kafka's own slowest.
+    let proxy_share = Duration::from_millis(250);
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_secs(1).max(direct_slowest + proxy_share),
         "slowest ack through the proxy {slowest:?} (straight to Kafka: {direct_slowest:?})"
     );
 
