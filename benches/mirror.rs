@@ -69,7 +69,7 @@ fn shard_lookup(c: &mut Criterion) {
             timestamp: 1_700_000_000_000,
             key: Some(bytes::Bytes::from(k.clone())),
             value: Some(support::value(&mut rng)),
-            headers: Vec::new(),
+            headers: Default::default(),
             index: i,
         })
         .collect();
@@ -95,7 +95,8 @@ fn shard_lookup(c: &mut Criterion) {
                 records
                     .iter()
                     .filter_map(|r| {
-                        let key = kinesis_key(&PartitionKeyRule::Key, black_box(r), 3, n as usize);
+                        let key = kinesis_key(&PartitionKeyRule::Key, black_box(r), 3, n as usize)
+                            .expect("no headers to parse");
                         map.shard_for_hash(key.routing_hash())
                     })
                     .count()
@@ -116,7 +117,7 @@ fn put_records(c: &mut Criterion) {
                 timestamp: 1_700_000_000_000,
                 key: Some(support::key(i * 7919)),
                 value: Some(support::value(&mut rng)),
-                headers: Vec::new(),
+                headers: Default::default(),
                 index: i as usize,
             };
             MirrorRecord {
@@ -124,7 +125,8 @@ fn put_records(c: &mut Criterion) {
                 partition: (i % 6) as i32,
                 offset: i as i64,
                 offset_from_kafka: true,
-                key: kinesis_key(&PartitionKeyRule::Key, &record, (i % 6) as i32, 4),
+                key: kinesis_key(&PartitionKeyRule::Key, &record, (i % 6) as i32, 4)
+                    .expect("no headers to parse"),
                 data: record.value.clone().expect("value"),
                 acked_at: std::time::Instant::now(),
             }

@@ -2,13 +2,15 @@
 //!
 //! Connections hand every Produce request, with its response, to this stage after the response
 //! has already gone back to the client; all decoding, decompression and sampling happens here,
-//! off the Kafka path. Only partitions Kafka accepted (error code 0) are mirrored, and each
-//! record's Kafka offset is the response's base offset plus its position in the request.
+//! off the Kafka path, on the decode threads of [`decode`]. Only partitions Kafka accepted
+//! (error code 0) are mirrored, and each record's Kafka offset is the response's base offset
+//! plus its position in the request.
 
+mod decode;
 pub mod partition_key;
 pub mod sampling;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,26 +21,26 @@ use kafka_protocol::messages::ApiKey;
 use tokio::sync::mpsc;
 
 use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
-use crate::kafka::header::response_body_offset;
-use crate::kafka::produce::{ProduceRequestView, ProduceResponseView};
-use crate::kafka::records::{decode_batches, summarize};
+use crate::kafka::header::{response_body_offset, HeaderError};
+use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kinesis::client::build_client;
-use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
-use partition_key::kinesis_key;
-use sampling::{is_sampled, record_sample_point};
+use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
 const EXCHANGE_QUEUE: usize = 8 * 1024;
-/// ...as long as they hold no more than this many bytes: waiting exchanges pin whole request
-/// frames outside the memory budget, so this is what keeps the proxy's memory within the
-/// budget plus a fixed allowance when the stage falls behind.
-const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// ...as long as they hold no more than this many bytes, counting those the stage is decoding:
+/// waiting exchanges pin whole request frames outside the memory budget, so this is what keeps
+/// the proxy's memory within the budget plus a fixed allowance when the stage falls behind.
+pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
+/// Partitions being decoded, or decoded and waiting to go to their writers, at once: each holds
+/// up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode memory.
+pub const DECODE_WINDOW: usize = DECODE_THREADS;
 
 /// A Produce request and, unless it was sent with acks=0, its response.
 pub struct ProduceExchange {
@@ -258,6 +260,63 @@ enum Verdict {
     Unacknowledged,
 }
 
+/// Why a Produce exchange could not be read at all (each partition's own records failing to
+/// decode is a [`PartitionError`]).
+#[derive(Debug, thiserror::Error)]
+enum StageError {
+    #[error("request: {0}")]
+    Request(ProduceDecodeError),
+    #[error("response header: {0}")]
+    ResponseHeader(HeaderError),
+    #[error("response: {0}")]
+    Response(ProduceDecodeError),
+}
+
+/// Why a partition's records were not mirrored.
+#[derive(Debug, thiserror::Error)]
+enum PartitionError {
+    #[error(transparent)]
+    Records(#[from] crate::kafka::records::RecordsError),
+    #[error("the decoder panicked")]
+    DecoderPanicked,
+}
+
+/// Keeps an exchange's bytes counted in the queue's bytes until its last partition is done,
+/// since until then its partitions' records pin its frames.
+struct QueuedBytes {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// One produced partition of an exchange, to decode.
+struct PartitionWork {
+    client: Arc<ClientKey>,
+    topic: Arc<str>,
+    partition: i32,
+    records: Bytes,
+    verdict: Verdict,
+    route: Option<Arc<Route>>,
+    _queued: Arc<QueuedBytes>,
+}
+
+/// What the stage does next, in arrival order.
+enum Work {
+    Partition(PartitionWork),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A partition on the decode pool, and where its result will come from.
+struct InFlight {
+    work: PartitionWork,
+    result: tokio::sync::oneshot::Receiver<Decoded>,
+}
+
 struct Stage {
     queued_bytes: Arc<AtomicUsize>,
     routes: Arc<ArcSwap<RouteTable>>,
@@ -266,52 +325,100 @@ struct Stage {
 }
 
 impl Stage {
+    /// Expands exchanges into partitions, keeps up to [`DECODE_WINDOW`] of them on the decode
+    /// pool, and hands their records to the writers strictly in arrival order, so a
+    /// partition's records reach its stream in Kafka order whichever thread decoded them.
     async fn run(self, mut rx: mpsc::Receiver<StageInput>) {
+        let pool = DecodePool::start(DECODE_THREADS);
+        let mut waiting: VecDeque<Work> = VecDeque::new();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut last_warning: Option<Instant> = None;
-        while let Some(input) = rx.recv().await {
-            let exchange = match input {
-                StageInput::Exchange(exchange) => {
-                    self.queued_bytes
-                        .fetch_sub(exchange.bytes(), Ordering::AcqRel);
-                    exchange
+        loop {
+            while in_flight.len() < DECODE_WINDOW {
+                match waiting.pop_front() {
+                    Some(Work::Partition(work)) => in_flight.push_back(self.submit(&pool, work)),
+                    Some(Work::Flush(done)) if in_flight.is_empty() => {
+                        let _ = done.send(());
+                    }
+                    Some(flush) => {
+                        waiting.push_front(flush);
+                        break;
+                    }
+                    None => break,
                 }
-                StageInput::Flush(done) => {
-                    let _ = done.send(());
-                    continue;
+            }
+            // Read ahead while the pool works, so the next exchange's partitions are ready
+            // when a decode thread frees up; wait for input only when there is nothing else.
+            let input = if !waiting.is_empty() {
+                None
+            } else if in_flight.is_empty() {
+                match rx.recv().await {
+                    Some(input) => Some(input),
+                    None => return,
                 }
+            } else {
+                rx.try_recv().ok()
             };
-            if let Err(reason) = self.process(exchange).await {
-                self.metrics
-                    .mirror_decode_errors
-                    .with_label_values(&["(request)"])
-                    .inc();
-                // At most one line a second: a misbehaving client must not flood the log.
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!(%reason, "cannot decode a Produce exchange for mirroring; Kafka was unaffected");
-                    last_warning = Some(Instant::now());
+            if let Some(input) = input {
+                if let Err(reason) = self.expand(input, &mut waiting) {
+                    self.metrics
+                        .mirror_decode_errors
+                        .with_label_values(&["(request)"])
+                        .inc();
+                    // At most one line a second: a misbehaving client must not flood the log.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!(%reason, "cannot decode a Produce exchange for mirroring; Kafka was unaffected");
+                        last_warning = Some(Instant::now());
+                    }
                 }
+                continue;
+            }
+            if let Some(InFlight { work, result }) = in_flight.pop_front() {
+                let decoded = result.await.map_err(|_| PartitionError::DecoderPanicked);
+                self.finish(work, decoded).await;
             }
         }
     }
 
-    async fn process(&self, exchange: ProduceExchange) -> Result<(), String> {
+    fn submit(&self, pool: &DecodePool, work: PartitionWork) -> InFlight {
+        let route = work.route.clone();
+        let topic = work.topic.clone();
+        let (partition, records, verdict) = (work.partition, work.records.clone(), work.verdict);
+        let result = pool
+            .run(move || decode_partition(route.as_deref(), &topic, partition, records, verdict));
+        InFlight { work, result }
+    }
+
+    /// Queues `input`'s partitions (or its flush) in `waiting`.
+    fn expand(&self, input: StageInput, waiting: &mut VecDeque<Work>) -> Result<(), StageError> {
+        let exchange = match input {
+            StageInput::Exchange(exchange) => exchange,
+            StageInput::Flush(done) => {
+                waiting.push_back(Work::Flush(done));
+                return Ok(());
+            }
+        };
+        let queued = Arc::new(QueuedBytes {
+            counter: self.queued_bytes.clone(),
+            bytes: exchange.bytes(),
+        });
         let version = exchange.version;
         let request = ProduceRequestView::decode(version, exchange.request_body)
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(StageError::Request)?;
         let response = match exchange.response_frame {
             None => None,
             Some(frame) => {
                 let offset = response_body_offset(&frame, ApiKey::Produce, version)
-                    .map_err(|e| format!("response header: {e}"))?;
+                    .map_err(StageError::ResponseHeader)?;
                 Some(
                     ProduceResponseView::decode(version, frame.slice(offset..))
-                        .map_err(|e| format!("response: {e}"))?,
+                        .map_err(StageError::Response)?,
                 )
             }
         };
         let routes = self.routes.load();
         for topic in request.topics {
-            let route = routes.get(&topic.name).map(Arc::as_ref);
+            let route = routes.get(&topic.name).cloned();
             let topic_name: Arc<str> = Arc::from(topic.name.as_str());
             for partition in topic.partitions {
                 let Some(records) = partition.records else {
@@ -326,31 +433,54 @@ impl Stage {
                         _ => Verdict::Rejected,
                     },
                 };
-                let summary = match summarize(&records) {
-                    Ok(summary) => summary,
-                    Err(e) => {
-                        self.decode_error(&topic_name, partition.partition, &e.to_string());
-                        continue;
-                    }
-                };
-                self.inventory
-                    .produced(&exchange.client, &topic_name, &summary);
-                self.count_kafka(&topic_name, verdict, summary.records as u64);
-                if let (Some(route), Verdict::Accepted { .. } | Verdict::Unacknowledged) =
-                    (route, verdict)
-                {
-                    self.mirror_partition(
-                        route,
-                        &topic_name,
-                        partition.partition,
-                        records,
-                        verdict,
-                    )
-                    .await;
-                }
+                waiting.push_back(Work::Partition(PartitionWork {
+                    client: exchange.client.clone(),
+                    topic: topic_name.clone(),
+                    partition: partition.partition,
+                    records,
+                    verdict,
+                    route: route.clone(),
+                    _queued: queued.clone(),
+                }));
             }
         }
         Ok(())
+    }
+
+    /// Counts a decoded partition and hands its records to its stream's writer.
+    async fn finish(&self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => return self.decode_error(&work, &e),
+        };
+        match decoded.summary {
+            Ok(summary) => {
+                self.inventory.produced(&work.client, &work.topic, &summary);
+                self.count_kafka(&work.topic, work.verdict, summary.records as u64);
+            }
+            Err(e) => return self.decode_error(&work, &e.into()),
+        }
+        let (Some(route), Some(mirrored)) = (&work.route, decoded.mirrored) else {
+            return;
+        };
+        let mirrored = match mirrored {
+            Ok(mirrored) => mirrored,
+            Err(e) => return self.decode_error(&work, &e.into()),
+        };
+        for record in mirrored.records {
+            if route.writer.send(record).await.is_err() {
+                self.metrics
+                    .mirror_outcome(&work.topic, &route.stream, MirrorResult::Failed, 1);
+            }
+        }
+        if mirrored.skipped > 0 {
+            self.metrics.mirror_outcome(
+                &work.topic,
+                &route.stream,
+                MirrorResult::Skipped,
+                mirrored.skipped,
+            );
+        }
     }
 
     fn count_kafka(&self, topic: &str, verdict: Verdict, records: u64) {
@@ -373,80 +503,20 @@ impl Stage {
         }
     }
 
-    fn decode_error(&self, topic: &str, partition: i32, reason: &str) {
+    /// A partition the mirror skips: Kafka stored it, so its client, topic and partition are
+    /// enough to find it.
+    fn decode_error(&self, work: &PartitionWork, reason: &PartitionError) {
         self.metrics
             .mirror_decode_errors
-            .with_label_values(&[topic])
+            .with_label_values(&[&work.topic])
             .inc();
         tracing::warn!(
-            topic,
-            partition,
-            reason,
-            "cannot decode produced records for mirroring; Kafka was unaffected"
+            client_id = %work.client.client_id,
+            client_address = %work.client.address,
+            topic = %work.topic,
+            partition = work.partition,
+            %reason,
+            "cannot decode produced records for mirroring; Kafka was unaffected, the mirror skips them"
         );
-    }
-
-    async fn mirror_partition(
-        &self,
-        route: &Route,
-        topic: &Arc<str>,
-        partition: i32,
-        records: Bytes,
-        verdict: Verdict,
-    ) {
-        let batches = match decode_batches(records) {
-            Ok(b) => b,
-            Err(e) => return self.decode_error(topic, partition, &e.to_string()),
-        };
-        // The client already has Kafka's answer: this is as close to the ack as the mirror gets.
-        let acked_at = std::time::Instant::now();
-        let base_offset = match verdict {
-            Verdict::Accepted { base_offset } => base_offset,
-            _ => -1,
-        };
-        let open_shards = route.writer.state().open_shards();
-        let mut skipped = 0u64;
-        for record in batches
-            .iter()
-            .filter(|b| !b.is_control)
-            .flat_map(|b| &b.records)
-        {
-            // acks=0 gives no offsets; the position in the request stands in for them.
-            let offset = if base_offset >= 0 {
-                base_offset + record.index as i64
-            } else {
-                record.index as i64
-            };
-            if !is_sampled(
-                record_sample_point(&route.partition_key, record, partition),
-                route.percent,
-            ) {
-                skipped += 1;
-                continue;
-            }
-            let mirrored = MirrorRecord {
-                topic: topic.clone(),
-                partition,
-                offset,
-                offset_from_kafka: base_offset >= 0,
-                key: kinesis_key(&route.partition_key, record, partition, open_shards),
-                // Copied out: a slice would pin the whole request frame (or decompressed
-                // batch) until its last record is delivered, so a full budget could hold
-                // several times its size.
-                data: record
-                    .value
-                    .as_deref()
-                    .map_or_else(Bytes::new, Bytes::copy_from_slice),
-                acked_at,
-            };
-            if route.writer.send(mirrored).await.is_err() {
-                self.metrics
-                    .mirror_outcome(topic, &route.stream, MirrorResult::Failed, 1);
-            }
-        }
-        if skipped > 0 {
-            self.metrics
-                .mirror_outcome(topic, &route.stream, MirrorResult::Skipped, skipped);
-        }
     }
 }

@@ -10,10 +10,11 @@
 //!   their short decimal strings.
 //! - `header:NAME`: the value of header NAME under the `key` rules, else the `key` rule.
 
+use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use crate::config::PartitionKeyRule;
-use crate::kafka::records::Record;
+use crate::kafka::records::{Record, RecordsError};
 
 /// Kinesis' maximum partition key length, in Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
@@ -34,21 +35,23 @@ impl KinesisKey {
 
 /// The bytes `record`'s partition key is made from under `rule`: the header's or the Kafka
 /// key's, whichever the rule picks, if not null or empty; `None` when the partition rule
-/// applies.
-pub fn routing_key_bytes<'r>(rule: &PartitionKeyRule, record: &'r Record) -> Option<&'r [u8]> {
-    let non_empty = |bytes: &'r [u8]| (!bytes.is_empty()).then_some(bytes);
-    let kafka_key = || record.key.as_deref().and_then(non_empty);
-    match rule {
+/// applies. Only `header:NAME` parses headers, and only as far as the first NAME; that fails
+/// when the headers before it are malformed.
+pub fn routing_key_bytes(
+    rule: &PartitionKeyRule,
+    record: &Record,
+) -> Result<Option<Bytes>, RecordsError> {
+    let non_empty = |bytes: &Bytes| !bytes.is_empty();
+    let kafka_key = || record.key.clone().filter(non_empty);
+    Ok(match rule {
         PartitionKeyRule::Partition => None,
         PartitionKeyRule::Key => kafka_key(),
         PartitionKeyRule::Header(name) => record
             .headers
-            .iter()
-            .find(|(h, _)| h == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(non_empty)
+            .get(name)?
+            .filter(non_empty)
             .or_else(kafka_key),
-    }
+    })
 }
 
 /// The Kinesis key of `record`, produced to `partition`, for a stream with `open_shards` shards.
@@ -57,14 +60,14 @@ pub fn kinesis_key(
     record: &Record,
     partition: i32,
     open_shards: usize,
-) -> KinesisKey {
-    routing_key_bytes(rule, record).map_or_else(
+) -> Result<KinesisKey, RecordsError> {
+    Ok(routing_key_bytes(rule, record)?.map_or_else(
         || partition_key_for(partition, open_shards),
         |bytes| KinesisKey {
-            partition_key: key_from_bytes(bytes),
+            partition_key: key_from_bytes(&bytes),
             explicit_hash_key: None,
         },
-    )
+    ))
 }
 
 fn key_from_bytes(bytes: &[u8]) -> String {
@@ -92,7 +95,7 @@ fn partition_key_for(partition: i32, open_shards: usize) -> KinesisKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::kafka::records::Headers;
 
     fn record(key: Option<&[u8]>, headers: Vec<(&str, Option<&[u8]>)>) -> Record {
         Record {
@@ -101,16 +104,23 @@ mod tests {
             timestamp: 0,
             key: key.map(Bytes::copy_from_slice),
             value: None,
-            headers: headers
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.map(Bytes::copy_from_slice)))
-                .collect(),
+            headers: Headers::encode(headers),
         }
+    }
+
+    /// [`kinesis_key`] of a record whose headers are well formed.
+    fn key_of(
+        rule: &PartitionKeyRule,
+        record: &Record,
+        partition: i32,
+        shards: usize,
+    ) -> KinesisKey {
+        kinesis_key(rule, record, partition, shards).unwrap()
     }
 
     #[test]
     fn key_rule_utf8_hex_and_digest() {
-        let k = kinesis_key(
+        let k = key_of(
             &PartitionKeyRule::Key,
             &record(Some(b"order-1"), vec![]),
             0,
@@ -123,7 +133,7 @@ mod tests {
                 explicit_hash_key: None
             }
         );
-        let k = kinesis_key(
+        let k = key_of(
             &PartitionKeyRule::Key,
             &record(Some(&[0xff, 0x00]), vec![]),
             0,
@@ -131,7 +141,7 @@ mod tests {
         );
         assert_eq!(k.partition_key, "ff00");
         let long = "x".repeat(257);
-        let k = kinesis_key(
+        let k = key_of(
             &PartitionKeyRule::Key,
             &record(Some(long.as_bytes()), vec![]),
             0,
@@ -143,7 +153,7 @@ mod tests {
         );
         let exact = "é".repeat(256);
         assert_eq!(
-            kinesis_key(
+            key_of(
                 &PartitionKeyRule::Key,
                 &record(Some(exact.as_bytes()), vec![]),
                 0,
@@ -157,7 +167,7 @@ mod tests {
     #[test]
     fn null_and_empty_keys_use_the_partition_rule() {
         for key in [None, Some(&b""[..])] {
-            let k = kinesis_key(&PartitionKeyRule::Key, &record(key, vec![]), 5, 4);
+            let k = key_of(&PartitionKeyRule::Key, &record(key, vec![]), 5, 4);
             assert_eq!(k.partition_key, "5");
             assert!(k.explicit_hash_key.is_some());
         }
@@ -168,7 +178,7 @@ mod tests {
         let map = crate::kinesis::shard_map::ShardMap::even(4);
         let shards: Vec<String> = (0..4)
             .map(|p| {
-                let k = kinesis_key(
+                let k = key_of(
                     &PartitionKeyRule::Partition,
                     &record(Some(b"ignored"), vec![]),
                     p,
@@ -185,10 +195,10 @@ mod tests {
     fn header_rule_falls_back_to_key() {
         let rule = PartitionKeyRule::Header("tenant".into());
         let with = record(Some(b"k"), vec![("tenant", Some(b"acme"))]);
-        assert_eq!(kinesis_key(&rule, &with, 0, 1).partition_key, "acme");
+        assert_eq!(key_of(&rule, &with, 0, 1).partition_key, "acme");
         let without = record(Some(b"k"), vec![("other", Some(b"x"))]);
-        assert_eq!(kinesis_key(&rule, &without, 0, 1).partition_key, "k");
+        assert_eq!(key_of(&rule, &without, 0, 1).partition_key, "k");
         let null_header = record(Some(b"k"), vec![("tenant", None)]);
-        assert_eq!(kinesis_key(&rule, &null_header, 0, 1).partition_key, "k");
+        assert_eq!(key_of(&rule, &null_header, 0, 1).partition_key, "k");
     }
 }

@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
 use super::partition_key::routing_key_bytes;
 use crate::config::PartitionKeyRule;
-use crate::kafka::records::Record;
+use crate::kafka::records::{Record, RecordsError};
 
 /// Fixed so that the same keys are in or out across restarts and proxy instances.
 const SEED: u64 = 0x6b6b_705f_7361_6d70; // "kkp_samp"
@@ -39,13 +39,21 @@ pub fn sample_point(key: Option<&[u8]>, partition: i32, value: Option<&[u8]>) ->
 /// sampling space: by the key it is routed by (a `header:NAME` route samples by the header,
 /// so one Kinesis key's records are all in or all out). The `partition` rule samples by the
 /// Kafka key instead: sampling by partition would turn a percentage into a choice of
-/// partitions.
-pub fn record_sample_point(rule: &PartitionKeyRule, record: &Record, partition: i32) -> u64 {
+/// partitions. Fails only when a `header:NAME` rule meets malformed headers.
+pub fn record_sample_point(
+    rule: &PartitionKeyRule,
+    record: &Record,
+    partition: i32,
+) -> Result<u64, RecordsError> {
     let key = match rule {
-        PartitionKeyRule::Partition => routing_key_bytes(&PartitionKeyRule::Key, record),
-        rule => routing_key_bytes(rule, record),
+        PartitionKeyRule::Partition => routing_key_bytes(&PartitionKeyRule::Key, record)?,
+        rule => routing_key_bytes(rule, record)?,
     };
-    sample_point(key, partition, record.value.as_deref())
+    Ok(sample_point(
+        key.as_deref(),
+        partition,
+        record.value.as_deref(),
+    ))
 }
 
 /// Whether a record at `point` is mirrored at `percent` (0..=100).
@@ -57,6 +65,7 @@ pub fn is_sampled(point: u64, percent: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::records::Headers;
     use crate::kinesis::shard_map::hash_key;
     use bytes::Bytes;
 
@@ -116,14 +125,7 @@ mod tests {
             timestamp: 0,
             key: key.map(Bytes::copy_from_slice),
             value: Some(Bytes::copy_from_slice(value)),
-            headers: tenant
-                .map(|t| {
-                    vec![(
-                        "tenant".to_owned(),
-                        Some(Bytes::copy_from_slice(t.as_bytes())),
-                    )]
-                })
-                .unwrap_or_default(),
+            headers: Headers::encode(tenant.map(|t| ("tenant", Some(t.as_bytes())))),
         }
     }
 
@@ -133,7 +135,10 @@ mod tests {
         (0..1000)
             .filter(|i| {
                 let r = record(0, key, format!("value-{i}").as_bytes(), None);
-                is_sampled(record_sample_point(&PartitionKeyRule::Key, &r, 3), 50.0)
+                is_sampled(
+                    record_sample_point(&PartitionKeyRule::Key, &r, 3).unwrap(),
+                    50.0,
+                )
             })
             .count()
     }
@@ -158,7 +163,7 @@ mod tests {
         // point, so the decision can be recomputed from what Kafka stored.
         let rule = PartitionKeyRule::Key;
         let at = |index, partition| {
-            record_sample_point(&rule, &record(index, None, b"v", None), partition)
+            record_sample_point(&rule, &record(index, None, b"v", None), partition).unwrap()
         };
         assert_eq!(at(0, 3), at(17, 3));
         assert_ne!(at(0, 3), at(0, 4));
@@ -174,7 +179,7 @@ mod tests {
                 .map(|k| {
                     let key = format!("order-{t}-{k}");
                     let r = record(k, Some(key.as_bytes()), b"v", Some(&tenant));
-                    is_sampled(record_sample_point(&rule, &r, 0), 50.0)
+                    is_sampled(record_sample_point(&rule, &r, 0).unwrap(), 50.0)
                 })
                 .collect();
             assert_eq!(
@@ -191,8 +196,8 @@ mod tests {
         // Without the header, the record routes (and so samples) by its Kafka key.
         let without = record(0, Some(b"order-1"), b"v", None);
         assert_eq!(
-            record_sample_point(&rule, &without, 0),
-            record_sample_point(&PartitionKeyRule::Key, &without, 0)
+            record_sample_point(&rule, &without, 0).unwrap(),
+            record_sample_point(&PartitionKeyRule::Key, &without, 0).unwrap()
         );
     }
 }

@@ -87,27 +87,33 @@ impl RawProduce<'_> {
             let last = batch.len() - 1;
             batch[last] ^= 0xff;
         }
-        let version = Self::VERSION;
-        let request = ProduceRequest::default()
-            .with_acks(self.acks)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(self.topic.to_owned())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(self.partition)
-                    .with_records(Some(batch.freeze()))])]);
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Produce as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(1)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-        let mut frame = BytesMut::from(&[0u8; 4][..]);
-        header
-            .encode(&mut frame, ApiKey::Produce.request_header_version(version))
-            .unwrap();
-        request.encode(&mut frame, version).unwrap();
-        let size = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&size.to_be_bytes());
-        frame.freeze()
+        produce_frame(self.topic, self.partition, self.acks, batch.freeze())
     }
+}
+
+/// A Produce v7 request frame (size prefix included, correlation id 1) carrying `records`, as
+/// they are, to `partition` of `topic`.
+pub fn produce_frame(topic: &str, partition: i32, acks: i16, records: Bytes) -> Bytes {
+    let version = RawProduce::VERSION;
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("raw-test")));
+    let mut frame = BytesMut::from(&[0u8; 4][..]);
+    header
+        .encode(&mut frame, ApiKey::Produce.request_header_version(version))
+        .unwrap();
+    request.encode(&mut frame, version).unwrap();
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    frame.freeze()
 }
