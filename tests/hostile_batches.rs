@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes};
+use kafka_kinesis_proxy::config::Config;
 use kafka_kinesis_proxy::kafka::records::DEFAULT_MAX_DECODE_BYTES;
 use kafka_kinesis_proxy::mirror::{DECODE_WINDOW, EXCHANGE_QUEUE_BYTES};
-use kafka_kinesis_proxy::config::Config;
 use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
 use kafka_protocol::protocol::Decodable;
 use support::kinesis::KinesisLocal;

@@ -25,7 +25,7 @@ use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kinesis::client::build_client;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
-use crate::telemetry::inventory::{ClientKey, Inventory};
+use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
 
@@ -172,6 +172,9 @@ impl Mirror {
                 table.insert(r.topic.clone(), Arc::new(route));
             }
         }
+        self.metrics
+            .topic_labels
+            .set_routed(routes.iter().map(|r| r.topic.clone()));
         let previous = self.routes.swap(Arc::new(table));
         for topic in previous
             .keys()
@@ -455,8 +458,21 @@ impl Stage {
         };
         match decoded.summary {
             Ok(summary) => {
-                self.inventory.produced(&work.client, &work.topic, &summary);
-                self.count_kafka(&work.topic, work.verdict, summary.records as u64);
+                // Any topic a client names: bounded before it becomes a label or an entry.
+                let topic = self.metrics.topic_labels.label(&work.topic);
+                let traits = ProducerTraits {
+                    idempotent: summary.idempotent,
+                    transactional: summary.transactional,
+                };
+                let records = summary.records as u64;
+                self.inventory.produced(
+                    &work.client,
+                    topic,
+                    records,
+                    traits,
+                    summary.codecs.iter(),
+                );
+                self.count_kafka(topic, work.verdict, records);
             }
             Err(e) => return self.decode_error(&work, &e.into()),
         }
@@ -508,7 +524,7 @@ impl Stage {
     fn decode_error(&self, work: &PartitionWork, reason: &PartitionError) {
         self.metrics
             .mirror_decode_errors
-            .with_label_values(&[&work.topic])
+            .with_label_values(&[self.metrics.topic_labels.label(&work.topic)])
             .inc();
         tracing::warn!(
             client_id = %work.client.client_id,

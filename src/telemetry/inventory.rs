@@ -12,8 +12,6 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::kafka::records::BatchSummary;
-
 /// At most this many (client_id, address) entries; the least recently seen is evicted.
 const MAX_CLIENTS: usize = 1000;
 
@@ -49,6 +47,14 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a producer's record batches say about it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerTraits {
+    /// Some batch has a producer id.
+    pub idempotent: bool,
+    pub transactional: bool,
 }
 
 impl Inventory {
@@ -113,14 +119,20 @@ impl Inventory {
         });
     }
 
-    /// Records produced to `topic`, described by the summary of their batches.
-    pub fn produced(&self, key: &ClientKey, topic: &str, summary: &BatchSummary) {
+    /// `records` produced to `topic` with `codecs`.
+    pub fn produced<C: std::fmt::Display>(
+        &self,
+        key: &ClientKey,
+        topic: &str,
+        records: u64,
+        traits: ProducerTraits,
+        codecs: impl IntoIterator<Item = C>,
+    ) {
         self.with_entry(key, |e| {
-            *e.records_per_topic.entry(topic.to_owned()).or_default() += summary.records as u64;
-            e.idempotent |= summary.idempotent;
-            e.transactional |= summary.transactional;
-            e.codecs
-                .extend(summary.codecs.iter().map(|c| c.to_string()));
+            *e.records_per_topic.entry(topic.to_owned()).or_default() += records;
+            e.idempotent |= traits.idempotent;
+            e.transactional |= traits.transactional;
+            e.codecs.extend(codecs.into_iter().map(|c| c.to_string()));
         });
     }
 
