@@ -95,7 +95,7 @@ fn shard_lookup(c: &mut Criterion) {
                 records
                     .iter()
                     .filter_map(|r| {
-                        let key = kinesis_key(&PartitionKeyRule::Key, black_box(r), 3, n as usize)
+                        let key = kinesis_key(&PartitionKeyRule::Key, black_box(r), 3)
                             .expect("no headers to parse");
                         map.shard_for_hash(key.routing_hash())
                     })
@@ -125,7 +125,7 @@ fn put_records(c: &mut Criterion) {
                 partition: (i % 6) as i32,
                 offset: i as i64,
                 offset_from_kafka: true,
-                key: kinesis_key(&PartitionKeyRule::Key, &record, (i % 6) as i32, 4)
+                key: kinesis_key(&PartitionKeyRule::Key, &record, (i % 6) as i32)
                     .expect("no headers to parse"),
                 data: record.value.clone().expect("value"),
                 acked_at: std::time::Instant::now(),

@@ -121,7 +121,6 @@ fn mirror_records(
         Verdict::Accepted { base_offset } => base_offset,
         _ => -1,
     };
-    let open_shards = route.writer.state().open_shards();
     let budget = DecodeBudget::new(DEFAULT_MAX_DECODE_BYTES);
     let mut mirrored = Mirrored::default();
     for record in records::records(data, &budget) {
@@ -142,7 +141,7 @@ fn mirror_records(
             partition,
             offset,
             offset_from_kafka: base_offset >= 0,
-            key: kinesis_key(&route.partition_key, &record, partition, open_shards)?,
+            key: kinesis_key(&route.partition_key, &record, partition)?,
             // Copied out: a slice would pin the whole request frame (or decompressed batch)
             // until its last record is delivered, so a full budget could hold several times
             // its size.

@@ -4,10 +4,12 @@
 //! - `key`: the Kafka key as UTF-8; a key that is not UTF-8 is hex-encoded; a key longer than
 //!   256 characters (Kinesis' limit) becomes `md5:` + the hex MD5 of its bytes. A null or empty
 //!   key falls back to the `partition` rule.
-//! - `partition`: the partition number as the partition key, with an ExplicitHashKey at the
-//!   middle of the partition's slot in an even split of the hash space into as many slots as
-//!   the stream has open shards, so partitions spread over shards instead of all hashing by
-//!   their short decimal strings.
+//! - `partition`: the partition number as the partition key, with a fixed ExplicitHashKey: the
+//!   128-bit bit-reversal of the partition number (0 → 0, 1 → 2^127, 2 → 2^126, 3 → 2^127 +
+//!   2^126, ...). Any number of partitions spreads evenly over the hash space (exactly so over
+//!   a power-of-two count of even shards), and since the hash key does not depend on the shard
+//!   count, a reshard keeps each partition in its parent shard's children, as Kinesis lineage
+//!   expects.
 //! - `header:NAME`: the value of header NAME under the `key` rules, else the `key` rule.
 
 use bytes::Bytes;
@@ -54,15 +56,14 @@ pub fn routing_key_bytes(
     })
 }
 
-/// The Kinesis key of `record`, produced to `partition`, for a stream with `open_shards` shards.
+/// The Kinesis key of `record`, produced to `partition`.
 pub fn kinesis_key(
     rule: &PartitionKeyRule,
     record: &Record,
     partition: i32,
-    open_shards: usize,
 ) -> Result<KinesisKey, RecordsError> {
     Ok(routing_key_bytes(rule, record)?.map_or_else(
-        || partition_key_for(partition, open_shards),
+        || partition_key_for(partition),
         |bytes| KinesisKey {
             partition_key: key_from_bytes(&bytes),
             explicit_hash_key: None,
@@ -82,13 +83,10 @@ fn key_from_bytes(bytes: &[u8]) -> String {
     }
 }
 
-fn partition_key_for(partition: i32, open_shards: usize) -> KinesisKey {
-    let slots = open_shards.max(1) as u128;
-    let width = u128::MAX / slots;
-    let slot = u128::from(partition.unsigned_abs()) % slots;
+fn partition_key_for(partition: i32) -> KinesisKey {
     KinesisKey {
         partition_key: partition.to_string(),
-        explicit_hash_key: Some(width * slot + width / 2),
+        explicit_hash_key: Some(u128::from(partition.unsigned_abs()).reverse_bits()),
     }
 }
 
@@ -109,23 +107,13 @@ mod tests {
     }
 
     /// [`kinesis_key`] of a record whose headers are well formed.
-    fn key_of(
-        rule: &PartitionKeyRule,
-        record: &Record,
-        partition: i32,
-        shards: usize,
-    ) -> KinesisKey {
-        kinesis_key(rule, record, partition, shards).unwrap()
+    fn key_of(rule: &PartitionKeyRule, record: &Record, partition: i32) -> KinesisKey {
+        kinesis_key(rule, record, partition).unwrap()
     }
 
     #[test]
     fn key_rule_utf8_hex_and_digest() {
-        let k = key_of(
-            &PartitionKeyRule::Key,
-            &record(Some(b"order-1"), vec![]),
-            0,
-            4,
-        );
+        let k = key_of(&PartitionKeyRule::Key, &record(Some(b"order-1"), vec![]), 0);
         assert_eq!(
             k,
             KinesisKey {
@@ -137,7 +125,6 @@ mod tests {
             &PartitionKeyRule::Key,
             &record(Some(&[0xff, 0x00]), vec![]),
             0,
-            4,
         );
         assert_eq!(k.partition_key, "ff00");
         let long = "x".repeat(257);
@@ -145,7 +132,6 @@ mod tests {
             &PartitionKeyRule::Key,
             &record(Some(long.as_bytes()), vec![]),
             0,
-            4,
         );
         assert_eq!(
             k.partition_key,
@@ -156,8 +142,7 @@ mod tests {
             key_of(
                 &PartitionKeyRule::Key,
                 &record(Some(exact.as_bytes()), vec![]),
-                0,
-                4
+                0
             )
             .partition_key,
             exact
@@ -167,38 +152,49 @@ mod tests {
     #[test]
     fn null_and_empty_keys_use_the_partition_rule() {
         for key in [None, Some(&b""[..])] {
-            let k = key_of(&PartitionKeyRule::Key, &record(key, vec![]), 5, 4);
+            let k = key_of(&PartitionKeyRule::Key, &record(key, vec![]), 5);
             assert_eq!(k.partition_key, "5");
             assert!(k.explicit_hash_key.is_some());
         }
     }
 
     #[test]
-    fn partition_rule_spreads_partitions_over_shards() {
-        let map = crate::kinesis::shard_map::ShardMap::even(4);
-        let shards: Vec<String> = (0..4)
-            .map(|p| {
-                let k = key_of(
-                    &PartitionKeyRule::Partition,
-                    &record(Some(b"ignored"), vec![]),
-                    p,
-                    4,
-                );
-                map.shard_for_hash(k.routing_hash()).unwrap().id.clone()
-            })
-            .collect();
-        let distinct: std::collections::BTreeSet<_> = shards.iter().collect();
-        assert_eq!(distinct.len(), 4, "{shards:?}");
+    fn partition_rule_spreads_partitions_over_shards_and_follows_splits() {
+        let shard_of = |shards: u32, p: i32| {
+            let k = key_of(
+                &PartitionKeyRule::Partition,
+                &record(Some(b"ignored"), vec![]),
+                p,
+            );
+            let map = crate::kinesis::shard_map::ShardMap::even(shards);
+            let id = map.shard_for_hash(k.routing_hash()).unwrap().id.clone();
+            map.shards().iter().position(|s| s.id == id).unwrap()
+        };
+        // 16 partitions over 4 even shards: 4 each.
+        let mut per_shard = [0; 4];
+        for p in 0..16 {
+            per_shard[shard_of(4, p)] += 1;
+        }
+        assert_eq!(per_shard, [4; 4]);
+        // Every shard split in two: each partition lands in a child of the shard it was in,
+        // whatever the split, because its hash key does not depend on the shard count.
+        for p in 0..64 {
+            assert_eq!(shard_of(8, p) / 2, shard_of(4, p), "partition {p}");
+        }
+        assert_eq!(
+            key_of(&PartitionKeyRule::Partition, &record(None, vec![]), 1).explicit_hash_key,
+            Some(1u128 << 127)
+        );
     }
 
     #[test]
     fn header_rule_falls_back_to_key() {
         let rule = PartitionKeyRule::Header("tenant".into());
         let with = record(Some(b"k"), vec![("tenant", Some(b"acme"))]);
-        assert_eq!(key_of(&rule, &with, 0, 1).partition_key, "acme");
+        assert_eq!(key_of(&rule, &with, 0).partition_key, "acme");
         let without = record(Some(b"k"), vec![("other", Some(b"x"))]);
-        assert_eq!(key_of(&rule, &without, 0, 1).partition_key, "k");
+        assert_eq!(key_of(&rule, &without, 0).partition_key, "k");
         let null_header = record(Some(b"k"), vec![("tenant", None)]);
-        assert_eq!(key_of(&rule, &null_header, 0, 1).partition_key, "k");
+        assert_eq!(key_of(&rule, &null_header, 0).partition_key, "k");
     }
 }
