@@ -108,7 +108,7 @@ impl SecureProxy {
     /// Runs `family`'s CLI with `args` (see `client_args`); Err when it failed, hung past
     /// `HANG_LIMIT` or printed no JSON. Also returns how long it ran.
     fn run(
-        &self,
+        &mut self,
         family: &str,
         args: &str,
         mechanism: &str,
@@ -119,12 +119,33 @@ impl SecureProxy {
         let started = Instant::now();
         let run = run_command(client_command(family, &args), HANG_LIMIT);
         let took = started.elapsed();
+        if !self.proxy.daemon().is_running() {
+            return (Err(self.exited()), took);
+        }
         let result = if run.success() {
             run.json().map_err(|e| format!("{e}\n{}", run.describe()))
         } else {
             Err(run.describe())
         };
         (result, took)
+    }
+
+    /// That the proxy has exited, with the last lines of its log at info level and above, and
+    /// any panic (at trace, the last lines of the log are TLS and socket details).
+    fn exited(&mut self) -> String {
+        let log = strip_ansi(&self.proxy.daemon().log_text());
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [" INFO ", " WARN ", " ERROR ", "panicked"]
+                    .iter()
+                    .any(|marker| l.contains(marker))
+            })
+            .collect();
+        format!(
+            "the proxy exited; the last lines of its log at info and above:\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
     }
 
     /// Fails the test if any of `passwords` is in the proxy's log. The log must show trace
@@ -149,7 +170,11 @@ impl SecureProxy {
 
 /// Produces `RECORDS` records with `family` through the proxy and reads them back, on a topic
 /// of its own; Ok(what was measured).
-fn round_trip(proxy: &SecureProxy, cluster: &KafkaCluster, family: &str) -> Result<String, String> {
+fn round_trip(
+    proxy: &mut SecureProxy,
+    cluster: &KafkaCluster,
+    family: &str,
+) -> Result<String, String> {
     let topic = format!("sasl-ssl-{family}");
     cluster.create_topic(&topic, 2);
     let password = kafka::SASL_USER.1;
@@ -180,7 +205,11 @@ fn five_client_families_round_trip_over_sasl_ssl_on_both_hops() {
     let mut proxy = SecureProxy::start(cluster);
     let mut matrix = Matrix::new("SASL_SSL (SCRAM-SHA-512) on both hops, produce and consume back");
     for family in FAMILIES {
-        matrix.record(family, "round trip", round_trip(&proxy, cluster, family));
+        matrix.record(
+            family,
+            "round trip",
+            round_trip(&mut proxy, cluster, family),
+        );
     }
     // SCRAM never sends the password itself; what this shows is that the proxy's own
     // [kafka.sasl] password stays out of the log.
