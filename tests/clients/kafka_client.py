@@ -18,9 +18,11 @@
       [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL]
       [--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U
        --sasl-password P] [--ssl-ca FILE]
-      An authentication error ends a produce at once: the records not yet
-      acknowledged are counted as errors and the error's text is the first
-      in "errors" (the clients would otherwise retry until their timeout).
+      An authentication error ends a produce: the records not yet
+      acknowledged are counted as errors and the authentication error is the
+      first in "errors". confluent stops at once (librdkafka would retry until
+      message.timeout.ms); kafka-python gives up at its bootstrap_timeout_ms
+      (30 s) and the CLI names the SASL error it logged.
   kafka_client.py admin --bootstrap B create --topic T --partitions P \
       [--replication-factor R] [--config K=V[,K=V...]]
   kafka_client.py admin --bootstrap B list
