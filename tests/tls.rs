@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::kafka::openssl;
+use support::tls_files::{kafka_tls, listener_tls};
 use support::*;
 
 const RECORDS: i64 = 500;
@@ -63,18 +64,6 @@ fn mint(cluster: &KafkaCluster, dir: &Path, cn: &str, serial: u32) -> Minted {
         &p(&cert),
     ]);
     Minted { cert, key }
-}
-
-fn listener_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
-    let mut toml = format!("[listener.tls]\ncert = {cert:?}\nkey = {key:?}\n");
-    if let Some(ca) = client_ca {
-        toml.push_str(&format!("client_ca = {ca:?}\n"));
-    }
-    toml
-}
-
-fn kafka_tls(cluster: &KafkaCluster, extra: &str) -> String {
-    format!("[kafka.tls]\nca = {:?}\n{extra}", cluster.tls().ca_cert)
 }
 
 /// librdkafka `-X` properties: TLS to whatever `bootstrap` is (verified against the cluster

@@ -14,6 +14,15 @@
       [--commit auto|sync] [--events FILE] [--stop-file FILE]
       [--assignment-strategy range|roundrobin|cooperative-sticky] [--session-timeout-ms MS]
       [--commit-delay-ms MS]
+  Security (produce and consume; confluent and kafka-python):
+      [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL]
+      [--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U
+       --sasl-password P] [--ssl-ca FILE]
+      An authentication error ends a produce: the records not yet
+      acknowledged are counted as errors and the authentication error is the
+      first in "errors". confluent stops at once (librdkafka would retry until
+      message.timeout.ms); kafka-python gives up at its bootstrap_timeout_ms
+      (30 s) and the CLI names the SASL error it logged.
   kafka_client.py admin --bootstrap B create --topic T --partitions P \
       [--replication-factor R] [--config K=V[,K=V...]]
   kafka_client.py admin --bootstrap B list
@@ -81,6 +90,16 @@ def group_summary(assigned, committed):
     }
 
 
+def add_security_args(parser):
+    """The security options every client family of the test contract takes."""
+    parser.add_argument("--security-protocol", default="PLAINTEXT",
+                        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    parser.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    parser.add_argument("--sasl-username")
+    parser.add_argument("--sasl-password")
+    parser.add_argument("--ssl-ca", help="PEM file of the CA that signed the server certificate")
+
+
 def produce_result(n, errors):
     return {"produced": n, "errors": errors.first, "error_count": errors.count}
 
@@ -90,10 +109,60 @@ def produce_result(n, errors):
 # --------------------------------------------------------------------------
 
 
+def confluent_security(a):
+    """librdkafka properties for the security options."""
+    conf = {"security.protocol": a.security_protocol}
+    if a.sasl_mechanism:
+        conf.update({
+            "sasl.mechanisms": a.sasl_mechanism,
+            "sasl.username": a.sasl_username,
+            "sasl.password": a.sasl_password,
+        })
+    if a.ssl_ca:
+        conf["ssl.ca.location"] = a.ssl_ca
+    return conf
+
+
+class AuthFailure:
+    """librdkafka's error_cb: records an authentication failure. librdkafka reports it
+    there and keeps retrying the connection, so queued records would only fail at
+    message.timeout.ms; the producer stops as soon as one is seen instead."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        self.failed = False
+
+    def __call__(self, err):
+        from confluent_kafka import KafkaError
+
+        if err.code() == KafkaError._AUTHENTICATION:
+            if not self.failed:
+                self.errors.add(err)
+            self.failed = True
+        else:
+            logging.getLogger("rdkafka").warning("client error: %s", err)
+
+
+def confluent_flush(p, timeout, auth):
+    """flush(timeout), cut short by an authentication failure (the rest is purged and
+    reported through the delivery callbacks). Returns the records still queued."""
+    deadline = time.monotonic() + timeout
+    remaining = len(p)
+    while remaining and not auth.failed and time.monotonic() < deadline:
+        remaining = p.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+    if remaining and auth.failed:
+        p.purge()
+        remaining = p.flush(1)
+    return remaining
+
+
 def confluent_produce(a):
     from confluent_kafka import Producer
 
+    errors = Errors()
+    auth = AuthFailure(errors)
     conf = {
+        **confluent_security(a),
         "bootstrap.servers": a.bootstrap,
         "compression.type": a.codec,
         "acks": a.acks,
@@ -107,8 +176,7 @@ def confluent_produce(a):
         # librdkafka requires message.timeout.ms <= transaction.timeout.ms
         conf["transaction.timeout.ms"] = max(60000, conf["message.timeout.ms"])
         return confluent_produce_transactional(a, conf)
-    p = Producer(conf, logger=logging.getLogger("rdkafka"))
-    errors = Errors()
+    p = Producer({**conf, "error_cb": auth}, logger=logging.getLogger("rdkafka"))
     ok = [0]
     acked_log = open(a.acked_log, "w", buffering=1) if a.acked_log else None
 
@@ -122,6 +190,10 @@ def confluent_produce(a):
 
     started = time.monotonic()
     for i in range(a.count):
+        if auth.failed:
+            # Records never handed to the producer.
+            errors.count += a.count - i
+            break
         if a.rate:
             # Paced: record i is due i/rate seconds after the start.
             while time.monotonic() - started < i / a.rate:
@@ -132,12 +204,15 @@ def confluent_produce(a):
                 p.produce(a.topic, key=k, value=v, on_delivery=cb)
                 break
             except BufferError:
+                if auth.failed:
+                    errors.count += 1
+                    break
                 p.poll(0.1)
             except Exception as e:  # noqa: BLE001
                 errors.add(e)
                 break
         p.poll(0)
-    remaining = p.flush(a.timeout)
+    remaining = confluent_flush(p, a.timeout, auth)
     if remaining:
         errors.add(f"{remaining} messages still undelivered after flush({a.timeout})")
     if acked_log:
@@ -254,6 +329,7 @@ def confluent_consume(a):
     expected = read_indices(a.expect_indices) if a.expect_indices else None
     sync = a.commit == "sync"
     conf = {
+        **confluent_security(a),
         "bootstrap.servers": a.bootstrap,
         "group.id": a.group or f"kkp-nogroup-{uuid.uuid4()}",
         "auto.offset.reset": "earliest",
@@ -482,10 +558,42 @@ def kp_codec(codec):
     return None if codec == "none" else codec
 
 
+def kafka_python_security(a):
+    """kafka-python keyword arguments for the security options."""
+    kw = dict(security_protocol=a.security_protocol)
+    if a.sasl_mechanism:
+        kw.update(sasl_mechanism=a.sasl_mechanism, sasl_plain_username=a.sasl_username,
+                  sasl_plain_password=a.sasl_password)
+    if a.ssl_ca:
+        kw["ssl_cafile"] = a.ssl_ca
+    return kw
+
+
+class SaslFailureLog(logging.Handler):
+    """Keeps the first SASL authentication failure kafka-python logs. kafka-python 3
+    retries a failed authentication until bootstrap_timeout_ms and then raises
+    KafkaTimeoutError; the authentication error itself only reaches its log, as an
+    argument of the log record."""
+
+    def __init__(self):
+        super().__init__()
+        self.error = None
+
+    def emit(self, rec):
+        from kafka.errors import SaslAuthenticationFailedError
+
+        args = rec.args if isinstance(rec.args, tuple) else ()
+        for arg in args:
+            if self.error is None and isinstance(arg, SaslAuthenticationFailedError):
+                self.error = arg
+
+
 def kafka_python_produce(a):
     from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
 
     kw = dict(
+        **kafka_python_security(a),
         bootstrap_servers=a.bootstrap,
         acks=kp_acks(a.acks),
         compression_type=kp_codec(a.codec),
@@ -498,8 +606,20 @@ def kafka_python_produce(a):
     )
     if a.legacy_api:
         kw["api_version"] = (0, 10)
-    p = KafkaProducer(**kw)
     errors = Errors()
+    sasl_failure = SaslFailureLog()
+    logging.getLogger("kafka").addHandler(sasl_failure)
+    try:
+        p = KafkaProducer(**kw)
+    except KafkaTimeoutError as e:
+        # No cluster reached within bootstrap_timeout_ms: nothing can be sent; say why.
+        if sasl_failure.error is not None:
+            errors.add(sasl_failure.error)
+        errors.add(e)
+        errors.count = a.count
+        return produce_result(0, errors)
+    finally:
+        logging.getLogger("kafka").removeHandler(sasl_failure)
     ok = [0]
 
     def on_ok(_md):
@@ -533,6 +653,7 @@ def kafka_python_consume(a):
 
     v = Verifier(a.topic, a.count)
     kw = dict(
+        **kafka_python_security(a),
         bootstrap_servers=a.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=bool(a.group),
@@ -740,6 +861,8 @@ def main():
     cp.add_argument("--session-timeout-ms", type=int)
     cp.add_argument("--commit-delay-ms", type=int, default=0,
                     help="wait between processing a poll's records and committing them")
+    for parser in (pp, cp):
+        add_security_args(parser)
 
     adp = sub.add_parser("admin")
     adp.add_argument("--bootstrap", required=True)
@@ -767,6 +890,9 @@ def main():
         for name, default in confluent_only:
             if getattr(a, name) != default:
                 ap.error(f"--{name.replace('_', '-')} is only implemented for --client confluent")
+    if a.cmd != "admin" and a.client == "aiokafka" and (
+            a.security_protocol != "PLAINTEXT" or a.sasl_mechanism or a.ssl_ca):
+        ap.error("the security options are only implemented for confluent and kafka-python")
     if getattr(a, "legacy_api", False) and a.client != "kafka-python":
         # librdkafka turns ApiVersion requests back on for any fallback
         # >= 0.10, and aiokafka >= 0.13 ignores api_version.

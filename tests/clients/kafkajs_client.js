@@ -7,6 +7,13 @@
 //        [--group G] [--timeout S]
 //   node kafkajs_client.js record TOPIC START [END]  (prints generated records)
 //
+// Security, on produce and consume (the same options as kafka_client.py):
+//   [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL]
+//   [--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U --sasl-password P]
+//   [--ssl-ca FILE]   (PEM)
+// A produce whose connection fails (an authentication error, for one) reports every record
+// as an error with the reason, instead of exiting without a result.
+//
 // Prints exactly one JSON line on stdout; logs go to stderr. Modules are
 // resolved through NODE_PATH (the test harness points it at
 // $KKP_TOOLS_DIR/node/node_modules).
@@ -71,6 +78,8 @@ function parseArgs(argv) {
   return out
 }
 
+const fs = require('fs')
+
 const log = (...a) => process.stderr.write(a.join(' ') + '\n')
 
 function logCreator() {
@@ -119,8 +128,37 @@ const CODECS = {
 }
 const ACKS = { 0: 0, 1: 1, all: -1 }
 
+// kafkajs `ssl` and `sasl` settings for the security options.
+function security(a) {
+  const protocol = a['security-protocol'] || 'PLAINTEXT'
+  if (!['PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL'].includes(protocol)) {
+    throw new Error(`--security-protocol: invalid choice ${protocol}`)
+  }
+  const out = {}
+  if (protocol.endsWith('SSL')) {
+    // Node verifies the certificate against the host dialled, as the other clients do.
+    out.ssl = a['ssl-ca'] ? { ca: [fs.readFileSync(a['ssl-ca'])] } : true
+  }
+  const mechanism = a['sasl-mechanism']
+  if (protocol.startsWith('SASL_') !== !!mechanism) {
+    throw new Error('--sasl-mechanism goes with (and only with) a SASL_ --security-protocol')
+  }
+  if (mechanism) {
+    if (!['PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512'].includes(mechanism)) {
+      throw new Error(`--sasl-mechanism: invalid choice ${mechanism}`)
+    }
+    out.sasl = {
+      mechanism: mechanism.toLowerCase(),
+      username: a['sasl-username'],
+      password: a['sasl-password'],
+    }
+  }
+  return out
+}
+
 function client(a) {
   return new Kafka({
+    ...security(a),
     clientId: 'kkp-kafkajs',
     brokers: a.bootstrap.split(','),
     logLevel: logLevel[(process.env.KKP_CLIENT_LOG || 'WARN').toUpperCase()] ?? logLevel.WARN,
@@ -148,7 +186,12 @@ async function produce(a) {
     if (errors.first.length < 5) errors.first.push(String((e && e.message) || e))
   }
   let produced = 0
-  await producer.connect()
+  try {
+    await producer.connect()
+  } catch (e) {
+    addError(e, count)
+    return { produced, errors: errors.first, error_count: errors.count }
+  }
   try {
     const chunk = 500
     for (let start = 0; start < count; start += chunk) {

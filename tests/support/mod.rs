@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod kinesis;
 pub mod metrics;
 pub mod raw_produce;
+pub mod tls_files;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

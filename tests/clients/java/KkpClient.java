@@ -19,6 +19,13 @@
 //       coordinator, assignor, members, member_list, committed offsets "TOPIC:P" -> offset)
 //   KkpClient record TOPIC START [END]      (prints generated records like records.py)
 //
+// Security, on produce and consume (the same options as kafka_client.py):
+//   [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL]
+//   [--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U --sasl-password P]
+//   [--ssl-ca FILE]      (PEM trust store)
+// An authentication error ends a produce at once: the records not yet acknowledged are
+// counted as errors, and the error is the first in "errors".
+//
 // produce: {"produced", "errors", "error_count"}. enable.idempotence is set
 // explicitly (false unless --idempotent; Java would default it to true).
 // With --transactional-id the records go out in transactions of K records
@@ -84,10 +91,12 @@ import java.util.TreeSet;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
+import org.apache.kafka.clients.CommonClientConfigs;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.Config;
@@ -114,6 +123,9 @@ import org.apache.kafka.common.PartitionInfo;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.config.ConfigResource;
+import org.apache.kafka.common.config.SaslConfigs;
+import org.apache.kafka.common.config.SslConfigs;
+import org.apache.kafka.common.errors.AuthenticationException;
 import org.apache.kafka.common.errors.AuthorizationException;
 import org.apache.kafka.common.errors.GroupIdNotFoundException;
 import org.apache.kafka.common.errors.OutOfOrderSequenceException;
@@ -486,6 +498,40 @@ public final class KkpClient {
         }
     }
 
+    /** The flags of the security options, accepted by produce and consume. */
+    static final Set<String> SECURITY_FLAGS = Set.of("security-protocol", "sasl-mechanism", "sasl-username",
+            "sasl-password", "ssl-ca");
+
+    static Set<String> withSecurity(String... flags) {
+        Set<String> all = new HashSet<>(Arrays.asList(flags));
+        all.addAll(SECURITY_FLAGS);
+        return all;
+    }
+
+    /** Puts the security options into a client's properties. */
+    static void security(Args a, Properties p) {
+        p.put(CommonClientConfigs.SECURITY_PROTOCOL_CONFIG, a.choice("security-protocol", "PLAINTEXT",
+                "PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"));
+        String mechanism = a.choice("sasl-mechanism", null, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512");
+        if (mechanism != null) {
+            String module = mechanism.equals("PLAIN") ? "org.apache.kafka.common.security.plain.PlainLoginModule"
+                    : "org.apache.kafka.common.security.scram.ScramLoginModule";
+            p.put(SaslConfigs.SASL_MECHANISM, mechanism);
+            p.put(SaslConfigs.SASL_JAAS_CONFIG, module + " required username=" + jaasQuoted(a.required("sasl-username"))
+                    + " password=" + jaasQuoted(a.required("sasl-password")) + ";");
+        }
+        String ca = a.str("ssl-ca", null);
+        if (ca != null) {
+            p.put(SslConfigs.SSL_TRUSTSTORE_TYPE_CONFIG, "PEM");
+            p.put(SslConfigs.SSL_TRUSTSTORE_LOCATION_CONFIG, ca);
+        }
+    }
+
+    /** A JAAS option value: double-quoted, with backslashes and quotes escaped. */
+    static String jaasQuoted(String v) {
+        return '"' + v.replace("\\", "\\\\").replace("\"", "\\\"") + '"';
+    }
+
     static final String USAGE = "usage: KkpClient produce|consume|admin|record ... "
             + "(see the header of tests/clients/java/KkpClient.java)";
 
@@ -547,11 +593,11 @@ public final class KkpClient {
             case "record":
                 return record(argv);
             case "produce":
-                result = produce(new Args(argv, 1, Set.of("bootstrap", "topic", "count", "codec", "acks",
+                result = produce(new Args(argv, 1, withSecurity("bootstrap", "topic", "count", "codec", "acks",
                         "idempotent", "timeout", "transactional-id", "txn-size", "abort-every", "legacy-api")));
                 break;
             case "consume":
-                result = consume(new Args(argv, 1, Set.of("bootstrap", "topic", "count", "group", "timeout",
+                result = consume(new Args(argv, 1, withSecurity("bootstrap", "topic", "count", "group", "timeout",
                         "isolation", "group-protocol", "list-indices", "expect-indices", "commit", "events",
                         "stop-file", "assignment-strategy", "session-timeout-ms", "max-poll-records", "commit-delay-ms")));
                 break;
@@ -609,6 +655,7 @@ public final class KkpClient {
         int requestTimeout = (int) Math.min(30000, Math.max(1000, timeoutMs - 10));
 
         Properties p = new Properties();
+        security(a, p);
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ProducerConfig.CLIENT_ID_CONFIG, "kkp-java");
         p.put(ProducerConfig.COMPRESSION_TYPE_CONFIG, codec);
@@ -630,8 +677,14 @@ public final class KkpClient {
         Errors errors = new Errors();
         AtomicInteger ok = new AtomicInteger();
         CountDownLatch pending = new CountDownLatch(count);
+        // Set by the first authentication failure: the producer would otherwise keep
+        // retrying until max.block.ms / delivery.timeout.ms for every record.
+        AtomicBoolean authFailed = new AtomicBoolean();
         Callback cb = (md, e) -> {
             if (e != null) {
+                if (e instanceof AuthenticationException) {
+                    authFailed.set(true);
+                }
                 errors.add(e);
             } else {
                 ok.incrementAndGet();
@@ -642,6 +695,14 @@ public final class KkpClient {
         KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(p);
         int sent = 0;
         for (int i = 0; i < count; i++) {
+            if (authFailed.get()) {
+                int rest = count - i;
+                errors.add(rest + " messages not sent after an authentication failure", rest);
+                for (int j = 0; j < rest; j++) {
+                    pending.countDown();
+                }
+                break;
+            }
             if (System.nanoTime() > deadline) {
                 // e.g. every send blocking max.block.ms on missing metadata
                 int rest = count - i;
@@ -654,12 +715,18 @@ public final class KkpClient {
             try {
                 producer.send(new ProducerRecord<>(topic, key(i), value(topic, i)), cb);
                 sent++;
+            } catch (AuthenticationException e) {
+                authFailed.set(true);
+                errors.add(e);
+                pending.countDown();
             } catch (KafkaException e) {
                 errors.add(e);
                 pending.countDown();
             }
         }
-        boolean flushed = pending.await(timeoutMs, TimeUnit.MILLISECONDS);
+        // After an authentication failure nothing queued will be delivered: no waiting.
+        boolean flushed = authFailed.get() ? pending.getCount() == 0
+                : pending.await(timeoutMs, TimeUnit.MILLISECONDS);
         if (!flushed) {
             // Fails whatever is still queued or in flight through cb.
             producer.close(Duration.ZERO);
@@ -891,6 +958,7 @@ public final class KkpClient {
         long deadline = System.nanoTime() + (long) (timeout * 1e9);
 
         Properties p = new Properties();
+        security(a, p);
         p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         p.put(ConsumerConfig.CLIENT_ID_CONFIG, "kkp-java");
         p.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");

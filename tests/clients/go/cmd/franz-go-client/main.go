@@ -8,6 +8,8 @@
 //	franz-go-client admin --bootstrap B list
 //	franz-go-client record TOPIC START [END]   (prints generated records like records.py)
 //
+// produce, consume and admin take the security options of the contract (security.go).
+//
 // Prints exactly one JSON line on stdout; logs go to stderr (level from
 // KKP_CLIENT_LOG, default WARNING). franz-go is idempotent by default: it is
 // switched off unless --idempotent (acks 0 and 1 need it off).
@@ -24,13 +26,14 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"kkp-test-clients/records"
 )
 
 func main() {
-	a := records.ParseArgs("franz-go-client", os.Args[1:])
+	a := records.ParseArgs("franz-go-client", os.Args[1:], securityFlags...)
 	records.Run(a, produce, consume, admin)
 }
 
@@ -83,6 +86,7 @@ func produce(a *records.Args) any {
 		kgo.RecordDeliveryTimeout(records.Seconds(a.Timeout)),
 		logger(),
 	}
+	opts = append(opts, security(a)...)
 	if !a.Idem {
 		opts = append(opts, kgo.DisableIdempotentWrite())
 	}
@@ -95,6 +99,19 @@ func produce(a *records.Args) any {
 	var mu sync.Mutex
 	errs := &records.Errors{}
 	ok := 0
+	ctx := context.Background()
+	if *a.Extra["sasl-mechanism"] != "" {
+		// franz-go retries a failed SASL authentication like any connection error, so the
+		// records would only fail at the delivery timeout; a ping first surfaces it, the way
+		// applications check their credentials at start-up.
+		pctx, cancel := context.WithTimeout(ctx, records.Seconds(a.Timeout))
+		err := cl.Ping(pctx)
+		cancel()
+		if errors.Is(err, kerr.SaslAuthenticationFailed) {
+			errs.AddN(err, a.Count)
+			return records.ProduceResult(0, errs)
+		}
+	}
 	cb := func(_ *kgo.Record, err error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -104,7 +121,6 @@ func produce(a *records.Args) any {
 			ok++
 		}
 	}
-	ctx := context.Background()
 	for i := 0; i < a.Count; i++ {
 		k, v := records.Record(a.Topic, i)
 		cl.Produce(ctx, &kgo.Record{Key: k, Value: v}, cb)
@@ -166,6 +182,7 @@ func consume(a *records.Args) any {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		logger(),
 	}
+	opts = append(opts, security(a)...)
 	if a.Isolation == "read_committed" {
 		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	}
@@ -269,7 +286,7 @@ func consume(a *records.Args) any {
 }
 
 func admin(a *records.Args) any {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(a.Brokers()...), logger())
+	cl, err := kgo.NewClient(append(security(a), kgo.SeedBrokers(a.Brokers()...), logger())...)
 	if err != nil {
 		records.Fatal("franz-go client: %v", err)
 	}
