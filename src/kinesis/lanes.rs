@@ -322,7 +322,11 @@ impl Lanes {
             .filter(|l| !l.queue.is_empty())
             .map(|l| match l.retry_at {
                 Some(t) if t > now => t,
-                _ => now + l.bucket.wait_hint(),
+                _ => {
+                    now + l
+                        .bucket
+                        .wait_hint(l.queue.front().map_or(0, |q| q.record.kinesis_bytes()))
+                }
             })
             .min()
     }

@@ -17,4 +17,5 @@ pub mod spill;
 pub mod spool;
 #[cfg(test)]
 mod test_support;
+mod undeliverable;
 pub mod writer;

@@ -305,3 +305,115 @@ fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
             .unwrap_or(now),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::kinesis::test_support::{
+        all_stored, control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
+    };
+    use crate::kinesis::writer::StreamWriter;
+    use crate::ops::config::WhenFull;
+    use crate::ops::metrics::Metrics;
+
+    /// A one-shard stream that can be down (every call answered 500) and that keeps what it
+    /// stores.
+    fn flaky_kinesis(down: &Arc<AtomicBool>, stored: &Arc<Mutex<Vec<String>>>) -> FakeKinesis {
+        let (down, stored) = (down.clone(), stored.clone());
+        FakeKinesis::new(move |operation, body| {
+            if down.load(Ordering::Relaxed) {
+                return (500, json!({"__type": "InternalFailure", "message": "down"}));
+            }
+            if operation == "PutRecords" {
+                stored.lock().expect("lock").extend(entry_data(body));
+                return all_stored(body);
+            }
+            control_plane(operation).expect("a Kinesis operation the writer uses")
+        })
+    }
+
+    /// The spill/replay state machine across an outage: records that waited past
+    /// `record_ttl` move to the spool in order, later ones follow them there, and once the
+    /// stream answers again the spool is replayed, in order, until empty, when records flow
+    /// directly again.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_spills_in_order_and_recovery_replays_until_the_spool_is_empty() {
+        let down = Arc::new(AtomicBool::new(false));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let settings = writer_settings(
+            spool_dir.path(),
+            1 << 20,
+            WhenFull::Spill,
+            Duration::from_secs(2),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let writer = StreamWriter::spawn(
+            "s",
+            flaky_kinesis(&down, &stored).client(),
+            &settings,
+            metrics.clone(),
+        );
+        let count = |result: &str| {
+            metrics
+                .mirror_records
+                .with_label_values(&["orders", "s", result])
+                .get()
+        };
+        writer.send(record(0)).await.expect("writer is running");
+        wait_until("the first record stored", Duration::from_secs(10), || {
+            stored.lock().expect("lock").len() == 1
+        })
+        .await;
+        down.store(true, Ordering::Relaxed);
+        for offset in 1..50 {
+            writer
+                .send(record(offset))
+                .await
+                .expect("writer is running");
+        }
+        wait_until("the queue spilled", Duration::from_secs(60), || {
+            count("spooled") == 49
+        })
+        .await;
+        assert!(!writer.state().is_healthy());
+        for offset in 50..100 {
+            writer
+                .send(record(offset))
+                .await
+                .expect("writer is running");
+        }
+        wait_until("new records spooled too", Duration::from_secs(10), || {
+            count("spooled") == 99
+        })
+        .await;
+        assert!(writer.state().spool_bytes() > 0);
+        down.store(false, Ordering::Relaxed);
+        wait_until("the spool replayed", Duration::from_secs(120), || {
+            count("sent") == 100 && writer.state().spool_bytes() == 0
+        })
+        .await;
+        assert!(writer.state().is_healthy());
+        writer.send(record(100)).await.expect("writer is running");
+        wait_until("direct delivery again", Duration::from_secs(10), || {
+            count("sent") == 101
+        })
+        .await;
+        assert_eq!(
+            count("spooled"),
+            99,
+            "no more spilling once the spool is empty"
+        );
+        let expected: Vec<String> = (0..=100).map(|o| format!("value-{o}")).collect();
+        assert_eq!(
+            *stored.lock().expect("lock"),
+            expected,
+            "in order, once each"
+        );
+    }
+}

@@ -8,14 +8,14 @@
 //! replay (`spill.rs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 use tokio::sync::{mpsc, Notify};
 
 use super::budget::BudgetReleases;
 use super::client::DEFAULT_MAX_RECORD_BYTES;
-use super::dead_letter::{DeadLetter, DeadLetterFile};
+use super::dead_letter::DeadLetterFile;
 pub use super::health::StreamState;
 use super::health::{inspect, Evidence, Health, Inspection};
 use super::lanes::{Lanes, Queued, Request};
@@ -23,7 +23,7 @@ use super::recent::{self, RecentRecords};
 use super::request::{entry, MirrorRecord};
 use super::retry::{is_retryable, Backoff};
 use super::service::{EntryOutcome, PutRecordsService, RequestFailure};
-use super::spill::{spool_entry, Replay};
+use super::spill::Replay;
 use super::spool::Spool;
 use crate::ops::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
 use crate::ops::metrics::{Metrics, MirrorResult};
@@ -147,7 +147,7 @@ pub(super) struct WriterTask {
     pub(super) requests_in_flight: usize,
     done_tx: mpsc::UnboundedSender<Completion>,
     /// The stream's per-record limit, re-read with every inspection.
-    max_record_bytes: usize,
+    pub(super) max_record_bytes: usize,
     health: Health,
     /// A shard map was loaded: dispatch needs one, and nothing else.
     map_loaded: bool,
@@ -357,26 +357,6 @@ impl WriterTask {
         }
     }
 
-    fn drop_record(&self, record: &MirrorRecord) {
-        tracing::warn!(
-            stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
-            "mirror buffer full: record dropped (mirror_buffer.when_full = \"drop\")"
-        );
-        self.count(&record.topic, MirrorResult::Dropped, 1);
-    }
-
-    async fn oversize(&mut self, record: MirrorRecord, size: usize) {
-        tracing::warn!(
-            topic = %record.topic, partition = record.partition, offset = record.offset, stream = %self.state.stream,
-            bytes = size, limit = self.max_record_bytes,
-            "record exceeds the stream's per-record limit (data plus partition key); not mirrored, written to the dead-letter file"
-        );
-        self.count(&record.topic, MirrorResult::Oversize, 1);
-        let message = format!("record of {size} bytes exceeds the stream's limit of {} bytes (data plus partition key)", self.max_record_bytes);
-        self.write_dead_letters(vec![(record, "RecordTooLarge".to_owned(), message)], false)
-            .await;
-    }
-
     /// Sends what may go now. Partial requests wait for `linger` unless `flush`.
     fn dispatch(&mut self, flush: bool) {
         let now = Instant::now();
@@ -539,62 +519,13 @@ impl WriterTask {
     }
 
     /// Releases a record's budget and advances the replay window if it came from the spool.
-    fn finished_with(&mut self, queued: &Queued) {
+    pub(super) fn finished_with(&mut self, queued: &Queued) {
         self.settings
             .budget
             .release(queued.record.memory_bytes() as u64);
         if queued.from_spool {
             if let Some(replay) = &mut self.replay {
                 replay.outstanding -= 1;
-            }
-        }
-    }
-
-    async fn dead_letter_queued(&mut self, dead: Vec<(Queued, String, String)>) {
-        let mut letters = Vec::new();
-        for (queued, code, message) in dead {
-            self.finished_with(&queued);
-            letters.push((queued.record, code, message));
-        }
-        self.write_dead_letters(letters, true).await;
-    }
-
-    async fn write_dead_letters(
-        &mut self,
-        letters: Vec<(MirrorRecord, String, String)>,
-        count: bool,
-    ) {
-        let now = SystemTime::now();
-        for (record, code, message) in &letters {
-            tracing::error!(
-                stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
-                code = %code, %message, "record cannot be delivered; written to the dead-letter file"
-            );
-        }
-        if let Some(file) = self.settings.dead_letters.clone() {
-            let entries: Vec<DeadLetter> = letters
-                .iter()
-                .map(|(record, code, message)| {
-                    DeadLetter::from_entry(
-                        &spool_entry(&self.state.stream, record),
-                        code,
-                        message,
-                        now,
-                    )
-                })
-                .collect();
-            let written = tokio::task::spawn_blocking(move || file.append(&entries))
-                .await
-                .expect("dead-letter task");
-            if let Err(e) = written {
-                tracing::error!(error = %e, "cannot write the dead-letter file; the records above are only in this log");
-            }
-        }
-        // Counted once the file holds them, so that an operator (or a test) who sees the
-        // count can read the letters.
-        if count {
-            for (record, _, _) in &letters {
-                self.count(&record.topic, MirrorResult::DeadLetter, 1);
             }
         }
     }
@@ -615,36 +546,6 @@ impl WriterTask {
         }
         self.spill_if_waited_too_long().await;
         self.after_progress().await;
-    }
-
-    /// A stream that is missing, or that we may not write to, will not accept records by
-    /// retrying: they go to the dead-letter file, to be re-sent with `spool replay` once the
-    /// operator has fixed the cause.
-    async fn dead_letter_if_undeliverable(&mut self) {
-        let Some(code) = self.state.permanent_error() else {
-            return;
-        };
-        let message = self.state.last_error().unwrap_or_default();
-        let mut dead: Vec<(Queued, String, String)> = self
-            .lanes
-            .drain_queued()
-            .into_iter()
-            .map(|q| (q, code.clone(), message.clone()))
-            .collect();
-        let now = Instant::now();
-        for record in self.held.drain(..) {
-            self.settings
-                .budget
-                .force_reserve(record.memory_bytes() as u64);
-            dead.push((
-                Queued::new(record, now, false),
-                code.clone(),
-                message.clone(),
-            ));
-        }
-        if !dead.is_empty() {
-            self.dead_letter_queued(dead).await;
-        }
     }
 
     fn next_wake(&self) -> Option<tokio::time::Instant> {

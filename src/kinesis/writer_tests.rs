@@ -282,3 +282,55 @@ async fn traffic_spares_the_control_plane() {
         minutes as usize * 60
     );
 }
+
+/// Item 14: Kinesis refuses a whole request for one bad entry (a request-level
+/// ValidationException). Only that entry is dead-lettered; the old writer dead-lettered every
+/// entry of the request.
+#[tokio::test(start_paused = true)]
+async fn one_bad_entry_is_dead_lettered_alone() {
+    let seen = Arc::new(Seen::default());
+    let kinesis = {
+        let seen = seen.clone();
+        FakeKinesis::new(move |operation, body| {
+            if operation != "PutRecords" {
+                return control_plane(operation).expect("a Kinesis operation the writer uses");
+            }
+            let data = entry_data(body);
+            if data.iter().any(|d| d == "value-7") {
+                return (
+                    400,
+                    json!({"__type": "ValidationException", "message": "1 validation error"}),
+                );
+            }
+            seen.stored.lock().expect("lock").extend(data);
+            all_stored(body)
+        })
+    };
+    let spool_dir = tempfile::tempdir().expect("tempdir");
+    let settings = settings(spool_dir.path(), 1 << 20, WhenFull::Spill);
+    let metrics = Arc::new(Metrics::new());
+    let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());
+    for offset in 0..20 {
+        writer
+            .send(record(offset))
+            .await
+            .expect("writer is running");
+    }
+    let dead_letters = || {
+        metrics
+            .mirror_records
+            .with_label_values(&["orders", "s", "dead_letter"])
+            .get()
+    };
+    wait_until("every record settled", Duration::from_secs(60), || {
+        seen.stored.lock().expect("lock").len() + dead_letters() as usize >= 20
+    })
+    .await;
+    assert_eq!(dead_letters(), 1, "only the bad entry");
+    let stored = seen.stored.lock().expect("lock").clone();
+    let expected: Vec<String> = (0..20)
+        .filter(|&o| o != 7)
+        .map(|o| format!("value-{o}"))
+        .collect();
+    assert_eq!(stored, expected, "the rest delivered, in order");
+}
