@@ -300,6 +300,10 @@ impl WriterTask {
             .stream_probes
             .with_label_values(&[&stream, outcome])
             .inc();
+        if !self.map_loaded {
+            // Nothing is dispatched without a map: try again soon, whatever the describe said.
+            self.health.observe(Evidence::Unanswered, now);
+        }
         if std::mem::take(&mut self.inspect_again) {
             self.start_inspection();
         }
