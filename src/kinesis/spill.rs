@@ -1,11 +1,15 @@
 //! Spilling and replay: the writer's spool side.
 //!
-//! When the budget is full (`when_full = "spill"`), or a record has waited longer than
-//! `record_ttl` or used up `max_attempts`, the stream starts spilling: everything queued moves
-//! to its spool, and new records are appended there too. Records already in flight finish from
-//! memory, and replay starts only once nothing is queued or in flight and the stream is healthy,
-//! so a key's records reach the shard in order across an outage. When the spool is empty again,
-//! records flow directly.
+//! When the budget is full (`when_full = "spill"`), the stream starts spilling: new records
+//! are appended to its spool. Records already in memory finish from there, and replay starts
+//! only once nothing is queued or in flight and the stream is healthy, so a key's records
+//! reach the shard in order across an outage.
+//!
+//! When a lane's oldest record has waited longer than `record_ttl` or used up `max_attempts`,
+//! that lane alone spills: its queue moves to the spool once its requests in flight settle,
+//! and its new records follow, while the other shards' lanes send on. Replay starts once the
+//! spilled lanes are idle. An outage spills every lane, one by one. When the spool is empty
+//! again, records flow directly.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -68,7 +72,7 @@ impl WriterTask {
         }
         // Before trying to reserve: a release from now on wakes the writer.
         self.releases.mark_seen();
-        if self.spilling {
+        if self.spilling || self.lanes.any_spilled() {
             if self.spool.is_some() {
                 let held: Vec<MirrorRecord> = self.held.drain(..).collect();
                 self.spill(held).await;
@@ -90,18 +94,14 @@ impl WriterTask {
         }
     }
 
-    /// Appends records to the spool (entering spill mode). A full spool falls back to
-    /// blocking: the first record that does not fit is held until the spool drains.
+    /// Appends records to the spool. A full spool falls back to blocking: the first record
+    /// that does not fit is held until the spool drains.
     pub(super) async fn spill(&mut self, records: Vec<MirrorRecord>) {
         let Some(spool) = self.spool.clone() else {
             // No spool (it failed to open): block rather than lose anything.
             self.held.extend(records);
             return;
         };
-        if !self.spilling {
-            tracing::warn!(stream = %self.state.stream, "mirror spilling to the spool");
-        }
-        self.spilling = true;
         let entries: Vec<SpoolEntry> = records
             .iter()
             .map(|r| spool_entry(&self.state.stream, r))
@@ -172,32 +172,29 @@ impl WriterTask {
         }
     }
 
-    /// Records that waited past `record_ttl` or used up `max_attempts` move the queue to the
-    /// spool, once the requests in flight (whose records are older still) have settled.
+    /// The queues of lanes whose records waited past `record_ttl` or used up `max_attempts`
+    /// move to the spool, each once its requests in flight (whose records are older still)
+    /// have settled.
     pub(super) async fn spill_if_waited_too_long(&mut self) {
-        let too_old = self
-            .lanes
-            .oldest_in_memory()
-            .is_some_and(|(enqueued, attempts)| {
-                enqueued.elapsed() >= self.settings.kinesis.record_ttl
-                    || attempts >= self.settings.kinesis.max_attempts
-            });
-        if too_old && !self.spilling && self.spool.is_some() {
-            self.spill_pending = true;
+        if self.spilling || self.spool.is_none() {
+            return;
         }
-        if self.spill_pending && self.requests_in_flight == 0 {
-            self.spill_pending = false;
-            tracing::warn!(stream = %self.state.stream, "records waited past record_ttl or max_attempts; moving the queue to the spool");
-            let queued = self.lanes.drain_queued();
-            let records: Vec<MirrorRecord> = queued
-                .into_iter()
-                .map(|q| {
-                    self.settings.budget.release(q.record.memory_bytes() as u64);
-                    q.record
-                })
-                .collect();
-            self.spill(records).await;
+        let kinesis = &self.settings.kinesis;
+        let overdue =
+            self.lanes
+                .take_overdue(Instant::now(), kinesis.record_ttl, kinesis.max_attempts);
+        if overdue.is_empty() {
+            return;
         }
+        tracing::warn!(stream = %self.state.stream, records = overdue.len(), "records waited past record_ttl or max_attempts; moving their shard's queue to the spool");
+        let records: Vec<MirrorRecord> = overdue
+            .into_iter()
+            .map(|q| {
+                self.settings.budget.release(q.record.memory_bytes() as u64);
+                q.record
+            })
+            .collect();
+        self.spill(records).await;
     }
 
     /// After deliveries: acknowledge a finished replay window, leave spill mode when the
@@ -223,12 +220,13 @@ impl WriterTask {
             self.replay = None;
             self.publish_spool_bytes(&spool);
         }
-        if self.closing.is_some()
-            || !self.spilling
-            || !self.lanes.is_idle()
-            || self.requests_in_flight > 0
-            || !self.state.is_healthy()
-        {
+        // A stream-wide spill replays once all memory is idle; spilled lanes, once they are.
+        let memory_busy = if self.spilling {
+            !self.lanes.is_idle() || self.requests_in_flight > 0
+        } else {
+            !self.lanes.any_spilled() || !self.lanes.spilled_are_idle()
+        };
+        if self.closing.is_some() || memory_busy || !self.state.is_healthy() {
             return;
         }
         let peeked = tokio::task::spawn_blocking({
@@ -241,6 +239,7 @@ impl WriterTask {
             Ok(entries) if entries.is_empty() => {
                 tracing::info!(stream = %self.state.stream, "spool drained; records flow directly again");
                 self.spilling = false;
+                self.lanes.clear_spilled();
             }
             Ok(entries) => {
                 let now = Instant::now();
@@ -415,5 +414,142 @@ mod tests {
             expected,
             "in order, once each"
         );
+    }
+
+    /// Item 13: one shard throttles everything sent to it. Only its lane spills when its
+    /// records pass `record_ttl`; the other shard's records keep going straight to Kinesis
+    /// (the old writer spilled the whole stream, so they went to the spool too). Once the hot
+    /// shard takes records again, its spool is replayed in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_hot_shard_spills_alone() {
+        const HALF: u128 = 1 << 127;
+        let hot = Arc::new(AtomicBool::new(true));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let kinesis = {
+            let (hot, stored) = (hot.clone(), stored.clone());
+            FakeKinesis::new(move |operation, body| match operation {
+                "ListShards" => (
+                    200,
+                    json!({"Shards": [
+                        {"ShardId": "shardId-0", "HashKeyRange": {"StartingHashKey": "0",
+                            "EndingHashKey": (HALF - 1).to_string()},
+                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}},
+                        {"ShardId": "shardId-1", "HashKeyRange": {"StartingHashKey": HALF.to_string(),
+                            "EndingHashKey": u128::MAX.to_string()},
+                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
+                ),
+                "PutRecords" => {
+                    let data = entry_data(body);
+                    let mut failed = 0;
+                    let results: Vec<_> = body["Records"]
+                        .as_array()
+                        .expect("records")
+                        .iter()
+                        .zip(data)
+                        .map(|(entry, data)| {
+                            let hash: u128 = entry["ExplicitHashKey"]
+                                .as_str()
+                                .expect("explicit hash key")
+                                .parse()
+                                .expect("decimal");
+                            if hash >= HALF && hot.load(Ordering::Relaxed) {
+                                failed += 1;
+                                return json!({"ErrorCode": "ProvisionedThroughputExceededException",
+                                    "ErrorMessage": "Rate exceeded"});
+                            }
+                            stored.lock().expect("lock").push(data);
+                            let shard = if hash >= HALF {
+                                "shardId-1"
+                            } else {
+                                "shardId-0"
+                            };
+                            json!({"SequenceNumber": "1", "ShardId": shard})
+                        })
+                        .collect();
+                    (
+                        200,
+                        json!({"FailedRecordCount": failed, "Records": results}),
+                    )
+                }
+                _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
+            })
+        };
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let settings = writer_settings(
+            spool_dir.path(),
+            1 << 20,
+            WhenFull::Spill,
+            Duration::from_secs(2),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());
+        let count = |result: &str| {
+            metrics
+                .mirror_records
+                .with_label_values(&["orders", "s", result])
+                .get()
+        };
+        // Even offsets go to the cold shard 0, odd ones to the hot shard 1.
+        let send = |offsets: std::ops::Range<i64>| {
+            let writer = writer.clone();
+            async move {
+                for offset in offsets {
+                    let mut r = record(offset);
+                    r.key.explicit_hash_key = Some(if offset % 2 == 0 { 1 } else { HALF + 1 });
+                    writer.send(r).await.expect("writer is running");
+                }
+            }
+        };
+        let cold_stored = |upto: i64| {
+            let stored = stored.lock().expect("lock");
+            (0..upto)
+                .step_by(2)
+                .all(|o| stored.contains(&format!("value-{o}")))
+        };
+        send(0..40).await;
+        wait_until(
+            "the hot shard's lane spilled",
+            Duration::from_secs(60),
+            || count("spooled") == 20,
+        )
+        .await;
+        assert!(cold_stored(40));
+        send(40..60).await;
+        wait_until(
+            "the cold shard's new records stored",
+            Duration::from_secs(10),
+            || cold_stored(60),
+        )
+        .await;
+        wait_until(
+            "the hot shard's new records spooled",
+            Duration::from_secs(10),
+            || count("spooled") == 30,
+        )
+        .await;
+        assert_eq!(count("spooled"), 30, "only the hot shard's records spill");
+        hot.store(false, Ordering::Relaxed);
+        wait_until("the spool replayed", Duration::from_secs(120), || {
+            count("sent") == 60 && writer.state().spool_bytes() == 0
+        })
+        .await;
+        let stored = stored.lock().expect("lock");
+        let hot_order: Vec<&String> = stored
+            .iter()
+            .filter(|d| {
+                d.trim_start_matches("value-")
+                    .parse::<i64>()
+                    .expect("offset")
+                    % 2
+                    == 1
+            })
+            .collect();
+        let expected: Vec<String> = (1..60).step_by(2).map(|o| format!("value-{o}")).collect();
+        assert_eq!(
+            hot_order,
+            expected.iter().collect::<Vec<_>>(),
+            "the hot shard's records in order"
+        );
+        assert_eq!(stored.len(), 60, "each once");
     }
 }

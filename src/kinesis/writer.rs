@@ -99,7 +99,6 @@ impl StreamWriter {
             releases: settings.budget.releases(),
             spool: None,
             spilling: false,
-            spill_pending: false,
             replay: None,
             held: std::collections::VecDeque::new(),
             backoff: Backoff::default(),
@@ -159,11 +158,6 @@ pub(super) struct WriterTask {
     pub(super) releases: BudgetReleases,
     pub(super) spool: Option<Arc<Spool>>,
     pub(super) spilling: bool,
-    /// Records waited too long and the queue must move to the spool, but requests are still
-    /// in flight: their records are the oldest, and any that fail come back to the front of
-    /// the queue. Nothing new is dispatched until they settle, then everything moves in order.
-    /// Spilling at once left such records in memory for as long as Kinesis stayed down.
-    pub(super) spill_pending: bool,
     pub(super) replay: Option<Replay>,
     /// Records waiting, in order, for room in the budget (`when_full = "block"`) or the
     /// spool; no input is taken while any wait.
@@ -265,6 +259,11 @@ impl WriterTask {
                 if !self.map_loaded || map != **self.state.map.load() {
                     tracing::info!(%stream, open_shards = map.len(), "shard map loaded");
                 }
+                if self.map_loaded && self.lanes.any_spilled() && map != **self.state.map.load() {
+                    // Resharding moves spilled lanes' keys to lanes that are not: spill the
+                    // whole stream, whose replay waits for all of memory, to keep key order.
+                    self.spilling = true;
+                }
                 self.map_loaded = true;
                 self.lanes.reroute(&map, Instant::now());
                 self.state.install_map(map);
@@ -315,6 +314,10 @@ impl WriterTask {
     async fn accept(&mut self, batch: Vec<MirrorRecord>) {
         let now = Instant::now();
         let mut to_spool = Vec::new();
+        // Once one record spills for want of budget, the rest of the batch follows it.
+        let mut budget_spilled = false;
+        let lanes_spilled = self.lanes.any_spilled();
+        let map = self.state.map.load();
         for record in batch {
             if record.offset_from_kafka
                 && !self.recent.first_time(
@@ -336,7 +339,10 @@ impl WriterTask {
                 self.held.push_back(record);
                 continue;
             }
-            if !to_spool.is_empty() || self.spilling {
+            if self.spilling
+                || budget_spilled
+                || (lanes_spilled && self.lanes.is_spilled(record.key.routing_hash(), &map, now))
+            {
                 to_spool.push(record);
                 continue;
             }
@@ -345,12 +351,18 @@ impl WriterTask {
                 .budget
                 .try_reserve(record.memory_bytes() as u64)
             {
-                let map = self.state.map.load();
                 self.lanes.push(Queued::new(record, now, false), &map, now);
                 continue;
             }
             match self.settings.buffer.when_full {
-                WhenFull::Spill => to_spool.push(record),
+                WhenFull::Spill => {
+                    if !self.spilling {
+                        tracing::warn!(stream = %self.state.stream, "memory budget full: mirror spilling to the spool");
+                    }
+                    self.spilling = true;
+                    budget_spilled = true;
+                    to_spool.push(record);
+                }
                 WhenFull::Drop => self.drop_record(&record),
                 // Taking no more input until the budget frees pushes back on the Kafka path.
                 WhenFull::Block => self.held.push_back(record),
@@ -366,7 +378,6 @@ impl WriterTask {
         let now = Instant::now();
         while self.requests_in_flight < self.settings.kinesis.max_in_flight_requests
             && self.map_loaded
-            && !self.spill_pending
         {
             let oldest_waited = self
                 .lanes
