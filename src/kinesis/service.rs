@@ -208,6 +208,10 @@ mod tests {
             }
         }
         let sent = requests.lock().expect("lock").clone();
+        println!(
+            "one bad entry among 500: {} requests of sizes {sent:?}",
+            sent.len()
+        );
         assert!(
             sent.len() <= 2 * 9 + 1,
             "bisection takes about two requests per halving: {sent:?}"
