@@ -15,10 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::faults::{FaultLayer, FaultPlan};
+use support::faults::{DescribeFaults, FaultLayer, FaultPlan};
 use support::kinesis::{KinesisLocal, StoredRecord};
 use support::metrics::{get, scrape, value, wait_for};
-use support::{python, KafkaCluster, Proxy};
+use support::raw_produce::RawProduce;
+use support::{python, wait_until_async, KafkaCluster, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEYS: usize = 2000;
 
@@ -492,4 +494,192 @@ async fn memory_stays_near_the_budget_during_an_outage() {
     )
     .await;
     check_delivery(&rig.kinesis.read_all("budget").await, COUNT);
+}
+
+/// `/readyz` and `/readyz/mirror` status codes.
+fn readiness(admin: u16) -> (u16, u16) {
+    (get(admin, "/readyz").0, get(admin, "/readyz/mirror").0)
+}
+
+/// Waits until (`/readyz`, `/readyz/mirror`) answer `codes`.
+async fn wait_ready(admin: u16, codes: (u16, u16)) {
+    wait_until_async(
+        "readiness",
+        Duration::from_secs(60),
+        async || readiness(admin),
+        |now| *now == codes,
+    )
+    .await;
+}
+
+/// Runs `producer` to its end while checking `/readyz` every 100 ms: every answer must be 200.
+async fn finish_while_ready(admin: u16, mut producer: Child) -> Value {
+    let mut checks = 0;
+    while producer.try_wait().unwrap().is_none() {
+        let (code, body) = get(admin, "/readyz");
+        assert_eq!(code, 200, "/readyz after {checks} checks: {body}");
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    finish(producer)
+}
+
+/// Item 12 of the mirror-correctness issue: the account's DescribeStreamSummary quota (20
+/// calls per second) is used up, then the control plane is slow. Neither halts delivery or
+/// touches `/readyz`, which answers for Kafka; the old writer marked the stream unhealthy at
+/// its next 5 s probe, stopped dispatching, and turned `/readyz` to 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_or_slow_describe_neither_halts_delivery_nor_readiness() {
+    // Refreshing the shard map every 2 s makes describes happen during each phase.
+    let rig = rig("control-plane", "shard_map_refresh_secs = 2").await;
+    let admin = rig.proxy.admin_port;
+    wait_ready(admin, (200, 200)).await;
+    const COUNT: usize = 3000;
+    for (phase, describe) in [
+        DescribeFaults {
+            throttle: 1.0,
+            ..DescribeFaults::default()
+        },
+        DescribeFaults {
+            latency: Duration::from_secs(30),
+            ..DescribeFaults::default()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rig.faults.set(FaultPlan {
+            describe,
+            ..FaultPlan::default()
+        });
+        let described = FaultLayer::count(&rig.faults.counters.describes);
+        // 10 s at 300 records a second: two probe periods of the old writer.
+        let outcome = finish_while_ready(admin, rig.produce(COUNT, 300)).await;
+        assert_eq!(outcome["errors"], 0, "{outcome}");
+        let expected = (phase + 1) * COUNT;
+        wait_for(admin, "every record sent", Duration::from_secs(60), |m| {
+            sent(m) >= expected as f64
+        })
+        .await;
+        let describes = FaultLayer::count(&rig.faults.counters.describes) - described;
+        println!("describe faults phase {phase}: {COUNT} records delivered, {describes} describes meanwhile");
+        assert!(describes > 0, "the faults must be exercised");
+        assert_eq!(readiness(admin), (200, 200), "PutRecords answered: healthy");
+    }
+    let stored = rig.kinesis.read_all("control-plane").await;
+    assert_eq!(stored.len(), 2 * COUNT, "every record once");
+}
+
+/// Item 12: a real outage (every connection to Kinesis cut) shows in `/readyz/mirror`, in
+/// `/routes` and in `stream_healthy`, while `/readyz` stays 200; recovery heals all three.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_mirror_reports_an_outage_and_readyz_stays_ready() {
+    let rig = rig("health-outage", "").await;
+    let admin = rig.proxy.admin_port;
+    wait_ready(admin, (200, 200)).await;
+    rig.faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    const COUNT: usize = 200;
+    let outcome = finish_while_ready(admin, rig.produce(COUNT, 100)).await;
+    assert_eq!(outcome["errors"], 0, "{outcome}");
+    wait_ready(admin, (200, 503)).await;
+    let (_, body) = get(admin, "/readyz/mirror");
+    assert!(body.contains("stream `health-outage`"), "{body}");
+    let routes: Value = serde_json::from_str(&get(admin, "/routes").1).unwrap();
+    assert_eq!(routes["routes"][0]["stream_healthy"], false, "{routes}");
+    assert!(routes["routes"][0]["stream_error"].is_string(), "{routes}");
+    let m = scrape(admin);
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_stream_healthy",
+            &[("stream", "health-outage")]
+        ),
+        0.0
+    );
+    let outage_ended = Instant::now();
+    rig.faults.set(FaultPlan::default());
+    wait_for(admin, "every record sent", Duration::from_secs(120), |m| {
+        sent(m) >= COUNT as f64
+    })
+    .await;
+    wait_ready(admin, (200, 200)).await;
+    println!(
+        "outage: /readyz/mirror 503 during it, 200 again {:.1} s after it ended",
+        outage_ended.elapsed().as_secs_f64()
+    );
+    check_delivery(&rig.kinesis.read_all("health-outage").await, COUNT);
+}
+
+/// Item 14: the stream's per-record limit is re-read with each shard-map refresh. The
+/// emulator does not report MaxRecordSizeInKiB, so the fault layer injects one after the
+/// proxy started: a record over it is dead-lettered as oversize instead of being sent. The
+/// old writer read the limit only when the stream (re)gained health, and sent it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_record_size_limit_is_reread_with_each_shard_map_refresh() {
+    let stream = "record-limit";
+    let rig = rig(stream, "shard_map_refresh_secs = 1").await;
+    let admin = rig.proxy.admin_port;
+    wait_ready(admin, (200, 200)).await;
+    let value_of = |tag: &str| {
+        let mut value = tag.as_bytes().to_vec();
+        value.resize(100 * 1024, b'.');
+        value
+    };
+    let produce_one = |tag: &'static str| {
+        let frame = RawProduce::new(&rig.topic, vec![(tag.to_owned(), value_of(tag))]).frame();
+        let bootstrap = rig.proxy.bootstrap();
+        async move {
+            let mut client = tokio::net::TcpStream::connect(bootstrap).await.unwrap();
+            client.write_all(&frame).await.unwrap();
+            let size = client.read_i32().await.unwrap();
+            let mut answer = vec![0u8; size as usize];
+            client.read_exact(&mut answer).await.unwrap();
+        }
+    };
+    produce_one("before").await;
+    wait_for(
+        admin,
+        "the 100 KiB record sent",
+        Duration::from_secs(30),
+        |m| sent(m) >= 1.0,
+    )
+    .await;
+    rig.faults.set(FaultPlan {
+        describe: DescribeFaults {
+            max_record_size_kib: Some(64),
+            ..DescribeFaults::default()
+        },
+        ..FaultPlan::default()
+    });
+    // Describes received after the plan changed: the last ones surely read it, and their
+    // answers reach the writer long before a record that goes through Kafka first.
+    let described = FaultLayer::count(&rig.faults.counters.describes);
+    wait_until_async(
+        "a refresh to read the new limit",
+        Duration::from_secs(30),
+        async || FaultLayer::count(&rig.faults.counters.describes),
+        |count| *count >= described + 3,
+    )
+    .await;
+    produce_one("after").await;
+    let m = wait_for(
+        admin,
+        "the record counted oversize",
+        Duration::from_secs(30),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("result", "oversize")],
+            ) >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(sent(&m), 1.0, "the record over the new limit is not sent");
+    let stored = rig.kinesis.read_all(stream).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].partition_key, "before");
 }

@@ -1,5 +1,5 @@
 //! Operating a cutover: the ramp is hot-reloaded under live traffic, bad edits are refused,
-//! `/readyz` follows the Kinesis emulator, and `/clients` tells who produces what.
+//! `/readyz/mirror` follows the Kinesis emulator while `/readyz` follows Kafka only, and `/clients` tells who produces what.
 //!
 //! Kafka is the single-node Apache Kafka cluster shared by every test of this binary; each test
 //! has a topic, an emulator and a proxy of its own.
@@ -89,8 +89,13 @@ fn ramp_client(admin_port: u16) -> Value {
         .unwrap_or_else(|| panic!("ramp-producer not in /clients: {clients}"))
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..300 {
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_until_for(what, Duration::from_secs(30), done)
+}
+
+fn wait_until_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if done() {
             return;
         }
@@ -256,29 +261,42 @@ fn invalid_edit_is_rejected_whole_and_restart_only_settings_are_reported() {
     );
 }
 
+/// `/readyz` answers for Kafka only: a load balancer must not pull a proxy whose Kafka path
+/// works because Kinesis is down. `/readyz/mirror` answers for the streams.
 #[test]
-fn readyz_follows_the_kinesis_emulator() {
+fn readyz_mirror_follows_the_kinesis_emulator_and_readyz_does_not() {
     let (kinesis, proxy) = setup("ready", "ready", 100.0);
     let admin = proxy.admin_port;
-    wait_until("ready", || get(admin, "/readyz").0 == 200);
+    let readiness = || (get(admin, "/readyz").0, get(admin, "/readyz/mirror").0);
+    wait_until("ready", || readiness() == (200, 200));
     let routes = json(admin, "/routes");
     assert_eq!(routes["routes"][0]["stream"], "ready", "{routes}");
     assert_eq!(routes["routes"][0]["open_shards"], 4, "{routes}");
 
     let port = kinesis.port;
     drop(kinesis);
-    wait_until("503 after the emulator stopped", || {
-        get(admin, "/readyz").0 == 503
-    });
-    let (_, body) = get(admin, "/readyz");
+    // Without traffic the stream is probed after 30 s without an answer.
+    wait_until_for(
+        "/readyz/mirror 503 after the emulator stopped",
+        Duration::from_secs(60),
+        || {
+            let (kafka, mirror) = readiness();
+            assert_eq!(kafka, 200, "/readyz answers for Kafka only");
+            mirror == 503
+        },
+    );
+    let (_, body) = get(admin, "/readyz/mirror");
     assert!(body.contains("stream `ready`"), "{body}");
 
     let revived = KinesisLocal::start_on(port);
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(revived.create_stream("ready", 4));
-    wait_until("200 after the emulator came back", || {
-        get(admin, "/readyz").0 == 200
-    });
+    // Probes back off to 30 s after errors.
+    wait_until_for(
+        "/readyz/mirror 200 after the emulator came back",
+        Duration::from_secs(60),
+        || readiness() == (200, 200),
+    );
     assert_eq!(get(admin, "/livez").0, 200);
 }

@@ -1,8 +1,11 @@
 //! The admin HTTP endpoint:
 //! - `/metrics`: Prometheus text;
 //! - `/livez`: the process is serving;
-//! - `/readyz`: 200 only when a bootstrap server answers ApiVersions and every routed stream was described
-//!   successfully, else 503 with a JSON body saying what is wrong;
+//! - `/readyz`: 200 only when a bootstrap server answers ApiVersions, else 503 with a JSON body
+//!   saying what is wrong. It answers for the Kafka path only, which is what decides whether
+//!   clients should be sent to this instance: a mirror outage does not change it;
+//! - `/readyz/mirror`: 200 only when every routed stream is healthy (its latest PutRecords or
+//!   probe was answered), else 503 with each stream's error;
 //! - `/routes`: every route with its percent, stream state, shard count, records mirrored,
 //!   success ratio and spool backlog;
 //! - `/clients`: the producer inventory.
@@ -52,6 +55,7 @@ pub async fn bind(
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/mirror", get(readyz_mirror))
         .route("/routes", get(routes))
         .route("/clients", get(clients))
         .with_state(state);
@@ -72,16 +76,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             "kafka: no bootstrap server answers ApiVersions: {problem}"
         ));
     }
-    let streams = state.mirror.streams().await;
-    for route in state.mirror.routes().values() {
-        let stream = route.writer.state();
-        if !stream.is_healthy() {
-            let why = stream
-                .last_error()
-                .unwrap_or_else(|| "not described yet".to_owned());
-            problems.push(format!("stream `{}`: {why}", stream.stream));
-        }
-    }
+    readiness(problems)
+}
+
+fn readiness(problems: Vec<String>) -> impl IntoResponse {
     let ready = problems.is_empty();
     let status = if ready {
         StatusCode::OK
@@ -90,8 +88,27 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "ready": ready, "problems": problems, "streams": streams.len() })),
+        Json(json!({ "ready": ready, "problems": problems })),
     )
+}
+
+async fn readyz_mirror(State(state): State<AdminState>) -> impl IntoResponse {
+    let routes = state.mirror.routes();
+    let mut problems: Vec<String> = routes
+        .values()
+        .map(|route| route.writer.state())
+        .filter(|stream| !stream.is_healthy())
+        .map(|stream| {
+            let why = stream
+                .last_error()
+                .unwrap_or_else(|| "not answered yet".to_owned());
+            format!("stream `{}`: {why}", stream.stream)
+        })
+        .collect();
+    // Topics routed to one stream share its writer.
+    problems.sort();
+    problems.dedup();
+    readiness(problems)
 }
 
 #[derive(Serialize)]
@@ -101,6 +118,8 @@ struct RouteView {
     percent: f64,
     partition_key: String,
     stream_healthy: bool,
+    /// Why the stream is unhealthy, as `/readyz/mirror` says.
+    stream_error: Option<String>,
     open_shards: usize,
     records_sent: u64,
     records_failed: u64,
@@ -128,6 +147,7 @@ async fn routes(State(state): State<AdminState>) -> impl IntoResponse {
             percent: route.percent,
             partition_key: route.partition_key.to_string(),
             stream_healthy: route.writer.state().is_healthy(),
+            stream_error: route.writer.state().last_error(),
             open_shards: route.writer.state().open_shards(),
             records_sent: count(topic, &route.stream, "sent"),
             records_failed: count(topic, &route.stream, "failed"),

@@ -1,15 +1,20 @@
 //! The memory budget of the mirror: `[mirror_buffer] max_bytes` bounds the bytes of every
 //! record queued in memory across all streams.
+//!
+//! Writers waiting for room learn of releases through a counter they each watch, not a
+//! one-shot wake-up: a release that happens while a writer is busy elsewhere is still seen
+//! the next time it looks, instead of waiting for its next tick.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::IntGauge;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 pub struct Budget {
     max: u64,
     used: AtomicU64,
-    freed: Notify,
+    /// Counts releases.
+    released: watch::Sender<u64>,
     gauge: IntGauge,
 }
 
@@ -18,7 +23,7 @@ impl Budget {
         Budget {
             max,
             used: AtomicU64::new(0),
-            freed: Notify::new(),
+            released: watch::Sender::new(0),
             gauge,
         }
     }
@@ -47,16 +52,34 @@ impl Budget {
     pub fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
         self.gauge.sub(bytes as i64);
-        self.freed.notify_waiters();
+        self.released.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Resolves after the next release.
-    pub async fn freed(&self) {
-        self.freed.notified().await;
+    /// A writer's view of the releases.
+    pub fn releases(&self) -> BudgetReleases {
+        BudgetReleases(self.released.subscribe())
+    }
+}
+
+pub struct BudgetReleases(watch::Receiver<u64>);
+
+impl BudgetReleases {
+    /// Takes every release so far as seen. Call it before trying to reserve: a release that
+    /// comes after, even before [`freed`](Self::freed) is awaited, then wakes it.
+    pub fn mark_seen(&mut self) {
+        self.0.borrow_and_update();
+    }
+
+    /// Resolves once a release happened since the last [`mark_seen`](Self::mark_seen).
+    pub async fn freed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The budget is gone: nothing will ever be released.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -75,5 +98,21 @@ mod tests {
         b.force_reserve(200);
         assert_eq!(b.used(), 240);
         assert_eq!(b.gauge.get(), 240);
+    }
+
+    /// A writer that failed to reserve and is busy elsewhere when the release comes (not yet
+    /// awaiting) must still be woken by it, not by its next 200 ms tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_while_the_writer_is_busy_is_not_lost() {
+        let b = Budget::new(100, IntGauge::new("b", "b").unwrap());
+        let mut releases = b.releases();
+        assert!(b.try_reserve(100));
+        releases.mark_seen();
+        assert!(!b.try_reserve(1), "the budget is full");
+        b.release(100);
+        tokio::time::timeout(std::time::Duration::from_millis(1), releases.freed())
+            .await
+            .expect("the release made while nobody awaited wakes the writer");
+        assert!(b.try_reserve(1));
     }
 }

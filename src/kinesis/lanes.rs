@@ -65,6 +65,11 @@ struct Lane {
     retry_at: Option<Instant>,
     /// Consecutive failed requests, for backoff.
     failures: u32,
+    /// The lane's oldest record waited too long: it sends nothing more from memory, and its
+    /// queue moves to the spool once its requests in flight settle.
+    spill_pending: bool,
+    /// Its records go to the spool until the spool is empty again.
+    spilled: bool,
 }
 
 /// One request's worth of records, each with the lane it came from.
@@ -117,6 +122,8 @@ impl Lanes {
             in_flight: 0,
             retry_at: None,
             failures: 0,
+            spill_pending: false,
+            spilled: false,
         };
         let free = self
             .lanes
@@ -158,6 +165,7 @@ impl Lanes {
         'lanes: for index in (start..count).chain(0..start) {
             let lane = &mut self.lanes[index];
             if lane.queue.is_empty()
+                || lane.spill_pending
                 || lane.retry_at.is_some_and(|t| t > now)
                 || (per_key && lane.in_flight > 0)
             {
@@ -288,6 +296,57 @@ impl Lanes {
             .collect()
     }
 
+    /// Lanes whose oldest record from memory waited past `ttl` or used up `max_attempts` stop
+    /// sending; once their requests in flight settle (failed entries are back at the front),
+    /// their queues are taken, in order, for the spool, and they stay spilled: one throttled
+    /// shard spills alone instead of setting every shard's pace. A lane still holding records
+    /// replayed from the spool waits for them: they are in the spool already.
+    pub fn take_overdue(&mut self, now: Instant, ttl: Duration, max_attempts: u32) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        for lane in self.lanes.iter_mut().filter(|l| l.open && !l.spilled) {
+            let overdue = lane.spill_pending
+                || lane.queue.iter().find(|q| !q.from_spool).is_some_and(|q| {
+                    now.duration_since(q.enqueued) >= ttl || q.attempts >= max_attempts
+                });
+            if !overdue || lane.queue.iter().any(|q| q.from_spool) {
+                continue;
+            }
+            lane.spill_pending = lane.in_flight > 0;
+            if !lane.spill_pending {
+                lane.spilled = true;
+                taken.extend(lane.queue.drain(..));
+            }
+        }
+        self.queued -= taken.len();
+        taken
+    }
+
+    /// Whether the lane `hash` routes to is spilled: its new records go to the spool.
+    pub fn is_spilled(&mut self, hash: u128, map: &ShardMap, now: Instant) -> bool {
+        let index = self.lane_for(hash, map, now);
+        self.lanes[index].spilled
+    }
+
+    pub fn any_spilled(&self) -> bool {
+        self.lanes.iter().any(|l| l.spilled)
+    }
+
+    /// Spilled lanes hold nothing and have nothing in flight: the spool may be replayed into
+    /// them.
+    pub fn spilled_are_idle(&self) -> bool {
+        self.lanes
+            .iter()
+            .filter(|l| l.spilled)
+            .all(|l| l.queue.is_empty() && l.in_flight == 0)
+    }
+
+    /// The spool is empty: every lane sends from memory again.
+    pub fn clear_spilled(&mut self) {
+        for lane in &mut self.lanes {
+            lane.spilled = false;
+        }
+    }
+
     pub fn queued_records(&self) -> usize {
         self.queued
     }
@@ -322,7 +381,11 @@ impl Lanes {
             .filter(|l| !l.queue.is_empty())
             .map(|l| match l.retry_at {
                 Some(t) if t > now => t,
-                _ => now + l.bucket.wait_hint(),
+                _ => {
+                    now + l
+                        .bucket
+                        .wait_hint(l.queue.front().map_or(0, |q| q.record.kinesis_bytes()))
+                }
             })
             .min()
     }
@@ -339,7 +402,7 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::partition_key::KinesisKey;
+    use crate::kinesis::request::KinesisKey;
     use bytes::Bytes;
 
     fn queued(key: &str, seq: i64, now: Instant) -> Queued {

@@ -4,12 +4,18 @@
 pub mod budget;
 pub mod client;
 pub mod dead_letter;
+pub mod health;
 pub mod lanes;
 pub mod rate;
 pub mod recent;
 pub mod replay;
 pub mod request;
 pub mod retry;
+pub mod service;
 pub mod shard_map;
+pub mod spill;
 pub mod spool;
+#[cfg(test)]
+mod test_support;
+mod undeliverable;
 pub mod writer;

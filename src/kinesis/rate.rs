@@ -45,24 +45,34 @@ impl TokenBucket {
         self.max_records * self.share
     }
 
+    /// What a full bucket holds: one second's worth at the current rate.
+    fn records_cap(&self) -> f64 {
+        self.max_records * self.share
+    }
+
+    fn bytes_cap(&self) -> f64 {
+        self.max_bytes * self.share
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.share = (self.share + RECOVERY_PER_SEC * elapsed).min(1.0);
         // At most one second's worth: a quiet shard cannot bank a burst.
-        self.records = (self.records + self.max_records * self.share * elapsed)
-            .min(self.max_records * self.share);
-        self.bytes =
-            (self.bytes + self.max_bytes * self.share * elapsed).min(self.max_bytes * self.share);
+        self.records = (self.records + self.records_cap() * elapsed).min(self.records_cap());
+        self.bytes = (self.bytes + self.bytes_cap() * elapsed).min(self.bytes_cap());
     }
 
     /// Takes tokens for one record of `size` bytes, if the bucket has them. A record larger
-    /// than a whole bucket goes through when the bucket is full, so it cannot starve.
+    /// than a whole bucket goes through when the bucket is full, leaving it in debt, so that
+    /// it cannot starve: a record of up to 10 MiB against a 1 MiB/s bucket, or any record
+    /// against a bucket of less than one record (a small `shard_rate_factor`, throttled).
     pub fn try_take(&mut self, size: usize, now: Instant) -> bool {
         self.refill(now);
         let size = size as f64;
-        let bytes_ok = self.bytes >= size || self.bytes >= self.max_bytes * self.share;
-        if self.records >= 1.0 && bytes_ok {
+        let records_ok = self.records >= 1.0 || self.records >= self.records_cap();
+        let bytes_ok = self.bytes >= size || self.bytes >= self.bytes_cap();
+        if records_ok && bytes_ok {
             self.records -= 1.0;
             self.bytes -= size;
             true
@@ -79,11 +89,15 @@ impl TokenBucket {
         self.bytes = self.bytes.min(0.0);
     }
 
-    /// How long until one more record may go.
-    pub fn wait_hint(&self) -> Duration {
-        let rate = (self.max_records * self.share).max(1.0);
-        let missing = (1.0 - self.records).max(0.0);
-        Duration::from_secs_f64((missing / rate).max(0.001))
+    /// How long until a record of `size` bytes may go (at the current rate, which only grows
+    /// meanwhile): until the bucket holds one record and `size` bytes, or is full.
+    pub fn wait_hint(&self, size: usize) -> Duration {
+        let wait = |level: f64, needed: f64, cap: f64| {
+            (needed.min(cap) - level).max(0.0) / cap.max(f64::MIN_POSITIVE)
+        };
+        let records = wait(self.records, 1.0, self.records_cap());
+        let bytes = wait(self.bytes, size as f64, self.bytes_cap());
+        Duration::from_secs_f64(records.max(bytes).max(0.001))
     }
 }
 
@@ -113,6 +127,37 @@ mod tests {
             fresh.try_take(2 * 1024 * 1024, start),
             "an oversized record passes a full bucket"
         );
+    }
+
+    /// Item 14: with a tiny `shard_rate_factor` a bucket holds less than one record; it must
+    /// still let one through when full, or its lane stalls for good.
+    #[test]
+    fn a_bucket_of_less_than_one_record_still_admits_one() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(0.0005, start);
+        assert!(b.records_per_sec() < 1.0, "{}", b.records_per_sec());
+        let admitted = (1..=60)
+            .map(|s| start + Duration::from_secs(s))
+            .find(|&t| b.try_take(100, t));
+        assert!(admitted.is_some(), "the lane stalled");
+    }
+
+    /// Item 14: a record of up to 10 MiB against a 1 MiB/s shard: admitted when the bucket is
+    /// full, and the debt it leaves holds back the next record for as long as it takes to
+    /// repay, which the wait hint says (instead of a millisecond, again and again).
+    #[test]
+    fn a_record_larger_than_a_seconds_budget_goes_and_leaves_a_debt() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(1.0, start);
+        let big = 10 * 1024 * 1024;
+        assert!(b.try_take(big, start), "a full bucket admits it");
+        assert!(!b.try_take(100, start + Duration::from_secs(1)));
+        let hint = b.wait_hint(100);
+        assert!(
+            hint >= Duration::from_secs(8) && hint <= Duration::from_secs(9),
+            "9 MiB of debt at 1 MiB/s: {hint:?}"
+        );
+        assert!(b.try_take(100, start + Duration::from_secs(10)));
     }
 
     #[test]

@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_digest_covers_what_kinesis_stores() {
-        use crate::mirror::partition_key::KinesisKey;
+        use crate::kinesis::request::KinesisKey;
         let record = |key: &str, hash: Option<u128>, data: &'static [u8]| MirrorRecord {
             topic: topic(),
             partition: 0,

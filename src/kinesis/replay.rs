@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::Client;
 
 use super::client::{describe, DEFAULT_MAX_RECORD_BYTES};
 use super::dead_letter::{DeadLetter, DeadLetterError, DeadLetterFile};
 use super::request::{entry, MirrorRecord, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use super::retry::{is_retryable, Backoff};
-use crate::mirror::partition_key::KinesisKey;
+use super::service::{EntryOutcome, PutRecordsService};
+use crate::kinesis::request::KinesisKey;
 
 /// Attempts per letter before it goes back to the file.
 const ATTEMPTS: u32 = 5;
@@ -92,6 +92,7 @@ pub async fn replay_dead_letters(
     }
     let mut still_failing = Vec::new();
     for (stream, letters) in by_stream {
+        let service = PutRecordsService::new(client.clone(), &stream);
         // The proxy's own rule: a record over the stream's limit is never sent.
         let limit = describe(client, &stream)
             .await
@@ -115,7 +116,7 @@ pub async fn replay_dead_letters(
                 .max(1);
             let (batch, tail) = rest.split_at(take);
             rest = tail;
-            let failed = send_with_retries(client, &stream, batch.to_vec()).await;
+            let failed = send_with_retries(&service, batch.to_vec()).await;
             summary.delivered += batch.len() - failed.len();
             summary.failed += failed.len();
             still_failing.extend(failed);
@@ -135,50 +136,41 @@ pub async fn replay_dead_letters(
 /// Sends `letters` to `stream`, resending failed entries with backoff; returns those that never
 /// went, updated with their latest error.
 async fn send_with_retries(
-    client: &Client,
-    stream: &str,
+    service: &PutRecordsService,
     mut letters: Vec<DeadLetter>,
 ) -> Vec<DeadLetter> {
     let backoff = Backoff::default();
     let mut gave_up = Vec::new();
     for attempt in 1..=ATTEMPTS {
         let entries = letters.iter().map(|l| entry(&record_of(l))).collect();
-        let result = client
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(entries))
-            .send()
-            .await;
-        let now = SystemTime::now();
-        let mut retry = Vec::new();
-        match result {
-            Ok(out) => {
-                for (mut letter, outcome) in letters.into_iter().zip(out.records()) {
-                    if let Some(code) = outcome.error_code() {
-                        letter.error_code = code.to_owned();
-                        letter.message = outcome.error_message().unwrap_or_default().to_owned();
-                        letter.time = super::dead_letter::rfc3339_utc(now);
-                        if is_retryable(Some(code)) {
-                            retry.push(letter);
-                        } else {
-                            gave_up.push(letter);
-                        }
-                    }
-                }
+        let outcomes = match service.put(entries, None).await {
+            Ok(outcomes) => outcomes,
+            Err(failure) => {
+                let code = failure.code.unwrap_or_else(|| "RequestFailed".to_owned());
+                vec![
+                    EntryOutcome::Failed {
+                        code,
+                        message: failure.message,
+                    };
+                    letters.len()
+                ]
             }
-            Err(e) => {
-                let code = e.code().unwrap_or("RequestFailed").to_owned();
-                let message = DisplayErrorContext(&e).to_string();
-                for mut letter in letters {
-                    letter.error_code = code.clone();
-                    letter.message = message.clone();
-                    letter.time = super::dead_letter::rfc3339_utc(now);
-                    if is_retryable(Some(&code)) {
-                        retry.push(letter);
-                    } else {
-                        gave_up.push(letter);
-                    }
-                }
+        };
+        let now = super::dead_letter::rfc3339_utc(SystemTime::now());
+        let mut retry = Vec::new();
+        // The service answers one outcome per entry, so none is taken for delivered unseen.
+        for (mut letter, outcome) in letters.into_iter().zip(outcomes) {
+            let EntryOutcome::Failed { code, message } = outcome else {
+                continue;
+            };
+            letter.time = now.clone();
+            let retryable = is_retryable(Some(&code));
+            letter.error_code = code;
+            letter.message = message;
+            if retryable {
+                retry.push(letter);
+            } else {
+                gave_up.push(letter);
             }
         }
         letters = retry;
@@ -191,4 +183,60 @@ async fn send_with_retries(
     }
     gave_up.extend(letters);
     gave_up
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinesis::spool::SpoolEntry;
+    use crate::kinesis::test_support::{control_plane, FakeKinesis};
+    use serde_json::json;
+
+    fn letter(offset: i64) -> DeadLetter {
+        let entry = SpoolEntry {
+            stream: "s".to_owned(),
+            partition_key: format!("key-{offset}"),
+            explicit_hash_key: None,
+            data: bytes::Bytes::from(format!("value-{offset}")),
+            topic: "orders".to_owned(),
+            partition: 0,
+            offset,
+            enqueued_unix_ms: 0,
+        };
+        DeadLetter::from_entry(&entry, "AccessDeniedException", "denied", SystemTime::now())
+    }
+
+    /// Kinesis answering one result, a success, whatever the request holds: the letters it
+    /// did not answer for must stay in the file, not be counted delivered and deleted.
+    #[tokio::test(start_paused = true)]
+    async fn a_short_answer_keeps_the_unanswered_letters() {
+        let fake = FakeKinesis::new(|operation, _| {
+            control_plane(operation).unwrap_or((
+                200,
+                json!({"FailedRecordCount": 0,
+                    "Records": [{"SequenceNumber": "1", "ShardId": "shardId-0"}]}),
+            ))
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead-letters.jsonl");
+        let letters: Vec<DeadLetter> = (0..3).map(letter).collect();
+        DeadLetterFile::open(&path)
+            .expect("open")
+            .append(&letters)
+            .expect("append");
+        let summary = replay_dead_letters(&fake.client(), &path, |_, _| {})
+            .await
+            .expect("replay");
+        assert_eq!(
+            summary,
+            ReplaySummary {
+                total: 3,
+                delivered: 0,
+                failed: 3
+            }
+        );
+        let left = DeadLetterFile::read_all(&path).expect("letters written back");
+        let offsets: Vec<i64> = left.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2]);
+    }
 }

@@ -8,11 +8,36 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 
-use crate::mirror::partition_key::KinesisKey;
+/// Where a record goes in Kinesis: its partition key, and the explicit hash key that overrides
+/// the key's MD5 for routing when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisKey {
+    pub partition_key: String,
+    pub explicit_hash_key: Option<u128>,
+}
 
-/// PutRecords limits.
+impl KinesisKey {
+    /// The 128-bit value Kinesis routes this record by.
+    pub fn routing_hash(&self) -> u128 {
+        self.explicit_hash_key
+            .unwrap_or_else(|| super::shard_map::hash_key(&self.partition_key))
+    }
+}
+
+/// PutRecords limits: 500 entries and 10 MiB (a record alone may take up to 10 MiB, if the
+/// stream's MaxRecordSizeInKiB says so).
 pub const MAX_BATCH_ENTRIES: usize = 500;
-pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
+pub const MAX_BATCH_BYTES: usize = 10 * 1024 * 1024;
+
+/// Kinesis' limit on a partition key's length, counted by [`partition_key_length`].
+pub const MAX_PARTITION_KEY_LENGTH: usize = 256;
+
+/// A partition key's length as Kinesis and the KPL count it: UTF-16 code units (Java's
+/// `String.length()`), so a character outside the Basic Multilingual Plane counts twice and
+/// 129 such characters are already too many.
+pub fn partition_key_length(key: &str) -> usize {
+    key.encode_utf16().count()
+}
 
 /// Memory a queued record takes besides its data and key: the lane entry (about 180 bytes,
 /// doubled while a lane's queue grows) and the allocator's headers. Measured, rounded up.
@@ -55,4 +80,23 @@ pub fn entry(record: &MirrorRecord) -> PutRecordsRequestEntry {
         .set_explicit_hash_key(record.key.explicit_hash_key.map(|h| h.to_string()))
         .build()
         .expect("data and partition key are set")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_key_length_counts_utf16_code_units() {
+        assert_eq!(partition_key_length("customer-1"), 10);
+        assert_eq!(
+            partition_key_length(&"é".repeat(256)),
+            256,
+            "BMP: one unit each"
+        );
+        let emoji = "😀".repeat(129);
+        assert_eq!(emoji.chars().count(), 129);
+        assert_eq!(partition_key_length(&emoji), 258);
+        assert!(partition_key_length(&emoji) > MAX_PARTITION_KEY_LENGTH);
+    }
 }

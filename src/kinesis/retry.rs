@@ -41,13 +41,23 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    fn ceiling(&self, attempt: u32) -> Duration {
+        self.base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.cap)
+    }
+
     /// The delay before retry number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.cap);
+        let ceiling = self.ceiling(attempt);
         Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64))
+    }
+
+    /// Like [`delay`](Self::delay), but at least half the ceiling ("equal jitter"): for
+    /// probes, which must spread out without ever coming back at once.
+    pub fn delay_at_least_half(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt).as_micros() as u64;
+        Duration::from_micros(rand::rng().random_range(ceiling / 2..=ceiling))
     }
 }
 

@@ -2,6 +2,7 @@
 //! that fails every call before it reaches the network, so nothing depends on real time or on a
 //! Kinesis endpoint.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,17 +11,16 @@ use aws_sdk_kinesis::config::{BehaviorVersion, ConfigBag, Credentials, Intercept
 use aws_sdk_kinesis::error::BoxError;
 use aws_sdk_kinesis::Client;
 use bytes::Bytes;
-use prometheus::IntGauge;
+use serde_json::{json, Value};
 
 use super::{runs, StreamWriter, WriterSettings};
-use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
-use crate::kinesis::budget::Budget;
-use crate::kinesis::request::MirrorRecord;
+use crate::config::WhenFull;
 use crate::kinesis::spool::Spool;
-use crate::mirror::partition_key::KinesisKey;
+use crate::kinesis::test_support::{
+    all_stored, control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
+    SPOOL_MAX_BYTES,
+};
 use crate::telemetry::metrics::Metrics;
-
-const SPOOL_MAX_BYTES: u64 = 1 << 30;
 
 #[test]
 fn runs_count_adjacent_equal_labels() {
@@ -59,48 +59,7 @@ fn unreachable_kinesis() -> Client {
 }
 
 fn settings(spool_dir: &std::path::Path, buffer_bytes: u64, when_full: WhenFull) -> WriterSettings {
-    WriterSettings {
-        kinesis: KinesisConfig {
-            region: Some("us-east-1".into()),
-            endpoint_url: None,
-            linger: Duration::from_millis(20),
-            max_in_flight_requests: 4,
-            max_attempts: 10,
-            shard_map_refresh: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(5),
-            ordering: WriteOrdering::PerKey,
-            shard_rate_factor: 1.0,
-            record_ttl: Duration::from_secs(600),
-        },
-        buffer: MirrorBufferConfig {
-            max_bytes: buffer_bytes,
-            when_full,
-        },
-        spool: SpoolConfig {
-            dir: Some(spool_dir.to_owned()),
-            max_bytes: SPOOL_MAX_BYTES,
-        },
-        budget: Arc::new(Budget::new(
-            buffer_bytes,
-            IntGauge::new("test_budget", "test").expect("gauge"),
-        )),
-        dead_letters: None,
-    }
-}
-
-fn record(offset: i64) -> MirrorRecord {
-    MirrorRecord {
-        topic: Arc::from("orders"),
-        partition: 0,
-        offset,
-        offset_from_kafka: true,
-        key: KinesisKey {
-            partition_key: format!("key-{offset}"),
-            explicit_hash_key: None,
-        },
-        data: Bytes::from(format!("value-{offset}")),
-        acked_at: Instant::now(),
-    }
+    writer_settings(spool_dir, buffer_bytes, when_full, Duration::from_secs(600))
 }
 
 /// Entries waiting in a stream's spool, as a restarted proxy would find them.
@@ -204,4 +163,174 @@ async fn retried_batches_answered_out_of_order_are_kept_once() {
         duplicates, 20,
         "every retried record counted as a duplicate"
     );
+}
+
+/// What a fake Kinesis saw: the data of every entry it stored, in order, and the
+/// DescribeStreamSummary calls.
+#[derive(Default)]
+struct Seen {
+    stored: std::sync::Mutex<Vec<String>>,
+    describes: std::sync::atomic::AtomicUsize,
+}
+
+/// A one-shard stream whose DescribeStreamSummary answers `describe` (or, when `None`, like a
+/// healthy stream), and whose PutRecords stores everything.
+fn kinesis_with_describe(seen: &Arc<Seen>, describe: Option<(u16, Value)>) -> FakeKinesis {
+    let seen = seen.clone();
+    FakeKinesis::new(move |operation, body| {
+        match operation {
+            "DescribeStreamSummary" => {
+                seen.describes.fetch_add(1, Ordering::Relaxed);
+                if let Some(answer) = &describe {
+                    return answer.clone();
+                }
+            }
+            "PutRecords" => {
+                seen.stored.lock().expect("lock").extend(entry_data(body));
+                return all_stored(body);
+            }
+            _ => {}
+        }
+        control_plane(operation).expect("a Kinesis operation the writer uses")
+    })
+}
+
+async fn deliver_and_check_health(kinesis: FakeKinesis, seen: &Arc<Seen>) -> Arc<Metrics> {
+    let spool_dir = tempfile::tempdir().expect("tempdir");
+    let settings = settings(spool_dir.path(), 1 << 20, WhenFull::Spill);
+    let metrics = Arc::new(Metrics::new());
+    let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());
+    for offset in 0..10 {
+        writer
+            .send(record(offset))
+            .await
+            .expect("writer is running");
+    }
+    wait_until("every record stored", Duration::from_secs(60), || {
+        seen.stored.lock().expect("lock").len() == 10
+    })
+    .await;
+    assert!(
+        writer.state().is_healthy(),
+        "answered PutRecords prove the stream healthy: {:?}",
+        writer.state().last_error()
+    );
+    metrics
+}
+
+/// Item 12: DescribeStreamSummary throttled on every call (the account's 20 calls per second
+/// used up by other proxies) must neither halt dispatch nor mark the stream unhealthy. The old
+/// writer marked it unhealthy and dispatched nothing.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_describe_neither_halts_delivery_nor_marks_the_stream_down() {
+    let seen = Arc::new(Seen::default());
+    let throttled = (
+        400,
+        json!({"__type": "LimitExceededException", "message": "Rate exceeded"}),
+    );
+    let metrics =
+        deliver_and_check_health(kinesis_with_describe(&seen, Some(throttled)), &seen).await;
+    assert!(
+        metrics
+            .stream_probes
+            .with_label_values(&["s", "throttled"])
+            .get()
+            >= 1
+    );
+}
+
+/// Item 12: a DescribeStreamSummary slower than the probe timeout, likewise.
+#[tokio::test(start_paused = true)]
+async fn a_slow_describe_neither_halts_delivery_nor_marks_the_stream_down() {
+    let seen = Arc::new(Seen::default());
+    let kinesis =
+        kinesis_with_describe(&seen, None).slow("DescribeStreamSummary", Duration::from_secs(60));
+    deliver_and_check_health(kinesis, &seen).await;
+}
+
+/// Item 12: with traffic, answered PutRecords prove health, so the control plane is called
+/// only for the shard-map refresh; the old writer described every stream every 5 s.
+#[tokio::test(start_paused = true)]
+async fn traffic_spares_the_control_plane() {
+    let seen = Arc::new(Seen::default());
+    let spool_dir = tempfile::tempdir().expect("tempdir");
+    let settings = settings(spool_dir.path(), 1 << 20, WhenFull::Spill);
+    let refresh = settings.kinesis.shard_map_refresh;
+    let writer = StreamWriter::spawn(
+        "s",
+        kinesis_with_describe(&seen, None).client(),
+        &settings,
+        Arc::new(Metrics::new()),
+    );
+    let minutes = 5;
+    for offset in 0..minutes * 60 {
+        writer
+            .send(record(offset))
+            .await
+            .expect("writer is running");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let describes = seen.describes.load(Ordering::Relaxed);
+    let refreshes = (minutes * 60) as usize / refresh.as_secs() as usize;
+    println!("{describes} DescribeStreamSummary calls in {minutes} minutes of traffic");
+    assert!(
+        describes <= 1 + refreshes,
+        "{describes} describes: one at start and one per shard-map refresh at most"
+    );
+    assert_eq!(
+        seen.stored.lock().expect("lock").len(),
+        minutes as usize * 60
+    );
+}
+
+/// Item 14: Kinesis refuses a whole request for one bad entry (a request-level
+/// ValidationException). Only that entry is dead-lettered; the old writer dead-lettered every
+/// entry of the request.
+#[tokio::test(start_paused = true)]
+async fn one_bad_entry_is_dead_lettered_alone() {
+    let seen = Arc::new(Seen::default());
+    let kinesis = {
+        let seen = seen.clone();
+        FakeKinesis::new(move |operation, body| {
+            if operation != "PutRecords" {
+                return control_plane(operation).expect("a Kinesis operation the writer uses");
+            }
+            let data = entry_data(body);
+            if data.iter().any(|d| d == "value-7") {
+                return (
+                    400,
+                    json!({"__type": "ValidationException", "message": "1 validation error"}),
+                );
+            }
+            seen.stored.lock().expect("lock").extend(data);
+            all_stored(body)
+        })
+    };
+    let spool_dir = tempfile::tempdir().expect("tempdir");
+    let settings = settings(spool_dir.path(), 1 << 20, WhenFull::Spill);
+    let metrics = Arc::new(Metrics::new());
+    let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());
+    for offset in 0..20 {
+        writer
+            .send(record(offset))
+            .await
+            .expect("writer is running");
+    }
+    let dead_letters = || {
+        metrics
+            .mirror_records
+            .with_label_values(&["orders", "s", "dead_letter"])
+            .get()
+    };
+    wait_until("every record settled", Duration::from_secs(60), || {
+        seen.stored.lock().expect("lock").len() + dead_letters() as usize >= 20
+    })
+    .await;
+    assert_eq!(dead_letters(), 1, "only the bad entry");
+    let stored = seen.stored.lock().expect("lock").clone();
+    let expected: Vec<String> = (0..20)
+        .filter(|&o| o != 7)
+        .map(|o| format!("value-{o}"))
+        .collect();
+    assert_eq!(stored, expected, "the rest delivered, in order");
 }

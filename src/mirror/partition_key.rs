@@ -2,7 +2,7 @@
 //!
 //! Rules (documented in README):
 //! - `key`: the Kafka key as UTF-8; a key that is not UTF-8 is hex-encoded; a key longer than
-//!   256 characters (Kinesis' limit) becomes `md5:` + the hex MD5 of its bytes. A null or empty
+//!   256 UTF-16 code units (Kinesis' limit, as the KPL counts it) becomes `md5:` + the hex MD5 of its bytes. A null or empty
 //!   key falls back to the `partition` rule.
 //! - `partition`: the partition number as the partition key, with a fixed ExplicitHashKey: the
 //!   128-bit bit-reversal of the partition number (0 → 0, 1 → 2^127, 2 → 2^126, 3 → 2^127 +
@@ -17,23 +17,7 @@ use md5::{Digest, Md5};
 
 use crate::config::PartitionKeyRule;
 use crate::kafka::records::{Record, RecordsError};
-
-/// Kinesis' maximum partition key length, in Unicode characters.
-pub const MAX_PARTITION_KEY_CHARS: usize = 256;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KinesisKey {
-    pub partition_key: String,
-    pub explicit_hash_key: Option<u128>,
-}
-
-impl KinesisKey {
-    /// The 128-bit value Kinesis routes this record by.
-    pub fn routing_hash(&self) -> u128 {
-        self.explicit_hash_key
-            .unwrap_or_else(|| crate::kinesis::shard_map::hash_key(&self.partition_key))
-    }
-}
+use crate::kinesis::request::{partition_key_length, KinesisKey, MAX_PARTITION_KEY_LENGTH};
 
 /// The bytes `record`'s partition key is made from under `rule`: the header's or the Kafka
 /// key's, whichever the rule picks, if not null or empty; `None` when the partition rule
@@ -76,7 +60,7 @@ fn key_from_bytes(bytes: &[u8]) -> String {
         Ok(s) => s.to_owned(),
         Err(_) => hex::encode(bytes),
     };
-    if text.chars().count() <= MAX_PARTITION_KEY_CHARS {
+    if partition_key_length(&text) <= MAX_PARTITION_KEY_LENGTH {
         text
     } else {
         format!("md5:{}", hex::encode(Md5::digest(bytes)))
@@ -137,6 +121,16 @@ mod tests {
             k.partition_key,
             format!("md5:{}", hex::encode(Md5::digest(long.as_bytes())))
         );
+        // 129 characters outside the Basic Multilingual Plane are 258 UTF-16 code units, over
+        // Kinesis' limit although only 129 characters: hashed, so Kinesis cannot reject them.
+        let astral = "😀".repeat(129);
+        assert!(key_of(
+            &PartitionKeyRule::Key,
+            &record(Some(astral.as_bytes()), vec![]),
+            0
+        )
+        .partition_key
+        .starts_with("md5:"));
         let exact = "é".repeat(256);
         assert_eq!(
             key_of(

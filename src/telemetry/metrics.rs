@@ -81,6 +81,7 @@ pub struct Metrics {
     pub mirror_dropped_requests: IntCounter,
     /// 1 when the stream was described successfully, else 0.
     pub stream_healthy: IntGaugeVec,
+    pub stream_probes: IntCounterVec,
     pub putrecords_duration: HistogramVec,
     pub shard_records: IntCounterVec,
     pub shard_map_mispredictions: IntCounterVec,
@@ -168,13 +169,24 @@ impl Metrics {
         let stream_healthy = IntGaugeVec::new(
             Opts::new(
                 name("stream_healthy"),
-                "1 when the stream was described successfully, else 0.",
+                "1 when the stream's latest PutRecords or probe was answered, else 0 (see /readyz/mirror).",
             ),
             &["stream"],
         )
         .expect("valid metric");
         registry
             .register(Box::new(stream_healthy.clone()))
+            .expect("unique metric");
+        let stream_probes = IntCounterVec::new(
+            Opts::new(
+                name("stream_probes_total"),
+                "Control-plane probes of a stream (DescribeStreamSummary), by outcome: ok, error, throttled, timeout.",
+            ),
+            &["stream", "outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(stream_probes.clone()))
             .expect("unique metric");
         let mirror_dropped_requests = IntCounter::new(
             name("mirror_dropped_requests_total"),
@@ -326,6 +338,7 @@ impl Metrics {
             mirror_percent,
             mirror_dropped_requests,
             stream_healthy,
+            stream_probes,
             putrecords_duration,
             shard_records,
             shard_map_mispredictions,

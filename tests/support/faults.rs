@@ -6,7 +6,9 @@
 //! - whole requests can fail with a status and error code;
 //! - latency can be added;
 //! - it can go fully down (each request's connection is closed before anything is forwarded)
-//!   and come back.
+//!   and come back;
+//! - DescribeStreamSummary alone can be throttled or slowed, and its answer can carry a
+//!   `MaxRecordSizeInKiB` the emulator does not report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,19 @@ pub struct FaultPlan {
     pub fail_requests: Option<(f64, u16, &'static str)>,
     pub latency: Duration,
     pub down: bool,
+    pub describe: DescribeFaults,
+}
+
+/// Faults of DescribeStreamSummary alone: the control plane is throttled (20 calls per second
+/// per account) and slow under load while the data plane is fine.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeFaults {
+    /// Share of calls answered `LimitExceededException`.
+    pub throttle: f64,
+    /// Added before answering.
+    pub latency: Duration,
+    /// Set in every answer's summary, as a stream with large records would say.
+    pub max_record_size_kib: Option<u64>,
 }
 
 #[derive(Default)]
@@ -37,6 +52,8 @@ pub struct FaultCounters {
     pub requests_failed: AtomicU64,
     pub requests_refused: AtomicU64,
     pub entries_forwarded: AtomicU64,
+    /// DescribeStreamSummary calls received.
+    pub describes: AtomicU64,
 }
 
 pub struct FaultLayer {
@@ -205,8 +222,11 @@ async fn serve(
         if !plan.latency.is_zero() {
             tokio::time::sleep(plan.latency).await;
         }
-        let control = request.target.ends_with("DescribeStreamSummary")
-            || request.target.ends_with("ListShards");
+        if request.target.ends_with("DescribeStreamSummary") {
+            describe(&mut client, upstream, &request, &plan.describe, counters).await?;
+            continue;
+        }
+        let control = request.target.ends_with("ListShards");
         if let Some((share, status, code)) = plan.fail_requests {
             if !control && rand::rng().random_bool(share) {
                 counters.requests_failed.fetch_add(1, Ordering::Relaxed);
@@ -311,4 +331,29 @@ async fn serve(
         respond(&mut client, 200, reply.as_bytes()).await?;
     }
     Ok(())
+}
+
+async fn describe(
+    client: &mut BufReader<TcpStream>,
+    upstream: &str,
+    request: &HttpRequest,
+    faults: &DescribeFaults,
+    counters: &FaultCounters,
+) -> std::io::Result<()> {
+    counters.describes.fetch_add(1, Ordering::Relaxed);
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    if faults.throttle > 0.0 && rand::rng().random_bool(faults.throttle) {
+        let body =
+            json!({"__type": "LimitExceededException", "message": "Rate exceeded (injected)"});
+        return respond(client, 400, body.to_string().as_bytes()).await;
+    }
+    let (status, mut body) = forward(upstream, request, &request.body).await?;
+    if let (200, Some(kib)) = (status, faults.max_record_size_kib) {
+        let mut answer: Value = serde_json::from_slice(&body).unwrap();
+        answer["StreamDescriptionSummary"]["MaxRecordSizeInKiB"] = json!(kib);
+        body = answer.to_string().into_bytes();
+    }
+    respond(client, status, &body).await
 }

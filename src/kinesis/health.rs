@@ -1,0 +1,310 @@
+//! A stream's health, as its writer sees it, and the inspections that keep its facts fresh.
+//!
+//! The control plane is scarce: DescribeStreamSummary allows 20 calls per second per account,
+//! so a probe per stream every few seconds exhausts it with a hundred proxy×stream pairs. A
+//! successful PutRecords proves the stream healthy, so the stream is probed only when there is
+//! no traffic (after `IDLE_PROBE` without an answer) or after errors (with backoff and
+//! jitter). A probe that is throttled or slow says nothing about the stream: it leaves the
+//! stream's health as the last answer left it (a stream that cannot be reached fails its
+//! PutRecords too), and only the next probe backs off. Nothing here halts dispatch, which
+//! depends only on having a shard map.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use aws_sdk_kinesis::Client;
+use tokio::time::Instant;
+
+use super::client::{describe, load_shard_map, StreamError, StreamInfo};
+use super::retry::{is_retryable, Backoff};
+use super::shard_map::ShardMap;
+use crate::telemetry::metrics::Metrics;
+
+/// With no PutRecords answered for this long, the stream is probed.
+pub const IDLE_PROBE: Duration = Duration::from_secs(30);
+/// After errors, probes back off from one second up to `IDLE_PROBE`.
+const PROBE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(500),
+    cap: IDLE_PROBE,
+};
+/// A control-plane call slower than this counts as unanswered.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The error codes of a control plane that is busy, not of a stream that is down.
+const THROTTLED: &[&str] = &["LimitExceededException", "ThrottlingException"];
+
+/// When to probe, and what the evidence so far says.
+#[derive(Debug)]
+pub struct Health {
+    healthy: bool,
+    /// Failed or unanswered calls since the last answer, for backoff.
+    failures: u32,
+    next_probe: Instant,
+}
+
+/// What one call to Kinesis says about the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// Kinesis answered (a PutRecords, or a describe of an active stream).
+    Answered,
+    /// Kinesis failed the call, or could not be reached.
+    Failed,
+    /// The control plane was throttled or slow: says nothing about the stream itself.
+    Unanswered,
+}
+
+impl Health {
+    /// Unknown until the first probe, which is due at once.
+    pub fn new(now: Instant) -> Health {
+        Health {
+            healthy: false,
+            failures: 0,
+            next_probe: now,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    pub fn next_probe(&self) -> Instant {
+        self.next_probe
+    }
+
+    /// Takes `evidence` in; returns whether the stream's health changed.
+    pub fn observe(&mut self, evidence: Evidence, now: Instant) -> bool {
+        let was = self.healthy;
+        match evidence {
+            Evidence::Answered => {
+                self.healthy = true;
+                self.failures = 0;
+                self.next_probe = now + IDLE_PROBE;
+                return !was;
+            }
+            Evidence::Failed => self.healthy = false,
+            Evidence::Unanswered => {}
+        }
+        self.failures += 1;
+        self.next_probe = now + PROBE_BACKOFF.delay_at_least_half(self.failures);
+        was != self.healthy
+    }
+}
+
+/// What the writer knows about its stream, shared with the mirror stage and the admin endpoint.
+pub struct StreamState {
+    pub stream: String,
+    healthy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// The last error will not go away by retrying (the stream is missing, or access denied).
+    permanent_error: Mutex<Option<String>>,
+    open_shards: AtomicUsize,
+    pub(super) map: ArcSwap<ShardMap>,
+    pub(super) spool_bytes: AtomicU64,
+}
+
+impl StreamState {
+    pub(super) fn new(stream: &str) -> StreamState {
+        StreamState {
+            stream: stream.to_owned(),
+            healthy: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            permanent_error: Mutex::new(None),
+            open_shards: AtomicUsize::new(0),
+            map: ArcSwap::from_pointee(ShardMap::default()),
+            spool_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the latest evidence (a PutRecords answered, or a probe) says that Kinesis takes
+    /// the stream's records. Says nothing about Kafka, which is what `/readyz` answers for.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn open_shards(&self) -> usize {
+        self.open_shards.load(Ordering::Acquire)
+    }
+
+    /// Why the stream was last found unhealthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("stream state lock").clone()
+    }
+
+    /// The error code of an error that retrying will not fix, if that is why it is unhealthy.
+    pub(super) fn permanent_error(&self) -> Option<String> {
+        self.permanent_error
+            .lock()
+            .expect("stream state lock")
+            .clone()
+    }
+
+    /// Bytes waiting in the stream's spool.
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool_bytes.load(Ordering::Acquire)
+    }
+
+    pub(super) fn install_map(&self, map: ShardMap) {
+        self.open_shards.store(map.len(), Ordering::Release);
+        self.map.store(Arc::new(map));
+    }
+
+    pub(super) fn mark_healthy(&self, metrics: &Metrics) {
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(stream = %self.stream, "mirror route healthy");
+        }
+        *self.last_error.lock().expect("stream state lock") = None;
+        *self.permanent_error.lock().expect("stream state lock") = None;
+        metrics
+            .stream_healthy
+            .with_label_values(&[&self.stream])
+            .set(1);
+    }
+
+    /// Records why the stream is unhealthy; logs only when that changes, not every call.
+    pub(super) fn mark_unhealthy(&self, error: String, code: Option<&str>, metrics: &Metrics) {
+        let permanent = code.filter(|c| !is_retryable(Some(c)));
+        *self.permanent_error.lock().expect("stream state lock") = permanent.map(str::to_owned);
+        let mut last = self.last_error.lock().expect("stream state lock");
+        if self.healthy.swap(false, Ordering::AcqRel) || last.as_deref() != Some(error.as_str()) {
+            tracing::error!(stream = %self.stream, %error, "mirror route unhealthy; Kafka traffic continues unaffected");
+        }
+        *last = Some(error);
+        metrics
+            .stream_healthy
+            .with_label_values(&[&self.stream])
+            .set(0);
+    }
+}
+
+/// The stream's facts, read by one inspection: the summary and the shard map, each of which
+/// may fail on its own.
+pub struct Inspection {
+    pub info: Result<StreamInfo, ProbeFailure>,
+    pub map: Result<ShardMap, ProbeFailure>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeFailure {
+    #[error("stream `{stream}`: {operation} timed out after {PROBE_TIMEOUT:?}")]
+    TimedOut {
+        stream: String,
+        operation: &'static str,
+    },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+impl ProbeFailure {
+    /// What the failure says about the stream.
+    pub fn evidence(&self) -> Evidence {
+        match self {
+            ProbeFailure::TimedOut { .. } => Evidence::Unanswered,
+            ProbeFailure::Stream(e) if e.code().is_some_and(|c| THROTTLED.contains(&c)) => {
+                Evidence::Unanswered
+            }
+            ProbeFailure::Stream(_) => Evidence::Failed,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ProbeFailure::TimedOut { .. } => None,
+            ProbeFailure::Stream(e) => e.code(),
+        }
+    }
+
+    /// The `outcome` label of `stream_probes_total`.
+    pub fn outcome(&self) -> &'static str {
+        match (self, self.evidence()) {
+            (ProbeFailure::TimedOut { .. }, _) => "timeout",
+            (_, Evidence::Unanswered) => "throttled",
+            _ => "error",
+        }
+    }
+}
+
+/// Describes the stream and loads its shard map, side by side, each within `PROBE_TIMEOUT`.
+pub async fn inspect(client: &Client, stream: &str) -> Inspection {
+    let timed = |operation: &'static str| ProbeFailure::TimedOut {
+        stream: stream.to_owned(),
+        operation,
+    };
+    let (info, map) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, describe(client, stream)),
+        tokio::time::timeout(PROBE_TIMEOUT, load_shard_map(client, stream)),
+    );
+    Inspection {
+        info: info
+            .map_err(|_| timed("DescribeStreamSummary"))
+            .and_then(|r| r.map_err(ProbeFailure::from)),
+        map: map
+            .map_err(|_| timed("ListShards"))
+            .and_then(|r| r.map_err(ProbeFailure::from)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_postpones_probes_and_errors_bring_them_closer_with_backoff() {
+        let start = Instant::now();
+        let mut health = Health::new(start);
+        assert_eq!(health.next_probe(), start, "the first probe is due at once");
+        assert!(health.observe(Evidence::Answered, start));
+        assert!(health.is_healthy());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(!health.observe(Evidence::Answered, Instant::now()));
+        assert_eq!(
+            health.next_probe(),
+            Instant::now() + IDLE_PROBE,
+            "each answered PutRecords postpones the probe"
+        );
+        let mut ceilings = Vec::new();
+        for failures in 1..=8u32 {
+            let now = Instant::now();
+            health.observe(Evidence::Failed, now);
+            assert!(!health.is_healthy());
+            let wait = health.next_probe() - now;
+            let ceiling = (PROBE_BACKOFF.base * (1 << failures)).min(IDLE_PROBE);
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "failure {failures}: {wait:?} outside {:?}..={ceiling:?}",
+                ceiling / 2
+            );
+            ceilings.push(ceiling);
+            tokio::time::advance(wait).await;
+        }
+        assert_eq!(ceilings.last(), Some(&IDLE_PROBE), "capped");
+        health.observe(Evidence::Answered, Instant::now());
+        assert!(health.is_healthy());
+        assert_eq!(health.next_probe(), Instant::now() + IDLE_PROBE, "reset");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_probes_back_off_and_leave_health_alone() {
+        let mut health = Health::new(Instant::now());
+        health.observe(Evidence::Answered, Instant::now());
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let now = Instant::now();
+            assert!(!health.observe(Evidence::Unanswered, now));
+            assert!(
+                health.is_healthy(),
+                "a throttled or slow probe is load, not an outage"
+            );
+            waits.push(health.next_probe() - now);
+            tokio::time::advance(health.next_probe() - now).await;
+        }
+        assert!(
+            waits.last() > waits.first(),
+            "the probes back off: {waits:?}"
+        );
+        let mut unknown = Health::new(Instant::now());
+        unknown.observe(Evidence::Unanswered, Instant::now());
+        assert!(!unknown.is_healthy(), "no answer yet: not known healthy");
+    }
+}

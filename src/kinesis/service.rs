@@ -1,0 +1,253 @@
+//! The PutRecords service, shared by the writer and `spool replay`: sends one request and
+//! answers one outcome per entry, in request order, or why the whole request failed.
+//!
+//! A request-level ValidationException says that something in the request is invalid, not
+//! which entry: the request is bisected, half by half in order, until the bad entries stand
+//! alone, so that one bad entry fails alone instead of taking 499 good ones with it.
+
+use std::time::Instant;
+
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::Client;
+
+use crate::telemetry::metrics::Metrics;
+
+/// The request-level error codes that blame some entry of the request, not the stream.
+const BISECTED: &[&str] = &["ValidationException", "InvalidArgumentException"];
+
+/// What happened to one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryOutcome {
+    /// Stored, in `shard`.
+    Delivered {
+        shard: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
+}
+
+/// The whole request failed: no entry's outcome is known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PutRecords failed: {message}")]
+pub struct RequestFailure {
+    /// The AWS error code; `None` for timeouts, connection failures and malformed answers.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// Sends PutRecords requests to one stream.
+#[derive(Clone)]
+pub struct PutRecordsService {
+    client: Client,
+    stream: String,
+}
+
+impl PutRecordsService {
+    pub fn new(client: Client, stream: &str) -> Self {
+        PutRecordsService {
+            client,
+            stream: stream.to_owned(),
+        }
+    }
+
+    /// One outcome per entry of `entries`, in order, bisecting on request-level validation
+    /// errors. `metrics` times each request sent.
+    pub async fn put(
+        &self,
+        entries: Vec<PutRecordsRequestEntry>,
+        metrics: Option<&Metrics>,
+    ) -> Result<Vec<EntryOutcome>, RequestFailure> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        // Halves still to send, last first: sending them in order keeps each key's order.
+        let mut pending = vec![entries];
+        while let Some(entries) = pending.pop() {
+            match self.put_once(&entries, metrics).await {
+                Ok(answered) => outcomes.extend(answered),
+                Err(failure) if is_bisected(&failure) && entries.len() > 1 => {
+                    let mut left = entries;
+                    let right = left.split_off(left.len() / 2);
+                    pending.push(right);
+                    pending.push(left);
+                }
+                Err(failure) if is_bisected(&failure) => outcomes.push(EntryOutcome::Failed {
+                    code: failure.code.unwrap_or_default(),
+                    message: failure.message,
+                }),
+                // A whole request failing after some halves went is reported per entry: the
+                // halves already sent have known outcomes, which must not be sent again.
+                Err(failure) if !outcomes.is_empty() || !pending.is_empty() => {
+                    let code = failure.code.unwrap_or_else(|| "RequestFailed".to_owned());
+                    for _ in 0..entries.len() + pending.iter().map(Vec::len).sum::<usize>() {
+                        outcomes.push(EntryOutcome::Failed {
+                            code: code.clone(),
+                            message: failure.message.clone(),
+                        });
+                    }
+                    pending.clear();
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn put_once(
+        &self,
+        entries: &[PutRecordsRequestEntry],
+        metrics: Option<&Metrics>,
+    ) -> Result<Vec<EntryOutcome>, RequestFailure> {
+        let started = Instant::now();
+        let result = self
+            .client
+            .put_records()
+            .stream_name(&self.stream)
+            .set_records(Some(entries.to_vec()))
+            .send()
+            .await;
+        if let Some(metrics) = metrics {
+            metrics
+                .putrecords_duration
+                .with_label_values(&[&self.stream])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let out = result.map_err(|e| RequestFailure {
+            code: e.code().map(str::to_owned),
+            message: DisplayErrorContext(&e).to_string(),
+        })?;
+        // Zipping a short answer with the entries would take the missing ones for delivered.
+        if out.records().len() != entries.len() {
+            return Err(RequestFailure {
+                code: None,
+                message: format!(
+                    "PutRecords answered {} results for {} entries",
+                    out.records().len(),
+                    entries.len()
+                ),
+            });
+        }
+        Ok(out
+            .records()
+            .iter()
+            .map(|r| match r.error_code() {
+                Some(code) => EntryOutcome::Failed {
+                    code: code.to_owned(),
+                    message: r.error_message().unwrap_or_default().to_owned(),
+                },
+                None => EntryOutcome::Delivered {
+                    shard: r.shard_id().unwrap_or_default().to_owned(),
+                },
+            })
+            .collect())
+    }
+}
+
+fn is_bisected(failure: &RequestFailure) -> bool {
+    failure
+        .code
+        .as_deref()
+        .is_some_and(|c| BISECTED.contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinesis::test_support::{all_stored, FakeKinesis};
+    use aws_sdk_kinesis::primitives::Blob;
+    use serde_json::{json, Value};
+
+    fn entries(data: &[&str]) -> Vec<PutRecordsRequestEntry> {
+        data.iter()
+            .map(|d| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(d.as_bytes()))
+                    .partition_key("k")
+                    .build()
+                    .expect("complete entry")
+            })
+            .collect()
+    }
+
+    /// Kinesis refusing any request that holds an entry whose data is `bad`.
+    fn rejects_bad(requests: std::sync::Arc<std::sync::Mutex<Vec<usize>>>) -> FakeKinesis {
+        FakeKinesis::new(move |_, body: &Value| {
+            let records = body["Records"].as_array().expect("records");
+            requests.lock().expect("lock").push(records.len());
+            let bad = records.iter().any(|r| r["Data"] == json!("YmFk")); // "bad"
+            if bad {
+                return (
+                    400,
+                    json!({"__type": "ValidationException", "message": "invalid entry"}),
+                );
+            }
+            all_stored(body)
+        })
+    }
+
+    #[tokio::test]
+    async fn a_request_level_validation_error_fails_only_the_bad_entry() {
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let service = PutRecordsService::new(rejects_bad(requests.clone()).client(), "s");
+        let mut data: Vec<String> = (0..500).map(|i| format!("good-{i}")).collect();
+        data[317] = "bad".to_owned();
+        let data: Vec<&str> = data.iter().map(String::as_str).collect();
+        let outcomes = service
+            .put(entries(&data), None)
+            .await
+            .expect("per-entry outcomes");
+        assert_eq!(outcomes.len(), 500);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match outcome {
+                EntryOutcome::Failed { code, .. } => {
+                    assert_eq!(i, 317, "only the bad entry fails");
+                    assert_eq!(code, "ValidationException");
+                }
+                EntryOutcome::Delivered { .. } => assert_ne!(i, 317),
+            }
+        }
+        let sent = requests.lock().expect("lock").clone();
+        println!(
+            "one bad entry among 500: {} requests of sizes {sent:?}",
+            sent.len()
+        );
+        assert!(
+            sent.len() <= 2 * 9 + 1,
+            "bisection takes about two requests per halving: {sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_is_a_failed_request() {
+        let fake = FakeKinesis::new(|_, _| {
+            (
+                200,
+                json!({"FailedRecordCount": 0, "Records": [{"SequenceNumber": "1", "ShardId": "shardId-0"}]}),
+            )
+        });
+        let service = PutRecordsService::new(fake.client(), "s");
+        let failure = service
+            .put(entries(&["a", "b", "c"]), None)
+            .await
+            .expect_err("one result for three entries");
+        assert_eq!(failure.code, None);
+        assert!(failure.message.contains("1 results for 3 entries"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_level_error_fails_the_request() {
+        let fake = FakeKinesis::new(|_, _| {
+            (
+                400,
+                json!({"__type": "ResourceNotFoundException", "message": "no stream"}),
+            )
+        });
+        let service = PutRecordsService::new(fake.client(), "s");
+        let failure = service
+            .put(entries(&["a", "b"]), None)
+            .await
+            .expect_err("not bisected");
+        assert_eq!(failure.code.as_deref(), Some("ResourceNotFoundException"));
+    }
+}

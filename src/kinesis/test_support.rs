@@ -1,0 +1,221 @@
+//! Unit-test fixtures of the writer. A fake Kinesis: an HTTP connector that answers each call from a closure,
+//! given the operation (`PutRecords`, `DescribeStreamSummary`...) and the JSON body. Nothing
+//! touches the network, so tests run on tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::config::http::{HttpRequest, HttpResponse};
+use aws_sdk_kinesis::config::{
+    BehaviorVersion, Credentials, HttpClient, Region, RuntimeComponents,
+};
+use aws_sdk_kinesis::Client;
+use aws_smithy_runtime_api::client::http::{
+    HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use bytes::Bytes;
+use prometheus::IntGauge;
+use serde_json::{json, Value};
+
+use super::budget::Budget;
+use super::request::MirrorRecord;
+use super::writer::WriterSettings;
+use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
+use crate::kinesis::request::KinesisKey;
+
+type Handler = dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync;
+
+#[derive(Clone)]
+pub struct FakeKinesis {
+    handler: Arc<Handler>,
+    /// An operation answered only after a delay, and the delay.
+    slow: Option<(&'static str, Duration)>,
+}
+
+impl std::fmt::Debug for FakeKinesis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeKinesis")
+    }
+}
+
+impl FakeKinesis {
+    /// `handler(operation, body)` gives the HTTP status and the JSON answer.
+    pub fn new(handler: impl Fn(&str, &Value) -> (u16, Value) + Send + Sync + 'static) -> Self {
+        FakeKinesis {
+            handler: Arc::new(handler),
+            slow: None,
+        }
+    }
+
+    /// Answers `operation` only after `delay`.
+    pub fn slow(mut self, operation: &'static str, delay: Duration) -> Self {
+        self.slow = Some((operation, delay));
+        self
+    }
+
+    pub fn client(&self) -> Client {
+        let config = aws_sdk_kinesis::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .http_client(self.clone())
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .build();
+        Client::from_conf(config)
+    }
+}
+
+impl HttpConnector for FakeKinesis {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let operation = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or_default()
+            .to_owned();
+        let body: Value = request
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        let (status, answer) = (self.handler)(&operation, &body);
+        let response = HttpResponse::new(
+            StatusCode::try_from(status).expect("valid status"),
+            SdkBody::from(answer.to_string()),
+        );
+        match self.slow {
+            Some((slow, delay)) if slow == operation => HttpConnectorFuture::new(async move {
+                tokio::time::sleep(delay).await;
+                Ok(response)
+            }),
+            _ => HttpConnectorFuture::ready(Ok(response)),
+        }
+    }
+}
+
+impl HttpClient for FakeKinesis {
+    fn http_connector(
+        &self,
+        _settings: &HttpConnectorSettings,
+        _components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(self.clone())
+    }
+}
+
+/// A one-shard stream's answers to the control plane, for handlers that only care about
+/// PutRecords.
+pub fn control_plane(operation: &str) -> Option<(u16, Value)> {
+    match operation {
+        "DescribeStreamSummary" => Some((
+            200,
+            json!({"StreamDescriptionSummary": {
+                "StreamName": "s", "StreamARN": "arn:aws:kinesis:us-east-1:0:stream/s",
+                "StreamStatus": "ACTIVE", "RetentionPeriodHours": 24,
+                "StreamCreationTimestamp": 0, "EnhancedMonitoring": [],
+                "OpenShardCount": 1}}),
+        )),
+        "ListShards" => Some((
+            200,
+            json!({"Shards": [{"ShardId": "shardId-0",
+                "HashKeyRange": {"StartingHashKey": "0",
+                    "EndingHashKey": "340282366920938463463374607431768211455"},
+                "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
+        )),
+        _ => None,
+    }
+}
+
+/// Every entry of a PutRecords body stored in shard 0.
+pub fn all_stored(body: &Value) -> (u16, Value) {
+    let stored: Vec<Value> = body["Records"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|_| json!({"SequenceNumber": "1", "ShardId": "shardId-0"}))
+        .collect();
+    (200, json!({"FailedRecordCount": 0, "Records": stored}))
+}
+
+pub const SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// A writer's settings with a spool in `spool_dir`, a budget of `buffer_bytes`, and records
+/// spilled after `record_ttl`.
+pub fn writer_settings(
+    spool_dir: &std::path::Path,
+    buffer_bytes: u64,
+    when_full: WhenFull,
+    record_ttl: Duration,
+) -> WriterSettings {
+    WriterSettings {
+        kinesis: KinesisConfig {
+            region: Some("us-east-1".into()),
+            endpoint_url: None,
+            linger: Duration::from_millis(20),
+            max_in_flight_requests: 4,
+            max_attempts: 10,
+            shard_map_refresh: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+            ordering: WriteOrdering::PerKey,
+            shard_rate_factor: 1.0,
+            record_ttl,
+        },
+        buffer: MirrorBufferConfig {
+            max_bytes: buffer_bytes,
+            when_full,
+        },
+        spool: SpoolConfig {
+            dir: Some(spool_dir.to_owned()),
+            max_bytes: SPOOL_MAX_BYTES,
+        },
+        budget: Arc::new(Budget::new(
+            buffer_bytes,
+            IntGauge::new("test_budget", "test").expect("gauge"),
+        )),
+        dead_letters: None,
+    }
+}
+
+/// Record `offset` of partition 0 of `orders`: key `key-OFFSET`, value `value-OFFSET`.
+pub fn record(offset: i64) -> MirrorRecord {
+    MirrorRecord {
+        topic: Arc::from("orders"),
+        partition: 0,
+        offset,
+        offset_from_kafka: true,
+        key: KinesisKey {
+            partition_key: format!("key-{offset}"),
+            explicit_hash_key: None,
+        },
+        data: Bytes::from(format!("value-{offset}")),
+        acked_at: Instant::now(),
+    }
+}
+
+/// The data of a PutRecords body's entries, decoded.
+pub fn entry_data(body: &Value) -> Vec<String> {
+    body["Records"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|r| {
+            let data = super::dead_letter::base64_decode(r["Data"].as_str().unwrap_or_default())
+                .expect("base64 data");
+            String::from_utf8(data).expect("utf-8 data")
+        })
+        .collect()
+}
+
+/// Waits, on the test's clock, until `done` holds; fails after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
