@@ -622,11 +622,19 @@ struct Measurement {
 
 /// Sum of `kafka_kinesis_proxy_mirror_records_total{result=...}` over topics and streams.
 fn mirror_count(admin_port: u16, result: &str) -> Option<u64> {
+    metric_sum(
+        admin_port,
+        "kafka_kinesis_proxy_mirror_records_total{",
+        &format!("result=\"{result}\""),
+    )
+}
+
+/// The sum of the series that start with `series` and contain `label`.
+fn metric_sum(admin_port: u16, series: &str, label: &str) -> Option<u64> {
     let text = http_get(admin_port, "/metrics")?;
-    let needle = format!("result=\"{result}\"");
     let mut total = 0f64;
     for line in text.lines() {
-        if line.starts_with("kafka_kinesis_proxy_mirror_records_total{") && line.contains(&needle) {
+        if line.starts_with(series) && line.contains(label) {
             total += line.rsplit(' ').next()?.parse::<f64>().ok()?;
         }
     }
@@ -1065,7 +1073,12 @@ impl Bench {
             self.settings.kinesalite_messages,
             false,
         );
-        let retried = mirror_count(admin, "retried").unwrap_or(0);
+        let retried = metric_sum(
+            admin,
+            "kafka_kinesis_proxy_mirror_attempts_total{",
+            "kind=\"retry\"",
+        )
+        .unwrap_or(0);
         let failed = mirror_count(admin, "failed").unwrap_or(0);
         drop(proxy);
         drop(kl);

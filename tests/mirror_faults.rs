@@ -159,8 +159,8 @@ async fn partial_throttling_delivers_everything_once_in_key_order() {
     check_delivery(&stored, COUNT);
     let retried = value(
         &m,
-        "kafka_kinesis_proxy_mirror_records_total",
-        &[("result", "retried")],
+        "kafka_kinesis_proxy_mirror_attempts_total",
+        &[("kind", "retry")],
     );
     let throttled = value(&m, "kafka_kinesis_proxy_shard_throttled_total", &[]);
     let injected = FaultLayer::count(&rig.faults.counters.entries_throttled);

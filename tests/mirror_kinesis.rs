@@ -933,6 +933,23 @@ async fn shard_map_refreshes_after_a_split() {
     );
     let stored = kinesis.read_all("resharded").await;
     assert_eq!(stored.len(), 900);
+    // The closed parent takes no more records: its shard-labelled series are gone, the open
+    // shards' are there.
+    let parent = format!("shard=\"{}\"", first.shard_id());
+    let shard_series: Vec<&String> = m
+        .keys()
+        .filter(|s| s.starts_with("kafka_kinesis_proxy_shard_"))
+        .collect();
+    assert!(
+        !shard_series.iter().any(|s| s.contains(&parent)),
+        "series of the closed shard remain: {shard_series:#?}"
+    );
+    assert!(
+        shard_series
+            .iter()
+            .any(|s| s.starts_with("kafka_kinesis_proxy_shard_rate_limit_records_per_second{")),
+        "{shard_series:#?}"
+    );
 }
 
 /// A route whose stream does not exist is reported unhealthy, with the stream named in the log,

@@ -266,6 +266,13 @@ impl WriterTask {
                 }
                 self.map_loaded = true;
                 self.lanes.reroute(&map, Instant::now());
+                let previous = self.state.map.load_full();
+                let closed = previous
+                    .shards()
+                    .iter()
+                    .filter(|s| !map.shards().iter().any(|open| open.id == s.id));
+                self.metrics
+                    .forget_shards(&stream, closed.map(|s| s.id.as_str()));
                 self.state.install_map(map);
             }
             Err(e) => {
@@ -477,8 +484,11 @@ impl WriterTask {
         if !retry.is_empty() {
             for (_, queued) in &mut retry {
                 queued.attempts += 1;
-                self.count(&queued.record.topic, MirrorResult::Retried, 1);
             }
+            self.metrics
+                .mirror_attempts
+                .with_label_values(&[stream.as_str(), "retry"])
+                .inc_by(retry.len() as u64);
             let map = self.state.map.load();
             let backoff = self.backoff;
             self.lanes
@@ -553,7 +563,7 @@ impl WriterTask {
         for (shard, rate) in self.lanes.rates() {
             let labels = [self.state.stream.as_str(), shard];
             self.metrics
-                .shard_rate_limit
+                .shard_rate_limit_records_per_second
                 .with_label_values(&labels)
                 .set(rate);
             // Present at 0 from the start, so dashboards show a flat line, not "no data".

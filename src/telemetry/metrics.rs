@@ -31,7 +31,6 @@ pub enum MirrorResult {
     Failed,
     Skipped,
     Oversize,
-    Retried,
     Spooled,
     DeadLetter,
     Dropped,
@@ -47,7 +46,6 @@ impl MirrorResult {
             MirrorResult::Failed => "failed",
             MirrorResult::Skipped => "skipped",
             MirrorResult::Oversize => "oversize",
-            MirrorResult::Retried => "retried",
             MirrorResult::Spooled => "spooled",
             MirrorResult::DeadLetter => "dead_letter",
             MirrorResult::Dropped => "dropped",
@@ -72,8 +70,10 @@ pub struct Metrics {
     pub kafka_records: IntCounterVec,
     /// Records produced with acks=0: Kafka gives no verdict, so they are mirrored on send.
     pub kafka_unacked_records: IntCounterVec,
-    /// Mirror outcomes per record: sent, failed, skipped (not sampled), oversize, retried.
+    /// Mirror outcomes per record: sent, failed, skipped (not sampled), oversize, ...
     pub mirror_records: IntCounterVec,
+    /// PutRecords attempts beyond the first, by kind: `retry`.
+    pub mirror_attempts: IntCounterVec,
     /// Produce data the mirror could not decode, per topic (the Kafka path is unaffected).
     pub mirror_decode_errors: IntCounterVec,
     pub mirror_percent: GaugeVec,
@@ -103,7 +103,7 @@ pub struct Metrics {
     pub mirror_lag: HistogramVec,
     pub shard_throttled: IntCounterVec,
     /// Each shard's current rate limit, records per second.
-    pub shard_rate_limit: GaugeVec,
+    pub shard_rate_limit_records_per_second: GaugeVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     api_timers: Vec<OnceLock<ApiTimers>>,
@@ -140,8 +140,13 @@ impl Metrics {
         );
         let mirror_records = counter(
             "mirror_records_total",
-            "Records by mirror outcome: sent, failed, skipped (not sampled), oversize, retried.",
+            "Records by mirror outcome: sent, failed, skipped (not sampled), oversize, spooled, dead_letter, dropped, duplicate.",
             &["topic", "stream", "result"],
+        );
+        let mirror_attempts = counter(
+            "mirror_attempts_total",
+            "Records sent again to Kinesis, by kind: retry.",
+            &["stream", "kind"],
         );
         let mirror_decode_errors = counter(
             "mirror_decode_errors_total",
@@ -284,16 +289,16 @@ impl Metrics {
             "Entries Kinesis throttled, per shard.",
             &["stream", "shard"],
         );
-        let shard_rate_limit = GaugeVec::new(
+        let shard_rate_limit_records_per_second = GaugeVec::new(
             Opts::new(
-                name("shard_rate_limit"),
+                name("shard_rate_limit_records_per_second"),
                 "Each shard's current rate limit, records per second.",
             ),
             &["stream", "shard"],
         )
         .expect("valid metric");
         registry
-            .register(Box::new(shard_rate_limit.clone()))
+            .register(Box::new(shard_rate_limit_records_per_second.clone()))
             .expect("unique metric");
         let connections = IntGaugeVec::new(
             Opts::new(name("connections"), "Open client connections."),
@@ -334,6 +339,7 @@ impl Metrics {
             kafka_records,
             kafka_unacked_records,
             mirror_records,
+            mirror_attempts,
             mirror_decode_errors,
             mirror_percent,
             mirror_dropped_requests,
@@ -353,7 +359,7 @@ impl Metrics {
             spool_bytes,
             mirror_lag,
             shard_throttled,
-            shard_rate_limit,
+            shard_rate_limit_records_per_second,
             request_duration,
             upstream_duration,
             api_timers: (0..=API_SLOTS).map(|_| OnceLock::new()).collect(),
@@ -397,10 +403,20 @@ impl Metrics {
             | MirrorResult::Dropped => self.dual_write.record(topic, 0, n),
             // Not decided yet (spooled records are delivered later), or decided by the
             // first copy (a duplicate).
-            MirrorResult::Skipped
-            | MirrorResult::Retried
-            | MirrorResult::Spooled
-            | MirrorResult::Duplicate => {}
+            MirrorResult::Skipped | MirrorResult::Spooled | MirrorResult::Duplicate => {}
+        }
+    }
+
+    /// The shard-labelled series of `shards` of `stream`, which have closed: a closed shard
+    /// takes no more records, and its series would stay flat forever.
+    pub fn forget_shards<'s>(&self, stream: &str, shards: impl IntoIterator<Item = &'s str>) {
+        for shard in shards {
+            let labels = [stream, shard];
+            let _ = self.shard_records.remove_label_values(&labels);
+            let _ = self.shard_throttled.remove_label_values(&labels);
+            let _ = self
+                .shard_rate_limit_records_per_second
+                .remove_label_values(&labels);
         }
     }
 
