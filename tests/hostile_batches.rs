@@ -18,7 +18,7 @@ use kafka_kinesis_proxy::mirror::{DECODE_WINDOW, EXCHANGE_QUEUE_BYTES};
 use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
 use kafka_protocol::protocol::Decodable;
 use support::kinesis::KinesisLocal;
-use support::metrics::{value, wait_for};
+use support::metrics::{scrape, value, wait_for};
 use support::raw_produce::{produce_frame, RawProduce};
 use support::{wait_until_async, KafkaCluster, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -345,4 +345,21 @@ async fn hostile_batches_cost_bounded_memory_and_stall_nobody() {
         },
     )
     .await;
+    // The skipped records count against the dual write: the ratio must not read 1.0.
+    let m = scrape(proxy.admin_port);
+    let undecodable = value(
+        &m,
+        "kafka_kinesis_proxy_mirror_records_total",
+        &[("topic", topic), ("result", "undecodable")],
+    );
+    assert!(undecodable >= 2.0, "{undecodable}");
+    let ratio = value(
+        &m,
+        "kafka_kinesis_proxy_dual_write_success_ratio",
+        &[("topic", topic)],
+    );
+    assert!(
+        ratio < 0.5,
+        "dual-write ratio {ratio} hides the skipped batches"
+    );
 }

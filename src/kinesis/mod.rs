@@ -16,6 +16,6 @@ pub mod shard_map;
 pub mod spill;
 pub mod spool;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod undeliverable;
 pub mod writer;

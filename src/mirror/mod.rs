@@ -9,6 +9,8 @@
 mod decode;
 pub mod partition_key;
 pub mod sampling;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
+use crate::kafka::records::summarize;
 use crate::kinesis::client::build_client;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
@@ -244,12 +247,112 @@ impl Mirror {
     fn observe(&self, exchange: ProduceExchange, bytes: usize) {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
-        if !fits || self.tx.try_send(StageInput::Exchange(exchange)).is_err() {
-            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            self.metrics.mirror_dropped_requests.inc();
-            tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
+        let shed = if fits {
+            match self.tx.try_send(StageInput::Exchange(exchange)) {
+                Ok(()) => return,
+                Err(full) => match full.into_inner() {
+                    StageInput::Exchange(exchange) => exchange,
+                    StageInput::Flush(_) => unreachable!("an exchange was sent"),
+                },
+            }
+        } else {
+            exchange
+        };
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.metrics.mirror_dropped_requests.inc();
+        self.count_shed(&shed);
+        tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
+    }
+
+    /// Counts the records a shed exchange owed the mirror as dropped, so that the dual-write
+    /// ratio shows the loss. Only batch headers are read: the proxy is short of CPU already.
+    fn count_shed(&self, exchange: &ProduceExchange) {
+        let Ok(partitions) = produced_partitions(exchange, &self.routes.load()) else {
+            return;
+        };
+        for produced in partitions.iter().filter(|p| p.is_mirrored()) {
+            let (Some(route), Ok(summary)) = (&produced.route, summarize(&produced.records)) else {
+                continue;
+            };
+            self.metrics.mirror_outcome(
+                &produced.topic,
+                &route.stream,
+                MirrorResult::Dropped,
+                sampled_estimate(summary.records, route.percent),
+            );
         }
     }
+}
+
+/// One produced partition of an exchange, with Kafka's verdict on it and its route.
+struct ProducedPartition {
+    topic: Arc<str>,
+    partition: i32,
+    records: Bytes,
+    verdict: Verdict,
+    route: Option<Arc<Route>>,
+}
+
+impl ProducedPartition {
+    /// Whether the mirror owes this partition's sampled records to Kinesis.
+    fn is_mirrored(&self) -> bool {
+        self.route.is_some() && self.verdict != Verdict::Rejected
+    }
+}
+
+/// The partitions `exchange` produced, parsed from its request and response without decoding
+/// any record.
+fn produced_partitions(
+    exchange: &ProduceExchange,
+    routes: &RouteTable,
+) -> Result<Vec<ProducedPartition>, StageError> {
+    let version = exchange.version;
+    let request = ProduceRequestView::decode(version, exchange.request_body.clone())
+        .map_err(StageError::Request)?;
+    let response = match &exchange.response_frame {
+        None => None,
+        Some(frame) => {
+            let offset = response_body_offset(frame, ApiKey::Produce, version)
+                .map_err(StageError::ResponseHeader)?;
+            Some(
+                ProduceResponseView::decode(version, frame.slice(offset..))
+                    .map_err(StageError::Response)?,
+            )
+        }
+    };
+    let mut produced = Vec::new();
+    for topic in request.topics {
+        let route = routes.get(&topic.name).cloned();
+        let topic_name: Arc<str> = Arc::from(topic.name.as_str());
+        for partition in topic.partitions {
+            let Some(records) = partition.records else {
+                continue;
+            };
+            let verdict = match &response {
+                None => Verdict::Unacknowledged,
+                Some(r) => match r.partition(&topic.name, partition.partition) {
+                    Some(p) if p.error_code == 0 => Verdict::Accepted {
+                        base_offset: p.base_offset,
+                    },
+                    _ => Verdict::Rejected,
+                },
+            };
+            produced.push(ProducedPartition {
+                topic: topic_name.clone(),
+                partition: partition.partition,
+                records,
+                verdict,
+                route: route.clone(),
+            });
+        }
+    }
+    Ok(produced)
+}
+
+/// How many of `records` a route at `percent` samples, for records the mirror lost before it
+/// could sample them: an estimate, exact at 0% and 100%.
+fn sampled_estimate(records: usize, percent: f64) -> u64 {
+    (records as f64 * percent / 100.0).round() as u64
 }
 
 /// Kafka's verdict on one produced partition.
@@ -405,47 +508,16 @@ impl Stage {
             counter: self.queued_bytes.clone(),
             bytes: exchange.bytes(),
         });
-        let version = exchange.version;
-        let request = ProduceRequestView::decode(version, exchange.request_body)
-            .map_err(StageError::Request)?;
-        let response = match exchange.response_frame {
-            None => None,
-            Some(frame) => {
-                let offset = response_body_offset(&frame, ApiKey::Produce, version)
-                    .map_err(StageError::ResponseHeader)?;
-                Some(
-                    ProduceResponseView::decode(version, frame.slice(offset..))
-                        .map_err(StageError::Response)?,
-                )
-            }
-        };
-        let routes = self.routes.load();
-        for topic in request.topics {
-            let route = routes.get(&topic.name).cloned();
-            let topic_name: Arc<str> = Arc::from(topic.name.as_str());
-            for partition in topic.partitions {
-                let Some(records) = partition.records else {
-                    continue;
-                };
-                let verdict = match &response {
-                    None => Verdict::Unacknowledged,
-                    Some(r) => match r.partition(&topic.name, partition.partition) {
-                        Some(p) if p.error_code == 0 => Verdict::Accepted {
-                            base_offset: p.base_offset,
-                        },
-                        _ => Verdict::Rejected,
-                    },
-                };
-                waiting.push_back(Work::Partition(PartitionWork {
-                    client: exchange.client.clone(),
-                    topic: topic_name.clone(),
-                    partition: partition.partition,
-                    records,
-                    verdict,
-                    route: route.clone(),
-                    _queued: queued.clone(),
-                }));
-            }
+        for produced in produced_partitions(&exchange, &self.routes.load())? {
+            waiting.push_back(Work::Partition(PartitionWork {
+                client: exchange.client.clone(),
+                topic: produced.topic,
+                partition: produced.partition,
+                records: produced.records,
+                verdict: produced.verdict,
+                route: produced.route,
+                _queued: queued.clone(),
+            }));
         }
         Ok(())
     }
@@ -454,8 +526,9 @@ impl Stage {
     async fn finish(&self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
-            Err(e) => return self.decode_error(&work, &e),
+            Err(e) => return self.decode_error(&work, &e, 0),
         };
+        let records = decoded.summary.as_ref().map_or(0, |s| s.records);
         match decoded.summary {
             Ok(summary) => {
                 // Any topic a client names: bounded before it becomes a label or an entry.
@@ -474,14 +547,14 @@ impl Stage {
                 );
                 self.count_kafka(topic, work.verdict, records);
             }
-            Err(e) => return self.decode_error(&work, &e.into()),
+            Err(e) => return self.decode_error(&work, &e.into(), 0),
         }
         let (Some(route), Some(mirrored)) = (&work.route, decoded.mirrored) else {
             return;
         };
         let mirrored = match mirrored {
             Ok(mirrored) => mirrored,
-            Err(e) => return self.decode_error(&work, &e.into()),
+            Err(e) => return self.decode_error(&work, &e.into(), records),
         };
         for record in mirrored.records {
             if route.writer.send(record).await.is_err() {
@@ -520,12 +593,21 @@ impl Stage {
     }
 
     /// A partition the mirror skips: Kafka stored it, so its client, topic and partition are
-    /// enough to find it.
-    fn decode_error(&self, work: &PartitionWork, reason: &PartitionError) {
+    /// enough to find it. Its `records` (0 when unknown) count as undecodable, so that the
+    /// dual-write ratio shows them.
+    fn decode_error(&self, work: &PartitionWork, reason: &PartitionError, records: usize) {
         self.metrics
             .mirror_decode_errors
             .with_label_values(&[self.metrics.topic_labels.label(&work.topic)])
             .inc();
+        if let (Some(route), true) = (&work.route, work.verdict != Verdict::Rejected) {
+            self.metrics.mirror_outcome(
+                &work.topic,
+                &route.stream,
+                MirrorResult::Undecodable,
+                sampled_estimate(records, route.percent).max(1),
+            );
+        }
         tracing::warn!(
             client_id = %work.client.client_id,
             client_address = %work.client.address,

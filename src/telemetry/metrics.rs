@@ -34,6 +34,9 @@ pub enum MirrorResult {
     Spooled,
     DeadLetter,
     Dropped,
+    /// Lost before sampling: the partition's data could not be decoded (estimated at the
+    /// route's percent).
+    Undecodable,
     /// Already mirrored: a producer's retry that Kafka acknowledged again with the same
     /// offsets.
     Duplicate,
@@ -49,6 +52,7 @@ impl MirrorResult {
             MirrorResult::Spooled => "spooled",
             MirrorResult::DeadLetter => "dead_letter",
             MirrorResult::Dropped => "dropped",
+            MirrorResult::Undecodable => "undecodable",
             MirrorResult::Duplicate => "duplicate",
         }
     }
@@ -397,13 +401,17 @@ impl Metrics {
             .inc_by(n);
         match result {
             MirrorResult::Sent => self.dual_write.record(topic, n, 0),
+            // Spooled records are not delivered now: counted as such, so that an outage that
+            // spools everything shows as one instead of leaving the ratio without data. Replay
+            // counts them again as sent when it delivers them.
             MirrorResult::Failed
             | MirrorResult::Oversize
             | MirrorResult::DeadLetter
-            | MirrorResult::Dropped => self.dual_write.record(topic, 0, n),
-            // Not decided yet (spooled records are delivered later), or decided by the
-            // first copy (a duplicate).
-            MirrorResult::Skipped | MirrorResult::Spooled | MirrorResult::Duplicate => {}
+            | MirrorResult::Dropped
+            | MirrorResult::Undecodable
+            | MirrorResult::Spooled => self.dual_write.record(topic, 0, n),
+            // Not the mirror's to deliver (not sampled), or decided by the first copy.
+            MirrorResult::Skipped | MirrorResult::Duplicate => {}
         }
     }
 
