@@ -424,6 +424,71 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
     println!("sigterm: produced {COUNT}, spooled at shutdown and delivered after restart {COUNT}, lost 0");
 }
 
+/// A spool stranded by a removed route: records acknowledged during an outage, the route
+/// removed from the config, SIGTERM, Kinesis back, restart. The records are still delivered,
+/// because every spool that holds records gets a writer at startup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spool_whose_route_was_removed_is_delivered_after_a_restart() {
+    let mut rig = rig_with("stranded", "shutdown_grace_secs = 2", "").await;
+    let admin = rig.proxy.admin_port;
+    rig.faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    const COUNT: usize = 500;
+    let outcome = finish(rig.produce(COUNT, 1000));
+    assert_eq!(outcome["errors"], 0, "{outcome}");
+    wait_for(
+        admin,
+        "the records queued for Kinesis",
+        Duration::from_secs(30),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_kafka_records_total",
+                &[("result", "ok")],
+            ) >= COUNT as f64
+        },
+    )
+    .await;
+    rig.proxy.daemon().signal("-TERM");
+    assert_eq!(
+        rig.proxy.daemon().wait_exit(Duration::from_secs(30)),
+        Some(0)
+    );
+    // The route goes; [kinesis] and [spool] stay, as an operator's edit would leave them.
+    let config = std::fs::read_to_string(&rig.proxy.config_path).unwrap();
+    let mut in_route = false;
+    let without_route: String = config
+        .lines()
+        .filter(|line| {
+            if line.starts_with('[') {
+                in_route = line.trim() == "[[mirror]]";
+            }
+            !in_route
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(without_route.contains("[spool]") && !without_route.contains("[[mirror]]"));
+    std::fs::write(&rig.proxy.config_path, without_route).unwrap();
+
+    rig.faults.set(FaultPlan::default());
+    rig.proxy.restart();
+    wait_for(
+        admin,
+        "the stranded spool delivered",
+        Duration::from_secs(120),
+        |m| sent(m) >= COUNT as f64,
+    )
+    .await;
+    check_delivery(&rig.kinesis.read_all("stranded").await, COUNT);
+    assert!(rig
+        .proxy
+        .daemon()
+        .log_text()
+        .contains("the spool of a stream no route names holds records"));
+}
+
 /// A low memory budget holds the process near it under an outage: the rest spills.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_stays_near_the_budget_during_an_outage() {

@@ -730,6 +730,40 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
     }
 }
 
+/// The streams whose spool under `spool_dir` (one directory per stream) still holds records,
+/// with how many. After a restart these must drain even when no route names the stream any
+/// more. A directory with no spool files is not a spool and is left alone.
+pub fn streams_with_records(spool_dir: &Path, max_bytes: u64) -> Vec<(String, u64)> {
+    let Ok(entries) = fs::read_dir(spool_dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some(stream) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let is_spool = fs::read_dir(&dir).is_ok_and(|files| {
+            files.flatten().any(|f| {
+                f.file_name()
+                    .to_str()
+                    .is_some_and(|n| n == CHECKPOINT_FILE || parse_segment_name(n).is_some())
+            })
+        });
+        if !is_spool {
+            continue;
+        }
+        match Spool::open(&dir, max_bytes) {
+            Ok((_, report)) if report.entries > 0 => found.push((stream, report.entries)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(spool = %dir.display(), error = %e, "cannot open a spool to see whether it holds records")
+            }
+        }
+    }
+    found
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!(
         "{seq:0width$}{SEGMENT_SUFFIX}",

@@ -13,6 +13,7 @@ pub mod sampling;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::summarize;
 use crate::kinesis::client::build_client;
+use crate::kinesis::spool::streams_with_records;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
@@ -129,6 +131,7 @@ impl Mirror {
         inventory: Arc<Inventory>,
     ) -> Mirror {
         let block = settings.buffer.when_full == WhenFull::Block;
+        let spool = (settings.spool.dir.clone(), settings.spool.max_bytes);
         let (tx, rx) = mpsc::channel(if block {
             EXCHANGE_QUEUE_BLOCKING
         } else {
@@ -156,7 +159,26 @@ impl Mirror {
             })),
         };
         mirror.apply_routes(routes).await;
+        if let (Some(dir), max_bytes) = spool {
+            mirror.drain_stranded_spools(dir, max_bytes, routes).await;
+        }
         mirror
+    }
+
+    /// Spools left by an earlier run for streams no route names any more (the route was
+    /// removed while records waited) get a writer too, which replays them: records Kafka
+    /// acknowledged are delivered whatever the config says now.
+    async fn drain_stranded_spools(&self, dir: PathBuf, max_bytes: u64, routes: &[MirrorRoute]) {
+        let found = tokio::task::spawn_blocking(move || streams_with_records(&dir, max_bytes))
+            .await
+            .unwrap_or_default();
+        let mut writers = self.writers.lock().await;
+        for (stream, records) in found {
+            if !routes.iter().any(|r| r.stream == stream) {
+                tracing::warn!(%stream, records, "the spool of a stream no route names holds records from an earlier run; delivering them");
+                writers.writer(&stream, &self.metrics).await;
+            }
+        }
     }
 
     /// Puts `routes` in force for the next Produce exchange: percentages, partition keys, and
