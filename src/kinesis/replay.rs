@@ -66,18 +66,27 @@ pub async fn replay_dead_letters(
     path: &Path,
     progress: impl Fn(usize, usize),
 ) -> Result<ReplaySummary, ReplayError> {
-    if !path.exists() {
+    // Snapshots an earlier replay left when it crashed still hold their letters: the ones
+    // it had sent are sent again (Kinesis has no idempotent put), none is lost.
+    let mut snapshots = leftover_snapshots(path);
+    if path.exists() {
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let snapshot = path.with_extension(format!("{SNAPSHOT_EXTENSION}{stamp}"));
+        std::fs::rename(path, &snapshot).map_err(|source| ReplayError::Snapshot {
+            path: path.to_owned(),
+            source,
+        })?;
+        snapshots.push(snapshot);
+    }
+    if snapshots.is_empty() {
         return Ok(ReplaySummary::default());
     }
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let snapshot = path.with_extension(format!("replaying-{stamp}"));
-    std::fs::rename(path, &snapshot).map_err(|source| ReplayError::Snapshot {
-        path: path.to_owned(),
-        source,
-    })?;
-    let letters = DeadLetterFile::read_all(&snapshot)?;
+    let mut letters = Vec::new();
+    for snapshot in &snapshots {
+        letters.extend(DeadLetterFile::read_all(snapshot)?);
+    }
     let mut summary = ReplaySummary {
         total: letters.len(),
         ..ReplaySummary::default()
@@ -126,11 +135,36 @@ pub async fn replay_dead_letters(
     if !still_failing.is_empty() {
         DeadLetterFile::open(path)?.append(&still_failing)?;
     }
-    std::fs::remove_file(&snapshot).map_err(|source| ReplayError::Snapshot {
-        path: snapshot.clone(),
-        source,
-    })?;
+    for snapshot in snapshots {
+        std::fs::remove_file(&snapshot).map_err(|source| ReplayError::Snapshot {
+            path: snapshot.clone(),
+            source,
+        })?;
+    }
     Ok(summary)
+}
+
+/// What a replay renames the dead-letter file to while it works: `NAME.replaying-STAMP`.
+const SNAPSHOT_EXTENSION: &str = "replaying-";
+
+/// Snapshots of `path` left by replays that did not finish, oldest first.
+fn leftover_snapshots(path: &Path) -> Vec<std::path::PathBuf> {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return Vec::new();
+    };
+    let prefix = format!("{stem}.{SNAPSHOT_EXTENSION}");
+    let mut found: Vec<(u128, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let stamp = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((stamp, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, path)| path).collect()
 }
 
 /// Sends `letters` to `stream`, resending failed entries with backoff; returns those that never
@@ -204,6 +238,41 @@ mod tests {
             enqueued_unix_ms: 0,
         };
         DeadLetter::from_entry(&entry, "AccessDeniedException", "denied", SystemTime::now())
+    }
+
+    /// A replay that crashed left its snapshot: the next replay sends those letters too, and
+    /// removes the snapshot.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_left_by_a_crashed_replay_is_replayed() {
+        let fake = FakeKinesis::new(|operation, body| {
+            control_plane(operation)
+                .unwrap_or_else(|| crate::kinesis::test_support::all_stored(body))
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead-letters.jsonl");
+        let crashed = dir.path().join("dead-letters.replaying-1700000000000");
+        DeadLetterFile::open(&crashed)
+            .expect("open")
+            .append(&(0..2).map(letter).collect::<Vec<_>>())
+            .expect("append");
+        DeadLetterFile::open(&path)
+            .expect("open")
+            .append(&[letter(2)])
+            .expect("append");
+        let summary = replay_dead_letters(&fake.client(), &path, |_, _| {})
+            .await
+            .expect("replay");
+        assert_eq!(
+            summary,
+            ReplaySummary {
+                total: 3,
+                delivered: 3,
+                failed: 0
+            }
+        );
+        assert!(!crashed.exists() && !path.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// Kinesis answering one result, a success, whatever the request holds: the letters it
