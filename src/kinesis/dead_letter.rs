@@ -23,7 +23,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,25 +70,27 @@ impl DeadLetter {
             error_code: error_code.into(),
             message: message.into(),
             time: rfc3339_utc(time),
-            data_base64: base64_encode(&entry.data),
+            data_base64: BASE64.encode(&entry.data),
         }
     }
 
     /// The record's bytes, decoded from `data`.
-    pub fn data(&self) -> Result<Vec<u8>, String> {
-        base64_decode(&self.data_base64)
+    pub fn data(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        BASE64.decode(&self.data_base64)
     }
 
     /// The explicit hash key parsed back to a number.
-    pub fn explicit_hash_key_u128(&self) -> Result<Option<u128>, String> {
+    pub fn explicit_hash_key_u128(&self) -> Result<Option<u128>, std::num::ParseIntError> {
         self.explicit_hash_key
             .as_deref()
-            .map(|s| {
-                s.parse::<u128>()
-                    .map_err(|_| format!("explicit_hash_key {s:?} is not a decimal u128"))
-            })
+            .map(str::parse::<u128>)
             .transpose()
     }
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds, e.g. `2024-05-01T12:00:00.123Z`.
+pub fn rfc3339_utc(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,103 +246,11 @@ fn repair_torn_line(file: &mut File, path: &Path) -> Result<(), DeadLetterError>
     file.sync_all().map_err(io_err(path))
 }
 
-/// Formats `time` as RFC 3339 in UTC with milliseconds, e.g. `2024-05-01T12:00:00.123Z`. Times
-/// before the Unix epoch are clamped to it.
-pub fn rfc3339_utc(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let millis = since.subsec_millis();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
-/// Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-const BASE64_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding.
-pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(BASE64_ALPHABET[(n >> shift & 0x3f) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 with padding (as written by [`base64_encode`]).
-pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return Err(format!(
-            "base64 length {} is not a multiple of 4",
-            bytes.len()
-        ));
-    }
-    let value = |c: u8, at: usize| -> Result<u32, String> {
-        Ok(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return Err(format!("invalid base64 character {:?} at {at}", c as char)),
-        }
-        .into())
-    };
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let groups = bytes.len() / 4;
-    for (g, quad) in bytes.chunks(4).enumerate() {
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && g + 1 != groups) {
-            return Err(format!("misplaced base64 padding in group {g}"));
-        }
-        let mut n = 0u32;
-        for (i, &c) in quad[..4 - pad].iter().enumerate() {
-            n |= value(c, g * 4 + i)? << (18 - 6 * i);
-        }
-        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&decoded[..3 - pad]);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     fn letter(i: u8, data: &[u8]) -> DeadLetter {
         DeadLetter {
@@ -350,7 +263,7 @@ mod tests {
             error_code: "ValidationException".into(),
             message: format!("record {i} too large"),
             time: rfc3339_utc(UNIX_EPOCH + Duration::from_millis(1_714_564_800_123)),
-            data_base64: base64_encode(data),
+            data_base64: BASE64.encode(data),
         }
     }
 
@@ -444,7 +357,7 @@ mod tests {
         let cases = [
             "{not json".to_owned(),
             r#"{"stream":"s"}"#.to_owned(),
-            good.replace(&base64_encode(b"ok"), "!!!!"),
+            good.replace(&BASE64.encode(b"ok"), "!!!!"),
         ];
         for bad in cases {
             fs::write(&path, format!("{good}\n\n{bad}\n{good}\n")).unwrap();
@@ -489,36 +402,5 @@ mod tests {
             Err(DeadLetterError::Io { path: p, .. }) => assert_eq!(p, path),
             other => panic!("unexpected {other:?}"),
         }
-    }
-
-    #[test]
-    fn rfc3339_formatting() {
-        let at = |ms: u64| rfc3339_utc(UNIX_EPOCH + Duration::from_millis(ms));
-        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(at(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
-        assert_eq!(at(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_utc(UNIX_EPOCH - Duration::from_secs(5)),
-            "1970-01-01T00:00:00.000Z"
-        );
-    }
-
-    #[test]
-    fn base64_round_trips_and_rejects_garbage() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(&[0xfb, 0xff]), "+/8=");
-        for len in 0..70 {
-            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(base64_decode(&base64_encode(&data)).unwrap(), data);
-        }
-        assert!(base64_decode("Zg=").is_err());
-        assert!(base64_decode("Zg==Zm8=").is_err());
-        assert!(base64_decode("Z===").is_err());
-        assert!(base64_decode("Zm9*").is_err());
     }
 }

@@ -201,8 +201,12 @@ pub fn entry_data(body: &Value) -> Vec<String> {
         .map_or(&[][..], Vec::as_slice)
         .iter()
         .map(|r| {
-            let data = super::dead_letter::base64_decode(r["Data"].as_str().unwrap_or_default())
-                .expect("base64 data");
+            let data = {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap_or_default())
+            }
+            .expect("base64 data");
             String::from_utf8(data).expect("utf-8 data")
         })
         .collect()

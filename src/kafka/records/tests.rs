@@ -1,4 +1,4 @@
-use super::compression::{fix_lz4_header_checksum, lz4_header_checksum, xxh32, XERIAL_MAGIC};
+use super::compression::{fix_lz4_header_checksum, lz4_header_checksum, XERIAL_MAGIC};
 use super::*;
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::records::{
@@ -267,7 +267,7 @@ fn break_lz4_header_checksum(frame: &mut [u8]) {
     if flags & 0x01 != 0 {
         hc += 4;
     }
-    let broken = (xxh32(&frame[0..hc], 0) >> 8) as u8;
+    let broken = (xxhash_rust::xxh32::xxh32(&frame[0..hc], 0) >> 8) as u8;
     assert_ne!(
         broken, frame[hc],
         "test needs a checksum that actually differs"
@@ -1004,13 +1004,7 @@ fn empty_input() {
 }
 
 #[test]
-fn xxh32_matches_reference_and_lz4_library() {
-    assert_eq!(xxh32(b"", 0), 0x02CC_5D05);
-    assert_eq!(xxh32(b"abc", 0), 0x32D1_53FF);
-    assert_eq!(
-        xxh32(b"Nobody inspects the spammish repetition", 0),
-        0xE229_3B2F
-    );
+fn lz4_header_checksum_matches_the_lz4_library() {
     // The checksum we compute agrees with the one the C library writes.
     let frame = lz4_frame(b"hello");
     assert!(matches!(fix_lz4_header_checksum(&frame), Cow::Borrowed(_)));
