@@ -36,19 +36,35 @@ impl KinesisKey {
 /// key's, whichever the rule picks, if not null or empty; `None` when the partition rule
 /// applies.
 pub fn routing_key_bytes<'r>(rule: &PartitionKeyRule, record: &'r Record) -> Option<&'r [u8]> {
+    routing_key_of(rule, record.key.as_deref(), |name| {
+        header_value(record, name)
+    })
+}
+
+/// [`routing_key_bytes`] over a record's parts: its Kafka key, and `header` giving the value
+/// of its first header named so. Readers that decode records with another client (`verify`)
+/// key them with this, so they key exactly as the mirror does.
+pub fn routing_key_of<'r>(
+    rule: &PartitionKeyRule,
+    kafka_key: Option<&'r [u8]>,
+    header: impl FnOnce(&str) -> Option<&'r [u8]>,
+) -> Option<&'r [u8]> {
     let non_empty = |bytes: &'r [u8]| (!bytes.is_empty()).then_some(bytes);
-    let kafka_key = || record.key.as_deref().and_then(non_empty);
+    let kafka_key = || kafka_key.and_then(non_empty);
     match rule {
         PartitionKeyRule::Partition => None,
         PartitionKeyRule::Key => kafka_key(),
-        PartitionKeyRule::Header(name) => record
-            .headers
-            .iter()
-            .find(|(h, _)| h == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(non_empty)
-            .or_else(kafka_key),
+        PartitionKeyRule::Header(name) => header(name).and_then(non_empty).or_else(kafka_key),
     }
+}
+
+/// The value of `record`'s first header named `name`.
+pub(super) fn header_value<'r>(record: &'r Record, name: &str) -> Option<&'r [u8]> {
+    record
+        .headers
+        .iter()
+        .find(|(h, _)| h == name)
+        .and_then(|(_, v)| v.as_deref())
 }
 
 /// The Kinesis key of `record`, produced to `partition`, for a stream with `open_shards` shards.
@@ -58,7 +74,16 @@ pub fn kinesis_key(
     partition: i32,
     open_shards: usize,
 ) -> KinesisKey {
-    routing_key_bytes(rule, record).map_or_else(
+    kinesis_key_of(routing_key_bytes(rule, record), partition, open_shards)
+}
+
+/// The Kinesis key of a record whose routing key (from [`routing_key_of`]) is `routing_key`.
+pub fn kinesis_key_of(
+    routing_key: Option<&[u8]>,
+    partition: i32,
+    open_shards: usize,
+) -> KinesisKey {
+    routing_key.map_or_else(
         || partition_key_for(partition, open_shards),
         |bytes| KinesisKey {
             partition_key: key_from_bytes(bytes),

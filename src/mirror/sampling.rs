@@ -10,7 +10,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
-use super::partition_key::routing_key_bytes;
+use super::partition_key::{header_value, routing_key_of};
 use crate::config::PartitionKeyRule;
 use crate::kafka::records::Record;
 
@@ -41,11 +41,29 @@ pub fn sample_point(key: Option<&[u8]>, partition: i32, value: Option<&[u8]>) ->
 /// Kafka key instead: sampling by partition would turn a percentage into a choice of
 /// partitions.
 pub fn record_sample_point(rule: &PartitionKeyRule, record: &Record, partition: i32) -> u64 {
-    let key = match rule {
-        PartitionKeyRule::Partition => routing_key_bytes(&PartitionKeyRule::Key, record),
-        rule => routing_key_bytes(rule, record),
+    sample_point_of(
+        rule,
+        record.key.as_deref(),
+        |name| header_value(record, name),
+        record.value.as_deref(),
+        partition,
+    )
+}
+
+/// [`record_sample_point`] over a record's parts (see [`routing_key_of`]), for readers that
+/// decode records with another client (`verify`).
+pub fn sample_point_of<'r>(
+    rule: &PartitionKeyRule,
+    kafka_key: Option<&'r [u8]>,
+    header: impl FnOnce(&str) -> Option<&'r [u8]>,
+    value: Option<&[u8]>,
+    partition: i32,
+) -> u64 {
+    let rule = match rule {
+        PartitionKeyRule::Partition => &PartitionKeyRule::Key,
+        rule => rule,
     };
-    sample_point(key, partition, record.value.as_deref())
+    sample_point(routing_key_of(rule, kafka_key, header), partition, value)
 }
 
 /// Whether a record at `point` is mirrored at `percent` (0..=100).
