@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use support::kinesis::KinesisLocal;
 use support::metrics::{value, wait_for};
-use support::{num, run_client, run_command, KafkaCluster, Proxy};
+use support::{num, run_client, run_command, ClientRun, KafkaCluster, Proxy};
 
 const COUNTS: [&str; 10] = [
     "kafka_records",
@@ -133,21 +134,27 @@ impl Rig {
     }
 
     /// Runs verify over the last 10 minutes, with nothing left to settle (the test waited for
-    /// the mirror); returns its exit code, stdout and JSON report.
-    fn verify(&self, extra: &[&str]) -> (Option<i32>, String, Value) {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("report.json");
+    /// the mirror), writing its JSON report to `json`.
+    fn run_verify(&self, json: &Path, extra: &[&str]) -> ClientRun {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"));
         cmd.arg("verify")
             .arg("--config")
             .arg(&self.proxy.config_path)
             .args(["--topic", &self.topic, "--since", "10m", "--settle", "0s"])
             .arg("--json")
-            .arg(&json)
+            .arg(json)
             .args(extra)
             .envs(KinesisLocal::aws_env());
         let run = run_command(cmd, Duration::from_secs(120));
         assert!(!run.timed_out, "verify timed out: {}", run.describe());
+        run
+    }
+
+    /// [`Rig::run_verify`]'s exit code, stdout and JSON report.
+    fn verify(&self, extra: &[&str]) -> (Option<i32>, String, Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let run = self.run_verify(&json, extra);
         let report = std::fs::read_to_string(&json)
             .map(|text| serde_json::from_str(&text).expect("report is JSON"))
             .unwrap_or_else(|e| panic!("no report ({e}): {}", run.describe()));
@@ -327,4 +334,12 @@ async fn verify_is_clean_at_a_quarter_and_counts_the_keys_left_out() {
     assert_eq!(status, Some(1), "{stdout}");
     assert_eq!(num(&report, "missing"), PRODUCED as i64 - expected);
     assert_eq!(num(&report, "matched"), expected);
+
+    // An error is exit 2, naming the problem, and writes no report.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let run = rig.run_verify(&json, &["--stream", "no-such-stream"]);
+    assert_eq!(run.status, Some(2), "{}", run.describe());
+    assert!(run.stderr.contains("no-such-stream"), "{}", run.describe());
+    assert!(!json.exists());
 }

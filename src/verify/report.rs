@@ -106,7 +106,7 @@ impl Report {
     /// The summary printed to stdout.
     pub fn summary(&self, target: &Target, window: &Window) -> String {
         let mut out = format!(
-            "verify `{}` -> `{}` at {}% ({} keys), window {}\n",
+            "verify `{}` -> `{}` at {}% (partition_key = {}), window {}\n",
             target.topic, target.stream, target.percent, target.partition_key, window
         );
         let counts = [
