@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// How many examples of each kind of problem the report lists.
-pub const EXAMPLES_PER_KIND: usize = 20;
+const EXAMPLES_PER_KIND: usize = 20;
 
 /// The 64-bit digest a record's data is compared by.
 pub fn digest(data: &[u8]) -> u64 {

@@ -78,11 +78,11 @@ pub struct Options {
 
 /// What is checked: a topic, its stream, and how the mirror samples and keys its records.
 #[derive(Debug, Clone)]
-pub struct Target {
-    pub topic: String,
-    pub stream: String,
-    pub percent: f64,
-    pub partition_key: PartitionKeyRule,
+struct Target {
+    topic: String,
+    stream: String,
+    percent: f64,
+    partition_key: PartitionKeyRule,
 }
 
 impl Target {
@@ -114,12 +114,12 @@ impl Target {
 /// The records checked: those Kafka holds from `from` (the topic's start when `None`) until
 /// `until`.
 #[derive(Debug, Clone)]
-pub struct Window {
-    pub from: Option<SystemTime>,
-    pub until: SystemTime,
+struct Window {
+    from: Option<SystemTime>,
+    until: SystemTime,
     /// Records up to this long before `from` are read too, so that one mirrored just after
     /// `from` is recognised instead of reported as unexpected.
-    pub lookback: Duration,
+    lookback: Duration,
 }
 
 impl Window {

@@ -104,7 +104,7 @@ impl Report {
     }
 
     /// The summary printed to stdout.
-    pub fn summary(&self, target: &Target, window: &Window) -> String {
+    pub(super) fn summary(&self, target: &Target, window: &Window) -> String {
         let mut out = format!(
             "verify `{}` -> `{}` at {}% (partition_key = {}), window {}\n",
             target.topic, target.stream, target.percent, target.partition_key, window
@@ -148,7 +148,7 @@ impl Report {
         out + &verdict
     }
 
-    pub fn write_json(&self, path: &Path) -> Result<(), VerifyError> {
+    pub(super) fn write_json(&self, path: &Path) -> Result<(), VerifyError> {
         let text = serde_json::to_string_pretty(self).expect("a report serializes");
         std::fs::write(path, text + "\n").map_err(|source| VerifyError::WriteReport {
             path: path.to_owned(),
