@@ -356,7 +356,8 @@ async fn shard_for(config: Config, stream: &str, key: &str) -> anyhow::Result<()
 /// `verify` exits 2 on any error, config errors included, so that 1 means discrepancies only.
 fn run_verify(path: &Path, options: &verify::Options) -> ExitCode {
     let report = Config::load(path)
-        .map_err(anyhow::Error::from)
+        // Its message already names the file, the line and the cause.
+        .map_err(|e| anyhow::anyhow!("{e}"))
         .and_then(|config| {
             let verified = runtime()?.block_on(verify::run(&config, options));
             verified.with_context(|| format!("verify `{}`", options.topic))
