@@ -34,7 +34,7 @@ pub enum VerifyError {
     ServerNameUnsupported,
     #[error(transparent)]
     Password(#[from] PasswordError),
-    #[error("Kafka: {action}: {source}")]
+    #[error("Kafka: {action}")]
     Kafka {
         action: String,
         source: rdkafka::error::KafkaError,
@@ -51,7 +51,7 @@ pub enum VerifyError {
     Stream(#[from] StreamError),
     #[error("shard {shard}: sequence number `{value}` is not a decimal number")]
     SequenceNumber { shard: String, value: String },
-    #[error("cannot write the report to {path}: {source}")]
+    #[error("cannot write the report to {path}")]
     WriteReport {
         path: PathBuf,
         source: std::io::Error,
@@ -168,6 +168,8 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
         ProgressDrawTarget::hidden()
     });
 
+    // A Kafka setting librdkafka refuses shows before the stream is read, not after.
+    let consumer = kafka_read::consumer(&config.kafka)?;
     let client = build_client(&config.kinesis).await;
     let kinesis_bar = progress_bar(
         &bars,
@@ -177,7 +179,6 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
         kinesis_read::read_stream(&client, &target.stream, window.from, &kinesis_bar).await?;
     kinesis_bar.finish();
 
-    let consumer = kafka_read::consumer(&config.kafka)?;
     let kafka_bar = progress_bar(
         &bars,
         "{bar:40} Kafka: {pos}/{len} records ({per_sec}, eta {eta})",
