@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::ProgressBar;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -29,10 +30,30 @@ fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) -> VerifyEr
     |source| VerifyError::Kafka { action, source }
 }
 
+/// librdkafka also reports each partition's end as a global error, which its default context
+/// logs at error level; here the end of a partition is how a read knows it is done.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
+            tracing::warn!(%error, reason, "Kafka client");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+pub type Reader = BaseConsumer<ReaderContext>;
+
 /// A consumer that only assigns partitions and never commits, with `[kafka]`'s servers, TLS
 /// and SASL. It reads committed records only, as the mirror mirrors a transaction's records
 /// only once it commits.
-pub fn consumer(config: &KafkaConfig) -> Result<BaseConsumer, VerifyError> {
+pub fn consumer(config: &KafkaConfig) -> Result<Reader, VerifyError> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", config.bootstrap_servers.join(","))
@@ -73,14 +94,14 @@ pub fn consumer(config: &KafkaConfig) -> Result<BaseConsumer, VerifyError> {
             .set("sasl.password", sasl.password.read()?.expose());
     }
     client
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(kafka_error("creating the consumer from [kafka]"))
 }
 
 /// The first offset of each partition at or after `at` (a timestamp in ms): Kafka's answer to
 /// ListOffsets by time, or the partition's end when no record is that recent.
 fn offsets_at(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partitions: &HashMap<i32, (i64, i64)>,
     at: SystemTime,
@@ -125,7 +146,7 @@ struct PartitionRange {
 }
 
 fn partition_ranges(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     window: &Window,
 ) -> Result<HashMap<i32, PartitionRange>, VerifyError> {
@@ -173,7 +194,7 @@ fn partition_ranges(
 /// Every committed record of `target`'s topic in the window, with those up to `lookback`
 /// before it and those after it up to the partitions' ends as context.
 pub fn read_topic(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     target: &Target,
     window: &Window,
     progress: &ProgressBar,
@@ -281,7 +302,7 @@ fn entry(target: &Target, message: &BorrowedMessage<'_>, in_window: bool) -> Kaf
 /// The Kinesis partition key of the record at `offset` of `partition`, to name it in the
 /// report; `None` if it cannot be read back now (deleted by retention, for instance).
 pub fn partition_key_at(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     target: &Target,
     partition: i32,
     offset: i64,

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use aws_sdk_kinesis::Client;
-use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 
 use super::compare::{Comparison, KafkaEntry, Problem, ProblemExamples};
+use super::kafka_read::{self, Reader};
 use super::kinesis_read::{self, StreamRead};
-use super::{kafka_read, Target, VerifyError, Window};
+use super::{Target, VerifyError, Window};
 
 /// The JSON report; its top-level keys are a documented interface (README, "verify").
 #[derive(Debug, Serialize)]
@@ -65,7 +65,7 @@ impl Report {
     pub(super) async fn build(
         comparison: Comparison,
         target: &Target,
-        kafka: (&BaseConsumer, &[KafkaEntry]),
+        kafka: (&Reader, &[KafkaEntry]),
         kinesis: (&Client, &StreamRead),
     ) -> Result<Report, VerifyError> {
         let describe = Describe {
@@ -180,7 +180,7 @@ impl std::fmt::Display for Example {
 /// Turns the compared entries a problem points at back into named records.
 struct Describe<'a> {
     target: &'a Target,
-    kafka: (&'a BaseConsumer, &'a [KafkaEntry]),
+    kafka: (&'a Reader, &'a [KafkaEntry]),
     kinesis: (&'a Client, &'a StreamRead),
 }
 
