@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,7 @@ use kafka_kinesis_proxy::proxy::{check_tls_files, Proxy};
 use kafka_kinesis_proxy::telemetry::inventory::Inventory;
 use kafka_kinesis_proxy::telemetry::logging::{self, LogFormat};
 use kafka_kinesis_proxy::telemetry::metrics::Metrics;
+use kafka_kinesis_proxy::verify;
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +88,37 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Check that TOPIC's stream holds exactly the records the mirror should have put there.
+    /// Exits 0 when it does, 1 on any discrepancy, 2 on error.
+    Verify {
+        /// Path to the TOML config ([kafka], [kinesis] and the topic's [[mirror]] route).
+        #[arg(long)]
+        config: PathBuf,
+        /// The Kafka topic to check.
+        #[arg(long)]
+        topic: String,
+        /// Kinesis stream (default: the topic's route).
+        #[arg(long)]
+        stream: Option<String>,
+        /// The window starts this long ago, as `15m` (default: the topic's first record).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "from")]
+        since: Option<Duration>,
+        /// The window starts at this UTC time, as `2026-11-26T15:00:00Z`.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        from: Option<SystemTime>,
+        /// The window ends at this UTC time (default: now minus --settle).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        until: Option<SystemTime>,
+        /// How long the mirror may take to deliver a record.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        settle: Duration,
+        /// Check the keys sampled at this percent (default: the route's percent).
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Also write the report as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +139,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let outcome = match cli.command {
+        Command::Verify {
+            config,
+            topic,
+            stream,
+            since,
+            from,
+            until,
+            settle,
+            percent,
+            json,
+        } => {
+            let options = verify::Options {
+                topic,
+                stream,
+                since,
+                from,
+                until,
+                settle,
+                percent,
+                json,
+            };
+            return run_verify(&config, &options);
+        }
         Command::Status {
             admin,
             interval,
@@ -295,6 +351,24 @@ async fn shard_for(config: Config, stream: &str, key: &str) -> anyhow::Result<()
     })?;
     println!("{} {hash}", shard.id);
     Ok(())
+}
+
+/// `verify` exits 2 on any error, config errors included, so that 1 means discrepancies only.
+fn run_verify(path: &Path, options: &verify::Options) -> ExitCode {
+    let report = Config::load(path)
+        // Its message already names the file, the line and the cause.
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|config| {
+            let verified = runtime()?.block_on(verify::run(&config, options));
+            verified.with_context(|| format!("verify `{}`", options.topic))
+        });
+    match report {
+        Ok(report) => report.exit_code(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn shutdown_signal() {

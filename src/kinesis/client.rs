@@ -37,7 +37,7 @@ impl StreamError {
         }
     }
 
-    fn api<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    pub(crate) fn api<E: ProvideErrorMetadata + std::error::Error + 'static>(
         stream: &str,
         operation: &'static str,
         err: aws_sdk_kinesis::error::SdkError<E>,

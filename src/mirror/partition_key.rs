@@ -27,17 +27,29 @@ pub fn routing_key_bytes(
     rule: &PartitionKeyRule,
     record: &Record,
 ) -> Result<Option<Bytes>, RecordsError> {
-    let non_empty = |bytes: &Bytes| !bytes.is_empty();
-    let kafka_key = || record.key.clone().filter(non_empty);
-    Ok(match rule {
+    let header = match rule {
+        PartitionKeyRule::Header(name) => record.headers.get(name)?,
+        _ => None,
+    };
+    Ok(routing_key_of(rule, record.key.clone(), header))
+}
+
+/// [`routing_key_bytes`] over a record's parts: its Kafka key, and the value of its first
+/// header named by a `header:NAME` rule. Readers that decode records with another client
+/// (`verify`) key them with this, so they key exactly as the mirror does.
+pub fn routing_key_of<K: AsRef<[u8]>>(
+    rule: &PartitionKeyRule,
+    kafka_key: Option<K>,
+    header: Option<K>,
+) -> Option<K> {
+    let non_empty = |bytes: &K| !bytes.as_ref().is_empty();
+    match rule {
         PartitionKeyRule::Partition => None,
-        PartitionKeyRule::Key => kafka_key(),
-        PartitionKeyRule::Header(name) => record
-            .headers
-            .get(name)?
+        PartitionKeyRule::Key => kafka_key.filter(non_empty),
+        PartitionKeyRule::Header(_) => header
             .filter(non_empty)
-            .or_else(kafka_key),
-    })
+            .or_else(|| kafka_key.filter(non_empty)),
+    }
 }
 
 /// The Kinesis key of `record`, produced to `partition`.
@@ -46,13 +58,22 @@ pub fn kinesis_key(
     record: &Record,
     partition: i32,
 ) -> Result<KinesisKey, RecordsError> {
-    Ok(routing_key_bytes(rule, record)?.map_or_else(
+    Ok(kinesis_key_of(
+        routing_key_bytes(rule, record)?.as_deref(),
+        partition,
+    ))
+}
+
+/// The Kinesis key of a record of `partition` whose routing key (from [`routing_key_of`]) is
+/// `routing_key`.
+pub fn kinesis_key_of(routing_key: Option<&[u8]>, partition: i32) -> KinesisKey {
+    routing_key.map_or_else(
         || partition_key_for(partition),
         |bytes| KinesisKey {
-            partition_key: key_from_bytes(&bytes),
+            partition_key: key_from_bytes(bytes),
             explicit_hash_key: None,
         },
-    ))
+    )
 }
 
 fn key_from_bytes(bytes: &[u8]) -> String {

@@ -10,7 +10,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
-use super::partition_key::routing_key_bytes;
+use super::partition_key::{routing_key_bytes, routing_key_of};
 use crate::config::PartitionKeyRule;
 use crate::kafka::records::{Record, RecordsError};
 
@@ -54,6 +54,22 @@ pub fn record_sample_point(
         partition,
         record.value.as_deref(),
     ))
+}
+
+/// [`record_sample_point`] over a record's parts (see [`routing_key_of`]), for readers that
+/// decode records with another client (`verify`).
+pub fn sample_point_of(
+    rule: &PartitionKeyRule,
+    kafka_key: Option<&[u8]>,
+    header: Option<&[u8]>,
+    value: Option<&[u8]>,
+    partition: i32,
+) -> u64 {
+    let rule = match rule {
+        PartitionKeyRule::Partition => &PartitionKeyRule::Key,
+        rule => rule,
+    };
+    sample_point(routing_key_of(rule, kafka_key, header), partition, value)
 }
 
 /// Whether a record at `point` is mirrored at `percent` (0..=100).

@@ -125,44 +125,15 @@ impl KinesisLocal {
     }
 
     pub fn client(&self) -> Client {
-        let config = aws_sdk_kinesis::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .endpoint_url(&self.endpoint)
-            .build();
-        Client::from_conf(config)
+        client_at(&self.endpoint)
     }
 
     pub async fn create_stream(&self, name: &str, shards: i32) {
-        let client = self.client();
-        client
-            .create_stream()
-            .stream_name(name)
-            .shard_count(shards)
-            .send()
-            .await
-            .unwrap();
-        self.wait_active(name).await;
+        create_stream_at(&self.client(), name, shards).await;
     }
 
     pub async fn wait_active(&self, name: &str) {
-        let client = self.client();
-        for _ in 0..300 {
-            let out = client
-                .describe_stream_summary()
-                .stream_name(name)
-                .send()
-                .await
-                .unwrap();
-            if out.stream_description_summary().map(|s| s.stream_status())
-                == Some(&StreamStatus::Active)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("stream {name} did not become ACTIVE");
+        wait_active_at(&self.client(), name).await;
     }
 
     /// Every record of every shard (open and closed), from TRIM_HORIZON.
@@ -222,4 +193,45 @@ impl Drop for KinesisLocal {
             eprintln!("--- kinesis-local log tail ---\n{}", self.log_tail());
         }
     }
+}
+
+/// A client of the Kinesis emulator at `endpoint` (kinesis-local, or kinesalite in benches).
+pub fn client_at(endpoint: &str) -> Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(endpoint)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Creates stream `name` with `shards` shards and waits until it is ACTIVE.
+pub async fn create_stream_at(client: &Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .unwrap();
+    wait_active_at(client, name).await;
+}
+
+pub async fn wait_active_at(client: &Client, name: &str) {
+    for _ in 0..300 {
+        let out = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .unwrap();
+        if out.stream_description_summary().map(|s| s.stream_status())
+            == Some(&StreamStatus::Active)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("stream {name} did not become ACTIVE");
 }

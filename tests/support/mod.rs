@@ -226,7 +226,7 @@ impl Daemon {
 
     /// Wait until `port` accepts TCP connections; panics (with the log) if
     /// the process exits or `timeout` passes first.
-    fn wait_for_port(&mut self, port: u16, timeout: Duration) {
+    pub fn wait_for_port(&mut self, port: u16, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
