@@ -75,3 +75,31 @@ impl Response {
         Ok(seal(buf))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response whose first array claims far more elements than the frame could hold must be
+    /// a decode error. kafka-protocol 0.18 pre-allocated the claimed count, so these few bytes
+    /// asked for hundreds of gigabytes and aborted the whole test binary (found by the
+    /// `response_rewrite` fuzz target; fixed in vendor/kafka-protocol).
+    #[test]
+    fn array_count_beyond_the_frame_is_an_error_not_an_abort() {
+        // Metadata v0: correlation id, then the brokers array count i32::MAX.
+        let v0 = Bytes::from_static(&[0, 0, 0, 8, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff]);
+        let err = Response::decode(&v0, ApiKey::Metadata, 0)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, MessageError::Decode { .. }), "{err}");
+        // Metadata v9 (flexible): correlation id, no tagged fields, throttle time, then the
+        // compact brokers array count 2^32 - 2.
+        let v9 = Bytes::from_static(&[
+            0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f,
+        ]);
+        let err = Response::decode(&v9, ApiKey::Metadata, 9)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, MessageError::Decode { .. }), "{err}");
+    }
+}
