@@ -102,4 +102,33 @@ mod tests {
             .expect("refused");
         assert!(matches!(err, MessageError::Decode { .. }), "{err}");
     }
+
+    /// A tagged field numbered 2^31 or more decoded as a negative tag that kafka-protocol then
+    /// counted but did not write on re-encoding, so a rewritten response no longer decoded
+    /// (found by the `response_rewrite` fuzz target; fixed in vendor/kafka-protocol).
+    #[test]
+    fn tag_beyond_i32_is_refused_not_silently_dropped_on_re_encoding() {
+        // Metadata v9 response: correlation id, one header tagged field (tag `tag`, no data),
+        // throttle time, no brokers, null cluster id, controller, no topics, cluster
+        // authorized operations, no tagged fields.
+        let frame = |tag: &[u8]| {
+            let mut body = vec![0, 0, 0, 1, 1];
+            body.extend_from_slice(tag);
+            body.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0x80, 0, 0, 0, 0]);
+            let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            Bytes::from(frame)
+        };
+        let valid = frame(&[5]);
+        let r = Response::decode(&valid, ApiKey::Metadata, 9).expect("tag 5 decodes");
+        assert_eq!(r.encode(ApiKey::Metadata, 9).unwrap(), valid);
+        let frame = frame(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        match Response::decode(&frame, ApiKey::Metadata, 9) {
+            Err(err) => assert!(matches!(err, MessageError::Decode { .. }), "{err}"),
+            Ok(r) => {
+                let out = r.encode(ApiKey::Metadata, 9).unwrap();
+                Response::decode(&out, ApiKey::Metadata, 9).expect("re-encoded frame decodes");
+            }
+        }
+    }
 }

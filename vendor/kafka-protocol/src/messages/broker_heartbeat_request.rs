@@ -220,6 +220,11 @@ impl Decodable for BrokerHeartbeatRequest {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             match tag {
                 0 => {

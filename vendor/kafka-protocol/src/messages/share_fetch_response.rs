@@ -133,6 +133,11 @@ impl Decodable for AcquiredRecords {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             let unknown_value = buf.try_get_bytes(size as usize)?;
             unknown_tagged_fields.insert(tag as i32, unknown_value);
@@ -261,6 +266,11 @@ impl Decodable for LeaderIdAndEpoch {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             let unknown_value = buf.try_get_bytes(size as usize)?;
             unknown_tagged_fields.insert(tag as i32, unknown_value);
@@ -421,6 +431,11 @@ impl Decodable for NodeEndpoint {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             let unknown_value = buf.try_get_bytes(size as usize)?;
             unknown_tagged_fields.insert(tag as i32, unknown_value);
@@ -654,6 +669,11 @@ impl Decodable for PartitionData {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             let unknown_value = buf.try_get_bytes(size as usize)?;
             unknown_tagged_fields.insert(tag as i32, unknown_value);
@@ -862,6 +882,11 @@ impl Decodable for ShareFetchResponse {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             let unknown_value = buf.try_get_bytes(size as usize)?;
             unknown_tagged_fields.insert(tag as i32, unknown_value);
@@ -997,6 +1022,11 @@ impl Decodable for ShareFetchableTopicResponse {
         let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
         for _ in 0..num_tagged_fields {
             let tag: u32 = types::UnsignedVarInt.decode(buf)?;
+            if tag > i32::MAX as u32 {
+                // kafka-kinesis-proxy patch: tags are stored as i32; a larger one became negative
+                // and was dropped on encoding while still counted (see PATCHED.md).
+                bail!("Tagged field tag {tag} is out of range");
+            }
             let size: u32 = types::UnsignedVarInt.decode(buf)?;
             let unknown_value = buf.try_get_bytes(size as usize)?;
             unknown_tagged_fields.insert(tag as i32, unknown_value);
