@@ -26,6 +26,8 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# The patched kafka-protocol of [patch.crates-io] (see vendor/kafka-protocol/PATCHED.md).
+COPY vendor ./vendor
 
 # The registry and target caches survive between builds (BuildKit); the binary is copied out of
 # the cache mount in the same step.

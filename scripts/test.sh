@@ -11,3 +11,4 @@ scripts/install-test-deps.sh
 # which start their own proxy, emulator and clients; two tests at a time fits 2 cores.
 export RUST_BACKTRACE=1
 cargo test --locked --all-targets --no-fail-fast -- --test-threads "${KKP_TEST_THREADS:-2}"
+scripts/fuzz.sh smoke

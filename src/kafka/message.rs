@@ -75,3 +75,60 @@ impl Response {
         Ok(seal(buf))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response whose first array claims far more elements than the frame could hold must be
+    /// a decode error. kafka-protocol 0.18 pre-allocated the claimed count, so these few bytes
+    /// asked for hundreds of gigabytes and aborted the whole test binary (found by the
+    /// `response_rewrite` fuzz target; fixed in vendor/kafka-protocol).
+    #[test]
+    fn array_count_beyond_the_frame_is_an_error_not_an_abort() {
+        // Metadata v0: correlation id, then the brokers array count i32::MAX.
+        let v0 = Bytes::from_static(&[0, 0, 0, 8, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff]);
+        let err = Response::decode(&v0, ApiKey::Metadata, 0)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, MessageError::Decode { .. }), "{err}");
+        // Metadata v9 (flexible): correlation id, no tagged fields, throttle time, then the
+        // compact brokers array count 2^32 - 2.
+        let v9 = Bytes::from_static(&[
+            0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f,
+        ]);
+        let err = Response::decode(&v9, ApiKey::Metadata, 9)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, MessageError::Decode { .. }), "{err}");
+    }
+
+    /// A tagged field numbered 2^31 or more decoded as a negative tag that kafka-protocol then
+    /// counted but did not write on re-encoding, so a rewritten response no longer decoded
+    /// (found by the `response_rewrite` fuzz target; fixed in vendor/kafka-protocol).
+    #[test]
+    fn tag_beyond_i32_is_refused_not_silently_dropped_on_re_encoding() {
+        // Metadata v9 response: correlation id, one header tagged field (tag `tag`, no data),
+        // throttle time, no brokers, null cluster id, controller, no topics, cluster
+        // authorized operations, no tagged fields.
+        let frame = |tag: &[u8]| {
+            let mut body = vec![0, 0, 0, 1, 1];
+            body.extend_from_slice(tag);
+            body.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0x80, 0, 0, 0, 0]);
+            let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            Bytes::from(frame)
+        };
+        let valid = frame(&[5]);
+        let r = Response::decode(&valid, ApiKey::Metadata, 9).expect("tag 5 decodes");
+        assert_eq!(r.encode(ApiKey::Metadata, 9).unwrap(), valid);
+        let frame = frame(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        match Response::decode(&frame, ApiKey::Metadata, 9) {
+            Err(err) => assert!(matches!(err, MessageError::Decode { .. }), "{err}"),
+            Ok(r) => {
+                let out = r.encode(ApiKey::Metadata, 9).unwrap();
+                Response::decode(&out, ApiKey::Metadata, 9).expect("re-encoded frame decodes");
+            }
+        }
+    }
+}
