@@ -370,21 +370,17 @@ async fn block_mode_slows_producers_and_loses_nothing() {
     );
 }
 
-/// SIGTERM during an outage: the proxy finishes, spools what Kinesis did not take within the
-/// grace period, exits 0, and delivers it all after a restart.
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_spools_what_is_left_and_exits_cleanly() {
-    let mut rig = rig_with("stopping", "shutdown_grace_secs = 2", "").await;
-    let admin = rig.proxy.admin_port;
+/// Kinesis down, `count` records produced and acknowledged by Kafka and queued for Kinesis,
+/// then SIGTERM: the proxy must exit 0 having spooled what it could not deliver.
+async fn produce_in_an_outage_then_sigterm(rig: &mut Rig, count: usize) {
     rig.faults.set(FaultPlan {
         down: true,
         ..FaultPlan::default()
     });
-    const COUNT: usize = 2000;
-    let outcome = finish(rig.produce(COUNT, 1000));
+    let outcome = finish(rig.produce(count, 1000));
     assert_eq!(outcome["errors"], 0, "{outcome}");
     wait_for(
-        admin,
+        rig.proxy.admin_port,
         "the records queued for Kinesis",
         Duration::from_secs(30),
         |m| {
@@ -392,7 +388,7 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
                 m,
                 "kafka_kinesis_proxy_kafka_records_total",
                 &[("result", "ok")],
-            ) >= COUNT as f64
+            ) >= count as f64
                 && value(m, "kafka_kinesis_proxy_mirror_buffer_bytes", &[]) > 0.0
         },
     )
@@ -405,6 +401,16 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
         "a graceful shutdown exits 0:\n{}",
         rig.proxy.daemon().log_tail(50)
     );
+}
+
+/// SIGTERM during an outage: the proxy finishes, spools what Kinesis did not take within the
+/// grace period, exits 0, and delivers it all after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_spools_what_is_left_and_exits_cleanly() {
+    let mut rig = rig_with("stopping", "shutdown_grace_secs = 2", "").await;
+    let admin = rig.proxy.admin_port;
+    const COUNT: usize = 2000;
+    produce_in_an_outage_then_sigterm(&mut rig, COUNT).await;
     let log = rig.proxy.daemon().log_tail(200);
     assert!(
         log.contains("mirror writer stopped") && log.contains("stopped"),
@@ -431,31 +437,8 @@ async fn sigterm_spools_what_is_left_and_exits_cleanly() {
 async fn a_spool_whose_route_was_removed_is_delivered_after_a_restart() {
     let mut rig = rig_with("stranded", "shutdown_grace_secs = 2", "").await;
     let admin = rig.proxy.admin_port;
-    rig.faults.set(FaultPlan {
-        down: true,
-        ..FaultPlan::default()
-    });
     const COUNT: usize = 500;
-    let outcome = finish(rig.produce(COUNT, 1000));
-    assert_eq!(outcome["errors"], 0, "{outcome}");
-    wait_for(
-        admin,
-        "the records queued for Kinesis",
-        Duration::from_secs(30),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_kafka_records_total",
-                &[("result", "ok")],
-            ) >= COUNT as f64
-        },
-    )
-    .await;
-    rig.proxy.daemon().signal("-TERM");
-    assert_eq!(
-        rig.proxy.daemon().wait_exit(Duration::from_secs(30)),
-        Some(0)
-    );
+    produce_in_an_outage_then_sigterm(&mut rig, COUNT).await;
     // The route goes; [kinesis] and [spool] stay, as an operator's edit would leave them.
     let config = std::fs::read_to_string(&rig.proxy.config_path).unwrap();
     let mut in_route = false;

@@ -240,6 +240,13 @@ mod tests {
         DeadLetter::from_entry(&entry, "AccessDeniedException", "denied", SystemTime::now())
     }
 
+    fn write_letters(path: &Path, offsets: std::ops::Range<i64>) {
+        DeadLetterFile::open(path)
+            .expect("open")
+            .append(&offsets.map(letter).collect::<Vec<_>>())
+            .expect("append");
+    }
+
     /// A replay that crashed left its snapshot: the next replay sends those letters too, and
     /// removes the snapshot.
     #[tokio::test(start_paused = true)]
@@ -251,14 +258,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead-letters.jsonl");
         let crashed = dir.path().join("dead-letters.replaying-1700000000000");
-        DeadLetterFile::open(&crashed)
-            .expect("open")
-            .append(&(0..2).map(letter).collect::<Vec<_>>())
-            .expect("append");
-        DeadLetterFile::open(&path)
-            .expect("open")
-            .append(&[letter(2)])
-            .expect("append");
+        write_letters(&crashed, 0..2);
+        write_letters(&path, 2..3);
         let summary = replay_dead_letters(&fake.client(), &path, |_, _| {})
             .await
             .expect("replay");
@@ -288,11 +289,7 @@ mod tests {
         });
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead-letters.jsonl");
-        let letters: Vec<DeadLetter> = (0..3).map(letter).collect();
-        DeadLetterFile::open(&path)
-            .expect("open")
-            .append(&letters)
-            .expect("append");
+        write_letters(&path, 0..3);
         let summary = replay_dead_letters(&fake.client(), &path, |_, _| {})
             .await
             .expect("replay");
