@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -94,30 +93,8 @@ enum Command {
         /// Path to the TOML config ([kafka], [kinesis] and the topic's [[mirror]] route).
         #[arg(long)]
         config: PathBuf,
-        /// The Kafka topic to check.
-        #[arg(long)]
-        topic: String,
-        /// Kinesis stream (default: the topic's route).
-        #[arg(long)]
-        stream: Option<String>,
-        /// The window starts this long ago, as `15m` (default: the topic's first record).
-        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "from")]
-        since: Option<Duration>,
-        /// The window starts at this UTC time, as `2026-11-26T15:00:00Z`.
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-        from: Option<SystemTime>,
-        /// The window ends at this UTC time (default: now minus --settle).
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-        until: Option<SystemTime>,
-        /// How long the mirror may take to deliver a record.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-        settle: Duration,
-        /// Check the keys sampled at this percent (default: the route's percent).
-        #[arg(long)]
-        percent: Option<f64>,
-        /// Also write the report as JSON to FILE.
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        options: verify::Options,
     },
 }
 
@@ -139,27 +116,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let outcome = match cli.command {
-        Command::Verify {
-            config,
-            topic,
-            stream,
-            since,
-            from,
-            until,
-            settle,
-            percent,
-            json,
-        } => {
-            let options = verify::Options {
-                topic,
-                stream,
-                since,
-                from,
-                until,
-                settle,
-                percent,
-                json,
-            };
+        Command::Verify { config, options } => {
             return run_verify(&config, &options);
         }
         Command::Status {

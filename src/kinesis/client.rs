@@ -3,6 +3,7 @@
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::types::Shard;
 use aws_sdk_kinesis::Client;
 use std::time::Duration;
 
@@ -105,10 +106,9 @@ pub async fn describe(client: &Client, stream: &str) -> Result<StreamInfo, Strea
     })
 }
 
-/// The open shards of `stream`, from paginated ListShards. Closed shards (those with an
-/// ending sequence number, such as the parent of a split) are left out.
-pub async fn load_shard_map(client: &Client, stream: &str) -> Result<ShardMap, StreamError> {
-    let mut open = Vec::new();
+/// Every shard of `stream` that ListShards still knows, open and closed, across its pages.
+pub async fn list_all_shards(client: &Client, stream: &str) -> Result<Vec<Shard>, StreamError> {
+    let mut shards = Vec::new();
     let mut next_token: Option<String> = None;
     loop {
         // With a NextToken, ListShards refuses a StreamName.
@@ -120,29 +120,37 @@ pub async fn load_shard_map(client: &Client, stream: &str) -> Result<ShardMap, S
             .send()
             .await
             .map_err(|e| StreamError::api(stream, "ListShards", e))?;
-        for shard in out.shards() {
-            let closed = shard
-                .sequence_number_range()
-                .and_then(|r| r.ending_sequence_number())
-                .is_some();
-            if let (false, Some(range)) = (closed, shard.hash_key_range()) {
-                open.push((
-                    shard.shard_id().to_owned(),
-                    range.starting_hash_key().to_owned(),
-                    range.ending_hash_key().to_owned(),
-                ));
-            }
-        }
+        shards.extend_from_slice(out.shards());
         match out.next_token() {
             Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
             _ => break,
         }
     }
-    ShardMap::from_ranges(
-        open.iter()
-            .map(|(id, s, e)| (id.as_str(), s.as_str(), e.as_str())),
-    )
-    .map_err(|source| StreamError::ShardMap {
+    Ok(shards)
+}
+
+/// The open shards of `stream`. Closed shards (those with an ending sequence number, such as
+/// the parent of a split) are left out.
+pub async fn load_shard_map(client: &Client, stream: &str) -> Result<ShardMap, StreamError> {
+    let shards = list_all_shards(client, stream).await?;
+    let open: Vec<(&str, &str, &str)> = shards
+        .iter()
+        .filter(|shard| {
+            shard
+                .sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_none()
+        })
+        .filter_map(|shard| {
+            let range = shard.hash_key_range()?;
+            Some((
+                shard.shard_id(),
+                range.starting_hash_key(),
+                range.ending_hash_key(),
+            ))
+        })
+        .collect();
+    ShardMap::from_ranges(open).map_err(|source| StreamError::ShardMap {
         stream: stream.to_owned(),
         source,
     })

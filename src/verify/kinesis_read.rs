@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 
 use super::compare::{digest, key_hash, KinesisEntry};
 use super::VerifyError;
-use crate::kinesis::client::StreamError;
+use crate::kinesis::client::{list_all_shards, StreamError};
 
 /// Shards read at the same time; each shard allows 5 GetRecords per second.
 const CONCURRENT_SHARDS: usize = 4;
@@ -89,36 +89,20 @@ pub async fn read_stream(
     })
 }
 
-/// Every shard ListShards still knows, open and closed.
+/// Every shard ListShards still knows, open and closed, with its parents.
 async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, VerifyError> {
-    let mut shards = Vec::new();
-    let mut next_token: Option<String> = None;
-    loop {
-        // With a NextToken, ListShards refuses a StreamName.
-        let request = match &next_token {
-            Some(token) => client.list_shards().next_token(token),
-            None => client.list_shards().stream_name(stream),
-        };
-        let out = request
-            .send()
-            .await
-            .map_err(|e| StreamError::api(stream, "ListShards", e))?;
-        shards.extend(out.shards().iter().map(|s| {
-            ShardInfo {
-                id: s.shard_id().to_owned(),
-                parents: [s.parent_shard_id(), s.adjacent_parent_shard_id()]
-                    .into_iter()
-                    .flatten()
-                    .map(str::to_owned)
-                    .collect(),
-            }
-        }));
-        match out.next_token() {
-            Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
-            _ => break,
-        }
-    }
-    Ok(shards)
+    Ok(list_all_shards(client, stream)
+        .await?
+        .iter()
+        .map(|s| ShardInfo {
+            id: s.shard_id().to_owned(),
+            parents: [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                .into_iter()
+                .flatten()
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect())
 }
 
 /// `shards` with every shard after its parents. Parents already trimmed from the stream are

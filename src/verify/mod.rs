@@ -59,20 +59,31 @@ pub enum VerifyError {
 }
 
 /// The command line of `verify`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// The Kafka topic to check.
+    #[arg(long)]
     pub topic: String,
-    /// Default: the topic's route.
+    /// Kinesis stream (default: the topic's route).
+    #[arg(long)]
     pub stream: Option<String>,
-    /// The window starts this long ago; exclusive with `from`.
+    /// The window starts this long ago, as `15m` (default: the topic's first record).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "from")]
     pub since: Option<Duration>,
+    /// The window starts at this UTC time, as `2026-11-26T15:00:00Z`.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub from: Option<SystemTime>,
-    /// Default: now minus `settle`.
+    /// The window ends at this UTC time (default: now minus --settle).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub until: Option<SystemTime>,
     /// How long the mirror may take to deliver a record.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub settle: Duration,
-    /// Default: the route's percent.
+    /// Check the keys sampled at this percent (default: the route's percent).
+    #[arg(long)]
     pub percent: Option<f64>,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
 
