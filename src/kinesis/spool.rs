@@ -731,9 +731,15 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
 }
 
 /// The streams whose spool under `spool_dir` (one directory per stream) still holds records,
-/// with how many. After a restart these must drain even when no route names the stream any
-/// more. A directory with no spool files is not a spool and is left alone.
-pub fn streams_with_records(spool_dir: &Path, max_bytes: u64) -> Vec<(String, u64)> {
+/// with how many, leaving out those `skip` names. After a restart these must drain even when
+/// no route names the stream any more. A directory with no spool files is not a spool and is
+/// left alone. Opening a spool takes its lock and repairs a torn tail, so streams whose
+/// writers open their spools themselves must be skipped.
+pub fn streams_with_records(
+    spool_dir: &Path,
+    max_bytes: u64,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<(String, u64)> {
     let Ok(entries) = fs::read_dir(spool_dir) else {
         return Vec::new();
     };
@@ -743,6 +749,9 @@ pub fn streams_with_records(spool_dir: &Path, max_bytes: u64) -> Vec<(String, u6
         let Some(stream) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        if skip(&stream) {
+            continue;
+        }
         let is_spool = fs::read_dir(&dir).is_ok_and(|files| {
             files.flatten().any(|f| {
                 f.file_name()

@@ -169,15 +169,17 @@ impl Mirror {
     /// removed while records waited) get a writer too, which replays them: records Kafka
     /// acknowledged are delivered whatever the config says now.
     async fn drain_stranded_spools(&self, dir: PathBuf, max_bytes: u64, routes: &[MirrorRoute]) {
-        let found = tokio::task::spawn_blocking(move || streams_with_records(&dir, max_bytes))
-            .await
-            .unwrap_or_default();
+        // Routed streams' writers open their own spools, concurrently: never touch those.
+        let routed: Vec<String> = routes.iter().map(|r| r.stream.clone()).collect();
+        let found = tokio::task::spawn_blocking(move || {
+            streams_with_records(&dir, max_bytes, |stream| routed.iter().any(|r| r == stream))
+        })
+        .await
+        .unwrap_or_default();
         let mut writers = self.writers.lock().await;
         for (stream, records) in found {
-            if !routes.iter().any(|r| r.stream == stream) {
-                tracing::warn!(%stream, records, "the spool of a stream no route names holds records from an earlier run; delivering them");
-                writers.writer(&stream, &self.metrics).await;
-            }
+            tracing::warn!(%stream, records, "the spool of a stream no route names holds records from an earlier run; delivering them");
+            writers.writer(&stream, &self.metrics).await;
         }
     }
 
