@@ -165,7 +165,11 @@ fuzz_target!(|input: Input| {
             let headers: Vec<_> = r
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.to_vec())))
+                .map(|header| {
+                    let (k, v) = header.expect("decode_batches validated every header");
+                    let k = String::from_utf8(k.to_vec()).expect("validated UTF-8 key");
+                    (k, v.map(|v| v.to_vec()))
+                })
                 .collect();
             assert_eq!(headers, want.headers, "headers");
             assert_eq!(

@@ -80,7 +80,12 @@ fuzz_target!(|data: &[u8]| {
             check_frame(&out, &frame, api_key, version);
             let again = rewrite_response(&out, api_key, version, &mut FuzzRewriter::default())
                 .expect("rewrites again");
-            assert_eq!(again.as_ref(), Some(&out), "rewriting is idempotent");
+            // Idempotent: a second pass changes nothing (`None`: nothing left to rewrite, as
+            // when every broker named was left out).
+            assert!(
+                again.as_ref().is_none_or(|again| again == &out),
+                "rewriting is idempotent"
+            );
         }
         Ok(None) | Err(_) => {}
     }

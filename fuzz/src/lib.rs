@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes};
 use kafka_kinesis_proxy::kafka::records::{
     decode_batches_with_limit, summarize_with_limit, Batch, BatchSummary,
 };
-use kafka_kinesis_proxy::kafka::rewrite::{AddressError, AddressRewriter};
+use kafka_kinesis_proxy::kafka::rewrite::AddressRewriter;
 use kafka_protocol::protocol::StrBytes;
 
 /// Decompression budget used by the targets. Far below the proxy's 128 MiB default so that a
@@ -240,21 +240,14 @@ pub struct FuzzRewriter {
 }
 
 impl AddressRewriter for FuzzRewriter {
-    fn rewrite(
-        &mut self,
-        node_id: i32,
-        host: &mut StrBytes,
-        port: &mut i32,
-    ) -> Result<(), AddressError> {
+    fn rewrite(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> bool {
         self.calls += 1;
+        // Some brokers cannot be served: the rewrite leaves them out.
         if node_id < -1000 {
-            return Err(AddressError {
-                node_id,
-                reason: "unmapped".into(),
-            });
+            return false;
         }
         *host = StrBytes::from_static_str(PROXY_HOST);
         *port = 20_000 + node_id.rem_euclid(1000);
-        Ok(())
+        true
     }
 }
