@@ -66,7 +66,7 @@ pub struct Problem {
     pub kinesis: Option<usize>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub kafka_records: u64,
     pub expected: u64,

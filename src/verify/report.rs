@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use aws_sdk_kinesis::Client;
 use serde::Serialize;
 
-use super::compare::{Comparison, KafkaEntry, Problem, ProblemExamples};
+use super::compare::{Comparison, Counts, KafkaEntry, Problem, ProblemExamples};
 use super::kafka_read::{self, Reader};
 use super::kinesis_read::{self, StreamRead};
 use super::{Target, VerifyError, Window};
@@ -15,16 +15,9 @@ use super::{Target, VerifyError, Window};
 /// The JSON report; its top-level keys are a documented interface (README, "verify").
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub kafka_records: u64,
-    pub expected: u64,
-    pub outside_sample: u64,
-    pub found: u64,
-    pub matched: u64,
-    pub missing: u64,
-    pub unexpected: u64,
-    pub mismatched: u64,
-    pub duplicates: u64,
-    pub order_violations: u64,
+    /// Top-level keys of the JSON, as the comparison counted them.
+    #[serde(flatten)]
+    pub counts: Counts,
     pub examples: Examples,
 }
 
@@ -52,7 +45,8 @@ pub struct Example {
 
 impl Report {
     pub fn discrepancies(&self) -> u64 {
-        self.missing + self.unexpected + self.mismatched + self.duplicates + self.order_violations
+        let c = &self.counts;
+        c.missing + c.unexpected + c.mismatched + c.duplicates + c.order_violations
     }
 
     /// 0 when Kinesis holds exactly what it should, 1 when anything differs.
@@ -87,18 +81,8 @@ impl Report {
             duplicates: describe.all(&duplicates).await?,
             order_violations: describe.all(&order_violations).await?,
         };
-        let c = comparison.counts;
         Ok(Report {
-            kafka_records: c.kafka_records,
-            expected: c.expected,
-            outside_sample: c.outside_sample,
-            found: c.found,
-            matched: c.matched,
-            missing: c.missing,
-            unexpected: c.unexpected,
-            mismatched: c.mismatched,
-            duplicates: c.duplicates,
-            order_violations: c.order_violations,
+            counts: comparison.counts,
             examples,
         })
     }
@@ -109,29 +93,30 @@ impl Report {
             "verify `{}` -> `{}` at {}% (partition_key = {}), window {}\n",
             target.topic, target.stream, target.percent, target.partition_key, window
         );
+        let c = &self.counts;
         let counts = [
-            ("kafka records", self.kafka_records),
-            ("expected in Kinesis", self.expected),
-            ("outside sample", self.outside_sample),
-            ("found", self.found),
-            ("matched", self.matched),
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
-            ("mismatched", self.mismatched),
-            ("duplicates", self.duplicates),
-            ("order violations", self.order_violations),
+            ("kafka records", c.kafka_records),
+            ("expected in Kinesis", c.expected),
+            ("outside sample", c.outside_sample),
+            ("found", c.found),
+            ("matched", c.matched),
+            ("missing", c.missing),
+            ("unexpected", c.unexpected),
+            ("mismatched", c.mismatched),
+            ("duplicates", c.duplicates),
+            ("order violations", c.order_violations),
         ];
         for (name, count) in counts {
             let _ = writeln!(out, "  {name:<20} {count}");
         }
         let lists = [
-            ("missing", self.missing, &self.examples.missing),
-            ("unexpected", self.unexpected, &self.examples.unexpected),
-            ("mismatched", self.mismatched, &self.examples.mismatched),
-            ("duplicates", self.duplicates, &self.examples.duplicates),
+            ("missing", c.missing, &self.examples.missing),
+            ("unexpected", c.unexpected, &self.examples.unexpected),
+            ("mismatched", c.mismatched, &self.examples.mismatched),
+            ("duplicates", c.duplicates, &self.examples.duplicates),
             (
                 "order violations",
-                self.order_violations,
+                c.order_violations,
                 &self.examples.order_violations,
             ),
         ];
