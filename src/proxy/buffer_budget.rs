@@ -14,6 +14,9 @@ use tokio::sync::Notify;
 pub struct BufferBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Reservations waiting for bytes: a release wakes them only when there are some, so the
+    /// common case (nobody waits) never touches the notifier's lock.
+    waiting: AtomicUsize,
     released: Notify,
     gauge: IntGauge,
 }
@@ -27,9 +30,13 @@ pub struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+            // SeqCst pairs with `reserve`: either this release sees the waiter's count, or the
+            // waiter's retry sees the bytes this release returned.
+            self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
             self.budget.gauge.sub(self.bytes as i64);
-            self.budget.released.notify_waiters();
+            if self.budget.waiting.load(Ordering::SeqCst) > 0 {
+                self.budget.released.notify_waiters();
+            }
         }
     }
 }
@@ -39,6 +46,7 @@ impl BufferBudget {
         Arc::new(BufferBudget {
             limit,
             used: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             released: Notify::new(),
             gauge,
         })
@@ -47,6 +55,10 @@ impl BufferBudget {
     /// Waits until `bytes` fit, then holds them. A request alone always fits, so that one
     /// larger than what is free cannot wait forever. Cancel-safe.
     pub async fn reserve(self: &Arc<Self>, bytes: usize) -> Held {
+        if let Some(held) = self.try_reserve(bytes) {
+            return held;
+        }
+        let _waiting = Waiting::register(&self.waiting);
         loop {
             // Registered before the check, so a release between the check and the wait wakes it.
             let released = self.released.notified();
@@ -60,7 +72,7 @@ impl BufferBudget {
     }
 
     fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Held> {
-        let mut used = self.used.load(Ordering::Acquire);
+        let mut used = self.used.load(Ordering::SeqCst);
         loop {
             if used != 0 && used.saturating_add(bytes) > self.limit {
                 return None;
@@ -89,6 +101,22 @@ impl BufferBudget {
             budget: self.clone(),
             bytes,
         }
+    }
+}
+
+/// Counts one waiting reservation for as long as it lives (cancel-safe).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn register(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -131,5 +159,29 @@ mod tests {
         drop(big);
         drop(response);
         assert_eq!(budget.used.load(Ordering::Acquire), 0);
+    }
+
+    /// A lost wake-up would leave a reservation waiting with bytes free: many contending
+    /// tasks on several threads must all finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn contending_reservations_are_never_left_waiting() {
+        let budget = budget(100);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    for _ in 0..2_000 {
+                        let held = budget.reserve(60).await;
+                        tokio::task::yield_now().await;
+                        drop(held);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+            .await
+            .expect("every reservation was woken");
+        assert_eq!(budget.used.load(Ordering::Acquire), 0);
+        assert_eq!(budget.waiting.load(Ordering::Acquire), 0);
     }
 }
