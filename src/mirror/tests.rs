@@ -13,7 +13,7 @@ use kafka_protocol::records::{
 };
 
 use super::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
-use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
+use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
 use crate::kinesis::test_support::writer_settings;
 use crate::telemetry::inventory::{ClientKey, Inventory};
 use crate::telemetry::metrics::Metrics;
@@ -75,7 +75,7 @@ async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ra
     let metrics = Arc::new(Metrics::new());
     let route = MirrorRoute {
         topic: "orders".into(),
-        stream: "orders-stream".into(),
+        target: StreamTarget::new("orders-stream", None, None).unwrap(),
         percent: 50.0,
         partition_key: PartitionKeyRule::Key,
     };
