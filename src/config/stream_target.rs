@@ -264,8 +264,12 @@ mod tests {
             );
         }
         assert!(matches!(
-            StreamTarget::new("a:b", None, None),
+            StreamTarget::new("arn:b", None, None),
             Err(TargetError::NotAStreamArn(_))
+        ));
+        assert!(matches!(
+            StreamTarget::new("a:b", None, None),
+            Err(TargetError::NotAStreamName(_))
         ));
         assert!(matches!(
             StreamTarget::new("bad name", None, None),
