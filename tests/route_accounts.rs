@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use support::kinesis::{client_in, create_stream_at, KinesisLocal, StoredRecord};
 use support::metrics::{get, value, wait_for};
-use support::{free_port, num, python, run_client, Daemon, KafkaCluster, Proxy};
+use support::{free_port, num, python, run_client, shard_for, Daemon, KafkaCluster, Proxy};
 
 /// The account kinesis-local's streams belong to.
 const ACCOUNT: &str = "000000000000";
@@ -107,6 +107,11 @@ async fn produce(proxy: &Proxy, topic: &str, count: usize, sent_after: usize) {
         ],
     );
     assert_eq!(num(&out, "produced"), count as i64, "{out}");
+    wait_sent(proxy, sent_after).await;
+}
+
+/// Waits until the mirror has sent `count` records in all.
+async fn wait_sent(proxy: &Proxy, count: usize) {
     wait_for(
         proxy.admin_port,
         "every record mirrored",
@@ -116,7 +121,7 @@ async fn produce(proxy: &Proxy, topic: &str, count: usize, sent_after: usize) {
                 m,
                 "kafka_kinesis_proxy_mirror_records_total",
                 &[("result", "sent")],
-            ) >= sent_after as f64
+            ) >= count as f64
         },
     )
     .await;
@@ -286,37 +291,13 @@ async fn shard_for_names_the_shard_the_mirror_sent_a_transformed_key_to() {
         .flush(Duration::from_secs(30))
         .expect("acknowledged");
     let total = long_keys.len() + binary_keys.len();
-    wait_for(
-        proxy.admin_port,
-        "every record mirrored",
-        Duration::from_secs(60),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "sent")],
-            ) >= total as f64
-        },
-    )
-    .await;
+    wait_sent(&proxy, total).await;
     let stored = read_stream(&kinesis, "us-east-1", "placed").await;
     assert_eq!(stored.len(), total);
 
     let shard_for = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
-            .args(["shard-for", "--config"])
-            .arg(&proxy.config_path)
-            .args(args)
-            .envs(KinesisLocal::aws_env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
-        line.split_whitespace().next().unwrap().to_owned()
+        let (shard, _hash) = shard_for(&proxy.config_path, args);
+        shard
     };
     for key in &long_keys {
         let text = std::str::from_utf8(key).unwrap();

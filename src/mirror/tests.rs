@@ -62,16 +62,17 @@ fn acks0_request(topic: &str, records: usize) -> Bytes {
     body.freeze()
 }
 
+/// Writer settings whose Kinesis never answers, with a spool in `spool`.
+fn unreachable_kinesis(spool: &std::path::Path) -> crate::kinesis::writer::WriterSettings {
+    let mut settings = writer_settings(spool, 1 << 30, WhenFull::Spill, Duration::from_secs(600));
+    settings.kinesis.endpoint_url = Some("http://127.0.0.1:9".into());
+    settings
+}
+
 #[tokio::test]
 async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
     let spool = tempfile::tempdir().unwrap();
-    let mut settings = writer_settings(
-        spool.path(),
-        1 << 30,
-        WhenFull::Spill,
-        Duration::from_secs(600),
-    );
-    settings.kinesis.endpoint_url = Some("http://127.0.0.1:9".into());
+    let settings = unreachable_kinesis(spool.path());
     let metrics = Arc::new(Metrics::new());
     let route = MirrorRoute {
         topic: "orders".into(),
@@ -130,13 +131,7 @@ fn spooled_records_show_an_outage_in_the_ratio_until_replay_delivers_them() {
 #[tokio::test]
 async fn a_reload_repoints_a_topic_to_another_region_and_to_an_arn_each_with_its_own_writer() {
     let spool = tempfile::tempdir().unwrap();
-    let mut settings = writer_settings(
-        spool.path(),
-        1 << 30,
-        WhenFull::Spill,
-        Duration::from_secs(600),
-    );
-    settings.kinesis.endpoint_url = Some("http://127.0.0.1:9".into());
+    let settings = unreachable_kinesis(spool.path());
     let route = |stream: &str, region: Option<&str>| MirrorRoute {
         topic: "orders".into(),
         target: StreamTarget::new(stream, region, None).unwrap(),

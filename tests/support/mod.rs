@@ -472,6 +472,26 @@ impl Proxy {
     }
 }
 
+/// `kafka-kinesis-proxy shard-for --config CONFIG ARGS` against kinesis-local: the shard it
+/// names and the decimal hash key.
+pub fn shard_for(config: &Path, args: &[&str]) -> (String, u128) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
+        .args(["shard-for", "--config"])
+        .arg(config)
+        .args(args)
+        .envs(kinesis::KinesisLocal::aws_env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shard-for {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (shard, hash) = line.trim().split_once(' ').expect("SHARD HASH");
+    (shard.to_owned(), hash.parse().expect("a decimal hash key"))
+}
+
 /// `cmd` run by `sh -c` after `prefix`, with the same arguments, environment and directory.
 fn after_shell(cmd: &Command, prefix: &str) -> Command {
     let mut shell = Command::new("sh");
