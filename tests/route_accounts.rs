@@ -14,6 +14,7 @@ use md5::Digest;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
+use support::faults::{FaultLayer, FaultPlan};
 use support::kinesis::{client_in, create_stream_at, KinesisLocal, StoredRecord};
 use support::metrics::{get, value, wait_for};
 use support::{free_port, num, python, run_client, shard_for, Daemon, KafkaCluster, Proxy};
@@ -323,4 +324,83 @@ async fn shard_for_names_the_shard_the_mirror_sent_a_transformed_key_to() {
             landed
         );
     }
+}
+
+/// A spool left by a route of another region, whose route was then removed: records
+/// acknowledged during an outage, SIGTERM, the route gone from the config, Kinesis back, and a
+/// restart. The spool's own folder (not the plain name's) holds them, and its entries' label
+/// says the region, so they are delivered to that region's stream, not to the same-named
+/// stream of the default region.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranded_spool_of_another_region_is_delivered_to_that_region() {
+    const COUNT: usize = 300;
+    let cluster = KafkaCluster::shared();
+    let kinesis = KinesisLocal::start();
+    create_stream(&kinesis, "us-east-1", "stranded", 1).await;
+    create_stream(&kinesis, "eu-west-1", "stranded", 1).await;
+    let faults = FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
+    let route = "[[mirror]]\ntopic = \"stranded\"\nstream = \"stranded\"\nregion = \"eu-west-1\"\npercent = 100.0\n";
+    let text = format!(
+        "shutdown_grace_secs = 2\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\n{route}",
+        faults.endpoint
+    );
+    let mut proxy = Proxy::start_with(cluster, &text);
+    cluster.create_topic("stranded", 2);
+    faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    let out = run_client(
+        "confluent",
+        &[
+            "produce",
+            "--bootstrap",
+            &proxy.bootstrap(),
+            "--topic",
+            "stranded",
+            "--count",
+            &COUNT.to_string(),
+        ],
+    );
+    assert_eq!(num(&out, "produced"), COUNT as i64, "{out}");
+    wait_for(
+        proxy.admin_port,
+        "the records queued for Kinesis",
+        Duration::from_secs(30),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_kafka_records_total",
+                &[("result", "ok")],
+            ) >= COUNT as f64
+        },
+    )
+    .await;
+    proxy.daemon().signal("-TERM");
+    assert_eq!(proxy.daemon().wait_exit(Duration::from_secs(30)), Some(0));
+    let spool = proxy.config_path.parent().unwrap().join("spool");
+    let folders: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        folders.len() == 1 && folders[0].starts_with("stranded@"),
+        "the region's stream has a folder of its own: {folders:?}"
+    );
+
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(&proxy.config_path, config.replace(route, "")).unwrap();
+    faults.set(FaultPlan::default());
+    proxy.restart();
+    wait_sent(&proxy, COUNT).await;
+    assert_eq!(
+        (
+            read_stream(&kinesis, "eu-west-1", "stranded").await.len(),
+            read_stream(&kinesis, "us-east-1", "stranded").await.len()
+        ),
+        (COUNT, 0),
+        "delivered to the spool's own region"
+    );
 }
