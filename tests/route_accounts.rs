@@ -404,3 +404,30 @@ async fn a_stranded_spool_of_another_region_is_delivered_to_that_region() {
         "delivered to the spool's own region"
     );
 }
+
+/// A role that cannot be assumed (STS does not answer) marks the route's stream unhealthy,
+/// and `/readyz/mirror` says the credentials are why, while `/readyz` (Kafka) stays ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_cannot_be_assumed_is_named_in_the_mirrors_readiness() {
+    let cluster = KafkaCluster::shared();
+    let kinesis = KinesisLocal::start();
+    create_stream(&kinesis, "us-east-1", "unassumed", 1).await;
+    let routes = format!(
+        "[[mirror]]\ntopic = \"unassumed\"\nstream = \"unassumed\"\nrole_arn = \"{ROLE}\"\npercent = 100.0\n"
+    );
+    let no_sts = format!("http://127.0.0.1:{}", free_port());
+    let proxy = Proxy::start_with_env(
+        cluster,
+        &config(&kinesis, &routes),
+        &[("AWS_ENDPOINT_URL_STS", &no_sts)],
+    );
+    let (_, body) = support::wait_until_async(
+        "the mirror unready for want of credentials",
+        Duration::from_secs(60),
+        async || get(proxy.admin_port, "/readyz/mirror"),
+        |(code, body)| *code == 503 && body.to_lowercase().contains("credentials"),
+    )
+    .await;
+    assert!(body.contains(&format!("unassumed as {ROLE}")), "{body}");
+    assert_eq!(get(proxy.admin_port, "/readyz").0, 200, "Kafka is fine");
+}
