@@ -95,6 +95,12 @@ async fn read_stream(kinesis: &KinesisLocal, region: &str, name: &str) -> Vec<St
 /// Produces `count` records to `topic` through the proxy and waits until the mirror has sent
 /// `sent_after` records in all.
 async fn produce(proxy: &Proxy, topic: &str, count: usize, sent_after: usize) {
+    produce_through(proxy, topic, count);
+    wait_sent(proxy, sent_after).await;
+}
+
+/// Produces `count` records to `topic` through the proxy.
+fn produce_through(proxy: &Proxy, topic: &str, count: usize) {
     let out = run_client(
         "confluent",
         &[
@@ -108,22 +114,26 @@ async fn produce(proxy: &Proxy, topic: &str, count: usize, sent_after: usize) {
         ],
     );
     assert_eq!(num(&out, "produced"), count as i64, "{out}");
-    wait_sent(proxy, sent_after).await;
 }
 
 /// Waits until the mirror has sent `count` records in all.
 async fn wait_sent(proxy: &Proxy, count: usize) {
+    wait_count(
+        proxy,
+        "kafka_kinesis_proxy_mirror_records_total",
+        "sent",
+        count,
+    )
+    .await;
+}
+
+/// Waits until `metric{result}` reaches `count`.
+async fn wait_count(proxy: &Proxy, metric: &str, result: &str, count: usize) {
     wait_for(
         proxy.admin_port,
-        "every record mirrored",
+        &format!("{metric}{{result=\"{result}\"}} >= {count}"),
         Duration::from_secs(60),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "sent")],
-            ) >= count as f64
-        },
+        |m| value(m, metric, &[("result", result)]) >= count as f64,
     )
     .await;
 }
@@ -233,24 +243,18 @@ async fn a_reload_moves_a_route_to_another_region_then_to_an_arn_live() {
         ),
     ];
     let mut keys_in_force = "stream = \"moving\"\n".to_owned();
-    for (reloads, (keys, region, stream)) in (1..).zip(stages) {
+    for (reloads, (keys, region, stream)) in (1usize..).zip(stages) {
         let text = std::fs::read_to_string(&proxy.config_path).unwrap();
         std::fs::write(&proxy.config_path, text.replace(&keys_in_force, &keys)).unwrap();
         keys_in_force = keys;
-        wait_for(
-            proxy.admin_port,
-            "the reload",
-            Duration::from_secs(30),
-            |m| {
-                value(
-                    m,
-                    "kafka_kinesis_proxy_config_reloads_total",
-                    &[("result", "ok")],
-                ) >= f64::from(reloads)
-            },
+        wait_count(
+            &proxy,
+            "kafka_kinesis_proxy_config_reloads_total",
+            "ok",
+            reloads,
         )
         .await;
-        produce(&proxy, "moving", COUNT, COUNT * (reloads as usize + 1)).await;
+        produce(&proxy, "moving", COUNT, COUNT * (reloads + 1)).await;
         assert_eq!(
             read_stream(&kinesis, region, stream).await.len(),
             COUNT,
@@ -350,30 +354,12 @@ async fn a_stranded_spool_of_another_region_is_delivered_to_that_region() {
         down: true,
         ..FaultPlan::default()
     });
-    let out = run_client(
-        "confluent",
-        &[
-            "produce",
-            "--bootstrap",
-            &proxy.bootstrap(),
-            "--topic",
-            "stranded",
-            "--count",
-            &COUNT.to_string(),
-        ],
-    );
-    assert_eq!(num(&out, "produced"), COUNT as i64, "{out}");
-    wait_for(
-        proxy.admin_port,
-        "the records queued for Kinesis",
-        Duration::from_secs(30),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_kafka_records_total",
-                &[("result", "ok")],
-            ) >= COUNT as f64
-        },
+    produce_through(&proxy, "stranded", COUNT);
+    wait_count(
+        &proxy,
+        "kafka_kinesis_proxy_kafka_records_total",
+        "ok",
+        COUNT,
     )
     .await;
     proxy.daemon().signal("-TERM");
