@@ -5,6 +5,8 @@
 #   Apache Kafka 4.1.2 (Maven Central) -> $TOOLS/kafka-4.1.2/libs   (the upstream broker, Java tools)
 #   kcat             (Debian)     -> /usr/bin/kcat
 #   Python clients   (PyPI)       -> $TOOLS/venv              (confluent-kafka, kafka-python, aiokafka)
+#   moto's server    (PyPI)       -> $TOOLS/venv              (the STS that tests/route_accounts.rs
+#                                 assumes roles from)
 #   Node clients, kinesis-local and kinesalite (npm) -> $TOOLS/node/node_modules
 #                                 (from tests/clients/package.json)
 #   Java test client (javac)      -> $TOOLS/java-client/classes   (tests/clients/java/KkpClient.java)
@@ -117,6 +119,16 @@ else
     confluent-kafka 'kafka-python[lz4,snappy,zstd,crc32c]' 'aiokafka[lz4,snappy,zstd]' boto3
   "$VENV/bin/python" -c "$PY_CHECK"
   say venv "installed ($VENV)"
+fi
+
+# --- moto (PyPI) -------------------------------------------------------------------
+# `moto_server` answers STS AssumeRole on loopback for the role_arn test (tests/route_accounts.rs).
+if "$VENV/bin/python" -c 'import moto.server, flask' >/dev/null 2>&1; then
+  say moto "skipped (moto importable in $VENV)"
+else
+  run_logged moto "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'moto[server]'
+  "$VENV/bin/python" -c 'import moto.server, flask'
+  say moto "installed ($VENV/bin/moto_server)"
 fi
 
 # --- Node packages -------------------------------------------------------------

@@ -10,13 +10,12 @@ use clap::{Parser, Subcommand};
 
 use kafka_kinesis_proxy::admin::http::{self, AdminState};
 use kafka_kinesis_proxy::admin::reload::Reloader;
-use kafka_kinesis_proxy::admin::status;
+use kafka_kinesis_proxy::admin::{shard_for, status};
 use kafka_kinesis_proxy::config::Config;
 use kafka_kinesis_proxy::kinesis::budget::Budget;
-use kafka_kinesis_proxy::kinesis::client::{build_client, load_shard_map};
+use kafka_kinesis_proxy::kinesis::client::Clients;
 use kafka_kinesis_proxy::kinesis::dead_letter::DeadLetterFile;
 use kafka_kinesis_proxy::kinesis::replay::replay_dead_letters;
-use kafka_kinesis_proxy::kinesis::shard_map::hash_key;
 use kafka_kinesis_proxy::kinesis::writer::WriterSettings;
 use kafka_kinesis_proxy::mirror::Mirror;
 use kafka_kinesis_proxy::proxy::{check_tls_files, Proxy};
@@ -75,17 +74,16 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
-    /// Print the open shard that KEY maps to now, and KEY's decimal hash key.
+    /// Print the open shard the mirror would send a Kafka record with KEY to now, and the
+    /// decimal hash key it routes by (the key transformed as the mirror does: hex, `md5:`,
+    /// the route's partition_key).
     ShardFor {
-        /// Path to the TOML config (for the Kinesis region, endpoint and credentials).
+        /// Path to the TOML config (for the routes, and the Kinesis region, endpoint and
+        /// credentials).
         #[arg(long)]
         config: PathBuf,
-        /// Stream name.
-        #[arg(long)]
-        stream: String,
-        /// Partition key.
-        #[arg(long)]
-        key: String,
+        #[command(flatten)]
+        options: shard_for::Options,
     },
     /// Check that TOPIC's stream holds exactly the records the mirror should have put there.
     /// Exits 0 when it does, 1 on any discrepancy, 2 on error.
@@ -154,10 +152,11 @@ fn main() -> ExitCode {
         }),
         Command::ShardFor {
             config: path,
-            stream,
-            key,
+            options,
         } => with_config(&path, |config| {
-            runtime()?.block_on(shard_for(config, &stream, &key))
+            let placement = runtime()?.block_on(shard_for::run(&config, &options))?;
+            println!("{} {}", placement.shard_id, placement.hash);
+            Ok(())
         }),
     };
     match outcome {
@@ -265,13 +264,13 @@ async fn replay(config: Config, dead_letters: Option<PathBuf>) -> anyhow::Result
     let path = dead_letters
         .or_else(|| config.spool.dead_letter_file())
         .context("no dead-letter file: pass --dead-letters FILE or set spool.dir")?;
-    let client = build_client(&config.kinesis).await;
+    let clients = Clients::new(config.kinesis.clone());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} dead letters ({elapsed})")
             .expect("valid template"),
     );
-    let summary = replay_dead_letters(&client, &path, |done, total| {
+    let summary = replay_dead_letters(&clients, &path, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
@@ -294,19 +293,6 @@ async fn replay(config: Config, dead_letters: Option<PathBuf>) -> anyhow::Result
         "{} dead letters could not be delivered",
         summary.failed
     );
-    Ok(())
-}
-
-async fn shard_for(config: Config, stream: &str, key: &str) -> anyhow::Result<()> {
-    let client = build_client(&config.kinesis).await;
-    let map = load_shard_map(&client, stream).await?;
-    let hash = hash_key(key);
-    let shard = map.shard_for_hash(hash).with_context(|| {
-        format!(
-            "no open shard of `{stream}` covers hash key {hash} (the stream is resharding; retry)"
-        )
-    })?;
-    println!("{} {hash}", shard.id);
     Ok(())
 }
 

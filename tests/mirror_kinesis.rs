@@ -212,23 +212,13 @@ async fn full_mirror_delivers_every_accepted_record_exactly_once_for_every_codec
         .collect();
     assert_eq!(keys.len(), 100);
     for (key, shard) in keys {
-        let out = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
-            .args(["shard-for", "--config"])
-            .arg(&proxy.config_path)
-            .args(["--stream", "all-codecs", "--key", key])
-            .envs(KinesisLocal::aws_env())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (shard_id, hash) = support::shard_for(
+            &proxy.config_path,
+            &["--stream", "all-codecs", "--key", key],
         );
-        let line = String::from_utf8(out.stdout).unwrap();
-        let (shard_id, hash) = line.trim().split_once(' ').unwrap();
         assert_eq!(shard_id, shard, "shard-for {key}");
         assert_eq!(
-            hash.parse::<u128>().unwrap(),
+            hash,
             u128::from_be_bytes(md5_of(key)),
             "decimal MD5 hash key of {key}"
         );

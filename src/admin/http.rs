@@ -114,7 +114,13 @@ async fn readyz_mirror(State(state): State<AdminState>) -> impl IntoResponse {
 #[derive(Serialize)]
 struct RouteView {
     topic: String,
+    /// The stream's label, as metrics name it: `STREAM[ in REGION][ as ROLE_ARN]`.
     stream: String,
+    stream_name: String,
+    stream_arn: Option<String>,
+    /// `None`: `[kinesis].region`.
+    region: Option<String>,
+    role_arn: Option<String>,
     percent: f64,
     partition_key: String,
     stream_healthy: bool,
@@ -144,6 +150,10 @@ async fn routes(State(state): State<AdminState>) -> impl IntoResponse {
         .map(|(topic, route)| RouteView {
             topic: topic.clone(),
             stream: route.stream.clone(),
+            stream_name: route.target.name().to_owned(),
+            stream_arn: route.target.arn().map(str::to_owned),
+            region: route.target.region().map(str::to_owned),
+            role_arn: route.target.role_arn().map(str::to_owned),
             percent: route.percent,
             partition_key: route.partition_key.to_string(),
             stream_healthy: route.writer.state().is_healthy(),

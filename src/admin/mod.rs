@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod reload;
+pub mod shard_for;
 pub mod status;

@@ -105,7 +105,7 @@ impl fmt::Display for Config {
             writeln!(
                 f,
                 "  {} -> {}  {}%  partition_key={:?}",
-                r.topic, r.stream, r.percent, r.partition_key
+                r.topic, r.target, r.percent, r.partition_key
             )?;
         }
         Ok(())

@@ -6,13 +6,15 @@ use std::fmt;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::stream_target::{StreamTarget, TargetError};
 use super::{invalid, positive, Invalid};
 
 /// One `[[mirror]]` entry: a Kafka topic mirrored into a Kinesis stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirrorRoute {
     pub topic: String,
-    pub stream: String,
+    /// The stream (`stream`), its region (`region`) and credentials (`role_arn`).
+    pub target: StreamTarget,
     pub percent: f64,
     pub partition_key: PartitionKeyRule,
 }
@@ -77,6 +79,8 @@ pub struct MirrorBufferConfig {
 pub(super) struct RawMirror {
     topic: Spanned<String>,
     stream: Spanned<String>,
+    region: Option<Spanned<String>>,
+    role_arn: Option<Spanned<String>>,
     percent: Spanned<f64>,
     partition_key: Option<Spanned<String>>,
 }
@@ -99,14 +103,7 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
         if routes.iter().any(|r| &r.topic == topic) {
             return invalid(entry.topic.span(), format!("mirror.topic: `{topic}` has more than one [[mirror]] entry; a topic maps to one stream"));
         }
-        let stream = entry.stream.get_ref();
-        let valid_stream = (1..=128).contains(&stream.len())
-            && stream
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !valid_stream {
-            return invalid(entry.stream.span(), format!("mirror.stream: `{stream}` is not a Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -)"));
-        }
+        let target = validate_target(&entry)?;
         let percent = *entry.percent.get_ref();
         if !(0.0..=100.0).contains(&percent) {
             return invalid(
@@ -123,12 +120,46 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
         };
         routes.push(MirrorRoute {
             topic: topic.clone(),
-            stream: stream.clone(),
+            target,
             percent,
             partition_key,
         });
     }
     Ok(routes)
+}
+
+/// The route's stream, region and role, each refused with its own key's location.
+fn validate_target(entry: &RawMirror) -> Result<StreamTarget, Invalid> {
+    fn text(key: &Option<Spanned<String>>) -> Option<&str> {
+        key.as_ref().map(|k| k.get_ref().as_str())
+    }
+    let (region, role_arn) = (text(&entry.region), text(&entry.role_arn));
+    StreamTarget::new(entry.stream.get_ref(), region, role_arn).or_else(|e| {
+        let (key, span) = match &e {
+            TargetError::NotAStreamName(_) | TargetError::NotAStreamArn(_) => {
+                ("stream", entry.stream.span())
+            }
+            TargetError::NotARegion(_) | TargetError::RegionConflict { .. } => (
+                "region",
+                entry
+                    .region
+                    .as_ref()
+                    .map_or(entry.stream.span(), Spanned::span),
+            ),
+            TargetError::NotARoleArn(_) => (
+                "role_arn",
+                entry
+                    .role_arn
+                    .as_ref()
+                    .map_or(entry.stream.span(), Spanned::span),
+            ),
+        };
+        let topic = entry.topic.get_ref();
+        invalid(
+            span,
+            format!("mirror.{key} (route of topic `{topic}`): {e}"),
+        )
+    })
 }
 
 pub(super) fn validate_mirror_buffer(
@@ -165,6 +196,65 @@ pub(super) fn validate_mirror_buffer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::test_support::{parse, BASE};
+
+    /// `BASE` with a spool and one route to `orders` whose keys are `route`.
+    fn with_route(route: &str) -> String {
+        format!("{BASE}[spool]\ndir = \"/tmp/s\"\n[[mirror]]\ntopic = \"orders\"\npercent = 10\n{route}")
+    }
+
+    #[test]
+    fn a_route_names_its_stream_by_arn_with_its_own_region_and_role() {
+        let arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/orders";
+        let role = "arn:aws:iam::123456789012:role/mirror";
+        let config = parse(&with_route(&format!(
+            "stream = \"{arn}\"\nrole_arn = \"{role}\"\n"
+        )))
+        .unwrap();
+        let target = &config.mirror[0].target;
+        assert_eq!(
+            (target.arn(), target.region(), target.role_arn()),
+            (Some(arn), Some("eu-west-1"), Some(role))
+        );
+        let config = parse(&with_route(
+            "stream = \"orders\"\nregion = \"ap-south-1\"\n",
+        ))
+        .unwrap();
+        assert_eq!(config.mirror[0].target.region(), Some("ap-south-1"));
+        assert_eq!(config.mirror[0].target.arn(), None);
+    }
+
+    #[test]
+    fn bad_route_keys_are_refused_naming_the_route_the_key_and_its_line() {
+        let arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/orders";
+        let cases = [
+            (
+                "stream = \"arn:aws:kinesis:eu-west-1:1234:stream/orders\"\n".to_owned(),
+                "proxy.toml:9: mirror.stream (route of topic `orders`): ",
+                "not a Kinesis stream ARN",
+            ),
+            (
+                format!("stream = \"{arn}\"\nregion = \"us-east-1\"\n"),
+                "proxy.toml:10: mirror.region (route of topic `orders`): ",
+                "conflicts with the stream ARN's region `eu-west-1`",
+            ),
+            (
+                "stream = \"orders\"\nregion = \"\"\n".to_owned(),
+                "proxy.toml:10: mirror.region (route of topic `orders`): ",
+                "not an AWS region",
+            ),
+            (
+                "stream = \"orders\"\nrole_arn = \"arn:aws:iam::123456789012:user/me\"\n"
+                    .to_owned(),
+                "proxy.toml:10: mirror.role_arn (route of topic `orders`): ",
+                "not an IAM role ARN",
+            ),
+        ];
+        for (route, prefix, cause) in cases {
+            let err = parse(&with_route(&route)).unwrap_err();
+            assert!(err.starts_with(prefix) && err.contains(cause), "{err}");
+        }
+    }
 
     #[test]
     fn rules_parse() {

@@ -22,6 +22,7 @@ mod kinesis;
 mod listener;
 mod mirror;
 mod sasl;
+mod stream_target;
 mod tls;
 
 pub use admin::{AdminConfig, SpoolConfig, DEFAULT_MAX_TOPIC_LABELS};
@@ -35,6 +36,7 @@ pub use mirror::{
     MirrorBufferConfig, MirrorRoute, PartitionKeyRule, UnknownPartitionKeyRule, WhenFull,
 };
 pub use sasl::{KafkaSaslConfig, Password, PasswordError, PasswordSource, SaslMechanism};
+pub use stream_target::{spool_dir_of_label, stream_of_label, StreamTarget, TargetError};
 pub use tls::{ClientCertificate, KafkaTlsConfig, ListenerTlsConfig, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// A validated configuration.

@@ -1,14 +1,16 @@
-//! The AWS client and the stream facts the writer depends on.
+//! The AWS clients (one per region and role) and the stream facts the writer depends on.
 
+use aws_config::sts::AssumeRoleProvider;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::types::Shard;
 use aws_sdk_kinesis::Client;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::shard_map::{ShardMap, ShardMapError};
-use crate::config::KinesisConfig;
+use crate::config::{stream_of_label, KinesisConfig, StreamTarget};
 
 /// Kinesis' default per-record limit (data plus partition key) when the stream does not say.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -53,19 +55,36 @@ impl StreamError {
     }
 }
 
-/// Builds a client from aws-config's default chain (env, profile, SSO, web identity, IMDS),
-/// with the region and endpoint from config when set. SDK retries are off: the writer retries
-/// itself, so that it can resend only failed entries and count every retry.
-pub async fn build_client(config: &KinesisConfig) -> Client {
+/// The region and role a client works with; `None`: `[kinesis].region`, and the default
+/// credential chain.
+type Scope = (Option<String>, Option<String>);
+
+/// Builds a client from aws-config's default chain (env, profile, SSO, web identity, IMDS), in
+/// the scope's region, else `[kinesis].region`; with a role, the credentials of that role,
+/// assumed through STS with the default chain's and refreshed before they expire. SDK retries
+/// are off: the writer retries itself, so that it can resend only failed entries and count
+/// every retry.
+async fn build_client(config: &KinesisConfig, (region, role_arn): &Scope) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = &config.region {
+    if let Some(region) = region.as_ref().or(config.region.as_ref()) {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
-    if let Some(url) = &config.endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
+    // The endpoint is Kinesis' alone: set on the shared config, STS would be sent there too.
     let shared = loader.load().await;
-    let kinesis_config = aws_sdk_kinesis::config::Builder::from(&shared)
+    let mut kinesis_config = aws_sdk_kinesis::config::Builder::from(&shared);
+    if let Some(role_arn) = role_arn {
+        let mut role = AssumeRoleProvider::builder(role_arn)
+            .session_name(ROLE_SESSION_NAME)
+            .configure(&shared);
+        if let Some(region) = shared.region() {
+            role = role.region(region.clone());
+        }
+        kinesis_config = kinesis_config.credentials_provider(role.build().await);
+    }
+    if let Some(url) = &config.endpoint_url {
+        kinesis_config = kinesis_config.endpoint_url(url);
+    }
+    let kinesis_config = kinesis_config
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -76,6 +95,102 @@ pub async fn build_client(config: &KinesisConfig) -> Client {
         .build();
     Client::from_conf(kinesis_config)
 }
+
+/// The session name of assumed roles, which CloudTrail shows in the stream's account.
+const ROLE_SESSION_NAME: &str = "kafka-kinesis-proxy";
+
+/// One client per region and role, built on first use: the routes that share them share its
+/// connections and its role's credentials.
+pub struct Clients {
+    config: KinesisConfig,
+    by_scope: tokio::sync::Mutex<HashMap<Scope, Client>>,
+}
+
+impl Clients {
+    pub fn new(config: KinesisConfig) -> Clients {
+        Clients {
+            config,
+            by_scope: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Clients whose default scope is served by `client`.
+    #[cfg(test)]
+    pub(crate) fn serving(config: KinesisConfig, client: Client) -> Clients {
+        Clients {
+            config,
+            by_scope: tokio::sync::Mutex::new(HashMap::from([(Scope::default(), client)])),
+        }
+    }
+
+    /// The client that reaches `target`.
+    pub async fn client(&self, target: &StreamTarget) -> Client {
+        self.client_in(scope_of(target)).await
+    }
+
+    /// The client that reaches the stream a label names (as spool entries and dead letters
+    /// name theirs); a label no target made names a stream of the default scope.
+    pub async fn client_for_label(&self, label: &str) -> Client {
+        let scope = label
+            .parse::<StreamTarget>()
+            .map_or_else(|_| Scope::default(), |target| scope_of(&target));
+        self.client_in(scope).await
+    }
+
+    async fn client_in(&self, scope: Scope) -> Client {
+        let mut clients = self.by_scope.lock().await;
+        if let Some(client) = clients.get(&scope) {
+            return client.clone();
+        }
+        let client = build_client(&self.config, &scope).await;
+        clients.insert(scope, client.clone());
+        client
+    }
+}
+
+fn scope_of(target: &StreamTarget) -> Scope {
+    (
+        target.region().map(str::to_owned),
+        target.role_arn().map(str::to_owned),
+    )
+}
+
+/// Requests that name their stream, by name or by ARN.
+pub(crate) trait NamesStream: Sized {
+    fn by_name(self, name: &str) -> Self;
+    fn by_arn(self, arn: &str) -> Self;
+
+    /// Names the stream of `label` (a [`StreamTarget`]'s label, or a plain name) the way it
+    /// was given: the ARN of a stream named by ARN, which may belong to another account.
+    fn stream(self, label: &str) -> Self {
+        let stream = stream_of_label(label);
+        if stream.starts_with("arn:") {
+            self.by_arn(stream)
+        } else {
+            self.by_name(stream)
+        }
+    }
+}
+
+macro_rules! names_stream {
+    ($($builder:ty),*) => {$(
+        impl NamesStream for $builder {
+            fn by_name(self, name: &str) -> Self {
+                self.stream_name(name)
+            }
+            fn by_arn(self, arn: &str) -> Self {
+                self.stream_arn(arn)
+            }
+        }
+    )*};
+}
+
+names_stream!(
+    aws_sdk_kinesis::operation::put_records::builders::PutRecordsFluentBuilder,
+    aws_sdk_kinesis::operation::describe_stream_summary::builders::DescribeStreamSummaryFluentBuilder,
+    aws_sdk_kinesis::operation::list_shards::builders::ListShardsFluentBuilder,
+    aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFluentBuilder
+);
 
 /// What DescribeStreamSummary says about a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +203,7 @@ pub struct StreamInfo {
 pub async fn describe(client: &Client, stream: &str) -> Result<StreamInfo, StreamError> {
     let out = client
         .describe_stream_summary()
-        .stream_name(stream)
+        .stream(stream)
         .send()
         .await
         .map_err(|e| StreamError::api(stream, "DescribeStreamSummary", e))?;
@@ -114,7 +229,7 @@ pub async fn list_all_shards(client: &Client, stream: &str) -> Result<Vec<Shard>
         // With a NextToken, ListShards refuses a StreamName.
         let request = match &next_token {
             Some(token) => client.list_shards().next_token(token),
-            None => client.list_shards().stream_name(stream),
+            None => client.list_shards().stream(stream),
         };
         let out = request
             .send()

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use aws_sdk_kinesis::Client;
-
-use super::client::{describe, DEFAULT_MAX_RECORD_BYTES};
+use super::client::{describe, Clients, DEFAULT_MAX_RECORD_BYTES};
 use super::dead_letter::{DeadLetter, DeadLetterError, DeadLetterFile};
 use super::request::{entry, MirrorRecord, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use super::retry::{is_retryable, Backoff};
@@ -62,7 +60,7 @@ fn record_of(letter: &DeadLetter) -> MirrorRecord {
 /// Re-sends every dead letter in `path`; `progress(done, total)` is called once the file is
 /// read and as letters settle.
 pub async fn replay_dead_letters(
-    client: &Client,
+    clients: &Clients,
     path: &Path,
     progress: impl Fn(usize, usize),
 ) -> Result<ReplaySummary, ReplayError> {
@@ -101,9 +99,11 @@ pub async fn replay_dead_letters(
     }
     let mut still_failing = Vec::new();
     for (stream, letters) in by_stream {
+        // Letters name their stream by its route's label, which says its region and role.
+        let client = clients.client_for_label(&stream).await;
         let service = PutRecordsService::new(client.clone(), &stream);
         // The proxy's own rule: a record over the stream's limit is never sent.
-        let limit = describe(client, &stream)
+        let limit = describe(&client, &stream)
             .await
             .map_or(DEFAULT_MAX_RECORD_BYTES, |info| info.max_record_bytes);
         let (letters, oversize): (Vec<DeadLetter>, Vec<DeadLetter>) = letters
@@ -260,7 +260,7 @@ mod tests {
         let crashed = dir.path().join("dead-letters.replaying-1700000000000");
         write_letters(&crashed, 0..2);
         write_letters(&path, 2..3);
-        let summary = replay_dead_letters(&fake.client(), &path, |_, _| {})
+        let summary = replay_dead_letters(&fake.clients(), &path, |_, _| {})
             .await
             .expect("replay");
         assert_eq!(
@@ -290,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead-letters.jsonl");
         write_letters(&path, 0..3);
-        let summary = replay_dead_letters(&fake.client(), &path, |_, _| {})
+        let summary = replay_dead_letters(&fake.clients(), &path, |_, _| {})
             .await
             .expect("replay");
         assert_eq!(

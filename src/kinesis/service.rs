@@ -11,6 +11,7 @@ use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 
+use super::client::NamesStream;
 use crate::telemetry::metrics::Metrics;
 
 /// The request-level error codes that blame some entry of the request, not the stream.
@@ -103,7 +104,7 @@ impl PutRecordsService {
         let result = self
             .client
             .put_records()
-            .stream_name(&self.stream)
+            .stream(&self.stream)
             .set_records(Some(entries.to_vec()))
             .send()
             .await;

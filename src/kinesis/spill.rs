@@ -20,6 +20,7 @@ use super::lanes::Queued;
 use super::request::MirrorRecord;
 use super::spool::{Spool, SpoolEntry, SpoolPosition};
 use super::writer::WriterTask;
+use crate::config::spool_dir_of_label;
 use crate::kinesis::request::KinesisKey;
 use crate::telemetry::metrics::MirrorResult;
 
@@ -145,7 +146,7 @@ impl WriterTask {
         let Some(dir) = self.settings.spool.dir.clone() else {
             return;
         };
-        let dir: PathBuf = dir.join(&self.state.stream);
+        let dir: PathBuf = dir.join(spool_dir_of_label(&self.state.stream));
         let max = self.settings.spool.max_bytes;
         let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max))
             .await

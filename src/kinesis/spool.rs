@@ -731,10 +731,12 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
 }
 
 /// The streams whose spool under `spool_dir` (one directory per stream) still holds records,
-/// with how many, leaving out those `skip` names. After a restart these must drain even when
-/// no route names the stream any more. A directory with no spool files is not a spool and is
-/// left alone. Opening a spool takes its lock and repairs a torn tail, so streams whose
-/// writers open their spools themselves must be skipped.
+/// with how many, leaving out the directories `skip` names. Each stream is named as its
+/// entries name it (a label that says its region and role), since a directory name cannot
+/// say them. After a restart these must drain even when no route names the stream any more.
+/// A directory with no spool files is not a spool and is left alone. Opening a spool takes
+/// its lock and repairs a torn tail, so streams whose writers open their spools themselves
+/// must be skipped.
 pub fn streams_with_records(
     spool_dir: &Path,
     max_bytes: u64,
@@ -746,10 +748,10 @@ pub fn streams_with_records(
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
-        let Some(stream) = entry.file_name().to_str().map(str::to_owned) else {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if skip(&stream) {
+        if skip(&name) {
             continue;
         }
         let is_spool = fs::read_dir(&dir).is_ok_and(|files| {
@@ -763,7 +765,13 @@ pub fn streams_with_records(
             continue;
         }
         match Spool::open(&dir, max_bytes) {
-            Ok((_, report)) if report.entries > 0 => found.push((stream, report.entries)),
+            Ok((spool, report)) if report.entries > 0 => {
+                let stream = match spool.peek(1) {
+                    Ok(first) => first.into_iter().next().map(|(_, e)| e.stream),
+                    Err(_) => None,
+                };
+                found.push((stream.unwrap_or(name), report.entries));
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(spool = %dir.display(), error = %e, "cannot open a spool to see whether it holds records")

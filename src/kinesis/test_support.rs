@@ -20,6 +20,7 @@ use prometheus::IntGauge;
 use serde_json::{json, Value};
 
 use super::budget::Budget;
+use super::client::Clients;
 use super::request::MirrorRecord;
 use super::writer::WriterSettings;
 use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
@@ -64,6 +65,11 @@ impl FakeKinesis {
             .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
             .build();
         Client::from_conf(config)
+    }
+
+    /// Clients whose default region and credentials reach this fake.
+    pub fn clients(&self) -> Clients {
+        Clients::serving(kinesis_config(Duration::from_secs(60)), self.client())
     }
 }
 
@@ -141,6 +147,21 @@ pub fn all_stored(body: &Value) -> (u16, Value) {
 
 pub const SPOOL_MAX_BYTES: u64 = 1 << 30;
 
+fn kinesis_config(record_ttl: Duration) -> KinesisConfig {
+    KinesisConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: None,
+        linger: Duration::from_millis(20),
+        max_in_flight_requests: 4,
+        max_attempts: 10,
+        shard_map_refresh: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(5),
+        ordering: WriteOrdering::PerKey,
+        shard_rate_factor: 1.0,
+        record_ttl,
+    }
+}
+
 /// A writer's settings with a spool in `spool_dir`, a budget of `buffer_bytes`, and records
 /// spilled after `record_ttl`.
 pub fn writer_settings(
@@ -150,18 +171,7 @@ pub fn writer_settings(
     record_ttl: Duration,
 ) -> WriterSettings {
     WriterSettings {
-        kinesis: KinesisConfig {
-            region: Some("us-east-1".into()),
-            endpoint_url: None,
-            linger: Duration::from_millis(20),
-            max_in_flight_requests: 4,
-            max_attempts: 10,
-            shard_map_refresh: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(5),
-            ordering: WriteOrdering::PerKey,
-            shard_rate_factor: 1.0,
-            record_ttl,
-        },
+        kinesis: kinesis_config(record_ttl),
         buffer: MirrorBufferConfig {
             max_bytes: buffer_bytes,
             when_full,

@@ -23,11 +23,11 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::mpsc;
 
-use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
+use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::summarize;
-use crate::kinesis::client::build_client;
+use crate::kinesis::client::Clients;
 use crate::kinesis::spool::streams_with_records;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
@@ -74,6 +74,9 @@ enum StageInput {
 
 /// A topic's route to a stream.
 pub struct Route {
+    /// Where the records go: the stream, its region and role.
+    pub target: StreamTarget,
+    /// The target's label, as metrics name the stream.
     pub stream: String,
     pub percent: f64,
     pub partition_key: PartitionKeyRule,
@@ -97,27 +100,25 @@ pub struct Mirror {
     writers: Arc<tokio::sync::Mutex<Writers>>,
 }
 
-/// One writer per stream, created on first use and kept for the life of the process.
+/// One writer per stream target (its name or ARN, region and role), created on first use and
+/// kept for the life of the process, each with the client of its region and role.
 struct Writers {
     settings: WriterSettings,
-    client: Option<aws_sdk_kinesis::Client>,
-    by_stream: HashMap<String, StreamWriter>,
+    clients: Clients,
+    by_target: HashMap<StreamTarget, StreamWriter>,
 }
 
 impl Writers {
-    async fn writer(&mut self, stream: &str, metrics: &Arc<Metrics>) -> StreamWriter {
-        if let Some(writer) = self.by_stream.get(stream) {
+    async fn writer(&mut self, target: &StreamTarget, metrics: &Arc<Metrics>) -> StreamWriter {
+        if let Some(writer) = self.by_target.get(target) {
             return writer.clone();
         }
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => self
-                .client
-                .insert(build_client(&self.settings.kinesis).await)
-                .clone(),
-        };
-        let writer = StreamWriter::spawn(stream, client, &self.settings, metrics.clone());
-        self.by_stream.insert(stream.to_owned(), writer.clone());
+        let client = self.clients.client(target).await;
+        // The label names the stream in metrics and spool entries, and is how the writer
+        // addresses it: by name or ARN, its spool directory told apart by region and role.
+        let label = target.to_string();
+        let writer = StreamWriter::spawn(&label, client, &self.settings, metrics.clone());
+        self.by_target.insert(target.clone(), writer.clone());
         writer
     }
 }
@@ -153,9 +154,9 @@ impl Mirror {
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {
+                clients: Clients::new(settings.kinesis.clone()),
                 settings,
-                client: None,
-                by_stream: HashMap::new(),
+                by_target: HashMap::new(),
             })),
         };
         mirror.apply_routes(routes).await;
@@ -170,16 +171,24 @@ impl Mirror {
     /// acknowledged are delivered whatever the config says now.
     async fn drain_stranded_spools(&self, dir: PathBuf, max_bytes: u64, routes: &[MirrorRoute]) {
         // Routed streams' writers open their own spools, concurrently: never touch those.
-        let routed: Vec<String> = routes.iter().map(|r| r.stream.clone()).collect();
+        let routed: Vec<String> = routes.iter().map(|r| r.target.spool_dir_name()).collect();
         let found = tokio::task::spawn_blocking(move || {
-            streams_with_records(&dir, max_bytes, |stream| routed.iter().any(|r| r == stream))
+            streams_with_records(&dir, max_bytes, |name| routed.iter().any(|r| r == name))
         })
         .await
         .unwrap_or_default();
         let mut writers = self.writers.lock().await;
         for (stream, records) in found {
+            // Entries name their stream by its target's label, which says where it is.
+            let target = match stream.parse::<StreamTarget>() {
+                Ok(target) => target,
+                Err(e) => {
+                    tracing::error!(%stream, records, error = %e, "a spool from an earlier run names no stream the mirror can reach; its records stay there");
+                    continue;
+                }
+            };
             tracing::warn!(%stream, records, "the spool of a stream no route names holds records from an earlier run; delivering them");
-            writers.writer(&stream, &self.metrics).await;
+            writers.writer(&target, &self.metrics).await;
         }
     }
 
@@ -191,10 +200,11 @@ impl Mirror {
             let mut writers = self.writers.lock().await;
             for r in routes {
                 let route = Route {
-                    stream: r.stream.clone(),
+                    target: r.target.clone(),
+                    stream: r.target.to_string(),
                     percent: r.percent,
                     partition_key: r.partition_key.clone(),
-                    writer: writers.writer(&r.stream, &self.metrics).await,
+                    writer: writers.writer(&r.target, &self.metrics).await,
                 };
                 table.insert(r.topic.clone(), Arc::new(route));
             }
@@ -228,7 +238,7 @@ impl Mirror {
             .writers
             .lock()
             .await
-            .by_stream
+            .by_target
             .values()
             .cloned()
             .collect();
@@ -244,7 +254,7 @@ impl Mirror {
     pub async fn streams(&self) -> Vec<Arc<StreamState>> {
         let writers = self.writers.lock().await;
         writers
-            .by_stream
+            .by_target
             .values()
             .map(|w| w.state().clone())
             .collect()

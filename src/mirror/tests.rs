@@ -13,7 +13,7 @@ use kafka_protocol::records::{
 };
 
 use super::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
-use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
+use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
 use crate::kinesis::test_support::writer_settings;
 use crate::telemetry::inventory::{ClientKey, Inventory};
 use crate::telemetry::metrics::Metrics;
@@ -62,20 +62,21 @@ fn acks0_request(topic: &str, records: usize) -> Bytes {
     body.freeze()
 }
 
+/// Writer settings whose Kinesis never answers, with a spool in `spool`.
+fn unreachable_kinesis(spool: &std::path::Path) -> crate::kinesis::writer::WriterSettings {
+    let mut settings = writer_settings(spool, 1 << 30, WhenFull::Spill, Duration::from_secs(600));
+    settings.kinesis.endpoint_url = Some("http://127.0.0.1:9".into());
+    settings
+}
+
 #[tokio::test]
 async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
     let spool = tempfile::tempdir().unwrap();
-    let mut settings = writer_settings(
-        spool.path(),
-        1 << 30,
-        WhenFull::Spill,
-        Duration::from_secs(600),
-    );
-    settings.kinesis.endpoint_url = Some("http://127.0.0.1:9".into());
+    let settings = unreachable_kinesis(spool.path());
     let metrics = Arc::new(Metrics::new());
     let route = MirrorRoute {
         topic: "orders".into(),
-        stream: "orders-stream".into(),
+        target: StreamTarget::new("orders-stream", None, None).unwrap(),
         percent: 50.0,
         partition_key: PartitionKeyRule::Key,
     };
@@ -125,4 +126,44 @@ fn spooled_records_show_an_outage_in_the_ratio_until_replay_delivers_them() {
     assert_eq!(metrics.dual_write.ratio("t"), Some(0.0));
     metrics.mirror_outcome("t", "s", MirrorResult::Sent, 30);
     assert_eq!(metrics.dual_write.ratio("t"), Some(0.5));
+}
+
+#[tokio::test]
+async fn a_reload_repoints_a_topic_to_another_region_and_to_an_arn_each_with_its_own_writer() {
+    let spool = tempfile::tempdir().unwrap();
+    let settings = unreachable_kinesis(spool.path());
+    let route = |stream: &str, region: Option<&str>| MirrorRoute {
+        topic: "orders".into(),
+        target: StreamTarget::new(stream, region, None).unwrap(),
+        percent: 100.0,
+        partition_key: PartitionKeyRule::Key,
+    };
+    let arn = "arn:aws:kinesis:ap-south-1:123456789012:stream/orders-stream";
+    let mirror = Mirror::start(
+        &[route("orders-stream", None)],
+        settings,
+        Arc::new(Metrics::new()),
+        Arc::new(Inventory::default()),
+    )
+    .await;
+    let in_force = |mirror: &Mirror| mirror.routes()["orders"].stream.clone();
+    assert_eq!(in_force(&mirror), "orders-stream");
+    mirror
+        .apply_routes(&[route("orders-stream", Some("eu-west-1"))])
+        .await;
+    assert_eq!(in_force(&mirror), "orders-stream in eu-west-1");
+    mirror.apply_routes(&[route(arn, None)]).await;
+    assert_eq!(in_force(&mirror), arn);
+    let mut streams: Vec<String> = mirror
+        .streams()
+        .await
+        .iter()
+        .map(|s| s.stream.clone())
+        .collect();
+    streams.sort();
+    assert_eq!(
+        streams,
+        [arn, "orders-stream", "orders-stream in eu-west-1"],
+        "a writer each: the same name in another region is another stream"
+    );
 }

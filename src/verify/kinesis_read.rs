@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 
 use super::compare::{digest, key_hash, KinesisEntry};
 use super::VerifyError;
-use crate::kinesis::client::{list_all_shards, StreamError};
+use crate::kinesis::client::{list_all_shards, NamesStream, StreamError};
 
 /// Shards read at the same time; each shard allows 5 GetRecords per second.
 const CONCURRENT_SHARDS: usize = 4;
@@ -132,7 +132,7 @@ async fn read_shard(
 ) -> Result<Vec<KinesisEntry>, VerifyError> {
     let request = client
         .get_shard_iterator()
-        .stream_name(stream)
+        .stream(stream)
         .shard_id(shard_id);
     let request = match start {
         Some(at) => request
@@ -199,7 +199,7 @@ pub async fn partition_key_at(
 ) -> Result<Option<String>, VerifyError> {
     let iterator = client
         .get_shard_iterator()
-        .stream_name(stream)
+        .stream(stream)
         .shard_id(shard_id)
         .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
         .starting_sequence_number(sequence.to_string())

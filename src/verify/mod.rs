@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::{Config, PartitionKeyRule, PasswordError};
-use crate::kinesis::client::{build_client, StreamError};
+use crate::config::{Config, PartitionKeyRule, PasswordError, StreamTarget, TargetError};
+use crate::kinesis::client::{Clients, StreamError};
 
 mod compare;
 mod kafka_read;
@@ -49,6 +49,8 @@ pub enum VerifyError {
     },
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error("--stream: {0}")]
+    Target(#[from] TargetError),
     #[error("shard {shard}: sequence number `{value}` is not a decimal number")]
     SequenceNumber { shard: String, value: String },
     #[error("cannot write the report to {path}")]
@@ -64,7 +66,8 @@ pub struct Options {
     /// The Kafka topic to check.
     #[arg(long)]
     pub topic: String,
-    /// Kinesis stream (default: the topic's route).
+    /// Kinesis stream: a name, an ARN, or a route's label as `/routes` shows it, `STREAM in
+    /// REGION as ROLE_ARN` (default: the topic's route).
     #[arg(long)]
     pub stream: Option<String>,
     /// The window starts this long ago, as `15m` (default: the topic's first record).
@@ -104,7 +107,7 @@ impl Target {
         let stream = options
             .stream
             .clone()
-            .or_else(|| route.map(|r| r.stream.clone()))
+            .or_else(|| route.map(|r| r.target.to_string()))
             .ok_or_else(|| VerifyError::NoRoute(options.topic.clone()))?;
         let percent = options
             .percent
@@ -181,7 +184,10 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
 
     // A Kafka setting librdkafka refuses shows before the stream is read, not after.
     let consumer = kafka_read::consumer(&config.kafka)?;
-    let client = build_client(&config.kinesis).await;
+    let stream_target: StreamTarget = target.stream.parse()?;
+    let client = Clients::new(config.kinesis.clone())
+        .client(&stream_target)
+        .await;
     let kinesis_bar = progress_bar(
         &bars,
         "{spinner} Kinesis: {pos} records ({per_sec}, {elapsed})",

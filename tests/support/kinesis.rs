@@ -138,7 +138,11 @@ impl KinesisLocal {
 
     /// Every record of every shard (open and closed), from TRIM_HORIZON.
     pub async fn read_all(&self, stream: &str) -> Vec<StoredRecord> {
-        let client = self.client();
+        self.read_all_with(&self.client(), stream).await
+    }
+
+    /// [`KinesisLocal::read_all`] through `client` (of another region, say).
+    pub async fn read_all_with(&self, client: &Client, stream: &str) -> Vec<StoredRecord> {
         let shards = client
             .list_shards()
             .stream_name(stream)
@@ -197,9 +201,15 @@ impl Drop for KinesisLocal {
 
 /// A client of the Kinesis emulator at `endpoint` (kinesis-local, or kinesalite in benches).
 pub fn client_at(endpoint: &str) -> Client {
+    client_in(endpoint, "us-east-1")
+}
+
+/// A client of the emulator at `endpoint` in `region` (kinesis-local keeps each region's
+/// streams apart).
+pub fn client_in(endpoint: &str, region: &str) -> Client {
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
+        .region(Region::new(region.to_owned()))
         .credentials_provider(Credentials::new("test", "test", None, None, "test"))
         .endpoint_url(endpoint)
         .build();

@@ -313,6 +313,19 @@ impl Proxy {
         )
     }
 
+    /// As [`Proxy::start_with`], with `env` added to the proxy's environment (not kept across
+    /// `restart`).
+    pub fn start_with_env(cluster: &KafkaCluster, extra_toml: &str, env: &[(&str, &str)]) -> Proxy {
+        Proxy::spawn(
+            &cluster.addresses(Listener::Plaintext),
+            &cluster.node_ids(),
+            "",
+            extra_toml,
+            None,
+            env,
+        )
+    }
+
     /// Proxy in front of the brokers `node_ids` reached through `upstream` (which may be a
     /// fault-injecting layer) with `extra_toml` appended to the config.
     pub fn start_upstream(upstream: &[String], node_ids: &[i32], extra_toml: &str) -> Proxy {
@@ -326,7 +339,7 @@ impl Proxy {
         listener_keys: &str,
         extra_toml: &str,
     ) -> Proxy {
-        Proxy::spawn(upstream, node_ids, listener_keys, extra_toml, None)
+        Proxy::spawn(upstream, node_ids, listener_keys, extra_toml, None, &[])
     }
 
     /// A proxy in front of `cluster`'s PLAINTEXT listeners, started through `sh -c` with
@@ -338,6 +351,7 @@ impl Proxy {
             "",
             "",
             Some(shell_prefix),
+            &[],
         )
     }
 
@@ -347,6 +361,7 @@ impl Proxy {
         listener_keys: &str,
         extra_toml: &str,
         shell_prefix: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Proxy {
         let bootstrap_port = free_port();
         let admin_port = free_port();
@@ -410,6 +425,7 @@ impl Proxy {
         let config_path = dir.path().join("proxy.toml");
         fs::write(&config_path, &config).expect("write proxy config");
         let mut cmd = proxy_command(dir.path(), &config_path);
+        cmd.envs(env.iter().copied());
         if let Some(prefix) = shell_prefix {
             cmd = after_shell(&cmd, prefix);
         }
@@ -454,6 +470,26 @@ impl Proxy {
     pub fn daemon(&mut self) -> &mut Daemon {
         &mut self.daemon
     }
+}
+
+/// `kafka-kinesis-proxy shard-for --config CONFIG ARGS` against kinesis-local: the shard it
+/// names and the decimal hash key.
+pub fn shard_for(config: &Path, args: &[&str]) -> (String, u128) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-kinesis-proxy"))
+        .args(["shard-for", "--config"])
+        .arg(config)
+        .args(args)
+        .envs(kinesis::KinesisLocal::aws_env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shard-for {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (shard, hash) = line.trim().split_once(' ').expect("SHARD HASH");
+    (shard.to_owned(), hash.parse().expect("a decimal hash key"))
 }
 
 /// `cmd` run by `sh -c` after `prefix`, with the same arguments, environment and directory.
