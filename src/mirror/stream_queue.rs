@@ -141,6 +141,12 @@ impl StreamQueue {
         }
     }
 
+    /// Bytes of room taken.
+    #[cfg(test)]
+    pub(super) fn held_bytes(&self) -> usize {
+        STREAM_QUEUE_BYTES - self.room.available_permits()
+    }
+
     /// Resolves once every record queued before the call is in the writer's input.
     async fn flush(&self) {
         let (done, flushed) = oneshot::channel();

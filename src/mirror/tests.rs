@@ -5,7 +5,8 @@
 //! Decoding runs on the stage's own threads, which tokio's paused clock does not see (it would
 //! race ahead while they work), so these tests run on the real clock, waiting on conditions.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -179,28 +180,37 @@ fn spooled_records_show_an_outage_in_the_ratio_until_replay_delivers_them() {
     assert_eq!(metrics.dual_write.ratio("t"), Some(0.5));
 }
 
-/// Kinesis for two streams: `stream-a` is down (every call fails); `stream-b` stores every
-/// entry, and `stored_b` keeps their data in the order stored.
-fn kinesis_with_a_down(stored_b: &Arc<Mutex<Vec<String>>>) -> FakeKinesis {
-    let stored_b = stored_b.clone();
+/// The data each stream stored, in the order stored.
+type Stored = Arc<Mutex<HashMap<String, Vec<String>>>>;
+
+/// Kinesis for two streams: while `a_down` is set, `stream-a` is down (every call fails);
+/// otherwise each stream stores every entry.
+fn kinesis_with_a_down(a_down: &Arc<AtomicBool>, stored: &Stored) -> FakeKinesis {
+    let (a_down, stored) = (a_down.clone(), stored.clone());
     FakeKinesis::new(move |operation, body| {
-        if body["StreamName"] == "stream-a" {
+        let stream = body["StreamName"].as_str().unwrap_or_default();
+        if stream == "stream-a" && a_down.load(Ordering::Acquire) {
             return (500, json!({"__type": "InternalFailure", "message": "down"}));
         }
         if let Some(answer) = control_plane(operation) {
             return answer;
         }
-        stored_b.lock().unwrap().extend(entry_data(body));
+        let mut stored = stored.lock().unwrap();
+        stored
+            .entry(stream.to_owned())
+            .or_default()
+            .extend(entry_data(body));
         all_stored(body)
     })
 }
 
-/// A mirror of `topic-a` to `stream-a`, whose writer is stuck for good, and of `topic-b` to
-/// `stream-b`, which delivers everything.
+/// A mirror of `topic-a` to `stream-a`, whose writer is stuck while its Kinesis is down, and
+/// of `topic-b` to `stream-b`, which delivers everything.
 struct OneStreamStuck {
     mirror: Mirror,
     metrics: Arc<Metrics>,
-    stored_b: Arc<Mutex<Vec<String>>>,
+    a_down: Arc<AtomicBool>,
+    stored: Stored,
     _spool: tempfile::TempDir,
 }
 
@@ -215,9 +225,11 @@ impl OneStreamStuck {
         );
         // No spool takes a record. stream-b never needs one. stream-a's writer finds records
         // of an earlier run in its spool, so it spills what it takes until the spool drains,
-        // which it never does: the writer holds the records and takes no more, as it does when
-        // both Kinesis and the spool's disk are out.
+        // which it cannot while its Kinesis is down: the writer holds the records and takes no
+        // more, as it does when both Kinesis and the spool's disk are out.
         settings.spool.max_bytes = 1;
+        // So that stream-a's backlog, once its Kinesis is back, takes a second, not ten.
+        settings.kinesis.shard_rate_factor = 100.0;
         let metrics = Arc::new(Metrics::new());
         let mirror = Mirror::start(
             &[],
@@ -241,15 +253,16 @@ impl OneStreamStuck {
             }])
             .unwrap();
         drop(earlier_run);
-        let stored_b = Arc::default();
-        mirror.writers.lock().await.client = Some(kinesis_with_a_down(&stored_b).client());
+        let (a_down, stored) = (Arc::new(AtomicBool::new(true)), Stored::default());
+        mirror.writers.lock().await.client = Some(kinesis_with_a_down(&a_down, &stored).client());
         mirror
             .apply_routes(&[route("topic-a", "stream-a"), route("topic-b", "stream-b")])
             .await;
         OneStreamStuck {
             mirror,
             metrics,
-            stored_b,
+            a_down,
+            stored,
             _spool: spool,
         }
     }
@@ -269,8 +282,17 @@ impl OneStreamStuck {
             .get()
     }
 
-    fn stored_b(&self) -> Vec<String> {
-        self.stored_b.lock().unwrap().clone()
+    fn stored(&self, stream: &str) -> Vec<String> {
+        let stored = self.stored.lock().unwrap();
+        stored.get(stream).cloned().unwrap_or_default()
+    }
+
+    /// Waits until the stage has taken every exchange handed over.
+    async fn stage_drained(&self, what: &str) {
+        wait_until(what, Duration::from_secs(10), || {
+            self.mirror.queued_bytes.load(Ordering::Acquire) == 0
+        })
+        .await;
     }
 }
 
@@ -283,9 +305,14 @@ fn b_data(offsets: std::ops::Range<i64>) -> Vec<String> {
     offsets.map(|o| format!("b-{o}")).collect()
 }
 
-/// 100 values of 1 KiB: a few dozen such batches fill a stream's queue.
-fn a_values() -> Vec<Bytes> {
-    vec![Bytes::from(vec![b'a'; 1024]); 100]
+/// Value padding: 1 KiB values, so that a few dozen batches of 100 fill a stream's queue.
+const PAD: char = '.';
+
+/// 100 values `a-N` of 1 KiB for offsets from `first`.
+fn a_values(first: i64) -> Vec<Bytes> {
+    (first..first + 100)
+        .map(|o| Bytes::from(format!("{:.<1024}", format!("a-{o}"))))
+        .collect()
 }
 
 /// Records produced to topic-a in the spill and drop tests: more than stream-a's writer
@@ -295,22 +322,19 @@ const A_RECORDS: u64 = 20_000;
 
 async fn a_stuck_stream_sheds_only_its_own_records(when_full: WhenFull) {
     let t = OneStreamStuck::start(when_full).await;
-    let a_values = a_values();
     let rounds = A_RECORDS as i64 / 1_000;
     for round in 0..rounds {
         for i in 0..10 {
-            let exchange = stored("topic-a", (round * 10 + i) * 100, &a_values);
-            t.mirror.hand_over(exchange).await;
+            let first = (round * 10 + i) * 100;
+            t.mirror
+                .hand_over(stored("topic-a", first, &a_values(first)))
+                .await;
         }
         let b = b_values(round * 10..round * 10 + 10);
         t.mirror.hand_over(stored("topic-b", round * 10, &b)).await;
         t.mirror.hand_over(stored("unrouted", round * 10, &b)).await;
-        wait_until(
-            "the stage to drain its queue while stream-a is stuck",
-            Duration::from_secs(10),
-            || t.mirror.queued_bytes.load(Ordering::Acquire) == 0,
-        )
-        .await;
+        t.stage_drained("the stage to drain its queue while stream-a is stuck")
+            .await;
     }
     let b_records = rounds * 10;
     wait_until(
@@ -319,7 +343,7 @@ async fn a_stuck_stream_sheds_only_its_own_records(when_full: WhenFull) {
         || t.mirrored("topic-b", MirrorResult::Sent) == b_records as u64,
     )
     .await;
-    assert_eq!(t.stored_b(), b_data(0..b_records), "all, once, in Kafka order");
+    assert_eq!(t.stored("stream-b"), b_data(0..b_records), "all, once, in Kafka order");
     assert_eq!(t.mirrored("topic-b", MirrorResult::Dropped), 0);
     assert_eq!(t.metrics.dual_write.ratio("topic-b"), Some(1.0));
 
@@ -387,10 +411,10 @@ async fn in_block_mode_a_stuck_stream_holds_only_the_connections_that_produce_to
     let producer_a = tokio::spawn({
         let (mirror, handed_a) = (t.mirror.clone(), handed_a.clone());
         async move {
-            let values = a_values();
             for i in 0..a_exchanges {
+                let first = i as i64 * 100;
                 mirror
-                    .hand_over(stored("topic-a", i as i64 * 100, &values))
+                    .hand_over(stored("topic-a", first, &a_values(first)))
                     .await;
                 handed_a.fetch_add(1, Ordering::AcqRel);
             }
@@ -419,7 +443,7 @@ async fn in_block_mode_a_stuck_stream_holds_only_the_connections_that_produce_to
         || t.mirrored("topic-b", MirrorResult::Sent) == 100,
     )
     .await;
-    assert_eq!(t.stored_b(), b_data(0..100));
+    assert_eq!(t.stored("stream-b"), b_data(0..100));
     wait_until(
         "the unrouted topic's records to be counted",
         Duration::from_secs(20),
@@ -441,11 +465,9 @@ async fn in_block_mode_a_stuck_stream_holds_only_the_connections_that_produce_to
 #[tokio::test]
 async fn shutdown_flushes_every_stream_and_a_stuck_one_only_until_the_deadline() {
     let t = OneStreamStuck::start(WhenFull::Spill).await;
-    let a_values = a_values();
-    let a_exchanges = A_RECORDS as i64 / 100;
-    for i in 0..a_exchanges {
+    for first in (0..A_RECORDS as i64).step_by(100) {
         t.mirror
-            .hand_over(stored("topic-a", i * 100, &a_values))
+            .hand_over(stored("topic-a", first, &a_values(first)))
             .await;
     }
     for i in 0..10 {
@@ -457,7 +479,7 @@ async fn shutdown_flushes_every_stream_and_a_stuck_one_only_until_the_deadline()
         .await
         .expect("a stuck stream does not hold shutdown past its deadline");
     assert_eq!(
-        t.stored_b(),
+        t.stored("stream-b"),
         b_data(0..100),
         "every record handed to stream-b is delivered before shutdown ends"
     );
@@ -470,4 +492,41 @@ async fn shutdown_flushes_every_stream_and_a_stuck_one_only_until_the_deadline()
         },
     )
     .await;
+}
+
+/// A reload that removes a stream's route leaves what was queued for it to drain, in order.
+#[tokio::test]
+async fn records_queued_for_a_stream_whose_route_a_reload_removes_are_still_delivered_in_order() {
+    let t = OneStreamStuck::start(WhenFull::Spill).await;
+    // More than stream-a's writer takes while stuck (at most 8,192), fewer than its writer and
+    // queue hold together (at least 4,097 and about 6,200): some wait in its queue, none is
+    // shed.
+    let records = 9_000;
+    for first in (0..records).step_by(100) {
+        t.mirror
+            .hand_over(stored("topic-a", first, &a_values(first)))
+            .await;
+    }
+    t.stage_drained("the stage to take every exchange").await;
+    let queue = t.mirror.routes()["topic-a"].queue.clone();
+    assert!(queue.held_bytes() > 0, "records wait in stream-a's queue");
+    t.mirror.apply_routes(&[route("topic-b", "stream-b")]).await;
+    t.a_down.store(false, Ordering::Release);
+    wait_until(
+        "stream-a to deliver what was queued for it",
+        Duration::from_secs(60),
+        || t.stored("stream-a").len() == records as usize + 1,
+    )
+    .await;
+    let delivered: Vec<String> = t
+        .stored("stream-a")
+        .iter()
+        .map(|data| data.trim_end_matches(PAD).to_owned())
+        .collect();
+    let expected: Vec<String> = std::iter::once("earlier".to_owned())
+        .chain((0..records).map(|o| format!("a-{o}")))
+        .collect();
+    assert!(delivered == expected, "the earlier run's record, then all, once, in Kafka order");
+    assert_eq!(queue.held_bytes(), 0);
+    assert_eq!(t.mirrored("topic-a", MirrorResult::Dropped), 0);
 }
