@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::EXCHANGE_QUEUE_BLOCKING;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::StreamWriter;
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 
 /// Bytes a stream's queue may hold: request bytes of the exchanges admitted for it in block
-/// mode, decoded records' memory in spill and drop modes. It sits outside the memory budget,
+/// mode (at most [`EXCHANGE_QUEUE_BLOCKING`] exchanges), decoded records' memory in spill and
+/// drop modes. It sits outside the memory budget,
 /// like the exchange queue, so this bounds what one stuck stream pins besides its writer's
 /// input. A partition alone always fits.
 pub const STREAM_QUEUE_BYTES: usize = 8 * 1024 * 1024;
@@ -77,7 +79,11 @@ impl StreamQueue {
     }
 
     /// Block mode: waits until the queue has room for `bytes` of request frames, and takes it.
+    /// An exchange takes at least a [`EXCHANGE_QUEUE_BLOCKING`]th of the queue, however small:
+    /// shallow, as the stage's own queue in block mode, so that the memory budget is what
+    /// makes producers wait.
     pub(super) async fn make_room(&self, bytes: usize) -> Option<Arc<Room>> {
+        let bytes = bytes.max(STREAM_QUEUE_BYTES / EXCHANGE_QUEUE_BLOCKING);
         let permit = self
             .room
             .clone()
