@@ -290,7 +290,8 @@ impl Mirror {
     async fn make_room(&self, exchange: &ProduceExchange) -> Rooms {
         // The topics only; records are not decoded. An undecodable request takes no room, and
         // the stage counts it.
-        let Ok(request) = ProduceRequestView::decode(exchange.version, exchange.request_body.clone())
+        let Ok(request) =
+            ProduceRequestView::decode(exchange.version, exchange.request_body.clone())
         else {
             return Rooms::new();
         };
@@ -323,7 +324,10 @@ impl Mirror {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
         let shed = if fits {
-            match self.tx.try_send(StageInput::Exchange(exchange, Rooms::new())) {
+            match self
+                .tx
+                .try_send(StageInput::Exchange(exchange, Rooms::new()))
+            {
                 Ok(()) => return,
                 Err(full) => match full.into_inner() {
                     StageInput::Exchange(exchange, _) => exchange,

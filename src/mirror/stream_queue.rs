@@ -140,7 +140,10 @@ impl StreamQueue {
         self.metrics
             .mirror_outcome(topic, &self.stream, MirrorResult::Dropped, records as u64);
         // At most one line a second per stream: a stuck stream sheds every partition.
-        let mut last = self.last_shed_warning.lock().expect("no panic under the lock");
+        let mut last = self
+            .last_shed_warning
+            .lock()
+            .expect("no panic under the lock");
         if last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
             *last = Some(Instant::now());
             tracing::warn!(stream = %self.stream, %topic, records, "the stream's queue is full (its writer is not keeping up): records not mirrored (mirror_records_total{{result=\"dropped\"}})");

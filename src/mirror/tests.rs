@@ -64,14 +64,13 @@ fn produce_request(topic: &str, acks: i16, values: &[Bytes]) -> Bytes {
         },
     )
     .unwrap();
-    let request =
-        ProduceRequest::default()
-            .with_acks(acks)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch.freeze()))])]);
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.freeze()))])]);
     let mut body = BytesMut::new();
     request.encode(&mut body, VERSION).unwrap();
     body.freeze()
@@ -217,12 +216,8 @@ struct OneStreamStuck {
 impl OneStreamStuck {
     async fn start(when_full: WhenFull) -> OneStreamStuck {
         let spool = tempfile::tempdir().unwrap();
-        let mut settings = writer_settings(
-            spool.path(),
-            1 << 30,
-            when_full,
-            Duration::from_secs(600),
-        );
+        let mut settings =
+            writer_settings(spool.path(), 1 << 30, when_full, Duration::from_secs(600));
         // No spool takes a record. stream-b never needs one. stream-a's writer finds records
         // of an earlier run in its spool, so it spills what it takes until the spool drains,
         // which it cannot while its Kinesis is down: the writer holds the records and takes no
@@ -343,7 +338,11 @@ async fn a_stuck_stream_sheds_only_its_own_records(when_full: WhenFull) {
         || t.mirrored("topic-b", MirrorResult::Sent) == b_records as u64,
     )
     .await;
-    assert_eq!(t.stored("stream-b"), b_data(0..b_records), "all, once, in Kafka order");
+    assert_eq!(
+        t.stored("stream-b"),
+        b_data(0..b_records),
+        "all, once, in Kafka order"
+    );
     assert_eq!(t.mirrored("topic-b", MirrorResult::Dropped), 0);
     assert_eq!(t.metrics.dual_write.ratio("topic-b"), Some(1.0));
 
@@ -422,7 +421,10 @@ async fn in_block_mode_a_stuck_stream_holds_only_the_connections_that_produce_to
     });
     let held_at = wait_until_still("stream-a's producer to be held", &handed_a).await;
     println!("stream-a's producer is held after {held_at} exchanges");
-    assert!(held_at < a_exchanges, "block mode holds stream-a's producer");
+    assert!(
+        held_at < a_exchanges,
+        "block mode holds stream-a's producer"
+    );
 
     let patience = Duration::from_secs(5);
     tokio::time::timeout(
@@ -487,7 +489,8 @@ async fn shutdown_flushes_every_stream_and_a_stuck_one_only_until_the_deadline()
         "every record of stream-a to be counted",
         Duration::from_secs(20),
         || {
-            t.mirrored("topic-a", MirrorResult::Dropped) + t.mirrored("topic-a", MirrorResult::Failed)
+            t.mirrored("topic-a", MirrorResult::Dropped)
+                + t.mirrored("topic-a", MirrorResult::Failed)
                 == A_RECORDS
         },
     )
@@ -526,7 +529,10 @@ async fn records_queued_for_a_stream_whose_route_a_reload_removes_are_still_deli
     let expected: Vec<String> = std::iter::once("earlier".to_owned())
         .chain((0..records).map(|o| format!("a-{o}")))
         .collect();
-    assert!(delivered == expected, "the earlier run's record, then all, once, in Kafka order");
+    assert!(
+        delivered == expected,
+        "the earlier run's record, then all, once, in Kafka order"
+    );
     assert_eq!(queue.held_bytes(), 0);
     assert_eq!(t.mirrored("topic-a", MirrorResult::Dropped), 0);
 }
