@@ -13,7 +13,7 @@ mod stream_queue;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
-use stream_queue::{Room, Rooms, StreamQueue, StreamQueues};
+use stream_queue::{make_room, Room, Rooms, StreamQueue, StreamQueues};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -45,8 +45,9 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
-/// Partitions being decoded, or decoded and waiting to go to their streams' queues, at once: each holds
-/// up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode memory.
+/// Partitions being decoded, or decoded and waiting to go to their streams' queues, at once:
+/// each holds up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode
+/// memory.
 pub const DECODE_WINDOW: usize = DECODE_THREADS;
 
 /// A Produce request and, unless it was sent with acks=0, its response.
@@ -268,7 +269,13 @@ impl Mirror {
     pub async fn hand_over(&self, exchange: ProduceExchange) {
         let bytes = exchange.bytes();
         if self.block {
-            let rooms = self.make_room(&exchange).await;
+            // Only the topics are decoded, not the records. An undecodable request takes no
+            // room; the stage counts it.
+            let rooms =
+                match ProduceRequestView::decode(exchange.version, exchange.request_body.clone()) {
+                    Ok(request) => make_room(&request, &self.routes.load_full()).await,
+                    Err(_) => Rooms::new(),
+                };
             self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
             if self
                 .tx
@@ -281,40 +288,6 @@ impl Mirror {
         } else {
             self.observe(exchange, bytes);
         }
-    }
-
-    /// Block mode: waits for room in the queue of each stream `exchange` routes to, for the
-    /// request bytes it produces there, and takes it. Only those streams can make it wait: an
-    /// exchange to unrouted topics takes none. Streams are taken in name order, so that two
-    /// exchanges never each hold room the other waits for.
-    async fn make_room(&self, exchange: &ProduceExchange) -> Rooms {
-        // The topics only; records are not decoded. An undecodable request takes no room, and
-        // the stage counts it.
-        let Ok(request) =
-            ProduceRequestView::decode(exchange.version, exchange.request_body.clone())
-        else {
-            return Rooms::new();
-        };
-        let routes = self.routes.load_full();
-        let mut wanted: BTreeMap<&str, (&Arc<StreamQueue>, usize)> = BTreeMap::new();
-        for topic in &request.topics {
-            let Some(route) = routes.get(&topic.name) else {
-                continue;
-            };
-            let bytes: usize = topic
-                .partitions
-                .iter()
-                .filter_map(|p| p.records.as_ref().map(Bytes::len))
-                .sum();
-            wanted.entry(&route.stream).or_insert((&route.queue, 0)).1 += bytes;
-        }
-        let mut rooms = Rooms::new();
-        for (stream, (queue, bytes)) in wanted {
-            if let Some(room) = queue.make_room(bytes).await {
-                rooms.insert(stream.to_owned(), room);
-            }
-        }
-        rooms
     }
 
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the

@@ -10,13 +10,15 @@
 //! - block mode: a Produce exchange waits, in [`super::Mirror::hand_over`], for room in the
 //!   queues of the streams it routes to, and only those.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::EXCHANGE_QUEUE_BLOCKING;
+use super::{RouteTable, EXCHANGE_QUEUE_BLOCKING};
+use crate::kafka::produce::ProduceRequestView;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::StreamWriter;
 use crate::telemetry::metrics::{Metrics, MirrorResult};
@@ -163,6 +165,32 @@ impl StreamQueue {
             let _ = flushed.await;
         }
     }
+}
+
+/// Block mode: waits for room in the queue of each stream `request` routes to, for the request
+/// bytes it produces there, and takes it. Only those streams can make it wait: a request to
+/// unrouted topics takes none. Streams are taken in name order, so that two exchanges never
+/// each hold room the other waits for.
+pub(super) async fn make_room(request: &ProduceRequestView, routes: &RouteTable) -> Rooms {
+    let mut wanted: BTreeMap<&str, (&StreamQueue, usize)> = BTreeMap::new();
+    for topic in &request.topics {
+        let Some(route) = routes.get(&topic.name) else {
+            continue;
+        };
+        let bytes: usize = topic
+            .partitions
+            .iter()
+            .filter_map(|p| p.records.as_ref().map(Bytes::len))
+            .sum();
+        wanted.entry(&route.stream).or_insert((&route.queue, 0)).1 += bytes;
+    }
+    let mut rooms = Rooms::new();
+    for (stream, (queue, bytes)) in wanted {
+        if let Some(room) = queue.make_room(bytes).await {
+            rooms.insert(stream.to_owned(), room);
+        }
+    }
+    rooms
 }
 
 /// Semaphore permits for `bytes`: at most the whole queue, so that one partition always fits.
