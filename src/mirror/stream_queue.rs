@@ -25,9 +25,9 @@ use crate::telemetry::metrics::{Metrics, MirrorResult};
 
 /// Bytes a stream's queue may hold: request bytes of the exchanges admitted for it in block
 /// mode (at most [`EXCHANGE_QUEUE_BLOCKING`] exchanges), decoded records' memory in spill and
-/// drop modes. It sits outside the memory budget,
-/// like the exchange queue, so this bounds what one stuck stream pins besides its writer's
-/// input. A partition alone always fits.
+/// drop modes. It sits outside the memory budget, like the exchange queue, so this bounds what
+/// one stuck stream pins besides its writer's input. A partition alone always fits. It only
+/// has to absorb a writer's pauses (a spool fsync): records wait in the budget, not here.
 pub const STREAM_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Room taken in a stream's queue, given back once the records it was taken for are in the
