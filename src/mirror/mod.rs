@@ -9,6 +9,7 @@
 mod decode;
 pub mod partition_key;
 pub mod sampling;
+mod stream_queue;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +34,7 @@ use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
+use stream_queue::{make_room, Room, Rooms, StreamQueue, StreamQueues};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -43,8 +45,9 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
-/// Partitions being decoded, or decoded and waiting to go to their writers, at once: each holds
-/// up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode memory.
+/// Partitions being decoded, or decoded and waiting to go to their streams' queues, at once:
+/// each holds up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode
+/// memory.
 pub const DECODE_WINDOW: usize = DECODE_THREADS;
 
 /// A Produce request and, unless it was sent with acks=0, its response.
@@ -65,10 +68,11 @@ impl ProduceExchange {
     }
 }
 
-/// What connections send the stage: exchanges, or a marker that resolves once every exchange
-/// sent before it has been processed.
+/// What connections send the stage: exchanges (with the room block mode took for them in
+/// their streams' queues), or a marker that resolves once every exchange sent before it has
+/// been processed.
 enum StageInput {
-    Exchange(ProduceExchange),
+    Exchange(ProduceExchange, Rooms),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -81,6 +85,8 @@ pub struct Route {
     pub percent: f64,
     pub partition_key: PartitionKeyRule,
     pub writer: StreamWriter,
+    /// The stream's queue in front of `writer`.
+    pub(crate) queue: Arc<StreamQueue>,
 }
 
 /// The routes in force, by topic. Swapped whole on reload, so a Produce exchange sees either
@@ -98,6 +104,7 @@ pub struct Mirror {
     metrics: Arc<Metrics>,
     routes: Arc<ArcSwap<RouteTable>>,
     writers: Arc<tokio::sync::Mutex<Writers>>,
+    queues: Arc<StreamQueues>,
 }
 
 /// One writer per stream target (its name or ARN, region and role), created on first use and
@@ -151,6 +158,7 @@ impl Mirror {
             tx,
             queued_bytes,
             block,
+            queues: Arc::new(StreamQueues::new(block, metrics.clone())),
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {
@@ -199,12 +207,16 @@ impl Mirror {
         {
             let mut writers = self.writers.lock().await;
             for r in routes {
+                let writer = writers.writer(&r.target, &self.metrics).await;
+                let stream = r.target.to_string();
                 let route = Route {
                     target: r.target.clone(),
-                    stream: r.target.to_string(),
+                    // Queues are keyed like writers: by the target's label.
+                    queue: self.queues.queue(&stream, &writer),
+                    stream,
                     percent: r.percent,
                     partition_key: r.partition_key.clone(),
-                    writer: writers.writer(&r.target, &self.metrics).await,
+                    writer,
                 };
                 table.insert(r.topic.clone(), Arc::new(route));
             }
@@ -227,13 +239,16 @@ impl Mirror {
         }
     }
 
-    /// Shutdown: processes every exchange already handed over, then lets each writer deliver
-    /// until `deadline` and spool the rest.
+    /// Shutdown: processes every exchange already handed over and moves its records into the
+    /// writers' inputs, then lets each writer deliver until `deadline` and spool the rest.
     pub async fn shut_down(&self, deadline: std::time::Instant) {
         let (done, flushed) = tokio::sync::oneshot::channel();
         if self.tx.send(StageInput::Flush(done)).await.is_ok() {
             let _ = flushed.await;
         }
+        // A stuck writer would hold its queue's flush forever: at the deadline its writer
+        // shuts down anyway, and the records its queue still holds are counted as failed.
+        let _ = tokio::time::timeout_at(deadline.into(), self.queues.flush()).await;
         let writers: Vec<StreamWriter> = self
             .writers
             .lock()
@@ -260,14 +275,26 @@ impl Mirror {
             .collect()
     }
 
-    /// Hands an exchange to the stage. With `when_full = "block"` this waits while the mirror
-    /// is backed up, which holds the connection's next response and so slows the producer;
-    /// otherwise it never waits.
+    /// Hands an exchange to the stage. With `when_full = "block"` this waits while a stream
+    /// the exchange routes to is backed up (or the stage itself, short of CPU), which holds
+    /// the connection's next response and so slows the producer; otherwise it never waits.
     pub async fn hand_over(&self, exchange: ProduceExchange) {
         let bytes = exchange.bytes();
         if self.block {
+            // Only the topics are decoded, not the records. An undecodable request takes no
+            // room; the stage counts it.
+            let rooms =
+                match ProduceRequestView::decode(exchange.version, exchange.request_body.clone()) {
+                    Ok(request) => make_room(&request, &self.routes.load_full()).await,
+                    Err(_) => Rooms::new(),
+                };
             self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-            if self.tx.send(StageInput::Exchange(exchange)).await.is_err() {
+            if self
+                .tx
+                .send(StageInput::Exchange(exchange, rooms))
+                .await
+                .is_err()
+            {
                 self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             }
         } else {
@@ -282,10 +309,13 @@ impl Mirror {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
         let shed = if fits {
-            match self.tx.try_send(StageInput::Exchange(exchange)) {
+            match self
+                .tx
+                .try_send(StageInput::Exchange(exchange, Rooms::new()))
+            {
                 Ok(()) => return,
                 Err(full) => match full.into_inner() {
-                    StageInput::Exchange(exchange) => exchange,
+                    StageInput::Exchange(exchange, _) => exchange,
                     StageInput::Flush(_) => unreachable!("an exchange was sent"),
                 },
             }
@@ -442,6 +472,8 @@ struct PartitionWork {
     records: Bytes,
     verdict: Verdict,
     route: Option<Arc<Route>>,
+    /// Block mode: the room taken for it in its stream's queue.
+    room: Option<Arc<Room>>,
     _queued: Arc<QueuedBytes>,
 }
 
@@ -466,8 +498,9 @@ struct Stage {
 
 impl Stage {
     /// Expands exchanges into partitions, keeps up to [`DECODE_WINDOW`] of them on the decode
-    /// pool, and hands their records to the writers strictly in arrival order, so a
-    /// partition's records reach its stream in Kafka order whichever thread decoded them.
+    /// pool, and hands their records to their streams' queues strictly in arrival order, so a
+    /// partition's records reach its stream in Kafka order whichever thread decoded them. It
+    /// never waits for a writer: each stream's queue does.
     async fn run(self, mut rx: mpsc::Receiver<StageInput>) {
         let pool = DecodePool::start(DECODE_THREADS);
         let mut waiting: VecDeque<Work> = VecDeque::new();
@@ -515,7 +548,7 @@ impl Stage {
             }
             if let Some(InFlight { work, result }) = in_flight.pop_front() {
                 let decoded = result.await.map_err(|_| PartitionError::DecoderPanicked);
-                self.finish(work, decoded).await;
+                self.finish(work, decoded);
             }
         }
     }
@@ -531,8 +564,8 @@ impl Stage {
 
     /// Queues `input`'s partitions (or its flush) in `waiting`.
     fn expand(&self, input: StageInput, waiting: &mut VecDeque<Work>) -> Result<(), StageError> {
-        let exchange = match input {
-            StageInput::Exchange(exchange) => exchange,
+        let (exchange, rooms) = match input {
+            StageInput::Exchange(exchange, rooms) => (exchange, rooms),
             StageInput::Flush(done) => {
                 waiting.push_back(Work::Flush(done));
                 return Ok(());
@@ -543,6 +576,10 @@ impl Stage {
             bytes: exchange.bytes(),
         });
         for produced in produced_partitions(&exchange, &self.routes.load())? {
+            let room = produced
+                .route
+                .as_ref()
+                .and_then(|route| rooms.get(&route.stream).cloned());
             waiting.push_back(Work::Partition(PartitionWork {
                 client: exchange.client.clone(),
                 topic: produced.topic,
@@ -550,14 +587,15 @@ impl Stage {
                 records: produced.records,
                 verdict: produced.verdict,
                 route: produced.route,
+                room,
                 _queued: queued.clone(),
             }));
         }
         Ok(())
     }
 
-    /// Counts a decoded partition and hands its records to its stream's writer.
-    async fn finish(&self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
+    /// Counts a decoded partition and hands its records to its stream's queue.
+    fn finish(&self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.decode_error(&work, &e, 0),
@@ -590,12 +628,9 @@ impl Stage {
             Ok(mirrored) => mirrored,
             Err(e) => return self.decode_error(&work, &e.into(), records),
         };
-        for record in mirrored.records {
-            if route.writer.send(record).await.is_err() {
-                self.metrics
-                    .mirror_outcome(&work.topic, &route.stream, MirrorResult::Failed, 1);
-            }
-        }
+        route
+            .queue
+            .hand_on(&work.topic, mirrored.records, work.room);
         if mirrored.skipped > 0 {
             self.metrics.mirror_outcome(
                 &work.topic,
