@@ -1,7 +1,8 @@
 //! Spilling and replay: the writer's spool side.
 //!
-//! When the budget is full (`when_full = "spill"`), the stream starts spilling: new records
-//! are appended to its spool. Records already in memory finish from there, and replay starts
+//! When the budget is full (`when_full = "spill"`), the stream starts spilling: the records
+//! queued in memory are appended to its spool, then the new ones, so the spool holds each
+//! key's records in arrival order. Records in flight finish from memory, and replay starts
 //! only once nothing is queued or in flight and the stream is healthy, so a key's records
 //! reach the shard in order across an outage.
 //!
@@ -10,13 +11,19 @@
 //! and its new records follow, while the other shards' lanes send on. Replay starts once the
 //! spilled lanes are idle. An outage spills every lane, one by one. When the spool is empty
 //! again, records flow directly.
+//!
+//! Replay reads the spool ahead in windows while the memory budget has room, so each lane
+//! takes its replayed records at its own pace: one throttled shard holds back only the
+//! acknowledgement of the windows it has records in (the spool's checkpoint moves past a
+//! window once every lane has settled its records), not the other shards' deliveries.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::lanes::Queued;
+use super::lanes::{Queued, ReplayWindow};
 use super::request::MirrorRecord;
 use super::spool::{Spool, SpoolEntry, SpoolPosition};
 use super::writer::WriterTask;
@@ -26,10 +33,56 @@ use crate::telemetry::metrics::MirrorResult;
 /// Entries read back from the spool at a time.
 const REPLAY_WINDOW: usize = 2000;
 
-/// Spool entries being replayed: acknowledged once every one is delivered or dead-lettered.
+/// The spool entries read back and not yet acknowledged, in windows, oldest first. A window
+/// is acknowledged once every one of its records, and of every window before it, is
+/// delivered or dead-lettered.
 pub(super) struct Replay {
-    pub(super) upto: SpoolPosition,
-    pub(super) outstanding: usize,
+    windows: VecDeque<Window>,
+    /// The id of `windows[0]`; ids grow by one per window read.
+    first: ReplayWindow,
+}
+
+struct Window {
+    /// The window's last entry.
+    upto: SpoolPosition,
+    /// Its records not yet delivered or dead-lettered.
+    outstanding: usize,
+}
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            windows: VecDeque::new(),
+            first: 0,
+        }
+    }
+
+    /// A record of `window` is delivered or dead-lettered.
+    pub(super) fn settled(&mut self, window: ReplayWindow) {
+        let index = window.checked_sub(self.first).map(|i| i as usize);
+        if let Some(window) = index.and_then(|i| self.windows.get_mut(i)) {
+            window.outstanding -= 1;
+        }
+    }
+
+    /// Takes the windows settled from the oldest on, returning the last position they cover.
+    fn take_settled(&mut self) -> Option<SpoolPosition> {
+        let mut upto = None;
+        while let Some(window) = self.windows.front().filter(|w| w.outstanding == 0) {
+            upto = Some(window.upto);
+            self.windows.pop_front();
+            self.first += 1;
+        }
+        upto
+    }
+
+    /// The id the next window read gets, and where it starts reading.
+    fn next(&self) -> (ReplayWindow, Option<SpoolPosition>) {
+        (
+            self.first + self.windows.len() as ReplayWindow,
+            self.windows.back().map(|w| w.upto),
+        )
+    }
 }
 
 impl WriterTask {
@@ -41,7 +94,7 @@ impl WriterTask {
             self.settings
                 .budget
                 .release(queued.record.memory_bytes() as u64);
-            if !queued.from_spool {
+            if queued.from_spool.is_none() {
                 records.push(queued.record);
             }
         }
@@ -90,8 +143,21 @@ impl WriterTask {
             }
             let record = self.held.pop_front().expect("front exists");
             let map = self.state.map.load();
-            self.lanes.push(Queued::new(record, now, false), &map, now);
+            self.lanes.push(Queued::new(record, now), &map, now);
         }
+    }
+
+    /// The records queued in memory (not in flight, nor replayed), in order, with their
+    /// budget released: the stream starts spilling, and they go to the spool first.
+    pub(super) fn take_memory_queues(&mut self) -> Vec<MirrorRecord> {
+        self.lanes
+            .drain_from_memory()
+            .into_iter()
+            .map(|q| {
+                self.settings.budget.release(q.record.memory_bytes() as u64);
+                q.record
+            })
+            .collect()
     }
 
     /// Appends records to the spool. A full spool falls back to blocking: the first record
@@ -197,17 +263,14 @@ impl WriterTask {
         self.spill(records).await;
     }
 
-    /// After deliveries: acknowledge a finished replay window, leave spill mode when the
-    /// spool is empty, and start the next replay window when memory is idle.
+    /// After deliveries: acknowledge the replay windows that are settled, leave spill mode
+    /// when the spool is empty, start replay when the spilled lanes (after a full budget, all
+    /// of memory) are idle, and read ahead while replaying and the budget has room.
     pub(super) async fn after_progress(&mut self) {
         let Some(spool) = self.spool.clone() else {
             return;
         };
-        if let Some(replay) = &self.replay {
-            if replay.outstanding > 0 {
-                return;
-            }
-            let upto = replay.upto;
+        if let Some(upto) = self.replay.as_mut().and_then(Replay::take_settled) {
             let acked = tokio::task::spawn_blocking({
                 let spool = spool.clone();
                 move || spool.acknowledge(upto)
@@ -217,50 +280,75 @@ impl WriterTask {
             if let Err(e) = acked {
                 tracing::error!(stream = %self.state.stream, error = %e, "cannot acknowledge replayed spool entries; they will be sent again");
             }
-            self.replay = None;
             self.publish_spool_bytes(&spool);
         }
-        // A stream-wide spill replays once all memory is idle; spilled lanes, once they are.
-        let memory_busy = if self.spilling {
-            !self.lanes.is_idle() || self.requests_in_flight > 0
-        } else {
-            !self.lanes.any_spilled() || !self.lanes.spilled_are_idle()
-        };
-        if self.closing.is_some() || memory_busy || !self.state.is_healthy() {
+        if self.replay.as_ref().is_some_and(|r| r.windows.is_empty()) {
+            self.replay = None;
+        }
+        if self.closing.is_some() || !self.state.is_healthy() {
             return;
         }
+        let may_read = match &self.replay {
+            // Reading ahead: bounded by the memory budget.
+            Some(_) => self.settings.budget.used() < self.settings.buffer.max_bytes,
+            None if self.spilling => self.lanes.is_idle() && self.requests_in_flight == 0,
+            None => self.lanes.any_spilled() && self.lanes.spilled_are_idle(),
+        };
+        if !may_read {
+            return;
+        }
+        let (window, after) = self.replay.as_ref().map_or((0, None), Replay::next);
         let peeked = tokio::task::spawn_blocking({
             let spool = spool.clone();
-            move || spool.peek(REPLAY_WINDOW)
+            move || match after {
+                Some(after) => spool.peek_after(after, REPLAY_WINDOW),
+                None => spool.peek(REPLAY_WINDOW),
+            }
         })
         .await
         .expect("spool peek task");
         match peeked {
             Ok(entries) if entries.is_empty() => {
-                tracing::info!(stream = %self.state.stream, "spool drained; records flow directly again");
-                self.spilling = false;
-                self.lanes.clear_spilled();
-            }
-            Ok(entries) => {
-                let now = Instant::now();
-                let upto = entries.last().expect("not empty").0;
-                let map = self.state.map.load();
-                let count = entries.len();
-                for (_, entry) in entries {
-                    let record = record_from_spool(entry);
-                    self.settings
-                        .budget
-                        .force_reserve(record.memory_bytes() as u64);
-                    self.lanes.push(Queued::new(record, now, true), &map, now);
+                if self.replay.is_none() {
+                    tracing::info!(stream = %self.state.stream, "spool drained; records flow directly again");
+                    self.spilling = false;
+                    self.lanes.clear_spilled();
                 }
-                self.replay = Some(Replay {
-                    upto,
-                    outstanding: count,
-                });
             }
+            Ok(entries) => self.replay_window(window, entries),
             Err(e) => {
                 tracing::error!(stream = %self.state.stream, error = %e, "cannot read the spool; will retry")
             }
+        }
+    }
+
+    /// Queues entries read back from the spool as window `window`. The first window is taken
+    /// whole, even over the budget, so that replay always moves; windows read ahead take only
+    /// what fits, and the rest is read again later.
+    fn replay_window(&mut self, window: ReplayWindow, entries: Vec<(SpoolPosition, SpoolEntry)>) {
+        let now = Instant::now();
+        let map = self.state.map.load();
+        let replay = self.replay.get_or_insert_with(Replay::new);
+        let first = replay.windows.is_empty();
+        let mut taken = Window {
+            upto: entries[0].0,
+            outstanding: 0,
+        };
+        for (position, entry) in entries {
+            let record = record_from_spool(entry);
+            let bytes = record.memory_bytes() as u64;
+            if first {
+                self.settings.budget.force_reserve(bytes);
+            } else if !self.settings.budget.try_reserve(bytes) {
+                break;
+            }
+            self.lanes
+                .push(Queued::replayed(record, now, window), &map, now);
+            taken.upto = position;
+            taken.outstanding += 1;
+        }
+        if taken.outstanding > 0 {
+            replay.windows.push_back(taken);
         }
     }
 }

@@ -102,7 +102,7 @@ impl WriterTask {
                 .budget
                 .force_reserve(record.memory_bytes() as u64);
             dead.push((
-                Queued::new(record, now, false),
+                Queued::new(record, now),
                 code.clone(),
                 message.clone(),
             ));

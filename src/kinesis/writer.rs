@@ -358,13 +358,15 @@ impl WriterTask {
                 .budget
                 .try_reserve(record.memory_bytes() as u64)
             {
-                self.lanes.push(Queued::new(record, now, false), &map, now);
+                self.lanes.push(Queued::new(record, now), &map, now);
                 continue;
             }
             match self.settings.buffer.when_full {
                 WhenFull::Spill => {
                     if !self.spilling {
                         tracing::warn!(stream = %self.state.stream, "memory budget full: mirror spilling to the spool");
+                        // What memory holds is older than this record: it goes first.
+                        to_spool.splice(0..0, self.take_memory_queues());
                     }
                     self.spilling = true;
                     budget_spilled = true;
@@ -543,15 +545,14 @@ impl WriterTask {
         }
     }
 
-    /// Releases a record's budget and advances the replay window if it came from the spool.
+    /// Releases a record's budget and settles it in its replay window if it came from the
+    /// spool.
     pub(super) fn finished_with(&mut self, queued: &Queued) {
         self.settings
             .budget
             .release(queued.record.memory_bytes() as u64);
-        if queued.from_spool {
-            if let Some(replay) = &mut self.replay {
-                replay.outstanding -= 1;
-            }
+        if let (Some(window), Some(replay)) = (queued.from_spool, &mut self.replay) {
+            replay.settled(window);
         }
     }
 
