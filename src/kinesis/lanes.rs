@@ -306,29 +306,32 @@ impl Lanes {
             .map(|(_, &index)| index)
             .collect();
         let mut orphans: Vec<Queued> = Vec::new();
-        for &index in &closed {
+        // Each closed range with the requests in flight its successors must wait for: its own,
+        // and those its lane still waited for (a second reshard before they settled). Taken
+        // now, before an idle closed lane's slot is reused below.
+        let mut waits: Vec<(u128, u128, Vec<usize>)> = Vec::new();
+        for index in closed {
             let lane = &mut self.lanes[index];
             lane.open = false;
             self.by_shard.remove(&lane.shard);
             orphans.extend(lane.queue.drain(..));
+            let mut blockers = std::mem::take(&mut lane.parents);
+            if lane.in_flight > 0 {
+                blockers.push(index);
+            }
+            if self.ordering == WriteOrdering::PerKey && !blockers.is_empty() {
+                waits.push((lane.start, lane.end, blockers));
+            }
         }
         for shard in map.shards() {
             self.lane_for(shard.start, map, now);
         }
-        if self.ordering == WriteOrdering::PerKey {
-            for parent in closed {
-                // A parent that still waits for its own parents passes them on.
-                let mut blockers = std::mem::take(&mut self.lanes[parent].parents);
-                if self.lanes[parent].in_flight > 0 {
-                    blockers.push(parent);
-                }
-                let (start, end) = (self.lanes[parent].start, self.lanes[parent].end);
-                for child in self.lanes.iter_mut().filter(|l| l.open) {
-                    if child.start <= end && start <= child.end {
-                        child.parents.extend(&blockers);
-                        child.parents.sort_unstable();
-                        child.parents.dedup();
-                    }
+        for (start, end, blockers) in waits {
+            for child in self.lanes.iter_mut().filter(|l| l.open) {
+                if child.start <= end && start <= child.end {
+                    child.parents.extend(&blockers);
+                    child.parents.sort_unstable();
+                    child.parents.dedup();
                 }
             }
         }
@@ -354,7 +357,8 @@ impl Lanes {
     pub fn drain_from_memory(&mut self) -> Vec<Queued> {
         let mut taken = Vec::new();
         for lane in &mut self.lanes {
-            let (from_spool, from_memory) = lane.queue.drain(..).partition(|q| q.from_spool.is_some());
+            let (from_spool, from_memory) =
+                lane.queue.drain(..).partition(|q| q.from_spool.is_some());
             lane.queue = from_spool;
             taken.extend::<VecDeque<Queued>>(from_memory);
         }
@@ -371,9 +375,13 @@ impl Lanes {
         let mut taken = Vec::new();
         for lane in self.lanes.iter_mut().filter(|l| l.open && !l.spilled) {
             let overdue = lane.spill_pending
-                || lane.queue.iter().find(|q| q.from_spool.is_none()).is_some_and(|q| {
-                    now.duration_since(q.enqueued) >= ttl || q.attempts >= max_attempts
-                });
+                || lane
+                    .queue
+                    .iter()
+                    .find(|q| q.from_spool.is_none())
+                    .is_some_and(|q| {
+                        now.duration_since(q.enqueued) >= ttl || q.attempts >= max_attempts
+                    });
             if !overdue || lane.queue.iter().any(|q| q.from_spool.is_some()) {
                 continue;
             }
@@ -661,5 +669,71 @@ mod tests {
         assert!(lanes
             .rates()
             .all(|(shard, _)| shard.starts_with("shardId-1")));
+    }
+
+    /// Item 7: a shard splits while a request of its lane is in flight. The children send
+    /// nothing until that request settles (the old lanes sent the key's next record from the
+    /// child at once), and its failed entry goes back ahead of the key's later records; a
+    /// second split before the request settles passes the wait on to the grandchildren.
+    #[test]
+    fn children_wait_for_their_parents_request_in_flight_and_its_failures_go_first() {
+        let now = Instant::now();
+        let one = ShardMap::from_ranges([("shardId-0", "0", &*u128::MAX.to_string())]).unwrap();
+        let mut lanes = Lanes::new(WriteOrdering::PerKey, 100.0);
+        for offset in 0..3 {
+            lanes.push(queued("a", offset, now), &one, now);
+        }
+        let in_flight = lanes.fill_request(now);
+        let offsets = |request: &Request| -> Vec<i64> {
+            request.iter().map(|(_, q)| q.record.offset).collect()
+        };
+        assert_eq!(offsets(&in_flight), [0]);
+        let half = (u128::MAX / 2).to_string();
+        let after_half = (u128::MAX / 2 + 1).to_string();
+        let max = u128::MAX.to_string();
+        let split = ShardMap::from_ranges([
+            ("shardId-1", "0", half.as_str()),
+            ("shardId-2", after_half.as_str(), max.as_str()),
+        ])
+        .unwrap();
+        lanes.reroute(&split, now);
+        lanes.push(queued("a", 3, now), &split, now);
+        assert!(
+            lanes.fill_request(now).is_empty(),
+            "the children wait for the parent's request in flight"
+        );
+        // The child holding "a" splits again while the parent's request is still out.
+        let child = split.shard_for_hash(hash_of("a")).unwrap().clone();
+        let middle = (child.start + (child.end - child.start) / 2).to_string();
+        let after_middle = (child.start + (child.end - child.start) / 2 + 1).to_string();
+        let (start, end) = (child.start.to_string(), child.end.to_string());
+        let other = split.shards().iter().find(|s| s.id != child.id).unwrap();
+        let (other_start, other_end) = (other.start.to_string(), other.end.to_string());
+        let resplit = ShardMap::from_ranges([
+            ("shardId-3", start.as_str(), middle.as_str()),
+            ("shardId-4", after_middle.as_str(), end.as_str()),
+            (other.id.as_str(), other_start.as_str(), other_end.as_str()),
+        ])
+        .unwrap();
+        lanes.reroute(&resplit, now);
+        assert!(
+            lanes.fill_request(now).is_empty(),
+            "the grandchildren wait for it too"
+        );
+        // The parent's entry is throttled: it fails and comes back.
+        lanes.finished(&in_flight);
+        lanes.requeue_front(in_flight, &resplit, now, |_| Duration::ZERO);
+        let mut sent = Vec::new();
+        while lanes.queued_records() > 0 {
+            let request = lanes.fill_request(now);
+            assert_eq!(request.len(), 1, "one record of the key at a time");
+            sent.extend(offsets(&request));
+            lanes.finished(&request);
+        }
+        assert_eq!(sent, [0, 1, 2, 3], "the parent's failed entry goes first");
+    }
+
+    fn hash_of(key: &str) -> u128 {
+        queued(key, 0, Instant::now()).hash
     }
 }

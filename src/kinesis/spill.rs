@@ -404,6 +404,7 @@ mod tests {
     use crate::config::WhenFull;
     use crate::kinesis::test_support::{
         all_stored, control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
+        SPOOL_MAX_BYTES,
     };
     use crate::kinesis::writer::StreamWriter;
     use crate::telemetry::metrics::Metrics;
@@ -422,6 +423,84 @@ mod tests {
             }
             control_plane(operation).expect("a Kinesis operation the writer uses")
         })
+    }
+
+    const HALF: u128 = 1 << 127;
+
+    /// A two-shard stream: hash keys below `HALF` go to shard 0, the rest to shard 1, which
+    /// throttles every entry while `hot` is set. It keeps the data it stores, in order.
+    fn hot_and_cold_kinesis(
+        hot: &Arc<AtomicBool>,
+        stored: &Arc<Mutex<Vec<String>>>,
+    ) -> FakeKinesis {
+        let (hot, stored) = (hot.clone(), stored.clone());
+        FakeKinesis::new(move |operation, body| match operation {
+            "ListShards" => (
+                200,
+                json!({"Shards": [
+                    {"ShardId": "shardId-0", "HashKeyRange": {"StartingHashKey": "0",
+                        "EndingHashKey": (HALF - 1).to_string()},
+                     "SequenceNumberRange": {"StartingSequenceNumber": "1"}},
+                    {"ShardId": "shardId-1", "HashKeyRange": {"StartingHashKey": HALF.to_string(),
+                        "EndingHashKey": u128::MAX.to_string()},
+                     "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
+            ),
+            "PutRecords" => {
+                let data = entry_data(body);
+                let mut failed = 0;
+                let results: Vec<_> = body["Records"]
+                    .as_array()
+                    .expect("records")
+                    .iter()
+                    .zip(data)
+                    .map(|(entry, data)| {
+                        let hash: u128 = entry["ExplicitHashKey"]
+                            .as_str()
+                            .expect("explicit hash key")
+                            .parse()
+                            .expect("decimal");
+                        if hash >= HALF && hot.load(Ordering::Relaxed) {
+                            failed += 1;
+                            return json!({"ErrorCode": "ProvisionedThroughputExceededException",
+                                "ErrorMessage": "Rate exceeded"});
+                        }
+                        stored.lock().expect("lock").push(data);
+                        let shard = if hash >= HALF {
+                            "shardId-1"
+                        } else {
+                            "shardId-0"
+                        };
+                        json!({"SequenceNumber": "1", "ShardId": shard})
+                    })
+                    .collect();
+                (
+                    200,
+                    json!({"FailedRecordCount": failed, "Records": results}),
+                )
+            }
+            _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
+        })
+    }
+
+    /// Record `offset`, on the cold shard 0 if even, the hot shard 1 if odd.
+    fn cold_or_hot(offset: i64) -> MirrorRecord {
+        let mut r = record(offset);
+        r.key.explicit_hash_key = Some(if offset % 2 == 0 { 1 } else { HALF + 1 });
+        r
+    }
+
+    /// The stored data of the hot shard's records.
+    fn hot_records(stored: &[String]) -> Vec<&String> {
+        stored
+            .iter()
+            .filter(|d| {
+                d.trim_start_matches("value-")
+                    .parse::<i64>()
+                    .expect("offset")
+                    % 2
+                    == 1
+            })
+            .collect()
     }
 
     /// The spill/replay state machine across an outage: records that waited past
@@ -510,58 +589,9 @@ mod tests {
     /// shard takes records again, its spool is replayed in order.
     #[tokio::test(start_paused = true)]
     async fn a_hot_shard_spills_alone() {
-        const HALF: u128 = 1 << 127;
         let hot = Arc::new(AtomicBool::new(true));
         let stored = Arc::new(Mutex::new(Vec::new()));
-        let kinesis = {
-            let (hot, stored) = (hot.clone(), stored.clone());
-            FakeKinesis::new(move |operation, body| match operation {
-                "ListShards" => (
-                    200,
-                    json!({"Shards": [
-                        {"ShardId": "shardId-0", "HashKeyRange": {"StartingHashKey": "0",
-                            "EndingHashKey": (HALF - 1).to_string()},
-                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}},
-                        {"ShardId": "shardId-1", "HashKeyRange": {"StartingHashKey": HALF.to_string(),
-                            "EndingHashKey": u128::MAX.to_string()},
-                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
-                ),
-                "PutRecords" => {
-                    let data = entry_data(body);
-                    let mut failed = 0;
-                    let results: Vec<_> = body["Records"]
-                        .as_array()
-                        .expect("records")
-                        .iter()
-                        .zip(data)
-                        .map(|(entry, data)| {
-                            let hash: u128 = entry["ExplicitHashKey"]
-                                .as_str()
-                                .expect("explicit hash key")
-                                .parse()
-                                .expect("decimal");
-                            if hash >= HALF && hot.load(Ordering::Relaxed) {
-                                failed += 1;
-                                return json!({"ErrorCode": "ProvisionedThroughputExceededException",
-                                    "ErrorMessage": "Rate exceeded"});
-                            }
-                            stored.lock().expect("lock").push(data);
-                            let shard = if hash >= HALF {
-                                "shardId-1"
-                            } else {
-                                "shardId-0"
-                            };
-                            json!({"SequenceNumber": "1", "ShardId": shard})
-                        })
-                        .collect();
-                    (
-                        200,
-                        json!({"FailedRecordCount": failed, "Records": results}),
-                    )
-                }
-                _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
-            })
-        };
+        let kinesis = hot_and_cold_kinesis(&hot, &stored);
         let spool_dir = tempfile::tempdir().expect("tempdir");
         let settings = writer_settings(
             spool_dir.path(),
@@ -582,9 +612,10 @@ mod tests {
             let writer = writer.clone();
             async move {
                 for offset in offsets {
-                    let mut r = record(offset);
-                    r.key.explicit_hash_key = Some(if offset % 2 == 0 { 1 } else { HALF + 1 });
-                    writer.send(r).await.expect("writer is running");
+                    writer
+                        .send(cold_or_hot(offset))
+                        .await
+                        .expect("writer is running");
                 }
             }
         };
@@ -622,16 +653,7 @@ mod tests {
         })
         .await;
         let stored = stored.lock().expect("lock");
-        let hot_order: Vec<&String> = stored
-            .iter()
-            .filter(|d| {
-                d.trim_start_matches("value-")
-                    .parse::<i64>()
-                    .expect("offset")
-                    % 2
-                    == 1
-            })
-            .collect();
+        let hot_order = hot_records(&stored);
         let expected: Vec<String> = (1..60).step_by(2).map(|o| format!("value-{o}")).collect();
         assert_eq!(
             hot_order,
@@ -639,5 +661,134 @@ mod tests {
             "the hot shard's records in order"
         );
         assert_eq!(stored.len(), 60, "each once");
+    }
+
+    /// Item 6: records queued in memory, then the budget fills, more arrive, and the proxy
+    /// shuts down with Kinesis down. The spool must hold each key's records in arrival order:
+    /// the old writer left the older records in memory while the newer went to the spool, and
+    /// the shutdown appended the older after them.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_budget_spools_what_memory_holds_before_newer_records() {
+        const RECORDS: i64 = 30;
+        let down = Arc::new(AtomicBool::new(true));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let keyed = |offset: i64| {
+            let mut r = record(offset);
+            r.key.partition_key = format!("key-{}", offset % 3);
+            r
+        };
+        // Room for the first ten records.
+        let budget = 10 * keyed(0).memory_bytes() as u64;
+        let settings = writer_settings(
+            spool_dir.path(),
+            budget,
+            WhenFull::Spill,
+            Duration::from_secs(600),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let writer = StreamWriter::spawn(
+            "s",
+            flaky_kinesis(&down, &stored).client(),
+            &settings,
+            metrics.clone(),
+        );
+        for offset in 0..10 {
+            writer.send(keyed(offset)).await.expect("writer is running");
+        }
+        wait_until("ten records in memory", Duration::from_secs(10), || {
+            settings.budget.used() == budget
+        })
+        .await;
+        for offset in 10..RECORDS {
+            writer.send(keyed(offset)).await.expect("writer is running");
+        }
+        writer.shut_down(Instant::now()).await;
+        drop(writer);
+        let (spool, _) =
+            Spool::open(&spool_dir.path().join("s"), SPOOL_MAX_BYTES).expect("open spool");
+        let spooled: Vec<(String, i64)> = spool
+            .peek(1000)
+            .expect("peek")
+            .into_iter()
+            .map(|(_, entry)| (entry.partition_key, entry.offset))
+            .collect();
+        assert_eq!(spooled.len(), RECORDS as usize, "every record spooled");
+        for key in 0..3 {
+            let offsets: Vec<i64> = spooled
+                .iter()
+                .filter(|(k, _)| *k == format!("key-{key}"))
+                .map(|(_, o)| *o)
+                .collect();
+            let arrival: Vec<i64> = (0..RECORDS).filter(|o| o % 3 == key).collect();
+            assert_eq!(offsets, arrival, "key-{key} in arrival order");
+        }
+        assert!(stored.lock().expect("lock").is_empty());
+    }
+
+    /// Item 13: the spool holds 3,000 records, alternately for a cold shard and a hot one
+    /// that throttles everything. Replay must deliver the cold shard's 1,500 at its own pace
+    /// while the hot shard's wait; the old replay read 2,000 entries at a time and read no
+    /// more until all of them were delivered, so the cold shard stopped at 1,000. Once the
+    /// hot shard takes records again, they arrive in order and the spool empties.
+    #[tokio::test(start_paused = true)]
+    async fn replay_goes_at_each_shards_pace() {
+        const RECORDS: i64 = 3000;
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (spool, _) =
+                Spool::open(&spool_dir.path().join("s"), SPOOL_MAX_BYTES).expect("open spool");
+            let entries: Vec<SpoolEntry> = (0..RECORDS)
+                .map(|offset| spool_entry("s", &cold_or_hot(offset)))
+                .collect();
+            spool.append(&entries).expect("append");
+        }
+        let hot = Arc::new(AtomicBool::new(true));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let settings = writer_settings(
+            spool_dir.path(),
+            16 << 20,
+            WhenFull::Spill,
+            Duration::from_secs(600),
+        );
+        let writer = StreamWriter::spawn(
+            "s",
+            hot_and_cold_kinesis(&hot, &stored).client(),
+            &settings,
+            Arc::new(Metrics::new()),
+        );
+        let started = tokio::time::Instant::now();
+        wait_until(
+            "the cold shard's spooled records delivered while the hot shard throttles",
+            Duration::from_secs(60),
+            || stored.lock().expect("lock").len() == RECORDS as usize / 2,
+        )
+        .await;
+        let cold_took = started.elapsed();
+        assert!(
+            hot_records(&stored.lock().expect("lock")).is_empty(),
+            "the hot shard took nothing"
+        );
+        assert!(
+            writer.state().spool_bytes() > 0,
+            "the hot shard's records are still spooled"
+        );
+        hot.store(false, Ordering::Relaxed);
+        wait_until("the spool replayed", Duration::from_secs(120), || {
+            stored.lock().expect("lock").len() == RECORDS as usize
+                && writer.state().spool_bytes() == 0
+        })
+        .await;
+        let stored = stored.lock().expect("lock");
+        let expected: Vec<String> = (1..RECORDS)
+            .step_by(2)
+            .map(|o| format!("value-{o}"))
+            .collect();
+        assert_eq!(
+            hot_records(&stored),
+            expected.iter().collect::<Vec<_>>(),
+            "the hot shard's records in order"
+        );
+        assert!(cold_took < Duration::from_secs(10), "{cold_took:?}");
     }
 }
