@@ -737,3 +737,7 @@ mod tests {
         queued(key, 0, Instant::now()).hash
     }
 }
+
+#[cfg(test)]
+#[path = "reshard_tests.rs"]
+mod reshard_tests;
