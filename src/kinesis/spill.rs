@@ -150,14 +150,27 @@ impl WriterTask {
     /// The records queued in memory (not in flight, nor replayed), in order, with their
     /// budget released: the stream starts spilling, and they go to the spool first.
     pub(super) fn take_memory_queues(&mut self) -> Vec<MirrorRecord> {
-        self.lanes
-            .drain_from_memory()
+        let queued = self.lanes.drain_from_memory();
+        self.release(queued)
+    }
+
+    /// Queued records leave memory: their budget is released.
+    fn release(&self, queued: Vec<Queued>) -> Vec<MirrorRecord> {
+        queued
             .into_iter()
             .map(|q| {
                 self.settings.budget.release(q.record.memory_bytes() as u64);
                 q.record
             })
             .collect()
+    }
+
+    /// The stream starts spilling: what memory holds goes to the spool before newer records.
+    pub(super) async fn spill_memory_queues(&mut self) {
+        let queued = self.take_memory_queues();
+        if !queued.is_empty() {
+            self.spill(queued).await;
+        }
     }
 
     /// Appends records to the spool. A full spool falls back to blocking: the first record
@@ -253,13 +266,7 @@ impl WriterTask {
             return;
         }
         tracing::warn!(stream = %self.state.stream, records = overdue.len(), "records waited past record_ttl or max_attempts; moving their shard's queue to the spool");
-        let records: Vec<MirrorRecord> = overdue
-            .into_iter()
-            .map(|q| {
-                self.settings.budget.release(q.record.memory_bytes() as u64);
-                q.record
-            })
-            .collect();
+        let records = self.release(overdue);
         self.spill(records).await;
     }
 
@@ -289,8 +296,11 @@ impl WriterTask {
             return;
         }
         let may_read = match &self.replay {
-            // Reading ahead: bounded by the memory budget.
-            Some(_) => self.settings.budget.used() < self.settings.buffer.max_bytes,
+            // Read ahead once a quarter of the limit is free, not for every few records
+            // delivered: each read costs a window's worth of disk reads.
+            Some(_) => {
+                self.settings.budget.used() + self.read_ahead_limit() / 4 <= self.read_ahead_limit()
+            }
             None if self.spilling => self.lanes.is_idle() && self.requests_in_flight == 0,
             None => self.lanes.any_spilled() && self.lanes.spilled_are_idle(),
         };
@@ -322,10 +332,17 @@ impl WriterTask {
         }
     }
 
+    /// Reading ahead stops at half the memory budget, so that the records of shards that are
+    /// not spilled still find room and do not spill the whole stream.
+    fn read_ahead_limit(&self) -> u64 {
+        self.settings.buffer.max_bytes / 2
+    }
+
     /// Queues entries read back from the spool as window `window`. The first window is taken
     /// whole, even over the budget, so that replay always moves; windows read ahead take only
-    /// what fits, and the rest is read again later.
+    /// what fits under the read-ahead limit, and the rest is read again later.
     fn replay_window(&mut self, window: ReplayWindow, entries: Vec<(SpoolPosition, SpoolEntry)>) {
+        let limit = self.read_ahead_limit();
         let now = Instant::now();
         let map = self.state.map.load();
         let replay = self.replay.get_or_insert_with(Replay::new);
@@ -339,7 +356,9 @@ impl WriterTask {
             let bytes = record.memory_bytes() as u64;
             if first {
                 self.settings.budget.force_reserve(bytes);
-            } else if !self.settings.budget.try_reserve(bytes) {
+            } else if self.settings.budget.used() + bytes > limit
+                || !self.settings.budget.try_reserve(bytes)
+            {
                 break;
             }
             self.lanes
