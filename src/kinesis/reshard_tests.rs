@@ -9,12 +9,10 @@ use serde_json::json;
 
 use crate::config::WhenFull;
 use crate::kinesis::test_support::{
-    control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
+    control_plane, entry_data, record, two_shards, wait_until, writer_settings, FakeKinesis, HALF,
 };
 use crate::kinesis::writer::StreamWriter;
 use crate::telemetry::metrics::Metrics;
-
-const HALF: u128 = 1 << 127;
 
 /// Item 7: shard 0 splits while the writer's first request to it is in flight (2 s, the
 /// fake's latency), and that request's entry is throttled. The key's later records moved to
@@ -32,16 +30,7 @@ async fn a_child_shard_waits_for_its_parents_request_in_flight() {
                 control_plane(operation).expect("one shard")
             }
             // The split: shard 0 closed, its range taken by shards 1 and 2.
-            "ListShards" => (
-                200,
-                json!({"Shards": [
-                    {"ShardId": "shardId-1", "HashKeyRange": {"StartingHashKey": "0",
-                        "EndingHashKey": (HALF - 1).to_string()},
-                     "SequenceNumberRange": {"StartingSequenceNumber": "2"}},
-                    {"ShardId": "shardId-2", "HashKeyRange": {"StartingHashKey": HALF.to_string(),
-                        "EndingHashKey": u128::MAX.to_string()},
-                     "SequenceNumberRange": {"StartingSequenceNumber": "2"}}]}),
-            ),
+            "ListShards" => two_shards("shardId-1", "shardId-2"),
             "PutRecords" => {
                 let data = entry_data(body);
                 if puts.fetch_add(1, Ordering::SeqCst) == 0 {

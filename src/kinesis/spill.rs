@@ -422,8 +422,8 @@ mod tests {
     use super::*;
     use crate::config::WhenFull;
     use crate::kinesis::test_support::{
-        all_stored, control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
-        SPOOL_MAX_BYTES,
+        all_stored, control_plane, entry_data, record, two_shards, wait_until, writer_settings,
+        FakeKinesis, HALF, SPOOL_MAX_BYTES,
     };
     use crate::kinesis::writer::StreamWriter;
     use crate::telemetry::metrics::Metrics;
@@ -444,8 +444,6 @@ mod tests {
         })
     }
 
-    const HALF: u128 = 1 << 127;
-
     /// A two-shard stream: hash keys below `HALF` go to shard 0, the rest to shard 1, which
     /// throttles every entry while `hot` is set. It keeps the data it stores, in order.
     fn hot_and_cold_kinesis(
@@ -454,16 +452,7 @@ mod tests {
     ) -> FakeKinesis {
         let (hot, stored) = (hot.clone(), stored.clone());
         FakeKinesis::new(move |operation, body| match operation {
-            "ListShards" => (
-                200,
-                json!({"Shards": [
-                    {"ShardId": "shardId-0", "HashKeyRange": {"StartingHashKey": "0",
-                        "EndingHashKey": (HALF - 1).to_string()},
-                     "SequenceNumberRange": {"StartingSequenceNumber": "1"}},
-                    {"ShardId": "shardId-1", "HashKeyRange": {"StartingHashKey": HALF.to_string(),
-                        "EndingHashKey": u128::MAX.to_string()},
-                     "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
-            ),
+            "ListShards" => two_shards("shardId-0", "shardId-1"),
             "PutRecords" => {
                 let data = entry_data(body);
                 let mut failed = 0;
@@ -499,6 +488,19 @@ mod tests {
             }
             _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
         })
+    }
+
+    /// A writer of stream `s` that spills when `budget` is full, and not for `record_ttl`.
+    fn spilling_writer(
+        spool_dir: &std::path::Path,
+        budget: u64,
+        kinesis: FakeKinesis,
+    ) -> (StreamWriter, crate::kinesis::writer::WriterSettings) {
+        let settings =
+            writer_settings(spool_dir, budget, WhenFull::Spill, Duration::from_secs(600));
+        let writer =
+            StreamWriter::spawn("s", kinesis.client(), &settings, Arc::new(Metrics::new()));
+        (writer, settings)
     }
 
     /// Record `offset`, on the cold shard 0 if even, the hot shard 1 if odd.
@@ -699,19 +701,8 @@ mod tests {
         };
         // Room for the first ten records.
         let budget = 10 * keyed(0).memory_bytes() as u64;
-        let settings = writer_settings(
-            spool_dir.path(),
-            budget,
-            WhenFull::Spill,
-            Duration::from_secs(600),
-        );
-        let metrics = Arc::new(Metrics::new());
-        let writer = StreamWriter::spawn(
-            "s",
-            flaky_kinesis(&down, &stored).client(),
-            &settings,
-            metrics.clone(),
-        );
+        let (writer, settings) =
+            spilling_writer(spool_dir.path(), budget, flaky_kinesis(&down, &stored));
         for offset in 0..10 {
             writer.send(keyed(offset)).await.expect("writer is running");
         }
@@ -764,17 +755,10 @@ mod tests {
         }
         let hot = Arc::new(AtomicBool::new(true));
         let stored = Arc::new(Mutex::new(Vec::new()));
-        let settings = writer_settings(
+        let (writer, _) = spilling_writer(
             spool_dir.path(),
             16 << 20,
-            WhenFull::Spill,
-            Duration::from_secs(600),
-        );
-        let writer = StreamWriter::spawn(
-            "s",
-            hot_and_cold_kinesis(&hot, &stored).client(),
-            &settings,
-            Arc::new(Metrics::new()),
+            hot_and_cold_kinesis(&hot, &stored),
         );
         let started = tokio::time::Instant::now();
         wait_until(
