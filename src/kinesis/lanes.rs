@@ -357,10 +357,10 @@ impl Lanes {
     pub fn drain_from_memory(&mut self) -> Vec<Queued> {
         let mut taken = Vec::new();
         for lane in &mut self.lanes {
-            let (from_spool, from_memory) =
+            let (from_spool, from_memory): (VecDeque<Queued>, VecDeque<Queued>) =
                 lane.queue.drain(..).partition(|q| q.from_spool.is_some());
             lane.queue = from_spool;
-            taken.extend::<VecDeque<Queued>>(from_memory);
+            taken.extend(from_memory);
         }
         self.queued -= taken.len();
         taken
@@ -385,7 +385,8 @@ impl Lanes {
             if !overdue || lane.queue.iter().any(|q| q.from_spool.is_some()) {
                 continue;
             }
-            lane.spill_pending = lane.in_flight > 0;
+            // A parent's request in flight holds older records of the lane's keys.
+            lane.spill_pending = lane.in_flight > 0 || !lane.parents.is_empty();
             if !lane.spill_pending {
                 lane.spilled = true;
                 taken.extend(lane.queue.drain(..));

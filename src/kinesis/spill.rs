@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::lanes::{Queued, ReplayWindow};
 use super::request::MirrorRecord;
+use super::shard_map::ShardMap;
 use super::spool::{Spool, SpoolEntry, SpoolPosition};
 use super::writer::WriterTask;
 use crate::kinesis::request::KinesisKey;
@@ -165,11 +166,21 @@ impl WriterTask {
             .collect()
     }
 
-    /// The stream starts spilling: what memory holds goes to the spool before newer records.
-    pub(super) async fn spill_memory_queues(&mut self) {
-        let queued = self.take_memory_queues();
-        if !queued.is_empty() {
-            self.spill(queued).await;
+    /// Moves the lanes to a new shard map. Resharding moves spilled lanes' keys to lanes that
+    /// are not, so the whole stream spills (its replay waits for all of memory), and what
+    /// memory holds goes to the spool first.
+    pub(super) async fn reroute(&mut self, map: &ShardMap, had_map: bool) {
+        let spill_all = had_map
+            && !self.spilling
+            && self.lanes.any_spilled()
+            && *map != **self.state.map.load();
+        self.lanes.reroute(map, Instant::now());
+        if spill_all {
+            self.spilling = true;
+            let queued = self.take_memory_queues();
+            if !queued.is_empty() {
+                self.spill(queued).await;
+            }
         }
     }
 

@@ -259,18 +259,8 @@ impl WriterTask {
                 if !self.map_loaded || map != **self.state.map.load() {
                     tracing::info!(%stream, open_shards = map.len(), "shard map loaded");
                 }
-                // Resharding moves spilled lanes' keys to lanes that are not: spill the whole
-                // stream, whose replay waits for all of memory, to keep key order.
-                let spill_all = self.map_loaded
-                    && !self.spilling
-                    && self.lanes.any_spilled()
-                    && map != **self.state.map.load();
+                self.reroute(&map, self.map_loaded).await;
                 self.map_loaded = true;
-                self.lanes.reroute(&map, Instant::now());
-                if spill_all {
-                    self.spilling = true;
-                    self.spill_memory_queues().await;
-                }
                 let previous = self.state.map.load_full();
                 let closed = previous
                     .shards()
