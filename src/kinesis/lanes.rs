@@ -432,16 +432,17 @@ impl Lanes {
     }
 
     /// The oldest queued record that came from memory (not the spool), with its attempts.
-    /// Called on every wake, so it must not scan queues: each lane is in age order (retries
-    /// go back to the front, and spool records only enter a lane that has drained), so a
-    /// lane's oldest is its first record that is not from the spool.
+    /// Called on every wake, so it must not scan queues, which replay can fill with up to
+    /// half the budget: each lane is in age order (retries go back to the front, and spool
+    /// records only enter a lane that has drained, while new records go to the spool behind
+    /// them), so a lane's records from memory, if any, are at its front.
     pub fn oldest_in_memory(&self) -> Option<(Instant, u32)> {
         if self.queued == 0 {
             return None;
         }
         self.lanes
             .iter()
-            .filter_map(|l| l.queue.iter().find(|q| q.from_spool.is_none()))
+            .filter_map(|l| l.queue.front().filter(|q| q.from_spool.is_none()))
             .map(|q| (q.enqueued, q.attempts))
             .min_by_key(|(t, _)| *t)
     }
