@@ -141,7 +141,7 @@ fn put_records(c: &mut Criterion) {
                 // A high rate factor: the bench measures batching, not the rate limit.
                 let mut lanes = Lanes::new(WriteOrdering::None, 10.0);
                 for record in queue.iter().cloned() {
-                    lanes.push(Queued::new(record, now, false), &map, now);
+                    lanes.push(Queued::new(record, now), &map, now);
                 }
                 (lanes, now)
             },

@@ -8,6 +8,11 @@
 //! its retry. The cost: a key's records move one per round trip. With `partition_key =
 //! "partition"` each partition is one key, so `ordering = "none"` is the choice for throughput.
 //!
+//! Resharding: when a shard closes, its queue moves to the lanes of the shards that took over
+//! its hash range, and under per-key ordering those lanes send nothing until the closed
+//! shard's requests in flight have settled (parents before children, the order KCL reads
+//! them in); its failed entries then go to the front of the child's queue.
+//!
 //! Lanes live in a `Vec` and requests name them by index: filling a request and settling its
 //! outcome touch every lane of a wide stream hundreds of times a second, so neither may walk
 //! a tree of shard-id strings.
@@ -31,18 +36,32 @@ pub struct Queued {
     pub attempts: u32,
     /// When it entered memory, for `record_ttl`.
     pub enqueued: Instant,
-    /// Read back from the spool: it stays durable there until delivered.
-    pub from_spool: bool,
+    /// Read back from the spool, in this replay window: it stays durable there until
+    /// delivered.
+    pub from_spool: Option<ReplayWindow>,
 }
 
+/// Which read of the spool a replayed record came in, so that the spool is acknowledged only
+/// past windows whose every record has settled.
+pub type ReplayWindow = u64;
+
 impl Queued {
-    pub fn new(record: MirrorRecord, now: Instant, from_spool: bool) -> Queued {
+    /// A record taken from the Kafka path.
+    pub fn new(record: MirrorRecord, now: Instant) -> Queued {
         Queued {
             hash: record.key.routing_hash(),
             record,
             attempts: 0,
             enqueued: now,
-            from_spool,
+            from_spool: None,
+        }
+    }
+
+    /// A record read back from the spool in `window`.
+    pub fn replayed(record: MirrorRecord, now: Instant, window: ReplayWindow) -> Queued {
+        Queued {
+            from_spool: Some(window),
+            ..Queued::new(record, now)
         }
     }
 }
@@ -56,6 +75,9 @@ pub struct LaneRef {
 
 struct Lane {
     shard: Arc<str>,
+    /// The shard's hash range, to find the children of a closed shard.
+    start: u128,
+    end: u128,
     /// The shard is in the current map. A closed shard's lane is kept until its requests in
     /// flight finish, then its slot is reused.
     open: bool,
@@ -70,6 +92,9 @@ struct Lane {
     spill_pending: bool,
     /// Its records go to the spool until the spool is empty again.
     spilled: bool,
+    /// Closed lanes (parent shards) whose requests are still in flight and whose hash ranges
+    /// this lane took over: under per-key ordering it sends nothing until they settle.
+    parents: Vec<usize>,
 }
 
 /// One request's worth of records, each with the lane it came from.
@@ -107,15 +132,15 @@ impl Lanes {
     fn lane_for(&mut self, hash: u128, map: &ShardMap, now: Instant) -> usize {
         // Mid-reshard the open shards can leave a gap; the nearest lower shard stands in, and
         // Kinesis' answer corrects the map.
-        let shard = map
-            .shard_for_hash(hash)
-            .or(map.shards().last())
-            .map_or("", |s| s.id.as_str());
+        let found = map.shard_for_hash(hash).or(map.shards().last());
+        let shard = found.map_or("", |s| s.id.as_str());
         if let Some(&index) = self.by_shard.get(shard) {
             return index;
         }
         let lane = Lane {
             shard: Arc::from(shard),
+            start: found.map_or(0, |s| s.start),
+            end: found.map_or(u128::MAX, |s| s.end),
             open: true,
             queue: VecDeque::new(),
             bucket: TokenBucket::new(self.rate_factor, now),
@@ -124,6 +149,7 @@ impl Lanes {
             failures: 0,
             spill_pending: false,
             spilled: false,
+            parents: Vec::new(),
         };
         let free = self
             .lanes
@@ -167,7 +193,7 @@ impl Lanes {
             if lane.queue.is_empty()
                 || lane.spill_pending
                 || lane.retry_at.is_some_and(|t| t > now)
-                || (per_key && lane.in_flight > 0)
+                || (per_key && (lane.in_flight > 0 || !lane.parents.is_empty()))
             {
                 continue;
             }
@@ -205,7 +231,8 @@ impl Lanes {
         request
     }
 
-    /// A request finished: every lane it drew from may send again (under per-key ordering).
+    /// A request finished: every lane it drew from may send again (under per-key ordering),
+    /// and so may the children of a closed lane that has nothing in flight any more.
     pub fn finished(&mut self, request: &Request) {
         let mut touched: Vec<usize> = request.iter().map(|(lane, _)| lane.index).collect();
         touched.sort_unstable();
@@ -213,6 +240,11 @@ impl Lanes {
         for index in touched {
             let lane = &mut self.lanes[index];
             lane.in_flight = lane.in_flight.saturating_sub(1);
+            if !lane.open && lane.in_flight == 0 {
+                for child in &mut self.lanes {
+                    child.parents.retain(|&parent| parent != index);
+                }
+            }
         }
     }
 
@@ -245,9 +277,11 @@ impl Lanes {
                 self.lanes[lane.index].queue.push_front(queued);
                 backing_off.push(lane.index);
             } else {
-                // The lane's shard closed meanwhile: re-route, still ahead of newer records.
+                // The lane's shard closed meanwhile: re-route, still ahead of newer records
+                // (the child has sent none of them: it waited for this request).
                 let index = self.lane_for(queued.hash, map, now);
                 self.lanes[index].queue.push_front(queued);
+                backing_off.push(index);
             }
         }
         backing_off.sort_unstable();
@@ -261,7 +295,8 @@ impl Lanes {
 
     /// Gives every open shard a lane, and moves records of shards that are no longer open into
     /// the lanes of the shards that took over their hash ranges, ahead of what those lanes
-    /// already hold.
+    /// already hold. Under per-key ordering those lanes wait for the closed shards' requests
+    /// in flight, which hold older records of the same keys.
     pub fn reroute(&mut self, map: &ShardMap, now: Instant) {
         let open: HashSet<&str> = map.shards().iter().map(|s| s.id.as_str()).collect();
         let closed: Vec<usize> = self
@@ -271,14 +306,34 @@ impl Lanes {
             .map(|(_, &index)| index)
             .collect();
         let mut orphans: Vec<Queued> = Vec::new();
+        // Each closed range with the requests in flight its successors must wait for: its own,
+        // and those its lane still waited for (a second reshard before they settled). Taken
+        // now, before an idle closed lane's slot is reused below.
+        let mut waits: Vec<(u128, u128, Vec<usize>)> = Vec::new();
         for index in closed {
             let lane = &mut self.lanes[index];
             lane.open = false;
             self.by_shard.remove(&lane.shard);
             orphans.extend(lane.queue.drain(..));
+            let mut blockers = std::mem::take(&mut lane.parents);
+            if lane.in_flight > 0 {
+                blockers.push(index);
+            }
+            if self.ordering == WriteOrdering::PerKey && !blockers.is_empty() {
+                waits.push((lane.start, lane.end, blockers));
+            }
         }
         for shard in map.shards() {
             self.lane_for(shard.start, map, now);
+        }
+        for (start, end, blockers) in waits {
+            for child in self.lanes.iter_mut().filter(|l| l.open) {
+                if child.start <= end && start <= child.end {
+                    child.parents.extend(&blockers);
+                    child.parents.sort_unstable();
+                    child.parents.dedup();
+                }
+            }
         }
         // Last first, so each key's records stay in order, ahead of what the lanes hold.
         for queued in orphans.into_iter().rev() {
@@ -296,6 +351,21 @@ impl Lanes {
             .collect()
     }
 
+    /// Removes the queued records taken from the Kafka path (not those in flight, nor those
+    /// replayed from the spool, which are there already), lane by lane in order: the stream
+    /// spills, and they go to the spool ahead of newer records.
+    pub fn drain_from_memory(&mut self) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        for lane in &mut self.lanes {
+            let (from_spool, from_memory): (VecDeque<Queued>, VecDeque<Queued>) =
+                lane.queue.drain(..).partition(|q| q.from_spool.is_some());
+            lane.queue = from_spool;
+            taken.extend(from_memory);
+        }
+        self.queued -= taken.len();
+        taken
+    }
+
     /// Lanes whose oldest record from memory waited past `ttl` or used up `max_attempts` stop
     /// sending; once their requests in flight settle (failed entries are back at the front),
     /// their queues are taken, in order, for the spool, and they stay spilled: one throttled
@@ -305,13 +375,18 @@ impl Lanes {
         let mut taken = Vec::new();
         for lane in self.lanes.iter_mut().filter(|l| l.open && !l.spilled) {
             let overdue = lane.spill_pending
-                || lane.queue.iter().find(|q| !q.from_spool).is_some_and(|q| {
-                    now.duration_since(q.enqueued) >= ttl || q.attempts >= max_attempts
-                });
-            if !overdue || lane.queue.iter().any(|q| q.from_spool) {
+                || lane
+                    .queue
+                    .iter()
+                    .find(|q| q.from_spool.is_none())
+                    .is_some_and(|q| {
+                        now.duration_since(q.enqueued) >= ttl || q.attempts >= max_attempts
+                    });
+            if !overdue || lane.queue.iter().any(|q| q.from_spool.is_some()) {
                 continue;
             }
-            lane.spill_pending = lane.in_flight > 0;
+            // A parent's request in flight holds older records of the lane's keys.
+            lane.spill_pending = lane.in_flight > 0 || !lane.parents.is_empty();
             if !lane.spill_pending {
                 lane.spilled = true;
                 taken.extend(lane.queue.drain(..));
@@ -357,16 +432,17 @@ impl Lanes {
     }
 
     /// The oldest queued record that came from memory (not the spool), with its attempts.
-    /// Called on every wake, so it must not scan queues: each lane is in age order (retries
-    /// go back to the front, and spool records only enter a lane that has drained), so a
-    /// lane's oldest is its first record that is not from the spool.
+    /// Called on every wake, so it must not scan queues, which replay can fill with up to
+    /// half the budget: each lane is in age order (retries go back to the front, and spool
+    /// records only enter a lane that has drained, while new records go to the spool behind
+    /// them), so a lane's records from memory, if any, are at its front.
     pub fn oldest_in_memory(&self) -> Option<(Instant, u32)> {
         if self.queued == 0 {
             return None;
         }
         self.lanes
             .iter()
-            .filter_map(|l| l.queue.iter().find(|q| !q.from_spool))
+            .filter_map(|l| l.queue.front().filter(|q| q.from_spool.is_none()))
             .map(|q| (q.enqueued, q.attempts))
             .min_by_key(|(t, _)| *t)
     }
@@ -376,9 +452,10 @@ impl Lanes {
         if self.queued == 0 {
             return None;
         }
+        // A lane waiting for its parents is woken by their completions, not by the clock.
         self.lanes
             .iter()
-            .filter(|l| !l.queue.is_empty())
+            .filter(|l| !l.queue.is_empty() && l.parents.is_empty())
             .map(|l| match l.retry_at {
                 Some(t) if t > now => t,
                 _ => {
@@ -420,7 +497,6 @@ mod tests {
                 acked_at: now,
             },
             now,
-            false,
         )
     }
 
@@ -596,4 +672,74 @@ mod tests {
             .rates()
             .all(|(shard, _)| shard.starts_with("shardId-1")));
     }
+
+    /// Item 7: a shard splits while a request of its lane is in flight. The children send
+    /// nothing until that request settles (the old lanes sent the key's next record from the
+    /// child at once), and its failed entry goes back ahead of the key's later records; a
+    /// second split before the request settles passes the wait on to the grandchildren.
+    #[test]
+    fn children_wait_for_their_parents_request_in_flight_and_its_failures_go_first() {
+        let now = Instant::now();
+        let one = ShardMap::from_ranges([("shardId-0", "0", &*u128::MAX.to_string())]).unwrap();
+        let mut lanes = Lanes::new(WriteOrdering::PerKey, 100.0);
+        for offset in 0..3 {
+            lanes.push(queued("a", offset, now), &one, now);
+        }
+        let in_flight = lanes.fill_request(now);
+        let offsets = |request: &Request| -> Vec<i64> {
+            request.iter().map(|(_, q)| q.record.offset).collect()
+        };
+        assert_eq!(offsets(&in_flight), [0]);
+        let half = (u128::MAX / 2).to_string();
+        let after_half = (u128::MAX / 2 + 1).to_string();
+        let max = u128::MAX.to_string();
+        let split = ShardMap::from_ranges([
+            ("shardId-1", "0", half.as_str()),
+            ("shardId-2", after_half.as_str(), max.as_str()),
+        ])
+        .unwrap();
+        lanes.reroute(&split, now);
+        lanes.push(queued("a", 3, now), &split, now);
+        assert!(
+            lanes.fill_request(now).is_empty(),
+            "the children wait for the parent's request in flight"
+        );
+        // The child holding "a" splits again while the parent's request is still out.
+        let child = split.shard_for_hash(hash_of("a")).unwrap().clone();
+        let middle = (child.start + (child.end - child.start) / 2).to_string();
+        let after_middle = (child.start + (child.end - child.start) / 2 + 1).to_string();
+        let (start, end) = (child.start.to_string(), child.end.to_string());
+        let other = split.shards().iter().find(|s| s.id != child.id).unwrap();
+        let (other_start, other_end) = (other.start.to_string(), other.end.to_string());
+        let resplit = ShardMap::from_ranges([
+            ("shardId-3", start.as_str(), middle.as_str()),
+            ("shardId-4", after_middle.as_str(), end.as_str()),
+            (other.id.as_str(), other_start.as_str(), other_end.as_str()),
+        ])
+        .unwrap();
+        lanes.reroute(&resplit, now);
+        assert!(
+            lanes.fill_request(now).is_empty(),
+            "the grandchildren wait for it too"
+        );
+        // The parent's entry is throttled: it fails and comes back.
+        lanes.finished(&in_flight);
+        lanes.requeue_front(in_flight, &resplit, now, |_| Duration::ZERO);
+        let mut sent = Vec::new();
+        while lanes.queued_records() > 0 {
+            let request = lanes.fill_request(now);
+            assert_eq!(request.len(), 1, "one record of the key at a time");
+            sent.extend(offsets(&request));
+            lanes.finished(&request);
+        }
+        assert_eq!(sent, [0, 1, 2, 3], "the parent's failed entry goes first");
+    }
+
+    fn hash_of(key: &str) -> u128 {
+        queued(key, 0, Instant::now()).hash
+    }
 }
+
+#[cfg(test)]
+#[path = "reshard_tests.rs"]
+mod reshard_tests;

@@ -1,7 +1,8 @@
 //! Spilling and replay: the writer's spool side.
 //!
-//! When the budget is full (`when_full = "spill"`), the stream starts spilling: new records
-//! are appended to its spool. Records already in memory finish from there, and replay starts
+//! When the budget is full (`when_full = "spill"`), the stream starts spilling: the records
+//! queued in memory are appended to its spool, then the new ones, so the spool holds each
+//! key's records in arrival order. Records in flight finish from memory, and replay starts
 //! only once nothing is queued or in flight and the stream is healthy, so a key's records
 //! reach the shard in order across an outage.
 //!
@@ -10,14 +11,21 @@
 //! and its new records follow, while the other shards' lanes send on. Replay starts once the
 //! spilled lanes are idle. An outage spills every lane, one by one. When the spool is empty
 //! again, records flow directly.
+//!
+//! Replay reads the spool ahead in windows while the memory budget has room, so each lane
+//! takes its replayed records at its own pace: one throttled shard holds back only the
+//! acknowledgement of the windows it has records in (the spool's checkpoint moves past a
+//! window once every lane has settled its records), not the other shards' deliveries.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::lanes::Queued;
+use super::lanes::{Queued, ReplayWindow};
 use super::request::MirrorRecord;
+use super::shard_map::ShardMap;
 use super::spool::{Spool, SpoolEntry, SpoolPosition};
 use super::writer::WriterTask;
 use crate::config::spool_dir_of_label;
@@ -27,10 +35,56 @@ use crate::telemetry::metrics::MirrorResult;
 /// Entries read back from the spool at a time.
 const REPLAY_WINDOW: usize = 2000;
 
-/// Spool entries being replayed: acknowledged once every one is delivered or dead-lettered.
+/// The spool entries read back and not yet acknowledged, in windows, oldest first. A window
+/// is acknowledged once every one of its records, and of every window before it, is
+/// delivered or dead-lettered.
 pub(super) struct Replay {
-    pub(super) upto: SpoolPosition,
-    pub(super) outstanding: usize,
+    windows: VecDeque<Window>,
+    /// The id of `windows[0]`; ids grow by one per window read.
+    first: ReplayWindow,
+}
+
+struct Window {
+    /// The window's last entry.
+    upto: SpoolPosition,
+    /// Its records not yet delivered or dead-lettered.
+    outstanding: usize,
+}
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            windows: VecDeque::new(),
+            first: 0,
+        }
+    }
+
+    /// A record of `window` is delivered or dead-lettered.
+    pub(super) fn settled(&mut self, window: ReplayWindow) {
+        let index = window.checked_sub(self.first).map(|i| i as usize);
+        if let Some(window) = index.and_then(|i| self.windows.get_mut(i)) {
+            window.outstanding -= 1;
+        }
+    }
+
+    /// Takes the windows settled from the oldest on, returning the last position they cover.
+    fn take_settled(&mut self) -> Option<SpoolPosition> {
+        let mut upto = None;
+        while let Some(window) = self.windows.front().filter(|w| w.outstanding == 0) {
+            upto = Some(window.upto);
+            self.windows.pop_front();
+            self.first += 1;
+        }
+        upto
+    }
+
+    /// The id the next window read gets, and where it starts reading.
+    fn next(&self) -> (ReplayWindow, Option<SpoolPosition>) {
+        (
+            self.first + self.windows.len() as ReplayWindow,
+            self.windows.back().map(|w| w.upto),
+        )
+    }
 }
 
 impl WriterTask {
@@ -42,7 +96,7 @@ impl WriterTask {
             self.settings
                 .budget
                 .release(queued.record.memory_bytes() as u64);
-            if !queued.from_spool {
+            if queued.from_spool.is_none() {
                 records.push(queued.record);
             }
         }
@@ -91,7 +145,43 @@ impl WriterTask {
             }
             let record = self.held.pop_front().expect("front exists");
             let map = self.state.map.load();
-            self.lanes.push(Queued::new(record, now, false), &map, now);
+            self.lanes.push(Queued::new(record, now), &map, now);
+        }
+    }
+
+    /// The records queued in memory (not in flight, nor replayed), in order, with their
+    /// budget released: the stream starts spilling, and they go to the spool first.
+    pub(super) fn take_memory_queues(&mut self) -> Vec<MirrorRecord> {
+        let queued = self.lanes.drain_from_memory();
+        self.release(queued)
+    }
+
+    /// Queued records leave memory: their budget is released.
+    fn release(&self, queued: Vec<Queued>) -> Vec<MirrorRecord> {
+        queued
+            .into_iter()
+            .map(|q| {
+                self.settings.budget.release(q.record.memory_bytes() as u64);
+                q.record
+            })
+            .collect()
+    }
+
+    /// Moves the lanes to a new shard map. Resharding moves spilled lanes' keys to lanes that
+    /// are not, so the whole stream spills (its replay waits for all of memory), and what
+    /// memory holds goes to the spool first.
+    pub(super) async fn reroute(&mut self, map: &ShardMap, had_map: bool) {
+        let spill_all = had_map
+            && !self.spilling
+            && self.lanes.any_spilled()
+            && *map != **self.state.map.load();
+        self.lanes.reroute(map, Instant::now());
+        if spill_all {
+            self.spilling = true;
+            let queued = self.take_memory_queues();
+            if !queued.is_empty() {
+                self.spill(queued).await;
+            }
         }
     }
 
@@ -188,27 +278,18 @@ impl WriterTask {
             return;
         }
         tracing::warn!(stream = %self.state.stream, records = overdue.len(), "records waited past record_ttl or max_attempts; moving their shard's queue to the spool");
-        let records: Vec<MirrorRecord> = overdue
-            .into_iter()
-            .map(|q| {
-                self.settings.budget.release(q.record.memory_bytes() as u64);
-                q.record
-            })
-            .collect();
+        let records = self.release(overdue);
         self.spill(records).await;
     }
 
-    /// After deliveries: acknowledge a finished replay window, leave spill mode when the
-    /// spool is empty, and start the next replay window when memory is idle.
+    /// After deliveries: acknowledge the replay windows that are settled, leave spill mode
+    /// when the spool is empty, start replay when the spilled lanes (after a full budget, all
+    /// of memory) are idle, and read ahead while replaying and the budget has room.
     pub(super) async fn after_progress(&mut self) {
         let Some(spool) = self.spool.clone() else {
             return;
         };
-        if let Some(replay) = &self.replay {
-            if replay.outstanding > 0 {
-                return;
-            }
-            let upto = replay.upto;
+        if let Some(upto) = self.replay.as_mut().and_then(Replay::take_settled) {
             let acked = tokio::task::spawn_blocking({
                 let spool = spool.clone();
                 move || spool.acknowledge(upto)
@@ -218,50 +299,87 @@ impl WriterTask {
             if let Err(e) = acked {
                 tracing::error!(stream = %self.state.stream, error = %e, "cannot acknowledge replayed spool entries; they will be sent again");
             }
-            self.replay = None;
             self.publish_spool_bytes(&spool);
         }
-        // A stream-wide spill replays once all memory is idle; spilled lanes, once they are.
-        let memory_busy = if self.spilling {
-            !self.lanes.is_idle() || self.requests_in_flight > 0
-        } else {
-            !self.lanes.any_spilled() || !self.lanes.spilled_are_idle()
-        };
-        if self.closing.is_some() || memory_busy || !self.state.is_healthy() {
+        if self.replay.as_ref().is_some_and(|r| r.windows.is_empty()) {
+            self.replay = None;
+        }
+        if self.closing.is_some() || !self.state.is_healthy() {
             return;
         }
+        let may_read = match &self.replay {
+            // Read ahead once a quarter of the limit is free, not for every few records
+            // delivered: each read costs a window's worth of disk reads.
+            Some(_) => {
+                self.settings.budget.used() + self.read_ahead_limit() / 4 <= self.read_ahead_limit()
+            }
+            None if self.spilling => self.lanes.is_idle() && self.requests_in_flight == 0,
+            None => self.lanes.any_spilled() && self.lanes.spilled_are_idle(),
+        };
+        if !may_read {
+            return;
+        }
+        let (window, after) = self.replay.as_ref().map_or((0, None), Replay::next);
         let peeked = tokio::task::spawn_blocking({
             let spool = spool.clone();
-            move || spool.peek(REPLAY_WINDOW)
+            move || match after {
+                Some(after) => spool.peek_after(after, REPLAY_WINDOW),
+                None => spool.peek(REPLAY_WINDOW),
+            }
         })
         .await
         .expect("spool peek task");
         match peeked {
             Ok(entries) if entries.is_empty() => {
-                tracing::info!(stream = %self.state.stream, "spool drained; records flow directly again");
-                self.spilling = false;
-                self.lanes.clear_spilled();
-            }
-            Ok(entries) => {
-                let now = Instant::now();
-                let upto = entries.last().expect("not empty").0;
-                let map = self.state.map.load();
-                let count = entries.len();
-                for (_, entry) in entries {
-                    let record = record_from_spool(entry);
-                    self.settings
-                        .budget
-                        .force_reserve(record.memory_bytes() as u64);
-                    self.lanes.push(Queued::new(record, now, true), &map, now);
+                if self.replay.is_none() {
+                    tracing::info!(stream = %self.state.stream, "spool drained; records flow directly again");
+                    self.spilling = false;
+                    self.lanes.clear_spilled();
                 }
-                self.replay = Some(Replay {
-                    upto,
-                    outstanding: count,
-                });
             }
+            Ok(entries) => self.replay_window(window, entries),
             Err(e) => {
                 tracing::error!(stream = %self.state.stream, error = %e, "cannot read the spool; will retry")
             }
+        }
+    }
+
+    /// Reading ahead stops at half the memory budget, so that the records of shards that are
+    /// not spilled still find room and do not spill the whole stream.
+    fn read_ahead_limit(&self) -> u64 {
+        self.settings.buffer.max_bytes / 2
+    }
+
+    /// Queues entries read back from the spool as window `window`. The first window is taken
+    /// whole, even over the budget, so that replay always moves; windows read ahead take only
+    /// what fits under the read-ahead limit, and the rest is read again later.
+    fn replay_window(&mut self, window: ReplayWindow, entries: Vec<(SpoolPosition, SpoolEntry)>) {
+        let limit = self.read_ahead_limit();
+        let now = Instant::now();
+        let map = self.state.map.load();
+        let replay = self.replay.get_or_insert_with(Replay::new);
+        let first = replay.windows.is_empty();
+        let mut taken = Window {
+            upto: entries[0].0,
+            outstanding: 0,
+        };
+        for (position, entry) in entries {
+            let record = record_from_spool(entry);
+            let bytes = record.memory_bytes() as u64;
+            if first {
+                self.settings.budget.force_reserve(bytes);
+            } else if self.settings.budget.used() + bytes > limit
+                || !self.settings.budget.try_reserve(bytes)
+            {
+                break;
+            }
+            self.lanes
+                .push(Queued::replayed(record, now, window), &map, now);
+            taken.upto = position;
+            taken.outstanding += 1;
+        }
+        if taken.outstanding > 0 {
+            replay.windows.push_back(taken);
         }
     }
 }
@@ -316,7 +434,8 @@ mod tests {
     use super::*;
     use crate::config::WhenFull;
     use crate::kinesis::test_support::{
-        all_stored, control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
+        all_stored, control_plane, entry_data, record, two_shards, wait_until, writer_settings,
+        FakeKinesis, HALF, SPOOL_MAX_BYTES,
     };
     use crate::kinesis::writer::StreamWriter;
     use crate::telemetry::metrics::Metrics;
@@ -335,6 +454,86 @@ mod tests {
             }
             control_plane(operation).expect("a Kinesis operation the writer uses")
         })
+    }
+
+    /// A two-shard stream: hash keys below `HALF` go to shard 0, the rest to shard 1, which
+    /// throttles every entry while `hot` is set. It keeps the data it stores, in order.
+    fn hot_and_cold_kinesis(
+        hot: &Arc<AtomicBool>,
+        stored: &Arc<Mutex<Vec<String>>>,
+    ) -> FakeKinesis {
+        let (hot, stored) = (hot.clone(), stored.clone());
+        FakeKinesis::new(move |operation, body| match operation {
+            "ListShards" => two_shards("shardId-0", "shardId-1"),
+            "PutRecords" => {
+                let data = entry_data(body);
+                let mut failed = 0;
+                let results: Vec<_> = body["Records"]
+                    .as_array()
+                    .expect("records")
+                    .iter()
+                    .zip(data)
+                    .map(|(entry, data)| {
+                        let hash: u128 = entry["ExplicitHashKey"]
+                            .as_str()
+                            .expect("explicit hash key")
+                            .parse()
+                            .expect("decimal");
+                        if hash >= HALF && hot.load(Ordering::Relaxed) {
+                            failed += 1;
+                            return json!({"ErrorCode": "ProvisionedThroughputExceededException",
+                                "ErrorMessage": "Rate exceeded"});
+                        }
+                        stored.lock().expect("lock").push(data);
+                        let shard = if hash >= HALF {
+                            "shardId-1"
+                        } else {
+                            "shardId-0"
+                        };
+                        json!({"SequenceNumber": "1", "ShardId": shard})
+                    })
+                    .collect();
+                (
+                    200,
+                    json!({"FailedRecordCount": failed, "Records": results}),
+                )
+            }
+            _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
+        })
+    }
+
+    /// A writer of stream `s` that spills when `budget` is full, and not for `record_ttl`.
+    fn spilling_writer(
+        spool_dir: &std::path::Path,
+        budget: u64,
+        kinesis: FakeKinesis,
+    ) -> (StreamWriter, crate::kinesis::writer::WriterSettings) {
+        let settings =
+            writer_settings(spool_dir, budget, WhenFull::Spill, Duration::from_secs(600));
+        let writer =
+            StreamWriter::spawn("s", kinesis.client(), &settings, Arc::new(Metrics::new()));
+        (writer, settings)
+    }
+
+    /// Record `offset`, on the cold shard 0 if even, the hot shard 1 if odd.
+    fn cold_or_hot(offset: i64) -> MirrorRecord {
+        let mut r = record(offset);
+        r.key.explicit_hash_key = Some(if offset % 2 == 0 { 1 } else { HALF + 1 });
+        r
+    }
+
+    /// The stored data of the hot shard's records.
+    fn hot_records(stored: &[String]) -> Vec<&String> {
+        stored
+            .iter()
+            .filter(|d| {
+                d.trim_start_matches("value-")
+                    .parse::<i64>()
+                    .expect("offset")
+                    % 2
+                    == 1
+            })
+            .collect()
     }
 
     /// The spill/replay state machine across an outage: records that waited past
@@ -423,58 +622,9 @@ mod tests {
     /// shard takes records again, its spool is replayed in order.
     #[tokio::test(start_paused = true)]
     async fn a_hot_shard_spills_alone() {
-        const HALF: u128 = 1 << 127;
         let hot = Arc::new(AtomicBool::new(true));
         let stored = Arc::new(Mutex::new(Vec::new()));
-        let kinesis = {
-            let (hot, stored) = (hot.clone(), stored.clone());
-            FakeKinesis::new(move |operation, body| match operation {
-                "ListShards" => (
-                    200,
-                    json!({"Shards": [
-                        {"ShardId": "shardId-0", "HashKeyRange": {"StartingHashKey": "0",
-                            "EndingHashKey": (HALF - 1).to_string()},
-                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}},
-                        {"ShardId": "shardId-1", "HashKeyRange": {"StartingHashKey": HALF.to_string(),
-                            "EndingHashKey": u128::MAX.to_string()},
-                         "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
-                ),
-                "PutRecords" => {
-                    let data = entry_data(body);
-                    let mut failed = 0;
-                    let results: Vec<_> = body["Records"]
-                        .as_array()
-                        .expect("records")
-                        .iter()
-                        .zip(data)
-                        .map(|(entry, data)| {
-                            let hash: u128 = entry["ExplicitHashKey"]
-                                .as_str()
-                                .expect("explicit hash key")
-                                .parse()
-                                .expect("decimal");
-                            if hash >= HALF && hot.load(Ordering::Relaxed) {
-                                failed += 1;
-                                return json!({"ErrorCode": "ProvisionedThroughputExceededException",
-                                    "ErrorMessage": "Rate exceeded"});
-                            }
-                            stored.lock().expect("lock").push(data);
-                            let shard = if hash >= HALF {
-                                "shardId-1"
-                            } else {
-                                "shardId-0"
-                            };
-                            json!({"SequenceNumber": "1", "ShardId": shard})
-                        })
-                        .collect();
-                    (
-                        200,
-                        json!({"FailedRecordCount": failed, "Records": results}),
-                    )
-                }
-                _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
-            })
-        };
+        let kinesis = hot_and_cold_kinesis(&hot, &stored);
         let spool_dir = tempfile::tempdir().expect("tempdir");
         let settings = writer_settings(
             spool_dir.path(),
@@ -495,9 +645,10 @@ mod tests {
             let writer = writer.clone();
             async move {
                 for offset in offsets {
-                    let mut r = record(offset);
-                    r.key.explicit_hash_key = Some(if offset % 2 == 0 { 1 } else { HALF + 1 });
-                    writer.send(r).await.expect("writer is running");
+                    writer
+                        .send(cold_or_hot(offset))
+                        .await
+                        .expect("writer is running");
                 }
             }
         };
@@ -535,16 +686,7 @@ mod tests {
         })
         .await;
         let stored = stored.lock().expect("lock");
-        let hot_order: Vec<&String> = stored
-            .iter()
-            .filter(|d| {
-                d.trim_start_matches("value-")
-                    .parse::<i64>()
-                    .expect("offset")
-                    % 2
-                    == 1
-            })
-            .collect();
+        let hot_order = hot_records(&stored);
         let expected: Vec<String> = (1..60).step_by(2).map(|o| format!("value-{o}")).collect();
         assert_eq!(
             hot_order,
@@ -552,5 +694,119 @@ mod tests {
             "the hot shard's records in order"
         );
         assert_eq!(stored.len(), 60, "each once");
+    }
+
+    /// Item 6: records queued in memory, then the budget fills, more arrive, and the proxy
+    /// shuts down with Kinesis down. The spool must hold each key's records in arrival order:
+    /// the old writer left the older records in memory while the newer went to the spool, and
+    /// the shutdown appended the older after them.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_budget_spools_what_memory_holds_before_newer_records() {
+        const RECORDS: i64 = 30;
+        let down = Arc::new(AtomicBool::new(true));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let keyed = |offset: i64| {
+            let mut r = record(offset);
+            r.key.partition_key = format!("key-{}", offset % 3);
+            r
+        };
+        // Room for the first ten records.
+        let budget = 10 * keyed(0).memory_bytes() as u64;
+        let (writer, settings) =
+            spilling_writer(spool_dir.path(), budget, flaky_kinesis(&down, &stored));
+        for offset in 0..10 {
+            writer.send(keyed(offset)).await.expect("writer is running");
+        }
+        wait_until("ten records in memory", Duration::from_secs(10), || {
+            settings.budget.used() == budget
+        })
+        .await;
+        for offset in 10..RECORDS {
+            writer.send(keyed(offset)).await.expect("writer is running");
+        }
+        writer.shut_down(Instant::now()).await;
+        drop(writer);
+        let (spool, _) =
+            Spool::open(&spool_dir.path().join("s"), SPOOL_MAX_BYTES).expect("open spool");
+        let spooled: Vec<(String, i64)> = spool
+            .peek(1000)
+            .expect("peek")
+            .into_iter()
+            .map(|(_, entry)| (entry.partition_key, entry.offset))
+            .collect();
+        assert_eq!(spooled.len(), RECORDS as usize, "every record spooled");
+        for key in 0..3 {
+            let offsets: Vec<i64> = spooled
+                .iter()
+                .filter(|(k, _)| *k == format!("key-{key}"))
+                .map(|(_, o)| *o)
+                .collect();
+            let arrival: Vec<i64> = (0..RECORDS).filter(|o| o % 3 == key).collect();
+            assert_eq!(offsets, arrival, "key-{key} in arrival order");
+        }
+        assert!(stored.lock().expect("lock").is_empty());
+    }
+
+    /// Item 13: the spool holds 3,000 records, alternately for a cold shard and a hot one
+    /// that throttles everything. Replay must deliver the cold shard's 1,500 at its own pace
+    /// while the hot shard's wait; the old replay read 2,000 entries at a time and read no
+    /// more until all of them were delivered, so the cold shard stopped at 1,000. Once the
+    /// hot shard takes records again, they arrive in order and the spool empties.
+    #[tokio::test(start_paused = true)]
+    async fn replay_goes_at_each_shards_pace() {
+        const RECORDS: i64 = 3000;
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let spooled_bytes = {
+            let (spool, _) =
+                Spool::open(&spool_dir.path().join("s"), SPOOL_MAX_BYTES).expect("open spool");
+            let entries: Vec<SpoolEntry> = (0..RECORDS)
+                .map(|offset| spool_entry("s", &cold_or_hot(offset)))
+                .collect();
+            spool.append(&entries).expect("append");
+            spool.bytes()
+        };
+        let hot = Arc::new(AtomicBool::new(true));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let (writer, _) = spilling_writer(
+            spool_dir.path(),
+            16 << 20,
+            hot_and_cold_kinesis(&hot, &stored),
+        );
+        let started = tokio::time::Instant::now();
+        wait_until(
+            "the cold shard's spooled records delivered while the hot shard throttles",
+            Duration::from_secs(60),
+            || stored.lock().expect("lock").len() == RECORDS as usize / 2,
+        )
+        .await;
+        let cold_took = started.elapsed();
+        assert!(
+            hot_records(&stored.lock().expect("lock")).is_empty(),
+            "the hot shard took nothing"
+        );
+        // Every window holds hot records not yet delivered: none may be acknowledged.
+        assert_eq!(
+            writer.state().spool_bytes(),
+            spooled_bytes,
+            "the spool's checkpoint stays before the hot shard's first record"
+        );
+        hot.store(false, Ordering::Relaxed);
+        wait_until("the spool replayed", Duration::from_secs(120), || {
+            stored.lock().expect("lock").len() == RECORDS as usize
+                && writer.state().spool_bytes() == 0
+        })
+        .await;
+        let stored = stored.lock().expect("lock");
+        let expected: Vec<String> = (1..RECORDS)
+            .step_by(2)
+            .map(|o| format!("value-{o}"))
+            .collect();
+        assert_eq!(
+            hot_records(&stored),
+            expected.iter().collect::<Vec<_>>(),
+            "the hot shard's records in order"
+        );
+        assert!(cold_took < Duration::from_secs(10), "{cold_took:?}");
     }
 }

@@ -134,6 +134,23 @@ pub fn control_plane(operation: &str) -> Option<(u16, Value)> {
     }
 }
 
+/// The middle of the hash key space.
+pub const HALF: u128 = 1 << 127;
+
+/// ListShards' answer for two open shards: `low` below `HALF`, `high` from it.
+pub fn two_shards(low: &str, high: &str) -> (u16, Value) {
+    (
+        200,
+        json!({"Shards": [
+            {"ShardId": low, "HashKeyRange": {"StartingHashKey": "0",
+                "EndingHashKey": (HALF - 1).to_string()},
+             "SequenceNumberRange": {"StartingSequenceNumber": "1"}},
+            {"ShardId": high, "HashKeyRange": {"StartingHashKey": HALF.to_string(),
+                "EndingHashKey": u128::MAX.to_string()},
+             "SequenceNumberRange": {"StartingSequenceNumber": "1"}}]}),
+    )
+}
+
 /// Every entry of a PutRecords body stored in shard 0.
 pub fn all_stored(body: &Value) -> (u16, Value) {
     let stored: Vec<Value> = body["Records"]

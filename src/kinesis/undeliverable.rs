@@ -101,11 +101,7 @@ impl WriterTask {
             self.settings
                 .budget
                 .force_reserve(record.memory_bytes() as u64);
-            dead.push((
-                Queued::new(record, now, false),
-                code.clone(),
-                message.clone(),
-            ));
+            dead.push((Queued::new(record, now), code.clone(), message.clone()));
         }
         if !dead.is_empty() {
             self.dead_letter_queued(dead).await;

@@ -259,13 +259,8 @@ impl WriterTask {
                 if !self.map_loaded || map != **self.state.map.load() {
                     tracing::info!(%stream, open_shards = map.len(), "shard map loaded");
                 }
-                if self.map_loaded && self.lanes.any_spilled() && map != **self.state.map.load() {
-                    // Resharding moves spilled lanes' keys to lanes that are not: spill the
-                    // whole stream, whose replay waits for all of memory, to keep key order.
-                    self.spilling = true;
-                }
+                self.reroute(&map, self.map_loaded).await;
                 self.map_loaded = true;
-                self.lanes.reroute(&map, Instant::now());
                 let previous = self.state.map.load_full();
                 let closed = previous
                     .shards()
@@ -358,13 +353,15 @@ impl WriterTask {
                 .budget
                 .try_reserve(record.memory_bytes() as u64)
             {
-                self.lanes.push(Queued::new(record, now, false), &map, now);
+                self.lanes.push(Queued::new(record, now), &map, now);
                 continue;
             }
             match self.settings.buffer.when_full {
                 WhenFull::Spill => {
                     if !self.spilling {
                         tracing::warn!(stream = %self.state.stream, "memory budget full: mirror spilling to the spool");
+                        // What memory holds is older than this record: it goes first.
+                        to_spool.splice(0..0, self.take_memory_queues());
                     }
                     self.spilling = true;
                     budget_spilled = true;
@@ -543,15 +540,14 @@ impl WriterTask {
         }
     }
 
-    /// Releases a record's budget and advances the replay window if it came from the spool.
+    /// Releases a record's budget and settles it in its replay window if it came from the
+    /// spool.
     pub(super) fn finished_with(&mut self, queued: &Queued) {
         self.settings
             .budget
             .release(queued.record.memory_bytes() as u64);
-        if queued.from_spool {
-            if let Some(replay) = &mut self.replay {
-                replay.outstanding -= 1;
-            }
+        if let (Some(window), Some(replay)) = (queued.from_spool, &mut self.replay) {
+            replay.settled(window);
         }
     }
 
