@@ -226,7 +226,7 @@ impl WriterTask {
         } else {
             !self.lanes.any_spilled() || !self.lanes.spilled_are_idle()
         };
-        if self.closing.is_some() || memory_busy || !self.state.is_healthy() {
+        if self.closing.is_some() || memory_busy || !self.may_replay() {
             return;
         }
         let peeked = tokio::task::spawn_blocking({

@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 use super::budget::Budget;
 use super::request::MirrorRecord;
 use super::writer::WriterSettings;
-use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
+use crate::config::{
+    DeadLetterLimits, KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering,
+};
 use crate::kinesis::request::KinesisKey;
 
 type Handler = dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync;
@@ -169,6 +171,7 @@ pub fn writer_settings(
         spool: SpoolConfig {
             dir: Some(spool_dir.to_owned()),
             max_bytes: SPOOL_MAX_BYTES,
+            dead_letters: DeadLetterLimits::default(),
         },
         budget: Arc::new(Budget::new(
             buffer_bytes,
