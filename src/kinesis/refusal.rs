@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::health::ProbeFailure;
 use super::lanes::Request;
 use super::retry::{classify, ErrorClass};
 use super::service::{EntryOutcome, RequestFailure};
@@ -36,19 +37,7 @@ impl WriterTask {
         match (refusal, result) {
             (Some(error), _) => {
                 self.health.observe(super::health::Evidence::Failed, now);
-                if self.health.refused(now) {
-                    tracing::error!(
-                        stream = %self.state.stream, %error,
-                        "the stream refuses records: they wait in the spool, in order, and the stream is probed until it takes them"
-                    );
-                }
-                if self.spool.is_some() {
-                    self.spilling = true;
-                }
-                self.state.refused(
-                    format!("{error} (records wait in the spool; probing with PutRecords)"),
-                    &self.metrics,
-                );
+                self.refuse(error, now);
             }
             (None, Ok(_)) => {
                 self.health.observe(super::health::Evidence::Answered, now);
@@ -66,6 +55,34 @@ impl WriterTask {
                 self.state
                     .mark_unhealthy(failure.to_string(), &self.metrics);
             }
+        }
+    }
+
+    /// The stream refuses records: new ones go to the spool, and sending waits for probes.
+    fn refuse(&mut self, error: String, now: tokio::time::Instant) {
+        if self.health.refused(now) {
+            tracing::error!(
+                stream = %self.state.stream, %error,
+                "the stream refuses records: they wait in the spool, in order, and the stream is probed until it takes them"
+            );
+        }
+        if self.spool.is_some() {
+            self.spilling = true;
+        }
+        self.state.refused(
+            format!("{error} (records wait in the spool; probing with PutRecords)"),
+            &self.metrics,
+        );
+    }
+
+    /// Before a shard map is loaded nothing can be sent, so a describe that finds the stream
+    /// missing or denied is the only word on it: the records go to the spool now rather than
+    /// wait in memory for `record_ttl`. Once a map is loaded, only PutRecords decides (a
+    /// role may be allowed to put but not to describe).
+    pub(super) async fn refused_before_map(&mut self, failure: &ProbeFailure) {
+        if classify(failure.code()) == ErrorClass::StreamRefused {
+            self.refuse(failure.to_string(), tokio::time::Instant::now());
+            self.spool_refused().await;
         }
     }
 
@@ -114,10 +131,10 @@ impl WriterTask {
     }
 
     /// Whether the spool may be replayed: into a healthy stream, or as the probe of a
-    /// refusing one when it is due.
+    /// refusing one when it is due and it can be sent (a shard map is loaded).
     pub(super) fn may_replay(&self) -> bool {
         if self.health.is_refused() {
-            self.health.may_send(tokio::time::Instant::now())
+            self.state.open_shards() > 0 && self.health.may_send(tokio::time::Instant::now())
         } else {
             self.state.is_healthy()
         }

@@ -92,8 +92,14 @@ fn settings_with_dead_letters(dir: &std::path::Path, limits: DeadLetterLimits) -
 /// dead-lettered, every one waits in the spool, the stream is probed with backoff (not every
 /// 200 ms), and once it takes records again every one is delivered, once and in order. The old
 /// writer dead-lettered every queued record every 200 ms.
-async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(refusal: Refusal) {
-    let refusing = Arc::new(AtomicBool::new(false));
+///
+/// A stream missing from the start has no shard map, so it is never sent to: its records go
+/// to the spool as soon as a describe finds it missing.
+async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(
+    refusal: Refusal,
+    from_start: bool,
+) {
+    let refusing = Arc::new(AtomicBool::new(from_start));
     let seen = Arc::new(Seen::default());
     let dir = tempfile::tempdir().expect("tempdir");
     let settings = settings_with_dead_letters(dir.path(), DeadLetterLimits::default());
@@ -107,11 +113,13 @@ async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(refusal: R
             .get()
     };
     writer.send(record(0)).await.expect("writer is running");
-    wait_until("the first record stored", Duration::from_secs(10), || {
-        seen.stored.lock().expect("lock").len() == 1
-    })
-    .await;
-    refusing.store(true, Ordering::Relaxed);
+    if !from_start {
+        wait_until("the first record stored", Duration::from_secs(10), || {
+            seen.stored.lock().expect("lock").len() == 1
+        })
+        .await;
+        refusing.store(true, Ordering::Relaxed);
+    }
     let refused_at = tokio::time::Instant::now();
     for offset in 1..100 {
         writer
@@ -125,7 +133,7 @@ async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(refusal: R
     wait_until(
         "every refused record spooled",
         Duration::from_secs(30),
-        || count("spooled") == 99,
+        || count("spooled") == if from_start { 100 } else { 99 },
     )
     .await;
     tokio::time::sleep_until(refused_at + Duration::from_secs(120)).await;
@@ -156,7 +164,7 @@ async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(refusal: R
         refused_puts.len()
     );
     assert!(
-        gaps.last().is_some_and(|g| *g >= Duration::from_secs(15)),
+        from_start || gaps.last().is_some_and(|g| *g >= Duration::from_secs(15)),
         "the probes' gaps grow to the cap: {gaps:?}"
     );
 
@@ -182,17 +190,26 @@ async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(refusal: R
 
 #[tokio::test(start_paused = true)]
 async fn access_denied_spools_probes_and_delivers_in_order() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::AccessDenied).await;
+    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::AccessDenied, false)
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_missing_stream_spools_probes_and_delivers_in_order() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::StreamMissing).await;
+    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::StreamMissing, false)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_missing_from_the_start_spools_and_delivers_once_created() {
+    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::StreamMissing, true)
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_kms_key_spools_probes_and_delivers_in_order() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::KmsAccessDenied).await;
+    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::KmsAccessDenied, false)
+        .await;
 }
 
 /// The dead-letter file is full (one letter in it, no rotated file allowed): a record Kinesis

@@ -298,6 +298,9 @@ impl WriterTask {
                 "ok"
             }
             Err(e) => {
+                if !self.map_loaded {
+                    self.refused_before_map(&e).await;
+                }
                 let evidence = e.evidence();
                 self.health.observe(evidence, now);
                 if !self.health.is_healthy() {
