@@ -126,12 +126,6 @@ impl Health {
         }
     }
 
-    /// Probes of a refusing stream so far, for tests.
-    #[cfg(test)]
-    pub fn refusal_probes(&self) -> Option<u32> {
-        self.refusal.as_ref().map(|r| r.probes)
-    }
-
     pub fn is_healthy(&self) -> bool {
         self.healthy
     }
@@ -371,6 +365,39 @@ mod tests {
         health.observe(Evidence::Answered, Instant::now());
         assert!(health.is_healthy());
         assert_eq!(health.next_probe(), Instant::now() + IDLE_PROBE, "reset");
+    }
+
+    /// A refusing stream sends one probe at a time, each due later than the last, and the
+    /// first accepted request ends the refusal; failures of requests sent before it change
+    /// nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_allows_one_probe_at_a_time_with_backoff() {
+        let mut health = Health::new(Instant::now());
+        assert!(health.may_send(Instant::now()));
+        assert!(health.refused(Instant::now()), "the refusal starts");
+        assert!(
+            !health.refused(Instant::now()),
+            "a request sent before it changes nothing"
+        );
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let start = Instant::now();
+            assert!(!health.may_send(start), "not due yet");
+            let mut waited = Duration::ZERO;
+            while !health.may_send(Instant::now()) {
+                tokio::time::advance(Duration::from_millis(10)).await;
+                waited += Duration::from_millis(10);
+            }
+            waits.push(waited);
+            health.sent();
+            assert!(!health.may_send(Instant::now()), "one probe at a time");
+            assert!(!health.refused(Instant::now()), "the probe failed");
+        }
+        assert!(waits.last() > waits.first(), "{waits:?}");
+        assert!(*waits.last().unwrap() <= IDLE_PROBE + Duration::from_millis(10));
+        assert!(health.accepted());
+        assert!(!health.is_refused() && health.may_send(Instant::now()));
+        assert!(!health.accepted(), "only once");
     }
 
     #[tokio::test(start_paused = true)]

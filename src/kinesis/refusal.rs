@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::health::ProbeFailure;
+use super::health::{Evidence, ProbeFailure};
 use super::lanes::Request;
 use super::retry::{classify, ErrorClass};
 use super::service::{EntryOutcome, RequestFailure};
@@ -36,18 +36,18 @@ impl WriterTask {
         };
         match (refusal, result) {
             (Some(error), _) => {
-                self.health.observe(super::health::Evidence::Failed, now);
+                self.health.observe(Evidence::Failed, now);
                 self.refuse(error, now);
             }
             (None, Ok(_)) => {
-                self.health.observe(super::health::Evidence::Answered, now);
+                self.health.observe(Evidence::Answered, now);
                 if self.health.accepted() {
                     tracing::info!(stream = %self.state.stream, "the stream takes records again; replaying its spool");
                 }
                 self.state.accepted(&self.metrics);
             }
             (None, Err(failure)) => {
-                self.health.observe(super::health::Evidence::Failed, now);
+                self.health.observe(Evidence::Failed, now);
                 if self.health.is_refused() {
                     // A probe that failed for another reason is still a failed probe.
                     self.health.refused(now);
