@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use crate::config::{DeadLetterLimits, WhenFull};
 use crate::kinesis::dead_letter::DeadLetterFile;
 use crate::kinesis::test_support::{
-    all_stored, control_plane, entry_data, record, wait_until, writer_settings, FakeKinesis,
+    all_stored, control_plane, entry_data, outcomes, record, wait_until, writer_settings,
+    FakeKinesis,
 };
 use crate::kinesis::writer::{StreamWriter, WriterSettings};
 use crate::telemetry::metrics::Metrics;
@@ -30,6 +31,9 @@ enum Refusal {
     StreamMissing,
     /// KMS refusals come per entry, in an answered request.
     KmsAccessDenied,
+    /// Not the stream: one record, `value-3`, is invalid, and refused with every request
+    /// that carries it.
+    BadRecord,
 }
 
 impl Refusal {
@@ -44,6 +48,7 @@ impl Refusal {
         match self {
             Refusal::AccessDenied => request_refused("AccessDeniedException"),
             Refusal::StreamMissing => request_refused("ResourceNotFoundException"),
+            Refusal::BadRecord => request_refused("ValidationException"),
             Refusal::KmsAccessDenied => {
                 let failed: Vec<Value> = (0..entries)
                     .map(|_| json!({"ErrorCode": "KMSAccessDeniedException", "ErrorMessage": "key denied"}))
@@ -73,10 +78,11 @@ fn refusing_kinesis(refusing: &Arc<AtomicBool>, seen: &Arc<Seen>, refusal: Refus
             .lock()
             .expect("lock")
             .push(tokio::time::Instant::now());
-        if refused {
-            return refusal.answer(body["Records"].as_array().map_or(0, Vec::len));
+        let data = entry_data(body);
+        if refused && (refusal != Refusal::BadRecord || data.iter().any(|d| d == "value-3")) {
+            return refusal.answer(data.len());
         }
-        seen.stored.lock().expect("lock").extend(entry_data(body));
+        seen.stored.lock().expect("lock").extend(data);
         all_stored(body)
     })
 }
@@ -106,12 +112,7 @@ async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(
     let metrics = Arc::new(Metrics::new());
     let kinesis = refusing_kinesis(&refusing, &seen, refusal);
     let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());
-    let count = |result: &str| {
-        metrics
-            .mirror_records
-            .with_label_values(&["orders", "s", result])
-            .get()
-    };
+    let count = |result: &str| outcomes(&metrics, result);
     writer.send(record(0)).await.expect("writer is running");
     if !from_start {
         wait_until("the first record stored", Duration::from_secs(10), || {
@@ -189,27 +190,15 @@ async fn refused_records_wait_in_the_spool_and_are_delivered_in_order(
 }
 
 #[tokio::test(start_paused = true)]
-async fn access_denied_spools_probes_and_delivers_in_order() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::AccessDenied, false)
-        .await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_missing_stream_spools_probes_and_delivers_in_order() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::StreamMissing, false)
-        .await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_stream_missing_from_the_start_spools_and_delivers_once_created() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::StreamMissing, true)
-        .await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_refused_kms_key_spools_probes_and_delivers_in_order() {
-    refused_records_wait_in_the_spool_and_are_delivered_in_order(Refusal::KmsAccessDenied, false)
-        .await;
+async fn refusing_streams_spool_probe_and_deliver_in_order() {
+    for (refusal, from_start) in [
+        (Refusal::AccessDenied, false),
+        (Refusal::StreamMissing, false),
+        (Refusal::StreamMissing, true),
+        (Refusal::KmsAccessDenied, false),
+    ] {
+        refused_records_wait_in_the_spool_and_are_delivered_in_order(refusal, from_start).await;
+    }
 }
 
 /// The dead-letter file is full (one letter in it, no rotated file allowed): a record Kinesis
@@ -219,23 +208,7 @@ async fn a_refused_kms_key_spools_probes_and_delivers_in_order() {
 #[tokio::test(start_paused = true)]
 async fn a_full_dead_letter_file_blocks_the_stream_instead_of_dropping() {
     let seen = Arc::new(Seen::default());
-    let kinesis = {
-        let seen = seen.clone();
-        FakeKinesis::new(move |operation, body| {
-            if operation != "PutRecords" {
-                return control_plane(operation).expect("a Kinesis operation the writer uses");
-            }
-            let data = entry_data(body);
-            if data.iter().any(|d| d == "value-3") {
-                return (
-                    400,
-                    json!({"__type": "ValidationException", "message": "bad record"}),
-                );
-            }
-            seen.stored.lock().expect("lock").extend(data);
-            all_stored(body)
-        })
-    };
+    let kinesis = refusing_kinesis(&Arc::new(AtomicBool::new(true)), &seen, Refusal::BadRecord);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dead-letters.jsonl");
     std::fs::write(&path, "{}\n").expect("an earlier letter");
@@ -248,12 +221,7 @@ async fn a_full_dead_letter_file_blocks_the_stream_instead_of_dropping() {
     );
     let metrics = Arc::new(Metrics::new());
     let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());
-    let count = |result: &str| {
-        metrics
-            .mirror_records
-            .with_label_values(&["orders", "s", result])
-            .get()
-    };
+    let count = |result: &str| outcomes(&metrics, result);
     let waiting = || metrics.dead_letters_waiting.with_label_values(&["s"]).get();
     for offset in 0..10 {
         writer

@@ -197,6 +197,14 @@ pub fn record(offset: i64) -> MirrorRecord {
     }
 }
 
+/// Records of `orders` that `mirror_records_total` counts for stream `s` with `result`.
+pub fn outcomes(metrics: &crate::telemetry::metrics::Metrics, result: &str) -> u64 {
+    metrics
+        .mirror_records
+        .with_label_values(&["orders", "s", result])
+        .get()
+}
+
 /// The data of a PutRecords body's entries, decoded.
 pub fn entry_data(body: &Value) -> Vec<String> {
     body["Records"]
