@@ -197,7 +197,8 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let dead_letters = match config.spool.dead_letter_file() {
         Some(path) => Some(Arc::new(
             DeadLetterFile::open(&path)
-                .with_context(|| format!("dead-letter file {}", path.display()))?,
+                .with_context(|| format!("dead-letter file {}", path.display()))?
+                .with_limits(config.spool.dead_letters),
         )),
         None => None,
     };

@@ -943,8 +943,10 @@ async fn shard_map_refreshes_after_a_split() {
 }
 
 /// A route whose stream does not exist is reported unhealthy, with the stream named in the log,
-/// and Kafka traffic flows as if the mirror were not there. ResourceNotFound is not retried:
-/// the records go to the dead-letter file, where `spool replay` can re-send them later.
+/// and Kafka traffic flows as if the mirror were not there. A missing stream refuses records
+/// until it is created, so none is dead-lettered: they wait in the spool, and once the operator
+/// creates the stream the proxy's probe finds it and replays them, each once. (The old writer
+/// dead-lettered all 1,000.)
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
     let cluster = KafkaCluster::shared();
@@ -978,19 +980,22 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
         "{consumed}"
     );
 
+    let records = |m: &BTreeMap<String, f64>, result: &str| {
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("topic", "payments"), ("result", result)],
+        )
+    };
     let m = wait_for(
         proxy.admin_port,
-        "dead-lettered records counted",
+        "refused records spooled",
         Duration::from_secs(60),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("topic", "payments"), ("result", "dead_letter")],
-            ) >= 1000.0
-        },
+        |m| records(m, "spooled") >= 1000.0,
     )
     .await;
+    assert_eq!(records(&m, "dead_letter"), 0.0);
+    assert_eq!(records(&m, "sent"), 0.0);
     assert_eq!(
         value(
             &m,
@@ -998,6 +1003,13 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
             &[("stream", "no-such-stream")]
         ),
         0.0
+    );
+    assert!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_spool_bytes",
+            &[("stream", "no-such-stream")]
+        ) > 0.0
     );
     assert_eq!(
         value(
@@ -1007,51 +1019,22 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
         ),
         1000.0
     );
-    assert_eq!(
-        value(
-            &m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("topic", "payments"), ("result", "sent")]
-        ),
-        0.0
-    );
     let log = proxy.daemon().log_tail(400);
     assert!(
         log.contains("stream `no-such-stream`") && log.contains("ResourceNotFoundException"),
         "{log}"
     );
-    let dead_letters = proxy
-        .config_path
-        .parent()
-        .unwrap()
-        .join("spool/dead-letters.jsonl");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead_letters)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 1000);
-    assert!(
-        lines.iter().all(|l| l["stream"] == "no-such-stream"
-            && l["topic"] == "payments"
-            && l["error_code"] == "ResourceNotFoundException"),
-        "{}",
-        lines[0]
-    );
 
-    // The operator creates the stream and replays the dead letters.
+    // The operator creates the stream; the proxy finds it and replays its spool.
     kinesis.create_stream("no-such-stream", 2).await;
-    let replay = spool_replay(&proxy.config_path);
-    let summary = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replay.status.success(),
-        "{summary}{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    assert!(
-        summary.contains("1000 dead letters, 1000 delivered, 0 still failing"),
-        "{summary}"
-    );
+    let m = wait_for(
+        proxy.admin_port,
+        "spooled records delivered",
+        Duration::from_secs(120),
+        |m| records(m, "sent") >= 1000.0,
+    )
+    .await;
+    assert_eq!(records(&m, "dead_letter"), 0.0);
     let stored = kinesis.read_all("no-such-stream").await;
     let t = &verify(&stored)["payments"];
     assert_eq!(
@@ -1063,8 +1046,15 @@ async fn missing_stream_marks_route_unhealthy_and_kafka_keeps_flowing() {
         (1000, 0, 0),
         "{t}"
     );
+    let dead_letters = proxy
+        .config_path
+        .parent()
+        .unwrap()
+        .join("spool/dead-letters.jsonl");
     assert!(
-        !dead_letters.exists(),
-        "delivered dead letters leave the file"
+        std::fs::read_to_string(&dead_letters)
+            .unwrap_or_default()
+            .is_empty(),
+        "no dead letters"
     );
 }

@@ -24,6 +24,30 @@ pub struct SpoolConfig {
     /// Spool segments and the dead-letter file live here; required once routes exist.
     pub dir: Option<PathBuf>,
     pub max_bytes: u64,
+    pub dead_letters: DeadLetterLimits,
+}
+
+/// How much disk the dead-letter file may take: it rotates once it holds `max_bytes`, and
+/// keeps up to `rotated_files` rotated files. None is ever deleted by the proxy (only `spool
+/// replay` consumes them): when all are full, writers block instead of dropping letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterLimits {
+    pub max_bytes: u64,
+    pub rotated_files: u32,
+}
+
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_DEAD_LETTER_ROTATED_FILES: u32 = 8;
+/// More rotated files than this is a typo, not a plan: each is listed on every rotation.
+const MAX_DEAD_LETTER_ROTATED_FILES: u64 = 1000;
+
+impl Default for DeadLetterLimits {
+    fn default() -> Self {
+        DeadLetterLimits {
+            max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+            rotated_files: DEFAULT_DEAD_LETTER_ROTATED_FILES,
+        }
+    }
 }
 
 impl SpoolConfig {
@@ -45,6 +69,8 @@ pub(super) struct RawAdmin {
 pub(super) struct RawSpool {
     dir: Option<Spanned<String>>,
     max_bytes: Option<Spanned<u64>>,
+    dead_letter_max_bytes: Option<Spanned<u64>>,
+    dead_letter_rotated_files: Option<Spanned<u64>>,
 }
 
 pub(super) fn validate_admin(
@@ -98,6 +124,7 @@ pub(super) fn validate_spool(
 ) -> Result<SpoolConfig, Invalid> {
     let span = raw.as_ref().map(|r| r.span());
     let raw = raw.map(Spanned::into_inner);
+    let dead_letters = validate_dead_letter_limits(raw.as_ref())?;
     let (dir, max_bytes) = raw.map_or((None, None), |r| (r.dir, r.max_bytes));
     let dir = match dir {
         Some(d) if d.get_ref().trim().is_empty() => return invalid(d.span(), "spool.dir: must not be empty"),
@@ -115,5 +142,64 @@ pub(super) fn validate_spool(
         10 * 1024 * 1024 * 1024,
         "spool.max_bytes",
     )?;
-    Ok(SpoolConfig { dir, max_bytes })
+    Ok(SpoolConfig {
+        dir,
+        max_bytes,
+        dead_letters,
+    })
+}
+
+fn validate_dead_letter_limits(raw: Option<&RawSpool>) -> Result<DeadLetterLimits, Invalid> {
+    let max_bytes = positive(
+        raw.and_then(|r| r.dead_letter_max_bytes.as_ref()),
+        DEFAULT_DEAD_LETTER_MAX_BYTES,
+        "spool.dead_letter_max_bytes",
+    )?;
+    let rotated_files = match raw.and_then(|r| r.dead_letter_rotated_files.as_ref()) {
+        None => DEFAULT_DEAD_LETTER_ROTATED_FILES,
+        Some(v) if *v.get_ref() > MAX_DEAD_LETTER_ROTATED_FILES => {
+            return invalid(
+                v.span(),
+                format!("spool.dead_letter_rotated_files: at most {MAX_DEAD_LETTER_ROTATED_FILES}"),
+            )
+        }
+        Some(v) => *v.get_ref() as u32,
+    };
+    Ok(DeadLetterLimits {
+        max_bytes,
+        rotated_files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::{parse, BASE};
+
+    #[test]
+    fn dead_letter_limits_default_and_are_validated_by_key() {
+        let config = parse(&format!("{BASE}[spool]\ndir = \"/tmp/s\"\n")).expect("valid");
+        assert_eq!(
+            config.spool.dead_letters,
+            super::DeadLetterLimits::default()
+        );
+        let config = parse(&format!(
+            "{BASE}[spool]\ndead_letter_max_bytes = 1000\ndead_letter_rotated_files = 0\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.spool.dead_letters.max_bytes, 1000);
+        assert_eq!(config.spool.dead_letters.rotated_files, 0);
+        let zero = parse(&format!("{BASE}[spool]\ndead_letter_max_bytes = 0\n")).unwrap_err();
+        assert!(
+            zero.contains("spool.dead_letter_max_bytes: must be greater than 0"),
+            "{zero}"
+        );
+        let many = parse(&format!(
+            "{BASE}[spool]\ndead_letter_rotated_files = 5000\n"
+        ))
+        .unwrap_err();
+        assert!(
+            many.contains("spool.dead_letter_rotated_files: at most 1000"),
+            "{many}"
+        );
+    }
 }

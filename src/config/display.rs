@@ -94,9 +94,11 @@ impl fmt::Display for Config {
         match &self.spool.dir {
             Some(dir) => writeln!(
                 f,
-                "spool               {} (max {} bytes)",
+                "spool               {} (max {} bytes; dead letters rotate at {} bytes, {} rotated files kept)",
                 dir.display(),
-                self.spool.max_bytes
+                self.spool.max_bytes,
+                self.spool.dead_letters.max_bytes,
+                self.spool.dead_letters.rotated_files
             )?,
             None => writeln!(f, "spool               (none: no routes)")?,
         }

@@ -25,7 +25,7 @@ mod sasl;
 mod stream_target;
 mod tls;
 
-pub use admin::{AdminConfig, SpoolConfig, DEFAULT_MAX_TOPIC_LABELS};
+pub use admin::{AdminConfig, DeadLetterLimits, SpoolConfig, DEFAULT_MAX_TOPIC_LABELS};
 pub use kafka::KafkaConfig;
 pub use kinesis::{KinesisConfig, WriteOrdering};
 pub use listener::{

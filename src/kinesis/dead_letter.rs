@@ -17,6 +17,11 @@
 //! cuts such a line off (it belongs to an append that never returned) and logs it, so later
 //! lines stay parseable.
 //!
+//! Bounds: with [`DeadLetterLimits`], the file rotates once it holds `max_bytes` (to
+//! `NAME.1.jsonl`, `NAME.2.jsonl`..., numbered oldest first), and at most `rotated_files` rotated
+//! files are kept. The proxy never deletes one (only `spool replay` consumes them), so when all
+//! are full an append fails with [`DeadLetterError::Full`] and the writer blocks instead.
+//!
 //! All methods do blocking file I/O; call them from `spawn_blocking` in async code.
 
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +36,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::spool::SpoolEntry;
+use crate::config::DeadLetterLimits;
 
 /// One record given up on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +117,13 @@ pub enum DeadLetterError {
     },
     #[error("could not encode a dead letter: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The file and every rotated file it may keep are full.
+    #[error("dead-letter space full: {} holds {max_bytes} bytes or more and {rotated_files} rotated files are kept (spool.dead_letter_max_bytes, spool.dead_letter_rotated_files); replay them with `spool replay`", path.display())]
+    Full {
+        path: PathBuf,
+        max_bytes: u64,
+        rotated_files: u32,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeadLetterError + '_ {
@@ -126,6 +139,8 @@ pub struct DeadLetterFile {
     /// Serializes appends. The file is opened anew for each append, so that `spool replay`
     /// can rename it away while the proxy runs: new dead letters then start a fresh file.
     lock: Mutex<()>,
+    /// `None`: unbounded (what `spool replay` uses to put letters back).
+    limits: Option<DeadLetterLimits>,
 }
 
 impl DeadLetterFile {
@@ -145,7 +160,45 @@ impl DeadLetterFile {
         Ok(DeadLetterFile {
             path: path.to_owned(),
             lock: Mutex::new(()),
+            limits: None,
         })
+    }
+
+    /// Rotates and caps the file as `limits` say.
+    pub fn with_limits(mut self, limits: DeadLetterLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The rotated files of `path`, oldest first.
+    pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+        rotated(path).into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Renames the full file to the next rotated name, unless `limits.rotated_files` are kept.
+    fn rotate(&self, limits: DeadLetterLimits) -> Result<(), DeadLetterError> {
+        let rotated = rotated(&self.path);
+        if rotated.len() >= limits.rotated_files as usize {
+            return Err(DeadLetterError::Full {
+                path: self.path.clone(),
+                max_bytes: limits.max_bytes,
+                rotated_files: limits.rotated_files,
+            });
+        }
+        let next = rotated.last().map_or(1, |(n, _)| n + 1);
+        let to = rotated_name(&self.path, next).ok_or_else(|| DeadLetterError::Io {
+            path: self.path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        })?;
+        fs::rename(&self.path, &to).map_err(io_err(&self.path))?;
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The rename is durable before letters go to the new file.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        tracing::info!(file = %self.path.display(), rotated_to = %to.display(), "dead-letter file rotated");
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -163,12 +216,25 @@ impl DeadLetterFile {
             buf.push(b'\n');
         }
         let _serialized = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path))?;
-        let len = file.metadata().map_err(io_err(&self.path))?.len();
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io_err(&self.path))
+        };
+        let mut file = open()?;
+        let mut len = file.metadata().map_err(io_err(&self.path))?.len();
+        // A file that holds something rotates before it would pass the limit; an empty one
+        // takes the append whatever its size, so that no letter is too large ever to go.
+        if let Some(limits) = self.limits {
+            if len > 0 && len + buf.len() as u64 > limits.max_bytes {
+                drop(file);
+                self.rotate(limits)?;
+                file = open()?;
+                len = 0;
+            }
+        }
         let result = file
             .write_all(&buf)
             .and_then(|_| file.flush())
@@ -209,6 +275,49 @@ impl DeadLetterFile {
         }
         Ok(letters)
     }
+}
+
+/// `NAME.N.EXT` for `NAME.EXT`.
+fn rotated_name(path: &Path, n: u64) -> Option<PathBuf> {
+    let stem = path.file_stem()?.to_str()?;
+    let name = match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}.{n}.{ext}"),
+        None => format!("{stem}.{n}"),
+    };
+    Some(path.with_file_name(name))
+}
+
+/// The rotated files of `path` with their numbers, oldest (lowest) first.
+fn rotated(path: &Path) -> Vec<(u64, PathBuf)> {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let suffix = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map_or(String::new(), |e| format!(".{e}"));
+    let prefix = format!("{stem}.");
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let n = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(&suffix)?
+                .parse()
+                .ok()?;
+            Some((n, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Cuts the file back to its last newline when it does not end with one.
@@ -392,6 +501,59 @@ mod tests {
         fs::write(&path, &good[..10]).unwrap();
         DeadLetterFile::open(&path).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    /// The file rotates once the next append would pass `max_bytes`, rotated files are kept
+    /// oldest first up to `rotated_files`, and then appends fail as full rather than drop or
+    /// delete anything.
+    #[test]
+    fn the_file_rotates_at_its_limit_keeps_its_rotated_files_and_then_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead-letters.jsonl");
+        let line = serde_json::to_string(&letter(0, b"x")).unwrap().len() as u64 + 1;
+        let file = DeadLetterFile::open(&path)
+            .unwrap()
+            .with_limits(DeadLetterLimits {
+                max_bytes: 2 * line,
+                rotated_files: 2,
+            });
+        for i in 0..6 {
+            file.append(&[letter(0, b"x")])
+                .unwrap_or_else(|e| panic!("letter {i}: {e}"));
+        }
+        let rotated = DeadLetterFile::rotated_files(&path);
+        assert_eq!(
+            rotated,
+            [
+                dir.path().join("dead-letters.1.jsonl"),
+                dir.path().join("dead-letters.2.jsonl")
+            ]
+        );
+        for file in rotated.iter().chain([&path]) {
+            assert_eq!(
+                fs::metadata(file).unwrap().len(),
+                2 * line,
+                "{}",
+                file.display()
+            );
+        }
+        match file.append(&[letter(0, b"x")]) {
+            Err(DeadLetterError::Full {
+                rotated_files: 2, ..
+            }) => {}
+            other => panic!("expected full, got {other:?}"),
+        }
+        assert_eq!(
+            DeadLetterFile::read_all(&path).unwrap().len(),
+            2,
+            "nothing dropped"
+        );
+        // Once `spool replay` took the rotated files, there is room again.
+        for file in &rotated {
+            fs::remove_file(file).unwrap();
+        }
+        file.append(&[letter(0, b"x")]).unwrap();
+        assert_eq!(DeadLetterFile::rotated_files(&path).len(), 1);
     }
 
     #[test]

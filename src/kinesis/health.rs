@@ -18,7 +18,7 @@ use aws_sdk_kinesis::Client;
 use tokio::time::Instant;
 
 use super::client::{describe, load_shard_map, StreamError, StreamInfo};
-use super::retry::{is_retryable, Backoff};
+use super::retry::Backoff;
 use super::shard_map::ShardMap;
 use crate::telemetry::metrics::Metrics;
 
@@ -42,6 +42,19 @@ pub struct Health {
     /// Failed or unanswered calls since the last answer, for backoff.
     failures: u32,
     next_probe: Instant,
+    /// Set while the stream refuses records for a stream-level cause.
+    refusal: Option<Refusal>,
+}
+
+/// A stream that refused records (missing, access denied, KMS key unusable) sends nothing but
+/// one probe at a time: one PutRecords of its oldest records, with backoff. Only a PutRecords
+/// answered without refusal ends it, since a describe can succeed where a put is denied.
+#[derive(Debug)]
+struct Refusal {
+    probes: u32,
+    next_probe: Instant,
+    /// A probe request is in flight.
+    probing: bool,
 }
 
 /// What one call to Kinesis says about the stream.
@@ -62,6 +75,54 @@ impl Health {
             healthy: false,
             failures: 0,
             next_probe: now,
+            refusal: None,
+        }
+    }
+
+    /// The stream refused records, or a probe of a refusing stream failed: the next probe is
+    /// scheduled with backoff. Answers whether the stream was taking records until now.
+    pub fn refused(&mut self, now: Instant) -> bool {
+        match &mut self.refusal {
+            None => {
+                self.refusal = Some(Refusal {
+                    probes: 1,
+                    next_probe: now + PROBE_BACKOFF.delay_at_least_half(1),
+                    probing: false,
+                });
+                true
+            }
+            // Requests sent before the refusal and failing now change nothing.
+            Some(refusal) if !refusal.probing => false,
+            Some(refusal) => {
+                refusal.probes += 1;
+                refusal.next_probe = now + PROBE_BACKOFF.delay_at_least_half(refusal.probes);
+                refusal.probing = false;
+                false
+            }
+        }
+    }
+
+    /// A PutRecords was answered without refusal; answers whether that ends a refusal.
+    pub fn accepted(&mut self) -> bool {
+        self.refusal.take().is_some()
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refusal.is_some()
+    }
+
+    /// Whether a request may go now: always, unless the stream refuses records; then only
+    /// one probe at a time, when it is due.
+    pub fn may_send(&self, now: Instant) -> bool {
+        self.refusal
+            .as_ref()
+            .is_none_or(|r| !r.probing && now >= r.next_probe)
+    }
+
+    /// A request went; if the stream refuses records, it is the probe.
+    pub fn sent(&mut self) {
+        if let Some(refusal) = &mut self.refusal {
+            refusal.probing = true;
         }
     }
 
@@ -97,8 +158,9 @@ pub struct StreamState {
     pub stream: String,
     healthy: AtomicBool,
     last_error: Mutex<Option<String>>,
-    /// The last error will not go away by retrying (the stream is missing, or access denied).
-    permanent_error: Mutex<Option<String>>,
+    /// The stream refuses records until an operator fixes the cause; only a PutRecords that
+    /// it takes clears this, not a describe.
+    refused: AtomicBool,
     open_shards: AtomicUsize,
     pub(super) map: ArcSwap<ShardMap>,
     pub(super) spool_bytes: AtomicU64,
@@ -110,7 +172,7 @@ impl StreamState {
             stream: stream.to_owned(),
             healthy: AtomicBool::new(false),
             last_error: Mutex::new(None),
-            permanent_error: Mutex::new(None),
+            refused: AtomicBool::new(false),
             open_shards: AtomicUsize::new(0),
             map: ArcSwap::from_pointee(ShardMap::default()),
             spool_bytes: AtomicU64::new(0),
@@ -132,12 +194,10 @@ impl StreamState {
         self.last_error.lock().expect("stream state lock").clone()
     }
 
-    /// The error code of an error that retrying will not fix, if that is why it is unhealthy.
-    pub(super) fn permanent_error(&self) -> Option<String> {
-        self.permanent_error
-            .lock()
-            .expect("stream state lock")
-            .clone()
+    /// Whether the stream refuses records (missing, access denied, KMS key unusable): its
+    /// records wait in the spool while it is probed.
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
     }
 
     /// Bytes waiting in the stream's spool.
@@ -150,22 +210,45 @@ impl StreamState {
         self.map.store(Arc::new(map));
     }
 
+    /// No effect while the stream refuses records: see [`accepted`](Self::accepted).
     pub(super) fn mark_healthy(&self, metrics: &Metrics) {
+        if self.is_refused() {
+            return;
+        }
         if !self.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!(stream = %self.stream, "mirror route healthy");
         }
         *self.last_error.lock().expect("stream state lock") = None;
-        *self.permanent_error.lock().expect("stream state lock") = None;
         metrics
             .stream_healthy
             .with_label_values(&[&self.stream])
             .set(1);
     }
 
-    /// Records why the stream is unhealthy; logs only when that changes, not every call.
-    pub(super) fn mark_unhealthy(&self, error: String, code: Option<&str>, metrics: &Metrics) {
-        let permanent = code.filter(|c| !is_retryable(Some(c)));
-        *self.permanent_error.lock().expect("stream state lock") = permanent.map(str::to_owned);
+    /// The stream refused records for `error`: unhealthy until it takes a PutRecords again.
+    pub(super) fn refused(&self, error: String, metrics: &Metrics) {
+        self.refused.store(true, Ordering::Release);
+        self.record_error(error, metrics);
+    }
+
+    /// The stream took a PutRecords: a refusal is over.
+    pub(super) fn accepted(&self, metrics: &Metrics) {
+        self.refused.store(false, Ordering::Release);
+        self.mark_healthy(metrics);
+    }
+
+    /// Records why the stream is unhealthy, unless it refuses records: that stays the reason
+    /// until the refusal ends, since it says where the records are.
+    pub(super) fn mark_unhealthy(&self, error: String, metrics: &Metrics) {
+        if self.is_refused() {
+            tracing::warn!(stream = %self.stream, %error, "refusing stream: call failed");
+            return;
+        }
+        self.record_error(error, metrics);
+    }
+
+    /// Logs only when the reason changes, not every call.
+    fn record_error(&self, error: String, metrics: &Metrics) {
         let mut last = self.last_error.lock().expect("stream state lock");
         if self.healthy.swap(false, Ordering::AcqRel) || last.as_deref() != Some(error.as_str()) {
             tracing::error!(stream = %self.stream, %error, "mirror route unhealthy; Kafka traffic continues unaffected");
@@ -282,6 +365,39 @@ mod tests {
         health.observe(Evidence::Answered, Instant::now());
         assert!(health.is_healthy());
         assert_eq!(health.next_probe(), Instant::now() + IDLE_PROBE, "reset");
+    }
+
+    /// A refusing stream sends one probe at a time, each due later than the last, and the
+    /// first accepted request ends the refusal; failures of requests sent before it change
+    /// nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_allows_one_probe_at_a_time_with_backoff() {
+        let mut health = Health::new(Instant::now());
+        assert!(health.may_send(Instant::now()));
+        assert!(health.refused(Instant::now()), "the refusal starts");
+        assert!(
+            !health.refused(Instant::now()),
+            "a request sent before it changes nothing"
+        );
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let start = Instant::now();
+            assert!(!health.may_send(start), "not due yet");
+            let mut waited = Duration::ZERO;
+            while !health.may_send(Instant::now()) {
+                tokio::time::advance(Duration::from_millis(10)).await;
+                waited += Duration::from_millis(10);
+            }
+            waits.push(waited);
+            health.sent();
+            assert!(!health.may_send(Instant::now()), "one probe at a time");
+            assert!(!health.refused(Instant::now()), "the probe failed");
+        }
+        assert!(waits.last() > waits.first(), "{waits:?}");
+        assert!(*waits.last().unwrap() <= IDLE_PROBE + Duration::from_millis(10));
+        assert!(health.accepted());
+        assert!(!health.is_refused() && health.may_send(Instant::now()));
+        assert!(!health.accepted(), "only once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@ pub mod health;
 pub mod lanes;
 pub mod rate;
 pub mod recent;
+mod refusal;
 pub mod replay;
 pub mod request;
 pub mod retry;

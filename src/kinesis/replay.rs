@@ -67,13 +67,17 @@ pub async fn replay_dead_letters(
     // Snapshots an earlier replay left when it crashed still hold their letters: the ones
     // it had sent are sent again (Kinesis has no idempotent put), none is lost.
     let mut snapshots = leftover_snapshots(path);
-    if path.exists() {
-        let stamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let snapshot = path.with_extension(format!("{SNAPSHOT_EXTENSION}{stamp}"));
-        std::fs::rename(path, &snapshot).map_err(|source| ReplayError::Snapshot {
-            path: path.to_owned(),
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // The rotated files, oldest first, then the file itself: stamps in that order keep it.
+    let files = DeadLetterFile::rotated_files(path)
+        .into_iter()
+        .chain(path.exists().then(|| path.to_owned()));
+    for (i, file) in files.enumerate() {
+        let snapshot = path.with_extension(format!("{SNAPSHOT_EXTENSION}{}", stamp + i as u128));
+        std::fs::rename(&file, &snapshot).map_err(|source| ReplayError::Snapshot {
+            path: file.clone(),
             source,
         })?;
         snapshots.push(snapshot);
@@ -272,6 +276,36 @@ mod tests {
             }
         );
         assert!(!crashed.exists() && !path.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Rotated dead-letter files are replayed too, oldest first, and consumed.
+    #[tokio::test(start_paused = true)]
+    async fn rotated_files_are_replayed_in_order() {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fake = FakeKinesis::new({
+            let sent = sent.clone();
+            move |operation, body| {
+                control_plane(operation).unwrap_or_else(|| {
+                    sent.lock()
+                        .expect("lock")
+                        .extend(crate::kinesis::test_support::entry_data(body));
+                    crate::kinesis::test_support::all_stored(body)
+                })
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead-letters.jsonl");
+        write_letters(&dir.path().join("dead-letters.1.jsonl"), 0..2);
+        write_letters(&dir.path().join("dead-letters.2.jsonl"), 2..4);
+        write_letters(&path, 4..5);
+        let summary = replay_dead_letters(&fake.clients(), &path, |_, _| {})
+            .await
+            .expect("replay");
+        assert_eq!((summary.total, summary.delivered), (5, 5));
+        let expected: Vec<String> = (0..5).map(|o| format!("value-{o}")).collect();
+        assert_eq!(*sent.lock().expect("lock"), expected);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert!(left.is_empty(), "{left:?}");
     }

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Error codes that will not go away by retrying; the records are failed at once.
-const PERMANENT: &[&str] = &[
+/// Error codes that refuse the whole stream until an operator acts (creates the stream,
+/// grants access, enables the KMS key): every record would fail alike, so the stream's
+/// records wait in its spool while the stream is probed, instead of being given up on.
+const STREAM_REFUSED: &[&str] = &[
     "ResourceNotFoundException",
     "AccessDeniedException",
-    "ValidationException",
-    "InvalidArgumentException",
     "KMSDisabledException",
     "KMSNotFoundException",
     "KMSInvalidStateException",
@@ -18,10 +18,33 @@ const PERMANENT: &[&str] = &[
     "UnrecognizedClientException",
 ];
 
-/// Whether a request-level error code is worth retrying. Unknown codes, throttling, internal
-/// failures, timeouts and expired credentials (which the SDK re-resolves) all are.
+/// Error codes that blame one record (the request service bisects a request until the bad
+/// entry stands alone): only that record is given up on, to the dead-letter file.
+const RECORD_REFUSED: &[&str] = &["ValidationException", "InvalidArgumentException"];
+
+/// What an error code says to do with the records it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again later: throttling, internal failures, timeouts, expired credentials (which
+    /// the SDK re-resolves), and codes we do not know.
+    Transient,
+    /// The stream takes no record until its cause is fixed.
+    StreamRefused,
+    /// This record will never be taken.
+    RecordRefused,
+}
+
+pub fn classify(code: Option<&str>) -> ErrorClass {
+    match code {
+        Some(c) if STREAM_REFUSED.contains(&c) => ErrorClass::StreamRefused,
+        Some(c) if RECORD_REFUSED.contains(&c) => ErrorClass::RecordRefused,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// Whether a request-level error code is worth retrying at once.
 pub fn is_retryable(code: Option<&str>) -> bool {
-    !code.is_some_and(|c| PERMANENT.contains(&c))
+    classify(code) == ErrorClass::Transient
 }
 
 /// Exponential backoff with full jitter: uniformly random in `0..=min(cap, base * 2^attempt)`.
@@ -69,6 +92,18 @@ mod tests {
     fn permanent_errors_are_not_retried() {
         assert!(!is_retryable(Some("ResourceNotFoundException")));
         assert!(!is_retryable(Some("AccessDeniedException")));
+        for stream_level in [
+            "AccessDeniedException",
+            "KMSDisabledException",
+            "ResourceNotFoundException",
+        ] {
+            assert_eq!(classify(Some(stream_level)), ErrorClass::StreamRefused);
+        }
+        assert_eq!(
+            classify(Some("ValidationException")),
+            ErrorClass::RecordRefused
+        );
+        assert_eq!(classify(Some("InternalFailure")), ErrorClass::Transient);
         assert!(is_retryable(Some("ProvisionedThroughputExceededException")));
         assert!(is_retryable(Some("KMSThrottlingException")));
         assert!(is_retryable(Some("ExpiredTokenException")));

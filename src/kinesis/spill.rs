@@ -304,7 +304,7 @@ impl WriterTask {
         if self.replay.as_ref().is_some_and(|r| r.windows.is_empty()) {
             self.replay = None;
         }
-        if self.closing.is_some() || !self.state.is_healthy() {
+        if self.closing.is_some() || !self.may_replay() {
             return;
         }
         let may_read = match &self.replay {

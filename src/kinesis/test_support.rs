@@ -23,7 +23,9 @@ use super::budget::Budget;
 use super::client::Clients;
 use super::request::MirrorRecord;
 use super::writer::WriterSettings;
-use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering};
+use crate::config::{
+    DeadLetterLimits, KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering,
+};
 use crate::kinesis::request::KinesisKey;
 
 type Handler = dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync;
@@ -196,6 +198,7 @@ pub fn writer_settings(
         spool: SpoolConfig {
             dir: Some(spool_dir.to_owned()),
             max_bytes: SPOOL_MAX_BYTES,
+            dead_letters: DeadLetterLimits::default(),
         },
         budget: Arc::new(Budget::new(
             buffer_bytes,
@@ -219,6 +222,14 @@ pub fn record(offset: i64) -> MirrorRecord {
         data: Bytes::from(format!("value-{offset}")),
         acked_at: Instant::now(),
     }
+}
+
+/// Records of `orders` that `mirror_records_total` counts for stream `s` with `result`.
+pub fn outcomes(metrics: &crate::telemetry::metrics::Metrics, result: &str) -> u64 {
+    metrics
+        .mirror_records
+        .with_label_values(&["orders", "s", result])
+        .get()
 }
 
 /// The data of a PutRecords body's entries, decoded.

@@ -21,10 +21,11 @@ use super::health::{inspect, Evidence, Health, Inspection};
 use super::lanes::{Lanes, Queued, Request};
 use super::recent::{self, RecentRecords};
 use super::request::{entry, MirrorRecord};
-use super::retry::{is_retryable, Backoff};
+use super::retry::{classify, Backoff, ErrorClass};
 use super::service::{EntryOutcome, PutRecordsService, RequestFailure};
 use super::spill::Replay;
 use super::spool::Spool;
+use super::undeliverable::Letter;
 use crate::config::{KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 
@@ -58,7 +59,7 @@ pub struct StreamWriter {
 
 /// Asks a writer to deliver what it can until `deadline`, spool the rest, and stop.
 pub(super) struct Shutdown {
-    deadline: Instant,
+    pub(super) deadline: Instant,
     done: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -104,6 +105,7 @@ impl StreamWriter {
             backoff: Backoff::default(),
             closing: None,
             recent: RecentRecords::default(),
+            letters_waiting: std::collections::VecDeque::new(),
         };
         tokio::spawn(task.run(rx, done_rx, inspected_rx, control_rx));
         StreamWriter { tx, control, state }
@@ -147,7 +149,7 @@ pub(super) struct WriterTask {
     done_tx: mpsc::UnboundedSender<Completion>,
     /// The stream's per-record limit, re-read with every inspection.
     pub(super) max_record_bytes: usize,
-    health: Health,
+    pub(super) health: Health,
     /// A shard map was loaded: dispatch needs one, and nothing else.
     map_loaded: bool,
     /// An inspection is running; `inspect_again` asks for another when it ends.
@@ -167,6 +169,9 @@ pub(super) struct WriterTask {
     pub(super) closing: Option<Shutdown>,
     /// Records accepted lately, so that a batch Kafka acknowledges twice is mirrored once.
     recent: RecentRecords,
+    /// Records given up on that the dead-letter file could not take yet; no input is taken
+    /// while any wait.
+    pub(super) letters_waiting: std::collections::VecDeque<Letter>,
 }
 
 impl WriterTask {
@@ -188,7 +193,7 @@ impl WriterTask {
             let wake = self.next_wake();
             let probe_at = self.health.next_probe();
             tokio::select! {
-                record = rx.recv(), if input_open && self.held.is_empty() => match record {
+                record = rx.recv(), if input_open && self.held.is_empty() && self.letters_waiting.is_empty() => match record {
                     Some(record) => {
                         let mut batch = vec![record];
                         while batch.len() < ACCEPT_BATCH {
@@ -223,8 +228,10 @@ impl WriterTask {
                 self.spool_remaining().await;
             }
             self.dispatch(!input_open || closing.is_some());
-            let settled =
-                self.lanes.is_idle() && self.requests_in_flight == 0 && self.held.is_empty();
+            let settled = self.lanes.is_idle()
+                && self.requests_in_flight == 0
+                && self.held.is_empty()
+                && self.letters_waiting.is_empty();
             if settled && !input_open {
                 break;
             }
@@ -286,11 +293,13 @@ impl WriterTask {
                 "ok"
             }
             Err(e) => {
+                if !self.map_loaded {
+                    self.refused_before_map(&e).await;
+                }
                 let evidence = e.evidence();
                 self.health.observe(evidence, now);
                 if !self.health.is_healthy() {
-                    self.state
-                        .mark_unhealthy(e.to_string(), e.code(), &self.metrics);
+                    self.state.mark_unhealthy(e.to_string(), &self.metrics);
                 } else {
                     tracing::warn!(error = %e, "stream probe unanswered; the stream stays healthy while it takes records");
                 }
@@ -382,6 +391,7 @@ impl WriterTask {
         let now = Instant::now();
         while self.requests_in_flight < self.settings.kinesis.max_in_flight_requests
             && self.map_loaded
+            && self.health.may_send(tokio::time::Instant::now())
         {
             let oldest_waited = self
                 .lanes
@@ -399,6 +409,7 @@ impl WriterTask {
                 return;
             }
             self.requests_in_flight += 1;
+            self.health.sent();
             let service = self.service.clone();
             let metrics = self.metrics.clone();
             let done = self.done_tx.clone();
@@ -416,25 +427,9 @@ impl WriterTask {
         self.lanes.finished(&completion.request);
         let stream = self.state.stream.clone();
         let mut retry = Request::new();
+        let mut refused = Request::new();
         let mut dead = Vec::new();
-        // Any answer proves the stream takes requests; a failed request says it may not.
-        let clock = tokio::time::Instant::now();
-        match &completion.result {
-            Ok(_) => {
-                if self.health.observe(Evidence::Answered, clock) {
-                    self.after_progress().await;
-                }
-                self.state.mark_healthy(&self.metrics);
-            }
-            Err(failure) => {
-                self.health.observe(Evidence::Failed, clock);
-                self.state.mark_unhealthy(
-                    failure.to_string(),
-                    failure.code.as_deref(),
-                    &self.metrics,
-                );
-            }
-        }
+        self.judge_stream(&completion.result);
         match completion.result {
             Ok(outcomes) => {
                 self.record_deliveries(&completion.request, &outcomes);
@@ -452,16 +447,20 @@ impl WriterTask {
                                     .inc();
                                 self.lanes.throttled(&lane, now);
                             }
-                            if is_retryable(Some(&code)) {
-                                retry.push((lane, queued));
-                            } else {
-                                dead.push((queued, code, message));
+                            match classify(Some(&code)) {
+                                ErrorClass::Transient => retry.push((lane, queued)),
+                                ErrorClass::StreamRefused => refused.push((lane, queued)),
+                                ErrorClass::RecordRefused => dead.push((queued, code, message)),
                             }
                         }
                     }
                 }
             }
-            Err(failure) if !is_retryable(failure.code.as_deref()) => {
+            Err(failure) if classify(failure.code.as_deref()) == ErrorClass::StreamRefused => {
+                refused = completion.request;
+            }
+            // The service bisects these down to the one entry that is to blame.
+            Err(failure) if classify(failure.code.as_deref()) == ErrorClass::RecordRefused => {
                 let code = failure.code.unwrap_or_default();
                 dead.extend(
                     completion
@@ -491,9 +490,13 @@ impl WriterTask {
             self.lanes
                 .requeue_front(retry, &map, now, |failures| backoff.delay(failures));
         }
+        if !refused.is_empty() {
+            self.hold_refused(refused);
+        }
         if !dead.is_empty() {
             self.dead_letter_queued(dead).await;
         }
+        self.spool_refused().await;
         self.after_progress().await;
     }
 
@@ -555,7 +558,8 @@ impl WriterTask {
     /// too long.
     async fn housekeeping(&mut self) {
         self.retry_held().await;
-        self.dead_letter_if_undeliverable().await;
+        self.write_waiting_letters().await;
+        self.spool_refused().await;
         for (shard, rate) in self.lanes.rates() {
             let labels = [self.state.stream.as_str(), shard];
             self.metrics

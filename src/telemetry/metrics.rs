@@ -103,6 +103,8 @@ pub struct Metrics {
     /// Bytes of records queued in memory, against `mirror_buffer.max_bytes`.
     pub mirror_buffer_bytes: IntGauge,
     pub spool_bytes: IntGaugeVec,
+    /// Records given up on that wait for room in the dead-letter file, blocking their stream.
+    pub dead_letters_waiting: IntGaugeVec,
     /// Kafka ack to Kinesis ack.
     pub mirror_lag: HistogramVec,
     pub shard_throttled: IntCounterVec,
@@ -276,6 +278,17 @@ impl Metrics {
         registry
             .register(Box::new(spool_bytes.clone()))
             .expect("unique metric");
+        let dead_letters_waiting = IntGaugeVec::new(
+            Opts::new(
+                name("dead_letters_waiting"),
+                "Records given up on that wait for room in the dead-letter file; while above 0 the stream takes no new records.",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dead_letters_waiting.clone()))
+            .expect("unique metric");
         let mirror_lag = HistogramVec::new(
             HistogramOpts::new(
                 name("mirror_lag_seconds"),
@@ -361,6 +374,7 @@ impl Metrics {
             dual_write: DualWriteRatio::new(dual_write_gauge, DUAL_WRITE_WINDOW),
             mirror_buffer_bytes,
             spool_bytes,
+            dead_letters_waiting,
             mirror_lag,
             shard_throttled,
             shard_rate_limit_records_per_second,
