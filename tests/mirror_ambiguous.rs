@@ -104,7 +104,7 @@ async fn lost_answers_of_stored_requests_leave_every_record_once() {
     let unanswered = FaultLayer::count(&faults.counters.entries_unanswered);
     let [found, resent, unreadable, retried] =
         ["ambiguous_found", "ambiguous_resent", "ambiguous_unreadable", "retry"]
-            .map(|kind| attempts(&metrics, kind));
+            .map(|kind| attempts(&metrics, kind) as u64);
     println!(
         "ambiguous failures: produced {COUNT}, stored {}, duplicates {duplicates}, lost {lost}, \
          out of order {out_of_order}; answers lost {lost_answers} ({unanswered} entries stored \
@@ -118,7 +118,7 @@ async fn lost_answers_of_stored_requests_leave_every_record_once() {
     assert_eq!(out_of_order, 0, "records out of order within a key");
     assert!(found > 0, "nothing found by reading back");
     assert_eq!(
-        found, unanswered as f64,
+        found, unanswered,
         "every entry of a lost answer was found stored"
     );
 }

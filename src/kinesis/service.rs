@@ -66,7 +66,8 @@ impl PutRecordsService {
     }
 
     /// One outcome per entry of `entries`, in order, bisecting on request-level validation
-    /// errors. `metrics` times each request sent.
+    /// errors, or why the whole request failed; a request of unknown fate is read back first.
+    /// `metrics` times each request sent and counts the read-backs.
     pub async fn put(
         &self,
         entries: Vec<PutRecordsRequestEntry>,
