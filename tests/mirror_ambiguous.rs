@@ -56,7 +56,14 @@ async fn lost_answers_of_stored_requests_leave_every_record_once() {
     let producer = Command::new(python())
         .arg(script)
         .args(["--bootstrap", &proxy.bootstrap(), "--topic", TOPIC])
-        .args(["--count", &COUNT.to_string(), "--rate", "2000", "--keys", "500"])
+        .args([
+            "--count",
+            &COUNT.to_string(),
+            "--rate",
+            "2000",
+            "--keys",
+            "500",
+        ])
         .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::piped())
         .spawn()
@@ -92,7 +99,10 @@ async fn lost_answers_of_stored_requests_leave_every_record_once() {
             .unwrap();
         *copies.entry(order).or_default() += 1;
         let key = (record.shard_id.clone(), record.partition_key.clone());
-        if latest.insert(key, order).is_some_and(|before| before > order) {
+        if latest
+            .insert(key, order)
+            .is_some_and(|before| before > order)
+        {
             out_of_order += 1;
         }
     }
@@ -102,9 +112,13 @@ async fn lost_answers_of_stored_requests_leave_every_record_once() {
         .count();
     let lost_answers = FaultLayer::count(&faults.counters.answers_lost);
     let unanswered = FaultLayer::count(&faults.counters.entries_unanswered);
-    let [found, resent, unreadable, retried] =
-        ["ambiguous_found", "ambiguous_resent", "ambiguous_unreadable", "retry"]
-            .map(|kind| attempts(&metrics, kind) as u64);
+    let [found, resent, unreadable, retried] = [
+        "ambiguous_found",
+        "ambiguous_resent",
+        "ambiguous_unreadable",
+        "retry",
+    ]
+    .map(|kind| attempts(&metrics, kind) as u64);
     println!(
         "ambiguous failures: produced {COUNT}, stored {}, duplicates {duplicates}, lost {lost}, \
          out of order {out_of_order}; answers lost {lost_answers} ({unanswered} entries stored \

@@ -542,13 +542,39 @@ mod tests {
         }
     }
 
-    async fn deliver(writer: &StreamWriter, offsets: std::ops::Range<i64>) {
-        for offset in offsets {
+    /// Sends 20 records through a writer whose first PutRecords is cut at `cut`; checks that
+    /// each record is stored once, in order; answers the metrics and the cut request's entries.
+    async fn deliver_through_a_cut(cut: Cut) -> (Arc<Metrics>, u64) {
+        let stream = Arc::new(FakeStream::default());
+        let cut_entries = Arc::new(AtomicUsize::new(0));
+        let kinesis = {
+            let stream = stream.clone();
+            FakeKinesis::new(move |operation, body| stream.answer(operation, body))
+                .cutting(cut_put_records(0, cut, &cut_entries))
+        };
+        let (writer, metrics) = writer(&kinesis, WriteOrdering::PerKey);
+        for offset in 0..20 {
             writer
                 .send(record(offset))
                 .await
                 .expect("writer is running");
         }
+        wait_until("every record delivered", Duration::from_secs(60), || {
+            sent(&metrics) == 20
+        })
+        .await;
+        let expected: Vec<String> = (0..20).map(|o| format!("value-{o}")).collect();
+        assert_eq!(stream.stored_data(), expected, "each record once, in order");
+        let cut_entries = cut_entries.load(Ordering::SeqCst) as u64;
+        println!(
+            "connection cut {cut:?}: {cut_entries} entries, found {}, resent {}, unreadable {}, retried {}",
+            attempts(&metrics, "ambiguous_found"),
+            attempts(&metrics, "ambiguous_resent"),
+            attempts(&metrics, "ambiguous_unreadable"),
+            attempts(&metrics, "retry")
+        );
+        assert!(cut_entries > 0);
+        (metrics, cut_entries)
     }
 
     /// Item 10 of the mirror-correctness issue: a PutRecords that Kinesis stored but whose
@@ -556,30 +582,7 @@ mod tests {
     /// sent again. The old writer resent it whole: every entry twice in the stream.
     #[tokio::test(start_paused = true)]
     async fn a_stored_request_whose_answer_is_lost_is_not_resent() {
-        let stream = Arc::new(FakeStream::default());
-        let cut_entries = Arc::new(AtomicUsize::new(0));
-        let kinesis = {
-            let stream = stream.clone();
-            FakeKinesis::new(move |operation, body| stream.answer(operation, body))
-                .cutting(cut_put_records(0, Cut::AfterLanding, &cut_entries))
-        };
-        let (writer, metrics) = writer(&kinesis, WriteOrdering::PerKey);
-        deliver(&writer, 0..20).await;
-        wait_until("every record delivered", Duration::from_secs(60), || {
-            sent(&metrics) == 20
-        })
-        .await;
-        let expected: Vec<String> = (0..20).map(|o| format!("value-{o}")).collect();
-        assert_eq!(stream.stored_data(), expected, "each record once, in order");
-        let lost = cut_entries.load(Ordering::SeqCst) as u64;
-        println!(
-            "answer lost after landing: {lost} entries, found {}, resent {}, unreadable {}, retried {}",
-            attempts(&metrics, "ambiguous_found"),
-            attempts(&metrics, "ambiguous_resent"),
-            attempts(&metrics, "ambiguous_unreadable"),
-            attempts(&metrics, "retry")
-        );
-        assert!(lost > 0);
+        let (metrics, lost) = deliver_through_a_cut(Cut::AfterLanding).await;
         assert_eq!(attempts(&metrics, "ambiguous_found"), lost);
         assert_eq!(attempts(&metrics, "ambiguous_resent"), 0);
         assert_eq!(attempts(&metrics, "retry"), 0, "nothing was sent again");
@@ -588,23 +591,7 @@ mod tests {
     /// A request cut before it landed is read back, found absent, and resent once.
     #[tokio::test(start_paused = true)]
     async fn a_request_that_did_not_land_is_resent() {
-        let stream = Arc::new(FakeStream::default());
-        let cut_entries = Arc::new(AtomicUsize::new(0));
-        let kinesis = {
-            let stream = stream.clone();
-            FakeKinesis::new(move |operation, body| stream.answer(operation, body))
-                .cutting(cut_put_records(0, Cut::BeforeLanding, &cut_entries))
-        };
-        let (writer, metrics) = writer(&kinesis, WriteOrdering::PerKey);
-        deliver(&writer, 0..20).await;
-        wait_until("every record delivered", Duration::from_secs(60), || {
-            sent(&metrics) == 20
-        })
-        .await;
-        let expected: Vec<String> = (0..20).map(|o| format!("value-{o}")).collect();
-        assert_eq!(stream.stored_data(), expected, "each record once, in order");
-        let lost = cut_entries.load(Ordering::SeqCst) as u64;
-        assert!(lost > 0);
+        let (metrics, lost) = deliver_through_a_cut(Cut::BeforeLanding).await;
         assert_eq!(attempts(&metrics, "ambiguous_resent"), lost);
         assert_eq!(attempts(&metrics, "ambiguous_found"), 0);
         assert_eq!(attempts(&metrics, "retry"), lost);

@@ -260,7 +260,10 @@ async fn serve(
                 counters
                     .entries_forwarded
                     .fetch_add(entries, Ordering::Relaxed);
-                let nth = counters.put_records_forwarded.fetch_add(1, Ordering::Relaxed) + 1;
+                let nth = counters
+                    .put_records_forwarded
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
                 let every = plan.lose_put_records_answers_every;
                 lose_answer = every > 0 && nth % every == 0;
             }
