@@ -265,7 +265,7 @@ async fn serve(
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
                 let every = plan.lose_put_records_answers_every;
-                lose_answer = every > 0 && nth % every == 0;
+                lose_answer = every > 0 && nth.is_multiple_of(every);
             }
             let (status, body) = forward(upstream, &request, &request.body).await?;
             if lose_answer {
