@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::faults::{FaultLayer, FaultPlan};
 use support::kinesis::KinesisLocal;
-use support::metrics::{value, wait_for};
+use support::metrics::{value, wait_for_sent};
 use support::{python, KafkaCluster, Proxy};
 
 const STREAM: &str = "ambiguous";
@@ -72,19 +72,7 @@ async fn lost_answers_of_stored_requests_leave_every_record_once() {
     let produced: Value = serde_json::from_slice(&produced.stdout).unwrap();
     assert_eq!(produced["errors"], 0, "{produced}");
 
-    let metrics = wait_for(
-        proxy.admin_port,
-        "every record sent",
-        Duration::from_secs(300),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "sent")],
-            ) >= COUNT as f64
-        },
-    )
-    .await;
+    let metrics = wait_for_sent(proxy.admin_port, COUNT, Duration::from_secs(300)).await;
     faults.set(FaultPlan::default());
 
     // How many times each order is in the stream, and whether each key's orders rise within

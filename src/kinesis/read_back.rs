@@ -488,6 +488,7 @@ mod tests {
 
     use super::*;
     use crate::config::{WhenFull, WriteOrdering};
+    use crate::kinesis::request::MirrorRecord;
     use crate::kinesis::service::PutRecordsService;
     use crate::kinesis::test_support::{
         entry_data, record, wait_until, writer_settings, Cut, FakeKinesis, FakeStream,
@@ -525,6 +526,22 @@ mod tests {
         (writer, metrics)
     }
 
+    /// Sends `records` and waits until the writer counted `sent_total` records sent.
+    async fn send_and_wait(
+        writer: &StreamWriter,
+        metrics: &Metrics,
+        records: impl IntoIterator<Item = MirrorRecord>,
+        sent_total: u64,
+    ) {
+        for record in records {
+            writer.send(record).await.expect("writer is running");
+        }
+        wait_until("records delivered", Duration::from_secs(60), || {
+            sent(metrics) == sent_total
+        })
+        .await;
+    }
+
     /// Cuts the connection of the `nth` PutRecords (0-based) at `cut`, and notes its entries.
     fn cut_put_records(
         nth: usize,
@@ -553,16 +570,7 @@ mod tests {
                 .cutting(cut_put_records(0, cut, &cut_entries))
         };
         let (writer, metrics) = writer(&kinesis, WriteOrdering::PerKey);
-        for offset in 0..20 {
-            writer
-                .send(record(offset))
-                .await
-                .expect("writer is running");
-        }
-        wait_until("every record delivered", Duration::from_secs(60), || {
-            sent(&metrics) == 20
-        })
-        .await;
+        send_and_wait(&writer, &metrics, (0..20).map(record), 20).await;
         let expected: Vec<String> = (0..20).map(|o| format!("value-{o}")).collect();
         assert_eq!(stream.stored_data(), expected, "each record once, in order");
         let cut_entries = cut_entries.load(Ordering::SeqCst) as u64;
@@ -631,23 +639,8 @@ mod tests {
             beat.data = Bytes::from_static(b"beat");
             beat
         };
-        writer.send(heartbeat(0)).await.expect("writer is running");
-        wait_until(
-            "the first heartbeat acknowledged",
-            Duration::from_secs(60),
-            || sent(&metrics) == 1,
-        )
-        .await;
-        for offset in 1..4 {
-            writer
-                .send(heartbeat(offset))
-                .await
-                .expect("writer is running");
-        }
-        wait_until("every heartbeat delivered", Duration::from_secs(60), || {
-            sent(&metrics) == 4
-        })
-        .await;
+        send_and_wait(&writer, &metrics, [heartbeat(0)], 1).await;
+        send_and_wait(&writer, &metrics, (1..4).map(heartbeat), 4).await;
         assert_eq!(
             stream.stored_data(),
             vec!["beat"; 4],
