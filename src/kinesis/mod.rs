@@ -7,6 +7,7 @@ pub mod dead_letter;
 pub mod health;
 pub mod lanes;
 pub mod rate;
+pub mod read_back;
 pub mod recent;
 mod refusal;
 pub mod replay;

@@ -89,8 +89,9 @@ impl WriterTask {
     /// Refused entries: those replayed from the spool are let go (they are still there, and
     /// their window is not acknowledged); the others go back to the front of their lanes.
     pub(super) fn hold_refused(&mut self, refused: Request) {
-        let (replayed, memory): (Request, Request) =
-            refused.into_iter().partition(|(_, q)| q.from_spool.is_some());
+        let (replayed, memory): (Request, Request) = refused
+            .into_iter()
+            .partition(|(_, q)| q.from_spool.is_some());
         for (_, queued) in &replayed {
             self.settings
                 .budget

@@ -183,6 +183,10 @@ async fn send_with_retries(
         let entries = letters.iter().map(|l| entry(&record_of(l))).collect();
         let outcomes = match service.put(entries, None).await {
             Ok(outcomes) => outcomes,
+            Err(super::service::RequestFailure {
+                read_back: Some(outcomes),
+                ..
+            }) => outcomes,
             Err(failure) => {
                 let code = failure.code.unwrap_or_else(|| "RequestFailed".to_owned());
                 vec![

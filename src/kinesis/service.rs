@@ -4,7 +4,11 @@
 //! A request-level ValidationException says that something in the request is invalid, not
 //! which entry: the request is bisected, half by half in order, until the bad entries stand
 //! alone, so that one bad entry fails alone instead of taking 499 good ones with it.
+//!
+//! A request whose fate is unknown (a timeout, a connection cut after it was sent) is read
+//! back (`read_back.rs`) so that what it stored is not sent twice.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
@@ -12,6 +16,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 
 use super::client::NamesStream;
+use super::read_back::{classify, ReadBack, RequestFate, Resolution, Sending};
 use crate::telemetry::metrics::Metrics;
 
 /// The request-level error codes that blame some entry of the request, not the stream.
@@ -30,13 +35,18 @@ pub enum EntryOutcome {
     },
 }
 
-/// The whole request failed: no entry's outcome is known.
+/// The whole request failed: no answer says what became of its entries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("PutRecords failed: {message}")]
 pub struct RequestFailure {
     /// The AWS error code; `None` for timeouts, connection failures and malformed answers.
     pub code: Option<String>,
     pub message: String,
+    /// Whether the entries may be stored all the same.
+    pub fate: RequestFate,
+    /// When the fate was unknown and the shards could be listed, what reading them back found:
+    /// one outcome per entry, `Delivered` when stored, else `Failed`.
+    pub read_back: Option<Vec<EntryOutcome>>,
 }
 
 /// Sends PutRecords requests to one stream.
@@ -44,18 +54,21 @@ pub struct RequestFailure {
 pub struct PutRecordsService {
     client: Client,
     stream: String,
+    read_back: Arc<ReadBack>,
 }
 
 impl PutRecordsService {
     pub fn new(client: Client, stream: &str) -> Self {
         PutRecordsService {
+            read_back: Arc::new(ReadBack::new(client.clone(), stream)),
             client,
             stream: stream.to_owned(),
         }
     }
 
     /// One outcome per entry of `entries`, in order, bisecting on request-level validation
-    /// errors. `metrics` times each request sent.
+    /// errors, or why the whole request failed; a request of unknown fate is read back first.
+    /// `metrics` times each request sent and counts the read-backs.
     pub async fn put(
         &self,
         entries: Vec<PutRecordsRequestEntry>,
@@ -65,6 +78,7 @@ impl PutRecordsService {
         // Halves still to send, last first: sending them in order keeps each key's order.
         let mut pending = vec![entries];
         while let Some(entries) = pending.pop() {
+            let sending = self.read_back.sending();
             match self.put_once(&entries, metrics).await {
                 Ok(answered) => outcomes.extend(answered),
                 Err(failure) if is_bisected(&failure) && entries.len() > 1 => {
@@ -77,22 +91,81 @@ impl PutRecordsService {
                     code: failure.code.unwrap_or_default(),
                     message: failure.message,
                 }),
-                // A whole request failing after some halves went is reported per entry: the
-                // halves already sent have known outcomes, which must not be sent again.
-                Err(failure) if !outcomes.is_empty() || !pending.is_empty() => {
-                    let code = failure.code.unwrap_or_else(|| "RequestFailed".to_owned());
-                    for _ in 0..entries.len() + pending.iter().map(Vec::len).sum::<usize>() {
-                        outcomes.push(EntryOutcome::Failed {
-                            code: code.clone(),
-                            message: failure.message.clone(),
-                        });
+                Err(mut failure) => {
+                    if failure.fate == RequestFate::Unknown {
+                        failure.read_back =
+                            self.read_back(&entries, sending, &failure, metrics).await;
                     }
+                    if outcomes.is_empty() && pending.is_empty() {
+                        return Err(failure);
+                    }
+                    // A whole request failing after some halves went is reported per entry:
+                    // the halves already sent have known outcomes, which must not be sent
+                    // again.
+                    let failed = failed_entry(&failure, "");
+                    let unsent = pending.iter().map(Vec::len).sum::<usize>();
+                    match failure.read_back {
+                        Some(read_back) => outcomes.extend(read_back),
+                        None => outcomes.extend(vec![failed.clone(); entries.len()]),
+                    }
+                    outcomes.extend(vec![failed; unsent]);
                     pending.clear();
                 }
-                Err(failure) => return Err(failure),
             }
         }
         Ok(outcomes)
+    }
+
+    /// Reads back what `entries`, whose request's fate is unknown, stored: one outcome per
+    /// entry, or `None` when the stream's shards cannot even be listed. Counts each entry as
+    /// `ambiguous_found`, `ambiguous_resent` or `ambiguous_unreadable`.
+    async fn read_back(
+        &self,
+        entries: &[PutRecordsRequestEntry],
+        sending: Sending,
+        failure: &RequestFailure,
+        metrics: Option<&Metrics>,
+    ) -> Option<Vec<EntryOutcome>> {
+        let count = |kind: &str, n: usize| {
+            if let Some(metrics) = metrics {
+                metrics
+                    .mirror_attempts
+                    .with_label_values(&[&self.stream, kind])
+                    .inc_by(n as u64);
+            }
+        };
+        let resolutions = match self.read_back.resolve(entries, sending).await {
+            Ok(resolutions) => resolutions,
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, records = entries.len(), %error, "cannot read back a PutRecords of unknown fate: resending it whole");
+                count("ambiguous_unreadable", entries.len());
+                return None;
+            }
+        };
+        let mut counts = [0usize; 3];
+        let outcomes = resolutions
+            .into_iter()
+            .map(|resolution| match resolution {
+                Resolution::Found { shard } => {
+                    counts[0] += 1;
+                    EntryOutcome::Delivered { shard }
+                }
+                Resolution::Absent => {
+                    counts[1] += 1;
+                    failed_entry(failure, "; not stored, read back")
+                }
+                Resolution::Unreadable => {
+                    counts[2] += 1;
+                    failed_entry(failure, "; its shard could not be read back")
+                }
+            })
+            .collect();
+        let [found, absent, unreadable] = counts;
+        tracing::warn!(stream = %self.stream, found, absent, unreadable, error = %failure.message, "PutRecords of unknown fate read back: resending only what is not stored");
+        count("ambiguous_found", found);
+        count("ambiguous_resent", absent);
+        count("ambiguous_unreadable", unreadable);
+        Some(outcomes)
     }
 
     async fn put_once(
@@ -117,6 +190,8 @@ impl PutRecordsService {
         let out = result.map_err(|e| RequestFailure {
             code: e.code().map(str::to_owned),
             message: DisplayErrorContext(&e).to_string(),
+            fate: classify(&e),
+            read_back: None,
         })?;
         // Zipping a short answer with the entries would take the missing ones for delivered.
         if out.records().len() != entries.len() {
@@ -127,8 +202,15 @@ impl PutRecordsService {
                     out.records().len(),
                     entries.len()
                 ),
+                fate: RequestFate::Unknown,
+                read_back: None,
             });
         }
+        self.read_back.acknowledged(
+            out.records()
+                .iter()
+                .filter_map(|r| Some((r.shard_id()?, r.sequence_number()?))),
+        );
         Ok(out
             .records()
             .iter()
@@ -142,6 +224,17 @@ impl PutRecordsService {
                 },
             })
             .collect())
+    }
+}
+
+/// An entry of a failed request, to be sent again; `detail` says more than the failure.
+fn failed_entry(failure: &RequestFailure, detail: &str) -> EntryOutcome {
+    EntryOutcome::Failed {
+        code: failure
+            .code
+            .clone()
+            .unwrap_or_else(|| "RequestFailed".to_owned()),
+        message: format!("{}{detail}", failure.message),
     }
 }
 

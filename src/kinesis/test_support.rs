@@ -13,6 +13,7 @@ use aws_sdk_kinesis::Client;
 use aws_smithy_runtime_api::client::http::{
     HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
 };
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
@@ -29,12 +30,24 @@ use crate::config::{
 use crate::kinesis::request::KinesisKey;
 
 type Handler = dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync;
+type Cutter = dyn Fn(&str, &Value) -> Option<Cut> + Send + Sync;
+
+/// Where a call's connection is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Before the handler sees the call: nothing lands.
+    BeforeLanding,
+    /// After the handler answered: what it stored stays, and the answer is lost.
+    AfterLanding,
+}
 
 #[derive(Clone)]
 pub struct FakeKinesis {
     handler: Arc<Handler>,
     /// An operation answered only after a delay, and the delay.
     slow: Option<(&'static str, Duration)>,
+    /// Which calls have their connection cut, and where.
+    cut: Option<Arc<Cutter>>,
 }
 
 impl std::fmt::Debug for FakeKinesis {
@@ -49,7 +62,17 @@ impl FakeKinesis {
         FakeKinesis {
             handler: Arc::new(handler),
             slow: None,
+            cut: None,
         }
+    }
+
+    /// Cuts the connection of the calls `cut(operation, body)` names, where it says.
+    pub fn cutting(
+        mut self,
+        cut: impl Fn(&str, &Value) -> Option<Cut> + Send + Sync + 'static,
+    ) -> Self {
+        self.cut = Some(Arc::new(cut));
+        self
     }
 
     /// Answers `operation` only after `delay`.
@@ -88,7 +111,21 @@ impl HttpConnector for FakeKinesis {
             .bytes()
             .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or(Value::Null);
+        let cut = self.cut.as_ref().and_then(|cut| cut(&operation, &body));
+        let reset = || {
+            let reset = std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset (injected by the test)",
+            );
+            HttpConnectorFuture::ready(Err(ConnectorError::io(reset.into())))
+        };
+        if cut == Some(Cut::BeforeLanding) {
+            return reset();
+        }
         let (status, answer) = (self.handler)(&operation, &body);
+        if cut == Some(Cut::AfterLanding) {
+            return reset();
+        }
         let response = HttpResponse::new(
             StatusCode::try_from(status).expect("valid status"),
             SdkBody::from(answer.to_string()),
@@ -162,6 +199,81 @@ pub fn all_stored(body: &Value) -> (u16, Value) {
         .map(|_| json!({"SequenceNumber": "1", "ShardId": "shardId-0"}))
         .collect();
     (200, json!({"FailedRecordCount": 0, "Records": stored}))
+}
+
+/// A one-shard stream's data plane: PutRecords stores every entry, with increasing sequence
+/// numbers, and GetShardIterator (TRIM_HORIZON, AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP) and
+/// GetRecords read them back; the control plane answers as [`control_plane`].
+#[derive(Default)]
+pub struct FakeStream {
+    records: std::sync::Mutex<Vec<Value>>,
+}
+
+impl FakeStream {
+    pub fn answer(&self, operation: &str, body: &Value) -> (u16, Value) {
+        let mut records = self.records.lock().expect("records lock");
+        match operation {
+            "PutRecords" => {
+                let mut stored = Vec::new();
+                for entry in body["Records"].as_array().map_or(&[][..], Vec::as_slice) {
+                    let sequence = (1_000_000 + records.len()).to_string();
+                    let arrival = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .expect("after the epoch")
+                        .as_secs_f64();
+                    records.push(json!({"SequenceNumber": sequence,
+                        "ApproximateArrivalTimestamp": arrival,
+                        "Data": entry["Data"], "PartitionKey": entry["PartitionKey"]}));
+                    stored.push(json!({"SequenceNumber": sequence, "ShardId": "shardId-0"}));
+                }
+                (200, json!({"FailedRecordCount": 0, "Records": stored}))
+            }
+            "GetShardIterator" => {
+                let position = |field: &str, after: &dyn Fn(&Value, &Value) -> bool| {
+                    records
+                        .iter()
+                        .position(|r| after(&r[field], &body[field]))
+                        .unwrap_or(records.len())
+                };
+                let index = match body["ShardIteratorType"].as_str() {
+                    Some("TRIM_HORIZON") => 0,
+                    Some("AFTER_SEQUENCE_NUMBER") => {
+                        let number = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+                        position("SequenceNumber", &|stored, _| {
+                            number(stored) > number(&body["StartingSequenceNumber"])
+                        })
+                    }
+                    Some("AT_TIMESTAMP") => position("ApproximateArrivalTimestamp", &|r, at| {
+                        r.as_f64() >= at.as_f64()
+                    }),
+                    other => panic!("iterator type {other:?} is not faked"),
+                };
+                (200, json!({"ShardIterator": index.to_string()}))
+            }
+            "GetRecords" => {
+                let from: usize = body["ShardIterator"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("an iterator this fake gave");
+                let limit = body["Limit"].as_u64().unwrap_or(10_000) as usize;
+                let page: Vec<Value> = records.iter().skip(from).take(limit).cloned().collect();
+                let next = from + page.len();
+                let behind = if next < records.len() { 1000 } else { 0 };
+                (
+                    200,
+                    json!({"Records": page, "NextShardIterator": next.to_string(),
+                        "MillisBehindLatest": behind}),
+                )
+            }
+            _ => control_plane(operation).expect("a Kinesis operation the writer uses"),
+        }
+    }
+
+    /// The data of every stored record, decoded, in the order stored.
+    pub fn stored_data(&self) -> Vec<String> {
+        let records = self.records.lock().expect("records lock");
+        entry_data(&json!({ "Records": *records }))
+    }
 }
 
 pub const SPOOL_MAX_BYTES: u64 = 1 << 30;

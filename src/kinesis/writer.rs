@@ -430,7 +430,15 @@ impl WriterTask {
         let mut refused = Request::new();
         let mut dead = Vec::new();
         self.judge_stream(&completion.result);
-        match completion.result {
+        let answered = match completion.result {
+            // A request of unknown fate, read back: each entry's outcome is known after all.
+            Err(RequestFailure {
+                read_back: Some(outcomes),
+                ..
+            }) => Ok(outcomes),
+            result => result,
+        };
+        match answered {
             Ok(outcomes) => {
                 self.record_deliveries(&completion.request, &outcomes);
                 for ((lane, queued), outcome) in completion.request.into_iter().zip(outcomes) {
@@ -470,9 +478,8 @@ impl WriterTask {
                 );
             }
             Err(failure) => {
-                // The whole request failed. After a timeout or a dropped connection Kinesis
-                // may have stored the records anyway, so the resend can duplicate them:
-                // PutRecords has no idempotence.
+                // The whole request failed, and either stored nothing or could not be read
+                // back: resent whole, which duplicates whatever it did store.
                 tracing::warn!(%stream, records = completion.request.len(), error = %failure.message, "PutRecords request failed; retrying");
                 retry = completion.request;
             }

@@ -76,7 +76,8 @@ pub struct Metrics {
     pub kafka_unacked_records: IntCounterVec,
     /// Mirror outcomes per record: sent, failed, skipped (not sampled), oversize, ...
     pub mirror_records: IntCounterVec,
-    /// PutRecords attempts beyond the first, by kind: `retry`.
+    /// PutRecords attempts beyond the first (`retry`), and read-backs of requests of unknown
+    /// fate, per entry (`ambiguous_found`, `ambiguous_resent`, `ambiguous_unreadable`).
     pub mirror_attempts: IntCounterVec,
     /// Produce data the mirror could not decode, per topic (the Kafka path is unaffected).
     pub mirror_decode_errors: IntCounterVec,
@@ -151,7 +152,7 @@ impl Metrics {
         );
         let mirror_attempts = counter(
             "mirror_attempts_total",
-            "Records sent again to Kinesis, by kind: retry.",
+            "Records sent again to Kinesis (retry), and what reading back requests of unknown fate found of their entries (ambiguous_found, ambiguous_resent, ambiguous_unreadable).",
             &["stream", "kind"],
         );
         let mirror_decode_errors = counter(

@@ -7,6 +7,8 @@
 //! - latency can be added;
 //! - it can go fully down (each request's connection is closed before anything is forwarded)
 //!   and come back;
+//! - every Nth PutRecords can be forwarded to the emulator and its connection then cut
+//!   instead of answered: stored, with the answer lost;
 //! - DescribeStreamSummary alone can be throttled or slowed, and its answer can carry a
 //!   `MaxRecordSizeInKiB` the emulator does not report.
 
@@ -29,6 +31,9 @@ pub struct FaultPlan {
     /// with (HTTP status, error code).
     pub fail_requests: Option<(f64, u16, &'static str)>,
     pub latency: Duration,
+    /// Every Nth PutRecords (0: none) is forwarded whole and its connection cut instead of
+    /// answered.
+    pub lose_put_records_answers_every: u64,
     pub down: bool,
     pub describe: DescribeFaults,
 }
@@ -54,6 +59,12 @@ pub struct FaultCounters {
     pub entries_forwarded: AtomicU64,
     /// DescribeStreamSummary calls received.
     pub describes: AtomicU64,
+    /// PutRecords requests received whole (without entry faults), counted for
+    /// `lose_put_records_answers_every`.
+    pub put_records_forwarded: AtomicU64,
+    /// PutRecords forwarded whose answers were lost, and their entries.
+    pub answers_lost: AtomicU64,
+    pub entries_unanswered: AtomicU64,
 }
 
 pub struct FaultLayer {
@@ -239,15 +250,31 @@ async fn serve(
         if !request.target.ends_with("PutRecords")
             || (plan.throttle_entries == 0.0 && plan.internal_failure_entries == 0.0)
         {
+            let mut entries = 0;
+            let mut lose_answer = false;
             if request.target.ends_with("PutRecords") {
-                let n = serde_json::from_slice::<Value>(&request.body)
+                entries = serde_json::from_slice::<Value>(&request.body)
                     .ok()
-                    .and_then(|v| v["Records"].as_array().map(Vec::len));
+                    .and_then(|v| v["Records"].as_array().map(Vec::len))
+                    .unwrap_or(0) as u64;
                 counters
                     .entries_forwarded
-                    .fetch_add(n.unwrap_or(0) as u64, Ordering::Relaxed);
+                    .fetch_add(entries, Ordering::Relaxed);
+                let nth = counters
+                    .put_records_forwarded
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                let every = plan.lose_put_records_answers_every;
+                lose_answer = every > 0 && nth.is_multiple_of(every);
             }
             let (status, body) = forward(upstream, &request, &request.body).await?;
+            if lose_answer {
+                counters.answers_lost.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .entries_unanswered
+                    .fetch_add(entries, Ordering::Relaxed);
+                return Ok(()); // closes the connection: stored, and the proxy never hears so
+            }
             respond(&mut client, status, &body).await?;
             continue;
         }

@@ -76,3 +76,23 @@ pub fn value(metrics: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)
         .map(|(_, v)| *v)
         .sum()
 }
+
+/// Waits until the mirror counted `count` records sent (`mirror_records_total{result="sent"}`
+/// over every topic and stream); answers the last scrape.
+pub async fn wait_for_sent(
+    admin_port: u16,
+    count: usize,
+    limit: std::time::Duration,
+) -> BTreeMap<String, f64> {
+    let sent = |m: &BTreeMap<String, f64>| {
+        value(
+            m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "sent")],
+        )
+    };
+    wait_for(admin_port, "every record sent", limit, |m| {
+        sent(m) >= count as f64
+    })
+    .await
+}
