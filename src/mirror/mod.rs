@@ -1,16 +1,18 @@
 //! Record extraction and sampling: turns Produce exchanges into Kinesis records.
 //!
-//! Connections hand every Produce request, with its response, to this stage after the response
-//! has already gone back to the client; all decoding, decompression and sampling happens here,
+//! Connections hand every Produce request, with its response, to this stage just before the
+//! response goes back to the client; all decoding, decompression and sampling happens here,
 //! off the Kafka path, on the decode threads of [`decode`]. Only partitions Kafka accepted
 //! (error code 0) are mirrored, and each record's Kafka offset is the response's base offset
-//! plus its position in the request.
+//! plus its position in the request. Transactional records wait in [`transactions`] until the
+//! EndTxn exchange that ends their transaction, which connections hand over the same way.
 
 mod decode;
 pub mod partition_key;
 pub mod sampling;
 #[cfg(test)]
 mod tests;
+mod transactions;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -26,13 +28,16 @@ use tokio::sync::mpsc;
 use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
-use crate::kafka::records::summarize;
+use crate::kafka::records::{summarize, ProducerEpoch};
+use crate::kafka::transaction::{ended_transaction, EndTxnError};
 use crate::kinesis::client::build_client;
+use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::spool::streams_with_records;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
+use transactions::Transactions;
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -43,6 +48,8 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
+/// Held transactional records reserve at most 1/this of `mirror_buffer.max_bytes`.
+const HELD_BUDGET_SHARE: u64 = 2;
 /// Partitions being decoded, or decoded and waiting to go to their writers, at once: each holds
 /// up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode memory.
 pub const DECODE_WINDOW: usize = DECODE_THREADS;
@@ -65,10 +72,18 @@ impl ProduceExchange {
     }
 }
 
+/// An EndTxn request and its response: the end of a transactional producer's transaction.
+pub struct EndTxnExchange {
+    pub version: i16,
+    pub request_body: Bytes,
+    pub response_frame: Bytes,
+}
+
 /// What connections send the stage: exchanges, or a marker that resolves once every exchange
 /// sent before it has been processed.
 enum StageInput {
     Exchange(ProduceExchange),
+    EndTxn(EndTxnExchange),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -144,6 +159,10 @@ impl Mirror {
             routes: table.clone(),
             metrics: metrics.clone(),
             inventory,
+            transactions: Transactions::new(
+                settings.budget.clone(),
+                settings.buffer.max_bytes / HELD_BUDGET_SHARE,
+            ),
         };
         tokio::spawn(stage.run(rx));
         let mirror = Mirror {
@@ -265,6 +284,13 @@ impl Mirror {
         }
     }
 
+    /// Hands an EndTxn exchange to the stage, behind every Produce exchange handed over before
+    /// it. It waits for room even when exchanges are shed: losing it would hold its
+    /// transaction's records until the proxy stops. EndTxn is rare, and only it waits.
+    pub async fn hand_over_end_txn(&self, exchange: EndTxnExchange) {
+        let _ = self.tx.send(StageInput::EndTxn(exchange)).await;
+    }
+
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
     /// mirror. A full queue (by count or by bytes; one exchange alone always fits) drops the
     /// exchange and counts it.
@@ -276,7 +302,9 @@ impl Mirror {
                 Ok(()) => return,
                 Err(full) => match full.into_inner() {
                     StageInput::Exchange(exchange) => exchange,
-                    StageInput::Flush(_) => unreachable!("an exchange was sent"),
+                    StageInput::EndTxn(_) | StageInput::Flush(_) => {
+                        unreachable!("a Produce exchange was sent")
+                    }
                 },
             }
         } else {
@@ -400,6 +428,8 @@ enum StageError {
     ResponseHeader(HeaderError),
     #[error("response: {0}")]
     Response(ProduceDecodeError),
+    #[error(transparent)]
+    EndTxn(#[from] EndTxnError),
 }
 
 /// Why a partition's records were not mirrored.
@@ -438,6 +468,8 @@ struct PartitionWork {
 /// What the stage does next, in arrival order.
 enum Work {
     Partition(PartitionWork),
+    /// Waits for every partition before it, like [`Work::Flush`].
+    EndTxn(EndTxnExchange),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -452,13 +484,15 @@ struct Stage {
     routes: Arc<ArcSwap<RouteTable>>,
     metrics: Arc<Metrics>,
     inventory: Arc<Inventory>,
+    /// Transactional records waiting for their EndTxn, with their topic and route.
+    transactions: Transactions<(Arc<str>, Arc<Route>)>,
 }
 
 impl Stage {
     /// Expands exchanges into partitions, keeps up to [`DECODE_WINDOW`] of them on the decode
     /// pool, and hands their records to the writers strictly in arrival order, so a
     /// partition's records reach its stream in Kafka order whichever thread decoded them.
-    async fn run(self, mut rx: mpsc::Receiver<StageInput>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<StageInput>) {
         let pool = DecodePool::start(DECODE_THREADS);
         let mut waiting: VecDeque<Work> = VecDeque::new();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -467,11 +501,9 @@ impl Stage {
             while in_flight.len() < DECODE_WINDOW {
                 match waiting.pop_front() {
                     Some(Work::Partition(work)) => in_flight.push_back(self.submit(&pool, work)),
-                    Some(Work::Flush(done)) if in_flight.is_empty() => {
-                        let _ = done.send(());
-                    }
-                    Some(flush) => {
-                        waiting.push_front(flush);
+                    Some(barrier) if in_flight.is_empty() => self.after_partitions(barrier).await,
+                    Some(barrier) => {
+                        waiting.push_front(barrier);
                         break;
                     }
                     None => break,
@@ -527,6 +559,10 @@ impl Stage {
                 waiting.push_back(Work::Flush(done));
                 return Ok(());
             }
+            StageInput::EndTxn(end) => {
+                waiting.push_back(Work::EndTxn(end));
+                return Ok(());
+            }
         };
         let queued = Arc::new(QueuedBytes {
             counter: self.queued_bytes.clone(),
@@ -547,19 +583,20 @@ impl Stage {
     }
 
     /// Counts a decoded partition and hands its records to its stream's writer.
-    async fn finish(&self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
+    async fn finish(&mut self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.decode_error(&work, &e, 0),
         };
         let records = decoded.summary.as_ref().map_or(0, |s| s.records);
+        let transaction = decoded.summary.as_ref().ok().and_then(|s| s.transaction);
         match decoded.summary {
             Ok(summary) => {
                 // Any topic a client names: bounded before it becomes a label or an entry.
                 let topic = self.metrics.topic_labels.label(&work.topic);
                 let traits = ProducerTraits {
                     idempotent: summary.idempotent,
-                    transactional: summary.transactional,
+                    transactional: summary.transactional(),
                 };
                 let records = summary.records as u64;
                 self.inventory.produced(
@@ -580,12 +617,8 @@ impl Stage {
             Ok(mirrored) => mirrored,
             Err(e) => return self.decode_error(&work, &e.into(), records),
         };
-        for record in mirrored.records {
-            if route.writer.send(record).await.is_err() {
-                self.metrics
-                    .mirror_outcome(&work.topic, &route.stream, MirrorResult::Failed, 1);
-            }
-        }
+        self.hand_on(transaction, &work.topic, route, mirrored.records)
+            .await;
         if mirrored.skipped > 0 {
             self.metrics.mirror_outcome(
                 &work.topic,
@@ -594,6 +627,84 @@ impl Stage {
                 mirrored.skipped,
             );
         }
+    }
+
+    /// Sends a partition's sampled records to its stream, or, when a transaction produced
+    /// them, holds them until it ends.
+    async fn hand_on(
+        &mut self,
+        transaction: Option<ProducerEpoch>,
+        topic: &Arc<str>,
+        route: &Arc<Route>,
+        records: Vec<MirrorRecord>,
+    ) {
+        let destination = (topic.clone(), route.clone());
+        if let Some(records) = self
+            .transactions
+            .hold_or_pass(transaction, destination, records)
+        {
+            self.send(topic, route, records).await;
+        }
+        self.count_held();
+    }
+
+    async fn send(&self, topic: &str, route: &Route, records: Vec<MirrorRecord>) {
+        for record in records {
+            if route.writer.send(record).await.is_err() {
+                self.metrics
+                    .mirror_outcome(topic, &route.stream, MirrorResult::Failed, 1);
+            }
+        }
+    }
+
+    fn count_held(&self) {
+        self.metrics
+            .mirror_transaction_held_records
+            .set(self.transactions.held_records() as i64);
+    }
+
+    /// Work that waits for every partition before it to be handed on.
+    async fn after_partitions(&mut self, barrier: Work) {
+        match barrier {
+            Work::Partition(_) => unreachable!("partitions are not barriers"),
+            Work::Flush(done) => {
+                let _ = done.send(());
+            }
+            Work::EndTxn(end) => {
+                if let Err(reason) = self.end_transaction(&end).await {
+                    self.metrics
+                        .mirror_decode_errors
+                        .with_label_values(&["(request)"])
+                        .inc();
+                    tracing::warn!(%reason, "cannot decode an EndTxn exchange; its transaction's records stay held");
+                }
+            }
+        }
+    }
+
+    /// Sends a committed transaction's held records on, in the order they were produced, or
+    /// drops an aborted one's, counted.
+    async fn end_transaction(&mut self, end: &EndTxnExchange) -> Result<(), StageError> {
+        let Some(ended) = ended_transaction(end.version, &end.request_body, &end.response_frame)?
+        else {
+            return Ok(());
+        };
+        let resolved = self.transactions.end(ended);
+        self.count_held();
+        for held in resolved.partitions {
+            let (topic, route) = held.destination;
+            if resolved.committed {
+                self.send(&topic, &route, held.records).await;
+            } else {
+                self.metrics.mirror_outcome(
+                    &topic,
+                    &route.stream,
+                    MirrorResult::Aborted,
+                    held.records.len() as u64,
+                );
+            }
+        }
+        Ok(())
     }
 
     fn count_kafka(&self, topic: &str, verdict: Verdict, records: u64) {

@@ -64,6 +64,11 @@ enum Handling {
     },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
+    /// Forwarded, then handed to the mirror with its response: it ends a transaction whose
+    /// held records the mirror now sends on or drops.
+    EndTxn {
+        request_body: Bytes,
+    },
     /// Produce with acks=0: no response will come. Mirrored once a later upstream response
     /// shows the broker kept the connection; `None` when it may not be mirrored at all.
     Unanswered(Option<ProduceExchange>),
@@ -487,6 +492,12 @@ impl Connection {
                 }
                 Handling::Produce { exchange }
             }
+            // Before authentication Kafka refuses it, and no record of its producer was held.
+            ApiKey::EndTxn if may_mirror => Handling::EndTxn {
+                request_body: header
+                    .body_offset
+                    .map_or_else(Bytes::new, |offset| frame.slice(offset..)),
+            },
             _ => self.address_handling(api_key, version),
         };
         Ok(handling)

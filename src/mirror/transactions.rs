@@ -1,0 +1,235 @@
+//! Transactional producers' records, held until their transaction ends.
+//!
+//! Kafka's `read_committed` consumers see a transaction's records only once it commits, and
+//! never when it aborts; Kinesis must hold what they would have read. So a partition's
+//! decoded records whose batch is transactional wait here until the stage sees the EndTxn
+//! that ends their transaction, then go on to the writers (commit) or are dropped (abort).
+//!
+//! Producer id and epoch do not name one transaction: librdkafka keeps one epoch across a
+//! producer's transactions (transactions v1), while transactions v2 (KIP-890) bumps it with
+//! every EndTxn. What does identify it is order: the stage sees a producer's Produce
+//! exchanges before the client hears their answers, so before any EndTxn the client sends
+//! after them. A transaction is therefore the batches of its producer held when its EndTxn
+//! arrives, with the epoch that EndTxn names; batches of an older epoch belong to a
+//! transaction the proxy never saw end (a fenced or restarted producer) and stay held.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::kafka::records::ProducerEpoch;
+use crate::kafka::transaction::EndedTransaction;
+use crate::kinesis::budget::Budget;
+use crate::kinesis::request::MirrorRecord;
+
+/// One partition's sampled records from one transactional batch, and where they go.
+pub(super) struct HeldPartition<D> {
+    pub(super) destination: D,
+    pub(super) records: Vec<MirrorRecord>,
+    epoch: i16,
+    bytes: u64,
+    /// Whether `bytes` are reserved in the memory budget.
+    reserved: bool,
+}
+
+/// What an EndTxn decided for the records held for its transaction.
+pub(super) struct Resolved<D> {
+    /// Held partitions, in the order they arrived, and whether they were committed.
+    pub(super) partitions: Vec<HeldPartition<D>>,
+    pub(super) committed: bool,
+}
+
+/// The held partitions of every producer with a transaction in progress.
+pub(super) struct Transactions<D> {
+    by_producer: HashMap<i64, Vec<HeldPartition<D>>>,
+    budget: Arc<Budget>,
+    /// Held bytes may take at most this much of the budget, so that the writers always keep
+    /// room to make progress: otherwise, in block mode, held records filling the budget would
+    /// stall the stage before the EndTxn that frees them.
+    max_reserved: u64,
+    reserved: u64,
+    held_records: usize,
+}
+
+impl<D> Transactions<D> {
+    /// A table whose held records may reserve up to `max_reserved` bytes of `budget`.
+    pub(super) fn new(budget: Arc<Budget>, max_reserved: u64) -> Self {
+        Transactions {
+            by_producer: HashMap::new(),
+            budget,
+            max_reserved,
+            reserved: 0,
+            held_records: 0,
+        }
+    }
+
+    /// Holds `records` when `transaction` names their batch's producer; otherwise gives them
+    /// back to be sent now.
+    pub(super) fn hold_or_pass(
+        &mut self,
+        transaction: Option<ProducerEpoch>,
+        destination: D,
+        records: Vec<MirrorRecord>,
+    ) -> Option<Vec<MirrorRecord>> {
+        let Some(producer) = transaction else {
+            return Some(records);
+        };
+        let bytes = records.iter().map(|r| r.memory_bytes() as u64).sum();
+        let reserved = self.reserved + bytes <= self.max_reserved && self.budget.try_reserve(bytes);
+        if reserved {
+            self.reserved += bytes;
+        }
+        self.held_records += records.len();
+        self.by_producer
+            .entry(producer.producer_id)
+            .or_default()
+            .push(HeldPartition {
+                destination,
+                records,
+                epoch: producer.epoch,
+                bytes,
+                reserved,
+            });
+        None
+    }
+
+    /// Takes the partitions `ended` decides: its producer's held partitions of its epoch.
+    pub(super) fn end(&mut self, ended: EndedTransaction) -> Resolved<D> {
+        let producer = ended.producer;
+        let mut decided = Vec::new();
+        if let Some(held) = self.by_producer.remove(&producer.producer_id) {
+            let (ours, others): (Vec<_>, Vec<_>) =
+                held.into_iter().partition(|p| p.epoch == producer.epoch);
+            if !others.is_empty() {
+                self.by_producer.insert(producer.producer_id, others);
+            }
+            decided = ours;
+        }
+        for partition in &decided {
+            self.held_records -= partition.records.len();
+            if partition.reserved {
+                self.reserved -= partition.bytes;
+                self.budget.release(partition.bytes);
+            }
+        }
+        Resolved {
+            partitions: decided,
+            committed: ended.committed,
+        }
+    }
+
+    /// Records held, waiting for their transaction's end.
+    pub(super) fn held_records(&self) -> usize {
+        self.held_records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinesis::test_support::record;
+    use prometheus::IntGauge;
+
+    fn producer(producer_id: i64, epoch: i16) -> Option<ProducerEpoch> {
+        Some(ProducerEpoch { producer_id, epoch })
+    }
+
+    fn ended(producer_id: i64, epoch: i16, committed: bool) -> EndedTransaction {
+        EndedTransaction {
+            producer: ProducerEpoch { producer_id, epoch },
+            committed,
+        }
+    }
+
+    fn table(budget_bytes: u64, max_reserved: u64) -> (Transactions<&'static str>, Arc<Budget>) {
+        let gauge = IntGauge::new("held_test_budget", "test").unwrap();
+        let budget = Arc::new(Budget::new(budget_bytes, gauge));
+        (Transactions::new(budget.clone(), max_reserved), budget)
+    }
+
+    fn offsets(resolved: &Resolved<&'static str>) -> Vec<(&'static str, i64)> {
+        resolved
+            .partitions
+            .iter()
+            .flat_map(|p| p.records.iter().map(|r| (p.destination, r.offset)))
+            .collect()
+    }
+
+    #[test]
+    fn plain_records_pass_through() {
+        let (mut t, budget) = table(1 << 20, 1 << 19);
+        let passed = t.hold_or_pass(None, "a", vec![record(1), record(2)]);
+        assert_eq!(passed.map(|r| r.len()), Some(2));
+        assert_eq!((t.held_records(), budget.used()), (0, 0));
+    }
+
+    /// librdkafka keeps one epoch for all its transactions: each EndTxn takes what its
+    /// producer had answered before it, and the next transaction starts empty.
+    #[test]
+    fn one_epoch_across_transactions_ends_each_in_turn() {
+        let (mut t, _) = table(1 << 20, 1 << 19);
+        assert!(t
+            .hold_or_pass(producer(7, 0), "a", vec![record(0), record(1)])
+            .is_none());
+        assert!(t
+            .hold_or_pass(producer(7, 0), "b", vec![record(0)])
+            .is_none());
+        assert!(t
+            .hold_or_pass(producer(8, 0), "a", vec![record(2)])
+            .is_none());
+        let first = t.end(ended(7, 0, true));
+        assert!(first.committed);
+        assert_eq!(offsets(&first), vec![("a", 0), ("a", 1), ("b", 0)]);
+        assert!(t
+            .hold_or_pass(producer(7, 0), "a", vec![record(3)])
+            .is_none());
+        let second = t.end(ended(7, 0, false));
+        assert!(!second.committed);
+        assert_eq!(offsets(&second), vec![("a", 3)]);
+        assert_eq!(
+            t.held_records(),
+            1,
+            "producer 8's transaction is still open"
+        );
+        assert_eq!(offsets(&t.end(ended(8, 0, true))), vec![("a", 2)]);
+        assert_eq!(t.held_records(), 0);
+    }
+
+    /// Transactions v2 bump the epoch with each EndTxn; a batch of an older epoch belongs to a
+    /// transaction whose end the proxy did not see, and an EndTxn of the new epoch must not
+    /// decide it.
+    #[test]
+    fn an_end_decides_only_its_epoch() {
+        let (mut t, _) = table(1 << 20, 1 << 19);
+        assert!(t
+            .hold_or_pass(producer(7, 3), "a", vec![record(0)])
+            .is_none());
+        assert!(t
+            .hold_or_pass(producer(7, 4), "a", vec![record(1)])
+            .is_none());
+        assert_eq!(offsets(&t.end(ended(7, 4, true))), vec![("a", 1)]);
+        assert_eq!(t.held_records(), 1);
+        assert_eq!(offsets(&t.end(ended(7, 5, true))), vec![]);
+        assert_eq!(offsets(&t.end(ended(9, 3, true))), vec![]);
+        assert_eq!(t.held_records(), 1);
+    }
+
+    /// Held records show in the budget, up to their share, and give it back when decided.
+    #[test]
+    fn held_records_reserve_their_share_of_the_budget() {
+        let one = record(0).memory_bytes() as u64;
+        let (mut t, budget) = table(10 * one, 2 * one);
+        for offset in 0..3 {
+            assert!(t
+                .hold_or_pass(producer(1, 0), "a", vec![record(offset)])
+                .is_none());
+        }
+        assert_eq!(budget.used(), 2 * one, "the third is held over the share");
+        assert_eq!(t.held_records(), 3);
+        assert_eq!(t.end(ended(1, 0, false)).partitions.len(), 3);
+        assert_eq!(budget.used(), 0);
+        assert!(t
+            .hold_or_pass(producer(1, 0), "a", vec![record(4)])
+            .is_none());
+        assert_eq!(budget.used(), one, "the share is free again");
+    }
+}
