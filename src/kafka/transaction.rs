@@ -1,12 +1,18 @@
-//! EndTxn exchanges, read for the mirror: which producer's transaction ended, and whether it
-//! was committed. Rare and small, so the kafka-protocol types decode them whole.
+//! Transaction control for the mirror: which producer's transaction an EndTxn ended, what
+//! transaction timeout an InitProducerId asked for, and which outcome a control batch (a
+//! COMMIT or ABORT marker in a partition's log) records. Rare and small, so the
+//! kafka-protocol types decode the exchanges whole.
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, EndTxnRequest, EndTxnResponse};
+use kafka_protocol::messages::{
+    ApiKey, EndTxnRequest, EndTxnResponse, InitProducerIdRequest, InitProducerIdResponse,
+};
 use kafka_protocol::protocol::Decodable;
 
 use super::header::{response_body_offset, HeaderError};
-use super::records::ProducerEpoch;
+use super::records::{Batch, ProducerEpoch};
 
 /// A transaction the coordinator ended, as an EndTxn exchange tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,14 +23,64 @@ pub struct EndedTransaction {
     pub committed: bool,
 }
 
+/// A transactional producer the coordinator (re)initialized, and its transaction timeout:
+/// past it, the coordinator aborts a transaction on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitializedProducer {
+    pub producer_id: i64,
+    pub transaction_timeout: Duration,
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum EndTxnError {
-    #[error("EndTxn v{version} request: {reason}")]
-    Request { version: i16, reason: String },
-    #[error("EndTxn v{version} response header: {source}")]
-    ResponseHeader { version: i16, source: HeaderError },
-    #[error("EndTxn v{version} response: {reason}")]
-    Response { version: i16, reason: String },
+pub enum TxnControlError {
+    #[error("{api:?} v{version} request: {reason}")]
+    Request {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("{api:?} v{version} response header: {source}")]
+    ResponseHeader {
+        api: ApiKey,
+        version: i16,
+        source: HeaderError,
+    },
+    #[error("{api:?} v{version} response: {reason}")]
+    Response {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+/// Decodes a request body and its response frame.
+fn decode_exchange<Req: Decodable, Resp: Decodable>(
+    api: ApiKey,
+    version: i16,
+    request_body: &Bytes,
+    response_frame: &Bytes,
+) -> Result<(Req, Resp), TxnControlError> {
+    let request =
+        Req::decode(&mut request_body.clone(), version).map_err(|e| TxnControlError::Request {
+            api,
+            version,
+            reason: e.to_string(),
+        })?;
+    let offset = response_body_offset(response_frame, api, version).map_err(|source| {
+        TxnControlError::ResponseHeader {
+            api,
+            version,
+            source,
+        }
+    })?;
+    let response = Resp::decode(&mut response_frame.slice(offset..), version).map_err(|e| {
+        TxnControlError::Response {
+            api,
+            version,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok((request, response))
 }
 
 /// The transaction an EndTxn request ended, or `None` when the coordinator answered with an
@@ -33,22 +89,9 @@ pub fn ended_transaction(
     version: i16,
     request_body: &Bytes,
     response_frame: &Bytes,
-) -> Result<Option<EndedTransaction>, EndTxnError> {
-    let request = EndTxnRequest::decode(&mut request_body.clone(), version).map_err(|e| {
-        EndTxnError::Request {
-            version,
-            reason: e.to_string(),
-        }
-    })?;
-    let offset = response_body_offset(response_frame, ApiKey::EndTxn, version)
-        .map_err(|source| EndTxnError::ResponseHeader { version, source })?;
-    let response =
-        EndTxnResponse::decode(&mut response_frame.slice(offset..), version).map_err(|e| {
-            EndTxnError::Response {
-                version,
-                reason: e.to_string(),
-            }
-        })?;
+) -> Result<Option<EndedTransaction>, TxnControlError> {
+    let (request, response): (EndTxnRequest, EndTxnResponse) =
+        decode_exchange(ApiKey::EndTxn, version, request_body, response_frame)?;
     if response.error_code != 0 {
         return Ok(None);
     }
@@ -61,6 +104,39 @@ pub fn ended_transaction(
     }))
 }
 
+/// The transactional producer an InitProducerId exchange initialized; `None` for an
+/// idempotent-only producer or an error answer.
+pub fn initialized_producer(
+    version: i16,
+    request_body: &Bytes,
+    response_frame: &Bytes,
+) -> Result<Option<InitializedProducer>, TxnControlError> {
+    let (request, response): (InitProducerIdRequest, InitProducerIdResponse) =
+        decode_exchange(ApiKey::InitProducerId, version, request_body, response_frame)?;
+    if response.error_code != 0 || request.transactional_id.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(InitializedProducer {
+        producer_id: response.producer_id.0,
+        transaction_timeout: Duration::from_millis(request.transaction_timeout_ms.max(0) as u64),
+    }))
+}
+
+/// The outcome a control batch records for its producer's transaction: `Some(true)` for a
+/// COMMIT marker, `Some(false)` for ABORT, `None` for anything else.
+pub fn marker_outcome(batch: &Batch) -> Option<bool> {
+    if !batch.is_control {
+        return None;
+    }
+    // A control record's key is a version (i16) then a type: 0 ABORT, 1 COMMIT.
+    let key = batch.records.first()?.key.as_deref()?;
+    match key.get(2..4)? {
+        [0, 0] => Some(false),
+        [0, 1] => Some(true),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,27 +144,36 @@ mod tests {
     use kafka_protocol::messages::{ProducerId, ResponseHeader, TransactionalId};
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
-    fn exchange(version: i16, committed: bool, error_code: i16) -> (Bytes, Bytes) {
-        let request = EndTxnRequest::default()
-            .with_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
-            .with_producer_id(ProducerId(42))
-            .with_producer_epoch(3)
-            .with_committed(committed);
+    /// A request body and a response frame (size prefix and header included).
+    fn encode(
+        api: ApiKey,
+        version: i16,
+        request: impl Encodable,
+        response: impl Encodable,
+    ) -> (Bytes, Bytes) {
         let mut body = BytesMut::new();
         request.encode(&mut body, version).unwrap();
         let mut frame = BytesMut::new();
         frame.extend_from_slice(&[0; 4]);
         ResponseHeader::default()
             .with_correlation_id(7)
-            .encode(&mut frame, ApiKey::EndTxn.response_header_version(version))
+            .encode(&mut frame, api.response_header_version(version))
             .unwrap();
-        EndTxnResponse::default()
+        response.encode(&mut frame, version).unwrap();
+        (body.freeze(), frame.freeze())
+    }
+
+    fn exchange(version: i16, committed: bool, error_code: i16) -> (Bytes, Bytes) {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
+            .with_producer_id(ProducerId(42))
+            .with_producer_epoch(3)
+            .with_committed(committed);
+        let response = EndTxnResponse::default()
             .with_error_code(error_code)
             .with_producer_id(ProducerId(42))
-            .with_producer_epoch(4)
-            .encode(&mut frame, version)
-            .unwrap();
-        (body.freeze(), frame.freeze())
+            .with_producer_epoch(4);
+        encode(ApiKey::EndTxn, version, request, response)
     }
 
     #[test]
@@ -104,6 +189,28 @@ mod tests {
                         epoch: 3
                     },
                     committed: version % 2 == 0,
+                }),
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_a_transactional_producers_timeout() {
+        for version in 0..=5 {
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t"))))
+                .with_transaction_timeout_ms(5_000);
+            let response = InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(42))
+                .with_producer_epoch(0);
+            let (request, response) = encode(ApiKey::InitProducerId, version, request, response);
+            let init = initialized_producer(version, &request, &response).unwrap();
+            assert_eq!(
+                init,
+                Some(InitializedProducer {
+                    producer_id: 42,
+                    transaction_timeout: Duration::from_secs(5)
                 }),
                 "v{version}"
             );

@@ -14,10 +14,12 @@ pub mod sampling;
 mod tests;
 mod transactions;
 
+pub use transactions::{MarkerLookup, TransactionMarkers};
+
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -29,7 +31,7 @@ use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::{summarize, ProducerEpoch};
-use crate::kafka::transaction::{ended_transaction, EndTxnError};
+use crate::kafka::transaction::{ended_transaction, initialized_producer, TxnControlError};
 use crate::kinesis::client::build_client;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::spool::streams_with_records;
@@ -37,7 +39,7 @@ use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
-use transactions::Transactions;
+use transactions::{HeldId, Transactions};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -72,20 +74,37 @@ impl ProduceExchange {
     }
 }
 
-/// An EndTxn request and its response: the end of a transactional producer's transaction.
-pub struct EndTxnExchange {
+/// The transaction-control requests the mirror follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnControl {
+    /// Ends a transaction: its held records are sent on or dropped.
+    EndTxn,
+    /// Starts a transactional producer: its transaction timeout.
+    InitProducerId,
+}
+
+/// A transaction-control request and its response.
+pub struct TxnControlExchange {
+    pub api: TxnControl,
     pub version: i16,
     pub request_body: Bytes,
     pub response_frame: Bytes,
 }
 
 /// What connections send the stage: exchanges, or a marker that resolves once every exchange
-/// sent before it has been processed.
+/// sent before it has been processed. The stage sends itself the rest.
 enum StageInput {
     Exchange(ProduceExchange),
-    EndTxn(EndTxnExchange),
+    TxnControl(TxnControlExchange),
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Time to look up transactions unresolved past their timeout.
+    LookupSweep,
+    /// A look-up's answer.
+    MarkerRead(HeldId, Option<bool>),
 }
+
+/// How often the stage checks for held transactions due for a look-up.
+const LOOKUP_SWEEP: Duration = Duration::from_secs(5);
 
 /// A topic's route to a stream.
 pub struct Route {
@@ -110,6 +129,8 @@ pub struct Mirror {
     metrics: Arc<Metrics>,
     routes: Arc<ArcSwap<RouteTable>>,
     writers: Arc<tokio::sync::Mutex<Writers>>,
+    /// Where held transactions' outcomes are read, once the proxy can reach Kafka.
+    markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
 }
 
 /// One writer per stream, created on first use and kept for the life of the process.
@@ -154,7 +175,10 @@ impl Mirror {
         });
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let markers = Arc::new(OnceLock::new());
         let stage = Stage {
+            input: tx.downgrade(),
+            markers: markers.clone(),
             queued_bytes: queued_bytes.clone(),
             routes: table.clone(),
             metrics: metrics.clone(),
@@ -165,7 +189,9 @@ impl Mirror {
             ),
         };
         tokio::spawn(stage.run(rx));
+        tokio::spawn(sweep_lookups(tx.downgrade()));
         let mirror = Mirror {
+            markers,
             tx,
             queued_bytes,
             block,
@@ -284,11 +310,17 @@ impl Mirror {
         }
     }
 
-    /// Hands an EndTxn exchange to the stage, behind every Produce exchange handed over before
-    /// it. It waits for room even when exchanges are shed: losing it would hold its
-    /// transaction's records until the proxy stops. EndTxn is rare, and only it waits.
-    pub async fn hand_over_end_txn(&self, exchange: EndTxnExchange) {
-        let _ = self.tx.send(StageInput::EndTxn(exchange)).await;
+    /// Hands a transaction-control exchange to the stage, behind every Produce exchange handed
+    /// over before it. It waits for room even when Produce exchanges are shed: losing an
+    /// EndTxn would hold its transaction's records until a look-up in Kafka decides them.
+    /// These requests are rare, and only they wait.
+    pub async fn hand_over_txn_control(&self, exchange: TxnControlExchange) {
+        let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
+    }
+
+    /// Lets the stage read the outcomes of transactions it never saw end from Kafka.
+    pub fn read_markers_with(&self, markers: Arc<dyn TransactionMarkers>) {
+        let _ = self.markers.set(markers);
     }
 
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
@@ -302,9 +334,7 @@ impl Mirror {
                 Ok(()) => return,
                 Err(full) => match full.into_inner() {
                     StageInput::Exchange(exchange) => exchange,
-                    StageInput::EndTxn(_) | StageInput::Flush(_) => {
-                        unreachable!("a Produce exchange was sent")
-                    }
+                    _ => unreachable!("a Produce exchange was sent"),
                 },
             }
         } else {
@@ -429,7 +459,7 @@ enum StageError {
     #[error("response: {0}")]
     Response(ProduceDecodeError),
     #[error(transparent)]
-    EndTxn(#[from] EndTxnError),
+    TxnControl(#[from] TxnControlError),
 }
 
 /// Why a partition's records were not mirrored.
@@ -468,8 +498,9 @@ struct PartitionWork {
 /// What the stage does next, in arrival order.
 enum Work {
     Partition(PartitionWork),
-    /// Waits for every partition before it, like [`Work::Flush`].
-    EndTxn(EndTxnExchange),
+    /// These wait for every partition before them, like [`Work::Flush`].
+    TxnControl(TxnControlExchange),
+    MarkerRead(HeldId, Option<bool>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -486,6 +517,22 @@ struct Stage {
     inventory: Arc<Inventory>,
     /// Transactional records waiting for their EndTxn, with their topic and route.
     transactions: Transactions<(Arc<str>, Arc<Route>)>,
+    markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
+    /// For look-ups' answers; weak, so that the stage still ends when the mirror is dropped.
+    input: mpsc::WeakSender<StageInput>,
+}
+
+/// Asks the stage to look up overdue transactions every [`LOOKUP_SWEEP`], while it runs.
+async fn sweep_lookups(input: mpsc::WeakSender<StageInput>) {
+    loop {
+        tokio::time::sleep(LOOKUP_SWEEP).await;
+        let Some(input) = input.upgrade() else {
+            return;
+        };
+        if input.send(StageInput::LookupSweep).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Stage {
@@ -552,15 +599,23 @@ impl Stage {
     }
 
     /// Queues `input`'s partitions (or its flush) in `waiting`.
-    fn expand(&self, input: StageInput, waiting: &mut VecDeque<Work>) -> Result<(), StageError> {
+    fn expand(&mut self, input: StageInput, waiting: &mut VecDeque<Work>) -> Result<(), StageError> {
         let exchange = match input {
             StageInput::Exchange(exchange) => exchange,
             StageInput::Flush(done) => {
                 waiting.push_back(Work::Flush(done));
                 return Ok(());
             }
-            StageInput::EndTxn(end) => {
-                waiting.push_back(Work::EndTxn(end));
+            StageInput::TxnControl(control) => {
+                waiting.push_back(Work::TxnControl(control));
+                return Ok(());
+            }
+            StageInput::MarkerRead(id, outcome) => {
+                waiting.push_back(Work::MarkerRead(id, outcome));
+                return Ok(());
+            }
+            StageInput::LookupSweep => {
+                self.start_lookups();
                 return Ok(());
             }
         };
@@ -670,26 +725,63 @@ impl Stage {
             Work::Flush(done) => {
                 let _ = done.send(());
             }
-            Work::EndTxn(end) => {
-                if let Err(reason) = self.end_transaction(&end).await {
+            Work::TxnControl(control) => {
+                if let Err(reason) = self.txn_control(&control).await {
                     self.metrics
                         .mirror_decode_errors
                         .with_label_values(&["(request)"])
                         .inc();
-                    tracing::warn!(%reason, "cannot decode an EndTxn exchange; its transaction's records stay held");
+                    tracing::warn!(%reason, "cannot decode a transaction-control exchange; held records wait for a look-up in Kafka");
+                }
+            }
+            Work::MarkerRead(id, outcome) => {
+                let now = tokio::time::Instant::now();
+                if let Some(resolved) = self.transactions.looked_up(id, outcome, now) {
+                    self.resolve(resolved).await;
                 }
             }
         }
     }
 
+    async fn txn_control(&mut self, control: &TxnControlExchange) -> Result<(), StageError> {
+        let (version, request, response) =
+            (control.version, &control.request_body, &control.response_frame);
+        match control.api {
+            TxnControl::EndTxn => {
+                if let Some(ended) = ended_transaction(version, request, response)? {
+                    let resolved = self.transactions.end(ended);
+                    self.resolve(resolved).await;
+                }
+            }
+            TxnControl::InitProducerId => {
+                if let Some(producer) = initialized_producer(version, request, response)? {
+                    self.transactions.initialized(producer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a look-up in Kafka for each held partition past its transaction's timeout;
+    /// each answers through the stage's input, in turn with everything else.
+    fn start_lookups(&mut self) {
+        let Some(markers) = self.markers.get() else {
+            return;
+        };
+        for (id, lookup) in self.transactions.due_lookups(tokio::time::Instant::now()) {
+            let (markers, input) = (markers.clone(), self.input.clone());
+            tokio::spawn(async move {
+                let outcome = markers.outcome(lookup).await;
+                if let Some(input) = input.upgrade() {
+                    let _ = input.send(StageInput::MarkerRead(id, outcome)).await;
+                }
+            });
+        }
+    }
+
     /// Sends a committed transaction's held records on, in the order they were produced, or
     /// drops an aborted one's, counted.
-    async fn end_transaction(&mut self, end: &EndTxnExchange) -> Result<(), StageError> {
-        let Some(ended) = ended_transaction(end.version, &end.request_body, &end.response_frame)?
-        else {
-            return Ok(());
-        };
-        let resolved = self.transactions.end(ended);
+    async fn resolve(&mut self, resolved: transactions::Resolved<(Arc<str>, Arc<Route>)>) {
         self.count_held();
         for held in resolved.partitions {
             let (topic, route) = held.destination;
@@ -704,7 +796,6 @@ impl Stage {
                 );
             }
         }
-        Ok(())
     }
 
     fn count_kafka(&self, topic: &str, verdict: Verdict, records: u64) {

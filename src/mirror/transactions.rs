@@ -12,20 +12,65 @@
 //! after them. A transaction is therefore the batches of its producer held when its EndTxn
 //! arrives, with the epoch that EndTxn names; batches of an older epoch belong to a
 //! transaction the proxy never saw end (a fenced or restarted producer) and stay held.
+//!
+//! When no EndTxn comes (the producer died, was fenced, or ended it through another proxy),
+//! the outcome is still final in Kafka's log, as the COMMIT or ABORT marker its producer's
+//! transaction left in the partition after the batch. Held partitions whose transaction is
+//! past its timeout (from the producer's InitProducerId, plus a margin for the coordinator's
+//! own abort sweep) are looked up there, through [`TransactionMarkers`], never guessed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
 
 use crate::kafka::records::ProducerEpoch;
-use crate::kafka::transaction::EndedTransaction;
+use crate::kafka::transaction::{EndedTransaction, InitializedProducer};
 use crate::kinesis::budget::Budget;
 use crate::kinesis::request::MirrorRecord;
+
+/// The transaction timeout assumed for a producer whose InitProducerId the proxy did not see
+/// (it started before the proxy): Kafka's default `transaction.max.timeout.ms`, which no
+/// transaction outlives unless the brokers raised it.
+const UNKNOWN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Past its timeout, a transaction's markers are looked for after this much more: the
+/// coordinator aborts timed-out transactions in a sweep every 10 s by default.
+pub(super) const LOOKUP_MARGIN: Duration = Duration::from_secs(15);
+/// A look-up that found no marker yet (or could not read Kafka) is tried again after this.
+pub(super) const LOOKUP_RETRY: Duration = Duration::from_secs(10);
+
+/// Where a held partition's first record is in Kafka, to find its transaction's marker after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerLookup {
+    pub producer_id: i64,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Reads transaction outcomes from Kafka's log.
+pub trait TransactionMarkers: Send + Sync {
+    /// The outcome of `lookup`'s transaction: `Some(true)` when its producer's first marker
+    /// after `offset` is a COMMIT, `Some(false)` for an ABORT, `None` when there is no marker
+    /// yet or Kafka could not be read (the implementation logs why).
+    fn outcome(&self, lookup: MarkerLookup) -> BoxFuture<'static, Option<bool>>;
+}
+
+/// Names one held partition, for the answer to its look-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeldId(u64);
 
 /// One partition's sampled records from one transactional batch, and where they go.
 pub(super) struct HeldPartition<D> {
     pub(super) destination: D,
     pub(super) records: Vec<MirrorRecord>,
+    id: HeldId,
     epoch: i16,
+    /// When to look its outcome up in Kafka; `None` while a look-up runs, or when its records
+    /// have no Kafka offsets to look after.
+    next_lookup: Option<Instant>,
     bytes: u64,
     /// Whether `bytes` are reserved in the memory budget.
     reserved: bool,
@@ -41,6 +86,8 @@ pub(super) struct Resolved<D> {
 /// The held partitions of every producer with a transaction in progress.
 pub(super) struct Transactions<D> {
     by_producer: HashMap<i64, Vec<HeldPartition<D>>>,
+    timeouts: HashMap<i64, Duration>,
+    next_id: u64,
     budget: Arc<Budget>,
     /// Held bytes may take at most this much of the budget, so that the writers always keep
     /// room to make progress: otherwise, in block mode, held records filling the budget would
@@ -55,11 +102,19 @@ impl<D> Transactions<D> {
     pub(super) fn new(budget: Arc<Budget>, max_reserved: u64) -> Self {
         Transactions {
             by_producer: HashMap::new(),
+            timeouts: HashMap::new(),
+            next_id: 0,
             budget,
             max_reserved,
             reserved: 0,
             held_records: 0,
         }
+    }
+
+    /// Notes a transactional producer's timeout, for its held partitions' look-ups.
+    pub(super) fn initialized(&mut self, producer: InitializedProducer) {
+        self.timeouts
+            .insert(producer.producer_id, producer.transaction_timeout);
     }
 
     /// Holds `records` when `transaction` names their batch's producer; otherwise gives them
@@ -70,22 +125,33 @@ impl<D> Transactions<D> {
         destination: D,
         records: Vec<MirrorRecord>,
     ) -> Option<Vec<MirrorRecord>> {
-        let Some(producer) = transaction else {
+        let (Some(producer), Some(first)) = (transaction, records.first()) else {
             return Some(records);
         };
+        let timeout = self
+            .timeouts
+            .get(&producer.producer_id)
+            .copied()
+            .unwrap_or(UNKNOWN_TRANSACTION_TIMEOUT);
+        let next_lookup = first
+            .offset_from_kafka
+            .then(|| Instant::now() + timeout + LOOKUP_MARGIN);
         let bytes = records.iter().map(|r| r.memory_bytes() as u64).sum();
         let reserved = self.reserved + bytes <= self.max_reserved && self.budget.try_reserve(bytes);
         if reserved {
             self.reserved += bytes;
         }
         self.held_records += records.len();
+        self.next_id += 1;
         self.by_producer
             .entry(producer.producer_id)
             .or_default()
             .push(HeldPartition {
                 destination,
                 records,
+                id: HeldId(self.next_id),
                 epoch: producer.epoch,
+                next_lookup,
                 bytes,
                 reserved,
             });
@@ -104,16 +170,76 @@ impl<D> Transactions<D> {
             }
             decided = ours;
         }
-        for partition in &decided {
+        self.forget(&decided);
+        Resolved {
+            partitions: decided,
+            committed: ended.committed,
+        }
+    }
+
+    /// The held partitions whose look-up is due at `now`, marked as being looked up.
+    pub(super) fn due_lookups(&mut self, now: Instant) -> Vec<(HeldId, MarkerLookup)> {
+        let mut due = Vec::new();
+        for (&producer_id, held) in &mut self.by_producer {
+            for partition in held {
+                let (Some(at), Some(first)) = (partition.next_lookup, partition.records.first())
+                else {
+                    continue;
+                };
+                if at > now {
+                    continue;
+                }
+                partition.next_lookup = None;
+                due.push((
+                    partition.id,
+                    MarkerLookup {
+                        producer_id,
+                        topic: first.topic.clone(),
+                        partition: first.partition,
+                        offset: first.offset,
+                    },
+                ));
+            }
+        }
+        due
+    }
+
+    /// Takes a look-up's answer: the partition it decided, or, with no outcome yet, a retry
+    /// later. A partition an EndTxn decided meanwhile is already gone.
+    pub(super) fn looked_up(
+        &mut self,
+        id: HeldId,
+        outcome: Option<bool>,
+        now: Instant,
+    ) -> Option<Resolved<D>> {
+        let (&producer_id, held) = self
+            .by_producer
+            .iter_mut()
+            .find(|(_, held)| held.iter().any(|p| p.id == id))?;
+        let at = held.iter().position(|p| p.id == id)?;
+        let Some(committed) = outcome else {
+            held[at].next_lookup = Some(now + LOOKUP_RETRY);
+            return None;
+        };
+        let decided = vec![held.remove(at)];
+        if held.is_empty() {
+            self.by_producer.remove(&producer_id);
+        }
+        self.forget(&decided);
+        Some(Resolved {
+            partitions: decided,
+            committed,
+        })
+    }
+
+    /// Takes decided partitions out of the counts and the budget.
+    fn forget(&mut self, decided: &[HeldPartition<D>]) {
+        for partition in decided {
             self.held_records -= partition.records.len();
             if partition.reserved {
                 self.reserved -= partition.bytes;
                 self.budget.release(partition.bytes);
             }
-        }
-        Resolved {
-            partitions: decided,
-            committed: ended.committed,
         }
     }
 
@@ -211,6 +337,46 @@ mod tests {
         assert_eq!(offsets(&t.end(ended(7, 5, true))), vec![]);
         assert_eq!(offsets(&t.end(ended(9, 3, true))), vec![]);
         assert_eq!(t.held_records(), 1);
+    }
+
+    /// A transaction whose end the proxy never saw is looked up once past its timeout plus
+    /// the margin, retried while Kafka has no marker yet, and decided by the marker.
+    #[tokio::test(start_paused = true)]
+    async fn an_unended_transaction_is_looked_up_past_its_timeout() {
+        let (mut t, budget) = table(1 << 20, 1 << 19);
+        t.initialized(InitializedProducer {
+            producer_id: 7,
+            transaction_timeout: Duration::from_secs(5),
+        });
+        assert!(t.hold_or_pass(producer(7, 0), "a", vec![record(3), record(4)]).is_none());
+        let due_at = Instant::now() + Duration::from_secs(5) + LOOKUP_MARGIN;
+        assert!(t.due_lookups(due_at - Duration::from_millis(1)).is_empty());
+        let due = t.due_lookups(due_at);
+        assert_eq!(due.len(), 1);
+        let (id, lookup) = due[0].clone();
+        assert_eq!((lookup.producer_id, lookup.partition, lookup.offset), (7, 0, 3));
+        assert!(t.due_lookups(due_at).is_empty(), "one look-up at a time");
+        assert!(t.looked_up(id, None, due_at).is_none(), "no marker yet");
+        assert!(t.due_lookups(due_at + LOOKUP_RETRY / 2).is_empty());
+        let (again, _) = t.due_lookups(due_at + LOOKUP_RETRY)[0].clone();
+        assert_eq!(again, id);
+        let resolved = t.looked_up(id, Some(false), due_at + LOOKUP_RETRY).unwrap();
+        assert!(!resolved.committed);
+        assert_eq!(offsets(&resolved), vec![("a", 3), ("a", 4)]);
+        assert_eq!((t.held_records(), budget.used()), (0, 0));
+        assert!(t.looked_up(id, Some(true), due_at).is_none(), "decided once");
+    }
+
+    /// An EndTxn that arrives while its partition is being looked up wins; the look-up's
+    /// answer then finds nothing.
+    #[tokio::test(start_paused = true)]
+    async fn an_end_during_a_look_up_decides_first() {
+        let (mut t, _) = table(1 << 20, 1 << 19);
+        assert!(t.hold_or_pass(producer(7, 0), "a", vec![record(1)]).is_none());
+        let due = t.due_lookups(Instant::now() + UNKNOWN_TRANSACTION_TIMEOUT + LOOKUP_MARGIN);
+        assert_eq!(due.len(), 1, "an unknown producer gets Kafka's longest timeout");
+        assert_eq!(offsets(&t.end(ended(7, 0, true))), vec![("a", 1)]);
+        assert!(t.looked_up(due[0].0, Some(false), Instant::now()).is_none());
     }
 
     /// Held records show in the budget, up to their share, and give it back when decided.

@@ -1,5 +1,5 @@
 //! The response side of a connection: pairs each upstream answer with its request, rewrites
-//! what must change, hands Produce and EndTxn exchanges to the mirror once Kafka's verdict is
+//! what must change, hands Produce and transaction-control exchanges to the mirror once Kafka's verdict is
 //! known, and answers the client.
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use crate::kafka::header::response_correlation_id;
 use crate::kafka::message::MessageError;
 use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
 use crate::kafka::versions::negotiate_response;
-use crate::mirror::{EndTxnExchange, ProduceExchange};
+use crate::mirror::{ProduceExchange, TxnControlExchange};
 use std::sync::atomic::Ordering;
 
 /// Writes a response to the client unless a write already failed. A failure does not end the
@@ -142,13 +142,14 @@ impl Connection {
                     exchange.response_frame = Some(frame.clone());
                     self.proxy.mirror.hand_over(exchange).await;
                 }
-                Handling::EndTxn { request_body } => {
-                    let exchange = EndTxnExchange {
+                Handling::TxnControl { api, request_body } => {
+                    let exchange = TxnControlExchange {
+                        api,
                         version: api_version,
                         request_body,
                         response_frame: frame.clone(),
                     };
-                    self.proxy.mirror.hand_over_end_txn(exchange).await;
+                    self.proxy.mirror.hand_over_txn_control(exchange).await;
                 }
                 _ => {}
             }
@@ -229,7 +230,7 @@ impl Connection {
         };
         let key = match handling {
             Handling::Forward
-            | Handling::EndTxn { .. }
+            | Handling::TxnControl { .. }
             | Handling::Local(_)
             | Handling::Unanswered(_)
             | Handling::SaslHandshake(_)
