@@ -162,3 +162,98 @@ async fn only_committed_transactions_reach_kinesis_in_order() {
         );
     }
 }
+
+/// A producer that dies mid-transaction sends no EndTxn: the coordinator aborts the
+/// transaction once its timeout passes, and the proxy, past that timeout plus a margin, reads
+/// the ABORT marker from the partition and drops the held records. The producer sets
+/// `transaction.timeout.ms` to 5 s (the client's `--transaction-timeout-ms`), which the proxy
+/// learns from its InitProducerId; everything else is the default config.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_left_open_is_decided_by_kafkas_abort_marker() {
+    const COMMITTED: usize = 200;
+    const ABANDONED: usize = 60;
+    let cluster = KafkaCluster::shared();
+    let kinesis = KinesisLocal::start();
+    kinesis.create_stream("abandoned", 1).await;
+    let topic = "txn-abandoned";
+    let proxy = Proxy::start_with(cluster, &kinesis.mirror_config(topic, "abandoned", 100.0));
+    cluster.create_topic(topic, 3);
+    let bootstrap = proxy.bootstrap();
+    let out = run_client(
+        "confluent",
+        &words(&format!(
+            "produce --bootstrap {bootstrap} --topic {topic} --count {} \
+             --transactional-id kkp-mirror-txn-abandoned --txn-size {COMMITTED} \
+             --transaction-timeout-ms 5000 --abandon-last --timeout 30",
+            COMMITTED + ABANDONED
+        )),
+    );
+    assert_eq!(num(&out, "committed_count"), COMMITTED as i64, "{out}");
+    assert_eq!(num(&out, "abandoned_count"), ABANDONED as i64, "{out}");
+    let started = std::time::Instant::now();
+
+    let m = wait_for(
+        proxy.admin_port,
+        "the abandoned transaction's records dropped as aborted",
+        Duration::from_secs(120),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("result", "aborted")],
+            ) >= ABANDONED as f64
+        },
+    )
+    .await;
+    eprintln!(
+        "abandoned transaction decided {:?} after the producer died",
+        started.elapsed()
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "aborted")]
+        ),
+        ABANDONED as f64
+    );
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_transaction_held_records",
+            &[]
+        ),
+        0.0
+    );
+    // Kafka agrees: its read_committed view is the committed transaction only.
+    assert_eq!(cluster.read_all(topic, true).len(), COMMITTED);
+    let m = wait_for(
+        proxy.admin_port,
+        "the committed transaction sent",
+        Duration::from_secs(30),
+        |m| {
+            value(
+                m,
+                "kafka_kinesis_proxy_mirror_records_total",
+                &[("result", "sent")],
+            ) >= COMMITTED as f64
+        },
+    )
+    .await;
+    assert_eq!(
+        value(
+            &m,
+            "kafka_kinesis_proxy_mirror_records_total",
+            &[("result", "sent")]
+        ),
+        COMMITTED as f64
+    );
+    let mut indices: Vec<i64> = kinesis
+        .read_all("abandoned")
+        .await
+        .iter()
+        .map(|r| topic_and_index(r).1)
+        .collect();
+    indices.sort();
+    assert_eq!(indices, (0..COMMITTED as i64).collect::<Vec<_>>());
+}

@@ -111,8 +111,12 @@ pub fn initialized_producer(
     request_body: &Bytes,
     response_frame: &Bytes,
 ) -> Result<Option<InitializedProducer>, TxnControlError> {
-    let (request, response): (InitProducerIdRequest, InitProducerIdResponse) =
-        decode_exchange(ApiKey::InitProducerId, version, request_body, response_frame)?;
+    let (request, response): (InitProducerIdRequest, InitProducerIdResponse) = decode_exchange(
+        ApiKey::InitProducerId,
+        version,
+        request_body,
+        response_frame,
+    )?;
     if response.error_code != 0 || request.transactional_id.is_none() {
         return Ok(None);
     }

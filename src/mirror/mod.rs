@@ -599,7 +599,11 @@ impl Stage {
     }
 
     /// Queues `input`'s partitions (or its flush) in `waiting`.
-    fn expand(&mut self, input: StageInput, waiting: &mut VecDeque<Work>) -> Result<(), StageError> {
+    fn expand(
+        &mut self,
+        input: StageInput,
+        waiting: &mut VecDeque<Work>,
+    ) -> Result<(), StageError> {
         let exchange = match input {
             StageInput::Exchange(exchange) => exchange,
             StageInput::Flush(done) => {
@@ -744,8 +748,11 @@ impl Stage {
     }
 
     async fn txn_control(&mut self, control: &TxnControlExchange) -> Result<(), StageError> {
-        let (version, request, response) =
-            (control.version, &control.request_body, &control.response_frame);
+        let (version, request, response) = (
+            control.version,
+            &control.request_body,
+            &control.response_frame,
+        );
         match control.api {
             TxnControl::EndTxn => {
                 if let Some(ended) = ended_transaction(version, request, response)? {

@@ -348,13 +348,18 @@ mod tests {
             producer_id: 7,
             transaction_timeout: Duration::from_secs(5),
         });
-        assert!(t.hold_or_pass(producer(7, 0), "a", vec![record(3), record(4)]).is_none());
+        assert!(t
+            .hold_or_pass(producer(7, 0), "a", vec![record(3), record(4)])
+            .is_none());
         let due_at = Instant::now() + Duration::from_secs(5) + LOOKUP_MARGIN;
         assert!(t.due_lookups(due_at - Duration::from_millis(1)).is_empty());
         let due = t.due_lookups(due_at);
         assert_eq!(due.len(), 1);
         let (id, lookup) = due[0].clone();
-        assert_eq!((lookup.producer_id, lookup.partition, lookup.offset), (7, 0, 3));
+        assert_eq!(
+            (lookup.producer_id, lookup.partition, lookup.offset),
+            (7, 0, 3)
+        );
         assert!(t.due_lookups(due_at).is_empty(), "one look-up at a time");
         assert!(t.looked_up(id, None, due_at).is_none(), "no marker yet");
         assert!(t.due_lookups(due_at + LOOKUP_RETRY / 2).is_empty());
@@ -364,7 +369,10 @@ mod tests {
         assert!(!resolved.committed);
         assert_eq!(offsets(&resolved), vec![("a", 3), ("a", 4)]);
         assert_eq!((t.held_records(), budget.used()), (0, 0));
-        assert!(t.looked_up(id, Some(true), due_at).is_none(), "decided once");
+        assert!(
+            t.looked_up(id, Some(true), due_at).is_none(),
+            "decided once"
+        );
     }
 
     /// An EndTxn that arrives while its partition is being looked up wins; the look-up's
@@ -372,9 +380,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_end_during_a_look_up_decides_first() {
         let (mut t, _) = table(1 << 20, 1 << 19);
-        assert!(t.hold_or_pass(producer(7, 0), "a", vec![record(1)]).is_none());
+        assert!(t
+            .hold_or_pass(producer(7, 0), "a", vec![record(1)])
+            .is_none());
         let due = t.due_lookups(Instant::now() + UNKNOWN_TRANSACTION_TIMEOUT + LOOKUP_MARGIN);
-        assert_eq!(due.len(), 1, "an unknown producer gets Kafka's longest timeout");
+        assert_eq!(
+            due.len(),
+            1,
+            "an unknown producer gets Kafka's longest timeout"
+        );
         assert_eq!(offsets(&t.end(ended(7, 0, true))), vec![("a", 1)]);
         assert!(t.looked_up(due[0].0, Some(false), Instant::now()).is_none());
     }
