@@ -221,6 +221,45 @@ mod tests {
         }
     }
 
+    /// A control batch as Kafka writes one: key = version 0, then the marker type.
+    fn marker(control: bool, kind: u8) -> Batch {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: true,
+            control,
+            partition_leader_epoch: 0,
+            producer_id: 9,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: 40,
+            sequence: -1,
+            timestamp: 0,
+            key: Some(Bytes::from(vec![0, 0, 0, kind])),
+            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+            headers: Default::default(),
+            delete_horizon: false,
+        };
+        let mut data = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut data, [&record], &options).unwrap();
+        crate::kafka::records::decode_batches(data.freeze())
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn reads_commit_and_abort_markers() {
+        assert_eq!(marker_outcome(&marker(true, 1)), Some(true));
+        assert_eq!(marker_outcome(&marker(true, 0)), Some(false));
+        assert_eq!(marker_outcome(&marker(false, 1)), None, "not a control batch");
+        assert_eq!(marker_outcome(&marker(true, 7)), None, "not a transaction marker");
+    }
+
     #[test]
     fn an_error_ends_nothing() {
         let (request, response) = exchange(5, true, 51);
