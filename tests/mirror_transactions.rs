@@ -27,6 +27,23 @@ fn topic_and_index(record: &StoredRecord) -> (String, i64) {
     (topic, index)
 }
 
+/// Records of every topic with mirror outcome `result`, as `/metrics` shows them.
+fn outcomes(metrics: &BTreeMap<String, f64>, result: &str) -> f64 {
+    value(
+        metrics,
+        "kafka_kinesis_proxy_mirror_records_total",
+        &[("result", result)],
+    )
+}
+
+fn held(metrics: &BTreeMap<String, f64>) -> f64 {
+    value(
+        metrics,
+        "kafka_kinesis_proxy_mirror_transaction_held_records",
+        &[],
+    )
+}
+
 fn key_index(key: Option<&[u8]>) -> i64 {
     key.and_then(|k| std::str::from_utf8(k).ok())
         .and_then(|k| k.strip_prefix("key-"))
@@ -102,33 +119,14 @@ async fn only_committed_transactions_reach_kinesis_in_order() {
         "every committed record sent and every aborted one counted",
         Duration::from_secs(90),
         |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "sent")],
-            ) >= committed_total as f64
-                && value(
-                    m,
-                    "kafka_kinesis_proxy_mirror_records_total",
-                    &[("result", "aborted")],
-                ) >= aborted_total as f64
+            outcomes(m, "sent") >= committed_total as f64
+                && outcomes(m, "aborted") >= aborted_total as f64
         },
     )
     .await;
+    assert_eq!(outcomes(&m, "aborted"), aborted_total as f64);
     assert_eq!(
-        value(
-            &m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("result", "aborted")]
-        ),
-        aborted_total as f64
-    );
-    assert_eq!(
-        value(
-            &m,
-            "kafka_kinesis_proxy_mirror_transaction_held_records",
-            &[]
-        ),
+        held(&m),
         0.0,
         "nothing stays held once every transaction ended"
     );
@@ -194,60 +192,20 @@ async fn a_transaction_left_open_is_decided_by_kafkas_abort_marker() {
 
     let m = wait_for(
         proxy.admin_port,
-        "the abandoned transaction's records dropped as aborted",
+        "the committed transaction sent and the abandoned one dropped as aborted",
         Duration::from_secs(120),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "aborted")],
-            ) >= ABANDONED as f64
-        },
+        |m| outcomes(m, "aborted") >= ABANDONED as f64 && outcomes(m, "sent") >= COMMITTED as f64,
     )
     .await;
     eprintln!(
         "abandoned transaction decided {:?} after the producer died",
         started.elapsed()
     );
-    assert_eq!(
-        value(
-            &m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("result", "aborted")]
-        ),
-        ABANDONED as f64
-    );
-    assert_eq!(
-        value(
-            &m,
-            "kafka_kinesis_proxy_mirror_transaction_held_records",
-            &[]
-        ),
-        0.0
-    );
+    assert_eq!(outcomes(&m, "aborted"), ABANDONED as f64);
+    assert_eq!(outcomes(&m, "sent"), COMMITTED as f64);
+    assert_eq!(held(&m), 0.0);
     // Kafka agrees: its read_committed view is the committed transaction only.
     assert_eq!(cluster.read_all(topic, true).len(), COMMITTED);
-    let m = wait_for(
-        proxy.admin_port,
-        "the committed transaction sent",
-        Duration::from_secs(30),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "sent")],
-            ) >= COMMITTED as f64
-        },
-    )
-    .await;
-    assert_eq!(
-        value(
-            &m,
-            "kafka_kinesis_proxy_mirror_records_total",
-            &[("result", "sent")]
-        ),
-        COMMITTED as f64
-    );
     let mut indices: Vec<i64> = kinesis
         .read_all("abandoned")
         .await

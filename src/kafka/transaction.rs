@@ -256,8 +256,16 @@ mod tests {
     fn reads_commit_and_abort_markers() {
         assert_eq!(marker_outcome(&marker(true, 1)), Some(true));
         assert_eq!(marker_outcome(&marker(true, 0)), Some(false));
-        assert_eq!(marker_outcome(&marker(false, 1)), None, "not a control batch");
-        assert_eq!(marker_outcome(&marker(true, 7)), None, "not a transaction marker");
+        assert_eq!(
+            marker_outcome(&marker(false, 1)),
+            None,
+            "not a control batch"
+        );
+        assert_eq!(
+            marker_outcome(&marker(true, 7)),
+            None,
+            "not a transaction marker"
+        );
     }
 
     #[test]

@@ -10,10 +10,13 @@
 mod decode;
 pub mod partition_key;
 pub mod sampling;
+mod stage_transactions;
 #[cfg(test)]
 mod tests;
 mod transactions;
 
+use stage_transactions::sweep_lookups;
+pub use stage_transactions::{TxnControl, TxnControlExchange};
 pub use transactions::{MarkerLookup, TransactionMarkers};
 
 use std::collections::{HashMap, VecDeque};
@@ -30,8 +33,8 @@ use tokio::sync::mpsc;
 use crate::config::{MirrorRoute, PartitionKeyRule, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
-use crate::kafka::records::{summarize, ProducerEpoch};
-use crate::kafka::transaction::{ended_transaction, initialized_producer, TxnControlError};
+use crate::kafka::records::summarize;
+use crate::kafka::transaction::TxnControlError;
 use crate::kinesis::client::build_client;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::spool::streams_with_records;
@@ -74,23 +77,6 @@ impl ProduceExchange {
     }
 }
 
-/// The transaction-control requests the mirror follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnControl {
-    /// Ends a transaction: its held records are sent on or dropped.
-    EndTxn,
-    /// Starts a transactional producer: its transaction timeout.
-    InitProducerId,
-}
-
-/// A transaction-control request and its response.
-pub struct TxnControlExchange {
-    pub api: TxnControl,
-    pub version: i16,
-    pub request_body: Bytes,
-    pub response_frame: Bytes,
-}
-
 /// What connections send the stage: exchanges, or a marker that resolves once every exchange
 /// sent before it has been processed. The stage sends itself the rest.
 enum StageInput {
@@ -102,9 +88,6 @@ enum StageInput {
     /// A look-up's answer.
     MarkerRead(HeldId, Option<bool>),
 }
-
-/// How often the stage checks for held transactions due for a look-up.
-const LOOKUP_SWEEP: Duration = Duration::from_secs(5);
 
 /// A topic's route to a stream.
 pub struct Route {
@@ -522,19 +505,6 @@ struct Stage {
     input: mpsc::WeakSender<StageInput>,
 }
 
-/// Asks the stage to look up overdue transactions every [`LOOKUP_SWEEP`], while it runs.
-async fn sweep_lookups(input: mpsc::WeakSender<StageInput>) {
-    loop {
-        tokio::time::sleep(LOOKUP_SWEEP).await;
-        let Some(input) = input.upgrade() else {
-            return;
-        };
-        if input.send(StageInput::LookupSweep).await.is_err() {
-            return;
-        }
-    }
-}
-
 impl Stage {
     /// Expands exchanges into partitions, keeps up to [`DECODE_WINDOW`] of them on the decode
     /// pool, and hands their records to the writers strictly in arrival order, so a
@@ -688,25 +658,6 @@ impl Stage {
         }
     }
 
-    /// Sends a partition's sampled records to its stream, or, when a transaction produced
-    /// them, holds them until it ends.
-    async fn hand_on(
-        &mut self,
-        transaction: Option<ProducerEpoch>,
-        topic: &Arc<str>,
-        route: &Arc<Route>,
-        records: Vec<MirrorRecord>,
-    ) {
-        let destination = (topic.clone(), route.clone());
-        if let Some(records) = self
-            .transactions
-            .hold_or_pass(transaction, destination, records)
-        {
-            self.send(topic, route, records).await;
-        }
-        self.count_held();
-    }
-
     async fn send(&self, topic: &str, route: &Route, records: Vec<MirrorRecord>) {
         for record in records {
             if route.writer.send(record).await.is_err() {
@@ -716,12 +667,6 @@ impl Stage {
         }
     }
 
-    fn count_held(&self) {
-        self.metrics
-            .mirror_transaction_held_records
-            .set(self.transactions.held_records() as i64);
-    }
-
     /// Work that waits for every partition before it to be handed on.
     async fn after_partitions(&mut self, barrier: Work) {
         match barrier {
@@ -729,79 +674,8 @@ impl Stage {
             Work::Flush(done) => {
                 let _ = done.send(());
             }
-            Work::TxnControl(control) => {
-                if let Err(reason) = self.txn_control(&control).await {
-                    self.metrics
-                        .mirror_decode_errors
-                        .with_label_values(&["(request)"])
-                        .inc();
-                    tracing::warn!(%reason, "cannot decode a transaction-control exchange; held records wait for a look-up in Kafka");
-                }
-            }
-            Work::MarkerRead(id, outcome) => {
-                let now = tokio::time::Instant::now();
-                if let Some(resolved) = self.transactions.looked_up(id, outcome, now) {
-                    self.resolve(resolved).await;
-                }
-            }
-        }
-    }
-
-    async fn txn_control(&mut self, control: &TxnControlExchange) -> Result<(), StageError> {
-        let (version, request, response) = (
-            control.version,
-            &control.request_body,
-            &control.response_frame,
-        );
-        match control.api {
-            TxnControl::EndTxn => {
-                if let Some(ended) = ended_transaction(version, request, response)? {
-                    let resolved = self.transactions.end(ended);
-                    self.resolve(resolved).await;
-                }
-            }
-            TxnControl::InitProducerId => {
-                if let Some(producer) = initialized_producer(version, request, response)? {
-                    self.transactions.initialized(producer);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts a look-up in Kafka for each held partition past its transaction's timeout;
-    /// each answers through the stage's input, in turn with everything else.
-    fn start_lookups(&mut self) {
-        let Some(markers) = self.markers.get() else {
-            return;
-        };
-        for (id, lookup) in self.transactions.due_lookups(tokio::time::Instant::now()) {
-            let (markers, input) = (markers.clone(), self.input.clone());
-            tokio::spawn(async move {
-                let outcome = markers.outcome(lookup).await;
-                if let Some(input) = input.upgrade() {
-                    let _ = input.send(StageInput::MarkerRead(id, outcome)).await;
-                }
-            });
-        }
-    }
-
-    /// Sends a committed transaction's held records on, in the order they were produced, or
-    /// drops an aborted one's, counted.
-    async fn resolve(&mut self, resolved: transactions::Resolved<(Arc<str>, Arc<Route>)>) {
-        self.count_held();
-        for held in resolved.partitions {
-            let (topic, route) = held.destination;
-            if resolved.committed {
-                self.send(&topic, &route, held.records).await;
-            } else {
-                self.metrics.mirror_outcome(
-                    &topic,
-                    &route.stream,
-                    MirrorResult::Aborted,
-                    held.records.len() as u64,
-                );
-            }
+            Work::TxnControl(control) => self.txn_control(&control).await,
+            Work::MarkerRead(id, outcome) => self.marker_read(id, outcome).await,
         }
     }
 

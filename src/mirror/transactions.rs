@@ -259,6 +259,18 @@ mod tests {
         Some(ProducerEpoch { producer_id, epoch })
     }
 
+    /// Holds records at `offsets` for `producer` (id, epoch), as a transactional batch.
+    fn hold(
+        t: &mut Transactions<&'static str>,
+        (producer_id, epoch): (i64, i16),
+        destination: &'static str,
+        offsets: &[i64],
+    ) {
+        let records = offsets.iter().map(|&o| record(o)).collect();
+        let passed = t.hold_or_pass(producer(producer_id, epoch), destination, records);
+        assert!(passed.is_none(), "held");
+    }
+
     fn ended(producer_id: i64, epoch: i16, committed: bool) -> EndedTransaction {
         EndedTransaction {
             producer: ProducerEpoch { producer_id, epoch },
@@ -293,21 +305,13 @@ mod tests {
     #[test]
     fn one_epoch_across_transactions_ends_each_in_turn() {
         let (mut t, _) = table(1 << 20, 1 << 19);
-        assert!(t
-            .hold_or_pass(producer(7, 0), "a", vec![record(0), record(1)])
-            .is_none());
-        assert!(t
-            .hold_or_pass(producer(7, 0), "b", vec![record(0)])
-            .is_none());
-        assert!(t
-            .hold_or_pass(producer(8, 0), "a", vec![record(2)])
-            .is_none());
+        hold(&mut t, (7, 0), "a", &[0, 1]);
+        hold(&mut t, (7, 0), "b", &[0]);
+        hold(&mut t, (8, 0), "a", &[2]);
         let first = t.end(ended(7, 0, true));
         assert!(first.committed);
         assert_eq!(offsets(&first), vec![("a", 0), ("a", 1), ("b", 0)]);
-        assert!(t
-            .hold_or_pass(producer(7, 0), "a", vec![record(3)])
-            .is_none());
+        hold(&mut t, (7, 0), "a", &[3]);
         let second = t.end(ended(7, 0, false));
         assert!(!second.committed);
         assert_eq!(offsets(&second), vec![("a", 3)]);
@@ -326,12 +330,8 @@ mod tests {
     #[test]
     fn an_end_decides_only_its_epoch() {
         let (mut t, _) = table(1 << 20, 1 << 19);
-        assert!(t
-            .hold_or_pass(producer(7, 3), "a", vec![record(0)])
-            .is_none());
-        assert!(t
-            .hold_or_pass(producer(7, 4), "a", vec![record(1)])
-            .is_none());
+        hold(&mut t, (7, 3), "a", &[0]);
+        hold(&mut t, (7, 4), "a", &[1]);
         assert_eq!(offsets(&t.end(ended(7, 4, true))), vec![("a", 1)]);
         assert_eq!(t.held_records(), 1);
         assert_eq!(offsets(&t.end(ended(7, 5, true))), vec![]);
@@ -348,9 +348,7 @@ mod tests {
             producer_id: 7,
             transaction_timeout: Duration::from_secs(5),
         });
-        assert!(t
-            .hold_or_pass(producer(7, 0), "a", vec![record(3), record(4)])
-            .is_none());
+        hold(&mut t, (7, 0), "a", &[3, 4]);
         let due_at = Instant::now() + Duration::from_secs(5) + LOOKUP_MARGIN;
         assert!(t.due_lookups(due_at - Duration::from_millis(1)).is_empty());
         let due = t.due_lookups(due_at);
@@ -380,9 +378,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_end_during_a_look_up_decides_first() {
         let (mut t, _) = table(1 << 20, 1 << 19);
-        assert!(t
-            .hold_or_pass(producer(7, 0), "a", vec![record(1)])
-            .is_none());
+        hold(&mut t, (7, 0), "a", &[1]);
         let due = t.due_lookups(Instant::now() + UNKNOWN_TRANSACTION_TIMEOUT + LOOKUP_MARGIN);
         assert_eq!(
             due.len(),
@@ -399,17 +395,13 @@ mod tests {
         let one = record(0).memory_bytes() as u64;
         let (mut t, budget) = table(10 * one, 2 * one);
         for offset in 0..3 {
-            assert!(t
-                .hold_or_pass(producer(1, 0), "a", vec![record(offset)])
-                .is_none());
+            hold(&mut t, (1, 0), "a", &[offset]);
         }
         assert_eq!(budget.used(), 2 * one, "the third is held over the share");
         assert_eq!(t.held_records(), 3);
         assert_eq!(t.end(ended(1, 0, false)).partitions.len(), 3);
         assert_eq!(budget.used(), 0);
-        assert!(t
-            .hold_or_pass(producer(1, 0), "a", vec![record(4)])
-            .is_none());
+        hold(&mut t, (1, 0), "a", &[4]);
         assert_eq!(budget.used(), one, "the share is free again");
     }
 }

@@ -1,0 +1,153 @@
+//! The stage's side of transactions: holding transactional partitions' records, and
+//! deciding them by EndTxn exchanges or by look-ups of Kafka's markers (see
+//! [`super::transactions`] for the rules).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::transactions::{HeldId, Resolved};
+use super::{Route, Stage, StageError, StageInput};
+use crate::kafka::records::ProducerEpoch;
+use crate::kafka::transaction::{ended_transaction, initialized_producer};
+use crate::kinesis::request::MirrorRecord;
+use crate::telemetry::metrics::MirrorResult;
+
+/// The transaction-control requests the mirror follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnControl {
+    /// Ends a transaction: its held records are sent on or dropped.
+    EndTxn,
+    /// Starts a transactional producer: its transaction timeout.
+    InitProducerId,
+}
+
+/// A transaction-control request and its response.
+pub struct TxnControlExchange {
+    pub api: TxnControl,
+    pub version: i16,
+    pub request_body: Bytes,
+    pub response_frame: Bytes,
+}
+
+/// How often the stage checks for held transactions due for a look-up.
+pub(super) const LOOKUP_SWEEP: Duration = Duration::from_secs(5);
+
+/// Asks the stage to look up overdue transactions every [`LOOKUP_SWEEP`], while it runs.
+pub(super) async fn sweep_lookups(input: mpsc::WeakSender<StageInput>) {
+    loop {
+        tokio::time::sleep(LOOKUP_SWEEP).await;
+        let Some(input) = input.upgrade() else {
+            return;
+        };
+        if input.send(StageInput::LookupSweep).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Stage {
+    /// Sends a partition's sampled records to its stream, or, when a transaction produced
+    /// them, holds them until it ends.
+    pub(super) async fn hand_on(
+        &mut self,
+        transaction: Option<ProducerEpoch>,
+        topic: &Arc<str>,
+        route: &Arc<Route>,
+        records: Vec<MirrorRecord>,
+    ) {
+        let destination = (topic.clone(), route.clone());
+        if let Some(records) = self
+            .transactions
+            .hold_or_pass(transaction, destination, records)
+        {
+            self.send(topic, route, records).await;
+        }
+        self.count_held();
+    }
+
+    fn count_held(&self) {
+        self.metrics
+            .mirror_transaction_held_records
+            .set(self.transactions.held_records() as i64);
+    }
+
+    /// An EndTxn or InitProducerId, in turn with the partitions handed over before it.
+    pub(super) async fn txn_control(&mut self, control: &TxnControlExchange) {
+        if let Err(reason) = self.apply_txn_control(control).await {
+            self.metrics
+                .mirror_decode_errors
+                .with_label_values(&["(request)"])
+                .inc();
+            tracing::warn!(%reason, "cannot decode a transaction-control exchange; held records wait for a look-up in Kafka");
+        }
+    }
+
+    /// A look-up's answer.
+    pub(super) async fn marker_read(&mut self, id: HeldId, outcome: Option<bool>) {
+        let now = tokio::time::Instant::now();
+        if let Some(resolved) = self.transactions.looked_up(id, outcome, now) {
+            self.resolve(resolved).await;
+        }
+    }
+
+    async fn apply_txn_control(&mut self, control: &TxnControlExchange) -> Result<(), StageError> {
+        let (version, request, response) = (
+            control.version,
+            &control.request_body,
+            &control.response_frame,
+        );
+        match control.api {
+            TxnControl::EndTxn => {
+                if let Some(ended) = ended_transaction(version, request, response)? {
+                    let resolved = self.transactions.end(ended);
+                    self.resolve(resolved).await;
+                }
+            }
+            TxnControl::InitProducerId => {
+                if let Some(producer) = initialized_producer(version, request, response)? {
+                    self.transactions.initialized(producer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a look-up in Kafka for each held partition past its transaction's timeout;
+    /// each answers through the stage's input, in turn with everything else.
+    pub(super) fn start_lookups(&mut self) {
+        let Some(markers) = self.markers.get() else {
+            return;
+        };
+        for (id, lookup) in self.transactions.due_lookups(tokio::time::Instant::now()) {
+            let (markers, input) = (markers.clone(), self.input.clone());
+            tokio::spawn(async move {
+                let outcome = markers.outcome(lookup).await;
+                if let Some(input) = input.upgrade() {
+                    let _ = input.send(StageInput::MarkerRead(id, outcome)).await;
+                }
+            });
+        }
+    }
+
+    /// Sends a committed transaction's held records on, in the order they were produced, or
+    /// drops an aborted one's, counted.
+    async fn resolve(&mut self, resolved: Resolved<(Arc<str>, Arc<Route>)>) {
+        self.count_held();
+        for held in resolved.partitions {
+            let (topic, route) = held.destination;
+            if resolved.committed {
+                self.send(&topic, &route, held.records).await;
+            } else {
+                self.metrics.mirror_outcome(
+                    &topic,
+                    &route.stream,
+                    MirrorResult::Aborted,
+                    held.records.len() as u64,
+                );
+            }
+        }
+    }
+}
