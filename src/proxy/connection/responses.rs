@@ -1,6 +1,6 @@
 //! The response side of a connection: pairs each upstream answer with its request, rewrites
-//! what must change, hands Produce and transaction-control exchanges to the mirror once Kafka's verdict is
-//! known, and answers the client.
+//! what must change, hands Produce and transaction-control exchanges to the mirror once
+//! Kafka's verdict is known, and then answers the client.
 
 use bytes::Bytes;
 use futures::StreamExt;
