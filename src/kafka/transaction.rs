@@ -142,14 +142,14 @@ pub fn marker_outcome(batch: &Batch) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::BytesMut;
     use kafka_protocol::messages::{ProducerId, ResponseHeader, TransactionalId};
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
     /// A request body and a response frame (size prefix and header included).
-    fn encode(
+    pub(crate) fn encode(
         api: ApiKey,
         version: i16,
         request: impl Encodable,

@@ -672,6 +672,7 @@ impl Stage {
         match barrier {
             Work::Partition(_) => unreachable!("partitions are not barriers"),
             Work::Flush(done) => {
+                self.report_held();
                 let _ = done.send(());
             }
             Work::TxnControl(control) => self.txn_control(&control).await,

@@ -74,6 +74,18 @@ impl Stage {
             .set(self.transactions.held_records() as i64);
     }
 
+    /// At a flush (shutdown), names what stays held: it is in memory only, so it will not be
+    /// mirrored by this process.
+    pub(super) fn report_held(&self) {
+        let held = self.transactions.held_records();
+        if held > 0 {
+            tracing::warn!(
+                records = held,
+                "records of transactions still in progress are held in memory and will not be mirrored if the proxy stops now"
+            );
+        }
+    }
+
     /// An EndTxn or InitProducerId, in turn with the partitions handed over before it.
     pub(super) async fn txn_control(&mut self, control: &TxnControlExchange) {
         if let Err(reason) = self.apply_txn_control(control).await {
@@ -149,5 +161,75 @@ impl Stage {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kafka_protocol::messages::{
+        ApiKey, EndTxnRequest, EndTxnResponse, ProducerId, TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::super::tests::{acks0_produce, unreachable_mirror};
+    use super::super::{ProduceExchange, StageInput};
+    use super::{TxnControl, TxnControlExchange};
+    use crate::kafka::transaction::tests::encode;
+    use crate::telemetry::inventory::ClientKey;
+
+    fn end_txn(producer_id: i64, epoch: i16, committed: bool) -> TxnControlExchange {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+            .with_committed(committed);
+        let (request_body, response_frame) =
+            encode(ApiKey::EndTxn, 3, request, EndTxnResponse::default());
+        TxnControlExchange {
+            api: TxnControl::EndTxn,
+            version: 3,
+            request_body,
+            response_frame,
+        }
+    }
+
+    /// An EndTxn handed over right behind its transaction's Produce waits for that Produce's
+    /// partitions, which the decode threads may still hold, and then decides them; a plain
+    /// producer's records in between pass through untouched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_end_txn_decides_the_partitions_handed_over_before_it() {
+        let (mirror, metrics, _spool) = unreachable_mirror(100.0).await;
+        let client = Arc::new(ClientKey {
+            client_id: "txn-test".into(),
+            address: [127, 0, 0, 1].into(),
+        });
+        let produce = |producer| ProduceExchange {
+            client: client.clone(),
+            version: 7,
+            request_body: acks0_produce("orders", 10, producer),
+            response_frame: None,
+        };
+        mirror.hand_over(produce(Some((9, 0)))).await;
+        mirror.hand_over(produce(None)).await;
+        mirror.hand_over(produce(Some((9, 0)))).await;
+        mirror.hand_over(produce(Some((11, 2)))).await;
+        mirror.hand_over_txn_control(end_txn(9, 0, false)).await;
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        mirror.tx.send(StageInput::Flush(done)).await.unwrap();
+        flushed.await.unwrap();
+        let outcome = |result| {
+            metrics
+                .mirror_records
+                .with_label_values(&["orders", "orders-stream", result])
+                .get()
+        };
+        assert_eq!(outcome("aborted"), 20, "both of producer 9's batches");
+        assert_eq!(
+            metrics.mirror_transaction_held_records.get(),
+            10,
+            "producer 11's transaction is still open"
+        );
     }
 }

@@ -22,13 +22,19 @@ const VERSION: i16 = 7;
 
 /// The body of an acks=0 Produce v7 request of `records` keyed records to `topic`.
 fn acks0_request(topic: &str, records: usize) -> Bytes {
+    acks0_produce(topic, records, None)
+}
+
+/// [`acks0_request`], its batch transactional when `producer` (id, epoch) is given.
+pub(super) fn acks0_produce(topic: &str, records: usize, producer: Option<(i64, i16)>) -> Bytes {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = (0..records)
         .map(|i| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
@@ -62,8 +68,9 @@ fn acks0_request(topic: &str, records: usize) -> Bytes {
     body.freeze()
 }
 
-#[tokio::test]
-async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
+/// A stage routing `orders` at `percent` to a writer whose Kinesis endpoint is unreachable,
+/// its metrics, and its spool directory (kept while the test runs).
+pub(super) async fn unreachable_mirror(percent: f64) -> (Mirror, Arc<Metrics>, tempfile::TempDir) {
     let spool = tempfile::tempdir().unwrap();
     let mut settings = writer_settings(
         spool.path(),
@@ -76,7 +83,7 @@ async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ra
     let route = MirrorRoute {
         topic: "orders".into(),
         stream: "orders-stream".into(),
-        percent: 50.0,
+        percent,
         partition_key: PartitionKeyRule::Key,
     };
     let mirror = Mirror::start(
@@ -86,6 +93,12 @@ async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ra
         Arc::new(Inventory::default()),
     )
     .await;
+    (mirror, metrics, spool)
+}
+
+#[tokio::test]
+async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
+    let (mirror, metrics, _spool) = unreachable_mirror(50.0).await;
     let client = Arc::new(ClientKey {
         client_id: "shed-test".into(),
         address: [127, 0, 0, 1].into(),
