@@ -225,6 +225,8 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         inventory.clone(),
         brokers_file,
     )?;
+    // Held transactions whose EndTxn the proxy never sees are decided by Kafka's markers.
+    mirror.read_markers_with(kafka_kinesis_proxy::proxy::transaction_markers(&proxy));
     let admin = http::bind(
         admin_bind,
         AdminState {

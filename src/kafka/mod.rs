@@ -7,4 +7,5 @@ pub mod message;
 pub mod produce;
 pub mod records;
 pub mod rewrite;
+pub mod transaction;
 pub mod versions;

@@ -1,22 +1,29 @@
 //! Record extraction and sampling: turns Produce exchanges into Kinesis records.
 //!
-//! Connections hand every Produce request, with its response, to this stage after the response
-//! has already gone back to the client; all decoding, decompression and sampling happens here,
+//! Connections hand every Produce request, with its response, to this stage just before the
+//! response goes back to the client; all decoding, decompression and sampling happens here,
 //! off the Kafka path, on the decode threads of [`decode`]. Only partitions Kafka accepted
 //! (error code 0) are mirrored, and each record's Kafka offset is the response's base offset
-//! plus its position in the request.
+//! plus its position in the request. Transactional records wait in [`transactions`] until the
+//! EndTxn exchange that ends their transaction, which connections hand over the same way.
 
 mod decode;
 pub mod partition_key;
 pub mod sampling;
+mod stage_transactions;
 mod stream_queue;
 #[cfg(test)]
 mod tests;
+mod transactions;
+
+use stage_transactions::sweep_lookups;
+pub use stage_transactions::{TxnControl, TxnControlExchange};
+pub use transactions::{MarkerLookup, TransactionMarkers};
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -28,6 +35,7 @@ use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::summarize;
+use crate::kafka::transaction::TxnControlError;
 use crate::kinesis::client::Clients;
 use crate::kinesis::spool::streams_with_records;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
@@ -35,6 +43,7 @@ use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
 use stream_queue::{make_room, Room, Rooms, StreamQueue, StreamQueues};
+use transactions::{HeldId, Transactions};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -45,6 +54,8 @@ const EXCHANGE_QUEUE: usize = 8 * 1024;
 pub const EXCHANGE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// ...or, in block mode, start waiting: shallow, so the memory budget is what bounds memory.
 const EXCHANGE_QUEUE_BLOCKING: usize = 16;
+/// Held transactional records reserve at most 1/this of `mirror_buffer.max_bytes`.
+const HELD_BUDGET_SHARE: u64 = 2;
 /// Partitions being decoded, or decoded and waiting to go to their streams' queues, at once:
 /// each holds up to [`crate::kafka::records::DEFAULT_MAX_DECODE_BYTES`], so this bounds decode
 /// memory.
@@ -73,7 +84,12 @@ impl ProduceExchange {
 /// been processed.
 enum StageInput {
     Exchange(ProduceExchange, Rooms),
+    TxnControl(TxnControlExchange),
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Time to look up transactions unresolved past their timeout.
+    LookupSweep,
+    /// A look-up's answer.
+    MarkerRead(HeldId, Option<bool>),
 }
 
 /// A topic's route to a stream.
@@ -105,6 +121,8 @@ pub struct Mirror {
     routes: Arc<ArcSwap<RouteTable>>,
     writers: Arc<tokio::sync::Mutex<Writers>>,
     queues: Arc<StreamQueues>,
+    /// Where held transactions' outcomes are read, once the proxy can reach Kafka.
+    markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
 }
 
 /// One writer per stream target (its name or ARN, region and role), created on first use and
@@ -147,14 +165,23 @@ impl Mirror {
         });
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let markers = Arc::new(OnceLock::new());
         let stage = Stage {
+            input: tx.downgrade(),
+            markers: markers.clone(),
             queued_bytes: queued_bytes.clone(),
             routes: table.clone(),
             metrics: metrics.clone(),
             inventory,
+            transactions: Transactions::new(
+                settings.budget.clone(),
+                settings.buffer.max_bytes / HELD_BUDGET_SHARE,
+            ),
         };
         tokio::spawn(stage.run(rx));
+        tokio::spawn(sweep_lookups(tx.downgrade()));
         let mirror = Mirror {
+            markers,
             tx,
             queued_bytes,
             block,
@@ -302,6 +329,19 @@ impl Mirror {
         }
     }
 
+    /// Hands a transaction-control exchange to the stage, behind every Produce exchange handed
+    /// over before it. It waits for room even when Produce exchanges are shed: losing an
+    /// EndTxn would hold its transaction's records until a look-up in Kafka decides them.
+    /// These requests are rare, and only they wait.
+    pub async fn hand_over_txn_control(&self, exchange: TxnControlExchange) {
+        let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
+    }
+
+    /// Lets the stage read the outcomes of transactions it never saw end from Kafka.
+    pub fn read_markers_with(&self, markers: Arc<dyn TransactionMarkers>) {
+        let _ = self.markers.set(markers);
+    }
+
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
     /// mirror. A full queue (by count or by bytes; one exchange alone always fits) drops the
     /// exchange and counts it.
@@ -316,7 +356,7 @@ impl Mirror {
                 Ok(()) => return,
                 Err(full) => match full.into_inner() {
                     StageInput::Exchange(exchange, _) => exchange,
-                    StageInput::Flush(_) => unreachable!("an exchange was sent"),
+                    _ => unreachable!("a Produce exchange was sent"),
                 },
             }
         } else {
@@ -440,6 +480,8 @@ enum StageError {
     ResponseHeader(HeaderError),
     #[error("response: {0}")]
     Response(ProduceDecodeError),
+    #[error(transparent)]
+    TxnControl(#[from] TxnControlError),
 }
 
 /// Why a partition's records were not mirrored.
@@ -480,6 +522,9 @@ struct PartitionWork {
 /// What the stage does next, in arrival order.
 enum Work {
     Partition(PartitionWork),
+    /// These wait for every partition before them, like [`Work::Flush`].
+    TxnControl(TxnControlExchange),
+    MarkerRead(HeldId, Option<bool>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -494,6 +539,11 @@ struct Stage {
     routes: Arc<ArcSwap<RouteTable>>,
     metrics: Arc<Metrics>,
     inventory: Arc<Inventory>,
+    /// Transactional records waiting for their EndTxn, with their topic and route.
+    transactions: Transactions<(Arc<str>, Arc<Route>)>,
+    markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
+    /// For look-ups' answers; weak, so that the stage still ends when the mirror is dropped.
+    input: mpsc::WeakSender<StageInput>,
 }
 
 impl Stage {
@@ -501,7 +551,7 @@ impl Stage {
     /// pool, and hands their records to their streams' queues strictly in arrival order, so a
     /// partition's records reach its stream in Kafka order whichever thread decoded them. It
     /// never waits for a writer: each stream's queue does.
-    async fn run(self, mut rx: mpsc::Receiver<StageInput>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<StageInput>) {
         let pool = DecodePool::start(DECODE_THREADS);
         let mut waiting: VecDeque<Work> = VecDeque::new();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -510,11 +560,9 @@ impl Stage {
             while in_flight.len() < DECODE_WINDOW {
                 match waiting.pop_front() {
                     Some(Work::Partition(work)) => in_flight.push_back(self.submit(&pool, work)),
-                    Some(Work::Flush(done)) if in_flight.is_empty() => {
-                        let _ = done.send(());
-                    }
-                    Some(flush) => {
-                        waiting.push_front(flush);
+                    Some(barrier) if in_flight.is_empty() => self.after_partitions(barrier),
+                    Some(barrier) => {
+                        waiting.push_front(barrier);
                         break;
                     }
                     None => break,
@@ -563,11 +611,27 @@ impl Stage {
     }
 
     /// Queues `input`'s partitions (or its flush) in `waiting`.
-    fn expand(&self, input: StageInput, waiting: &mut VecDeque<Work>) -> Result<(), StageError> {
+    fn expand(
+        &mut self,
+        input: StageInput,
+        waiting: &mut VecDeque<Work>,
+    ) -> Result<(), StageError> {
         let (exchange, rooms) = match input {
             StageInput::Exchange(exchange, rooms) => (exchange, rooms),
             StageInput::Flush(done) => {
                 waiting.push_back(Work::Flush(done));
+                return Ok(());
+            }
+            StageInput::TxnControl(control) => {
+                waiting.push_back(Work::TxnControl(control));
+                return Ok(());
+            }
+            StageInput::MarkerRead(id, outcome) => {
+                waiting.push_back(Work::MarkerRead(id, outcome));
+                return Ok(());
+            }
+            StageInput::LookupSweep => {
+                self.start_lookups();
                 return Ok(());
             }
         };
@@ -595,19 +659,20 @@ impl Stage {
     }
 
     /// Counts a decoded partition and hands its records to its stream's queue.
-    fn finish(&self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
+    fn finish(&mut self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.decode_error(&work, &e, 0),
         };
         let records = decoded.summary.as_ref().map_or(0, |s| s.records);
+        let transaction = decoded.summary.as_ref().ok().and_then(|s| s.transaction);
         match decoded.summary {
             Ok(summary) => {
                 // Any topic a client names: bounded before it becomes a label or an entry.
                 let topic = self.metrics.topic_labels.label(&work.topic);
                 let traits = ProducerTraits {
                     idempotent: summary.idempotent,
-                    transactional: summary.transactional,
+                    transactional: summary.transactional(),
                 };
                 let records = summary.records as u64;
                 self.inventory.produced(
@@ -628,9 +693,7 @@ impl Stage {
             Ok(mirrored) => mirrored,
             Err(e) => return self.decode_error(&work, &e.into(), records),
         };
-        route
-            .queue
-            .hand_on(&work.topic, mirrored.records, work.room);
+        self.hand_on(transaction, &work.topic, route, mirrored.records, work.room);
         if mirrored.skipped > 0 {
             self.metrics.mirror_outcome(
                 &work.topic,
@@ -638,6 +701,19 @@ impl Stage {
                 MirrorResult::Skipped,
                 mirrored.skipped,
             );
+        }
+    }
+
+    /// Work that waits for every partition before it to be handed on.
+    fn after_partitions(&mut self, barrier: Work) {
+        match barrier {
+            Work::Partition(_) => unreachable!("partitions are not barriers"),
+            Work::Flush(done) => {
+                self.report_held();
+                let _ = done.send(());
+            }
+            Work::TxnControl(control) => self.txn_control(&control),
+            Work::MarkerRead(id, outcome) => self.marker_read(id, outcome),
         }
     }
 

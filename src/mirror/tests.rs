@@ -35,15 +35,36 @@ const VERSION: i16 = 7;
 /// The body of a Produce v7 request with `acks` of `values`, keyed `key-N`, to partition 0 of
 /// `topic`.
 fn produce_request(topic: &str, acks: i16, values: &[Bytes]) -> Bytes {
+    produce_request_of(topic, acks, values, None)
+}
+
+/// An acks=0 [`produce_request`] of `records` records, its batch transactional when
+/// `producer` (id, epoch) is given.
+pub(super) fn acks0_produce(topic: &str, records: usize, producer: Option<(i64, i16)>) -> Bytes {
+    produce_request_of(
+        topic,
+        0,
+        &vec![Bytes::from_static(b"value"); records],
+        producer,
+    )
+}
+
+fn produce_request_of(
+    topic: &str,
+    acks: i16,
+    values: &[Bytes],
+    producer: Option<(i64, i16)>,
+) -> Bytes {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = values
         .iter()
         .enumerate()
         .map(|(i, value)| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
@@ -127,13 +148,14 @@ fn route(topic: &str, stream: &str) -> MirrorRoute {
     }
 }
 
-#[tokio::test]
-async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
+/// A stage routing `orders` at `percent` to a writer whose Kinesis endpoint is unreachable,
+/// its metrics, and its spool directory (kept while the test runs).
+pub(super) async fn unreachable_mirror(percent: f64) -> (Mirror, Arc<Metrics>, tempfile::TempDir) {
     let spool = tempfile::tempdir().unwrap();
     let settings = unreachable_kinesis(spool.path());
     let metrics = Arc::new(Metrics::new());
     let route = MirrorRoute {
-        percent: 50.0,
+        percent,
         ..route("orders", "orders-stream")
     };
     let mirror = Mirror::start(
@@ -143,8 +165,14 @@ async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ra
         Arc::new(Inventory::default()),
     )
     .await;
+    (mirror, metrics, spool)
+}
+
+#[tokio::test]
+async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
+    let (mirror, metrics, _spool) = unreachable_mirror(50.0).await;
     let client = client();
-    let body = produce_request("orders", 0, &vec![Bytes::from_static(b"value"); 10]);
+    let body = acks0_produce("orders", 10, None);
     // On this single-threaded runtime the stage cannot run between these hand-overs, so the
     // queue fills and the last exchanges are shed, deterministically.
     let shed = 3;

@@ -34,7 +34,7 @@ use crate::kafka::header::RequestHeader;
 use crate::kafka::produce::peek_acks;
 use crate::kafka::rewrite::carries_addresses;
 use crate::kafka::versions::{max_api_versions_version, unsupported_version_response};
-use crate::mirror::ProduceExchange;
+use crate::mirror::{ProduceExchange, TxnControl};
 use crate::telemetry::inventory::ClientKey;
 use acks0::{Acks0Ids, Probes};
 use client_frames::{ClientEvent, ClientFrames, FrameLimit};
@@ -64,6 +64,12 @@ enum Handling {
     },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
+    /// EndTxn or InitProducerId: forwarded, then handed to the mirror with its response, which
+    /// decides held transactional records by them.
+    TxnControl {
+        api: TxnControl,
+        request_body: Bytes,
+    },
     /// Produce with acks=0: no response will come. Mirrored once a later upstream response
     /// shows the broker kept the connection; `None` when it may not be mirrored at all.
     Unanswered(Option<ProduceExchange>),
@@ -487,6 +493,17 @@ impl Connection {
                 }
                 Handling::Produce { exchange }
             }
+            // Before authentication Kafka refuses them, and no record of their producer is held.
+            ApiKey::EndTxn | ApiKey::InitProducerId if may_mirror => Handling::TxnControl {
+                api: if api_key == ApiKey::EndTxn {
+                    TxnControl::EndTxn
+                } else {
+                    TxnControl::InitProducerId
+                },
+                request_body: header
+                    .body_offset
+                    .map_or_else(Bytes::new, |offset| frame.slice(offset..)),
+            },
             _ => self.address_handling(api_key, version),
         };
         Ok(handling)

@@ -16,6 +16,7 @@ mod own_sasl;
 mod sasl;
 mod scram;
 mod tls;
+mod transaction_markers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ use buffer_budget::BufferBudget;
 use connection::Connection;
 pub use tls::{check_tls_files, CertificateSummary, TlsError};
 use tls::{ClientTls, Stream, UpstreamTls};
+pub use transaction_markers::transaction_markers;
 
 use crate::config::Config;
 use crate::mirror::Mirror;

@@ -40,6 +40,8 @@ pub enum MirrorResult {
     /// Already mirrored: a producer's retry that Kafka acknowledged again with the same
     /// offsets.
     Duplicate,
+    /// Produced in a transaction that aborted: `read_committed` consumers never see it.
+    Aborted,
 }
 
 impl MirrorResult {
@@ -54,6 +56,7 @@ impl MirrorResult {
             MirrorResult::Dropped => "dropped",
             MirrorResult::Undecodable => "undecodable",
             MirrorResult::Duplicate => "duplicate",
+            MirrorResult::Aborted => "aborted",
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Metrics {
     pub dual_write: DualWriteRatio,
     /// Bytes of records queued in memory, against `mirror_buffer.max_bytes`.
     pub mirror_buffer_bytes: IntGauge,
+    /// Records of transactions in progress, held until their EndTxn.
+    pub mirror_transaction_held_records: IntGauge,
     pub spool_bytes: IntGaugeVec,
     /// Records given up on that wait for room in the dead-letter file, blocking their stream.
     pub dead_letters_waiting: IntGaugeVec,
@@ -271,6 +276,14 @@ impl Metrics {
         registry
             .register(Box::new(mirror_buffer_bytes.clone()))
             .expect("unique metric");
+        let mirror_transaction_held_records = IntGauge::new(
+            name("mirror_transaction_held_records"),
+            "Records of transactions in progress, held until their transaction ends.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mirror_transaction_held_records.clone()))
+            .expect("unique metric");
         let spool_bytes = IntGaugeVec::new(
             Opts::new(name("spool_bytes"), "Bytes waiting in each stream's spool."),
             &["stream"],
@@ -374,6 +387,7 @@ impl Metrics {
             config_restart_required,
             dual_write: DualWriteRatio::new(dual_write_gauge, DUAL_WRITE_WINDOW),
             mirror_buffer_bytes,
+            mirror_transaction_held_records,
             spool_bytes,
             dead_letters_waiting,
             mirror_lag,
@@ -425,8 +439,9 @@ impl Metrics {
             | MirrorResult::Dropped
             | MirrorResult::Undecodable
             | MirrorResult::Spooled => self.dual_write.record(topic, 0, n),
-            // Not the mirror's to deliver (not sampled), or decided by the first copy.
-            MirrorResult::Skipped | MirrorResult::Duplicate => {}
+            // Not the mirror's to deliver (not sampled, or aborted), or decided by the first
+            // copy.
+            MirrorResult::Skipped | MirrorResult::Duplicate | MirrorResult::Aborted => {}
         }
     }
 

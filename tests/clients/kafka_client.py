@@ -35,6 +35,9 @@ go out in transactions of K records (default 100); transaction numbers M,
 indices stay consecutive. "produced" counts every acknowledged record (the
 aborted ones too); added: "committed_count", "aborted_count" and, when
 count <= 20000, "committed" (sorted indices of committed records).
+--transaction-timeout-ms sets transaction.timeout.ms (confluent only).
+--abandon-last flushes the last transaction, then exits at once without ending
+it, as a producer killed mid-transaction; adds "abandoned_count".
 
 consume --expect-indices FILE (a produce output with "committed", or bare
 integers): stop once every expected index is seen and every partition is at
@@ -174,7 +177,11 @@ def confluent_produce(a):
         conf["transactional.id"] = a.transactional_id
         conf["enable.idempotence"] = True
         # librdkafka requires message.timeout.ms <= transaction.timeout.ms
-        conf["transaction.timeout.ms"] = max(60000, conf["message.timeout.ms"])
+        if a.transaction_timeout_ms:
+            conf["transaction.timeout.ms"] = a.transaction_timeout_ms
+            conf["message.timeout.ms"] = min(conf["message.timeout.ms"], a.transaction_timeout_ms)
+        else:
+            conf["transaction.timeout.ms"] = max(60000, conf["message.timeout.ms"])
         return confluent_produce_transactional(a, conf)
     p = Producer({**conf, "error_cb": auth}, logger=logging.getLogger("rdkafka"))
     ok = [0]
@@ -255,6 +262,17 @@ def confluent_produce_transactional(a, conf):
             for i in range(start, end):
                 send(i)
                 p.poll(0)
+            if a.abandon_last and end == a.count:
+                # Flushed, so the records are in the log, then left open as by a producer
+                # killed mid-transaction: no EndTxn, no clean close.
+                remaining = p.flush(a.timeout)
+                out = produce_result(ok[0], errors)
+                out["committed_count"] = len(committed)
+                out["aborted_count"] = aborted
+                out["abandoned_count"] = end - start - remaining
+                sys.stdout.write(json.dumps(out) + "\n")
+                sys.stdout.flush()
+                os._exit(0)
             if abort:
                 # Flush first, so the aborted records really are in the log.
                 remaining = p.flush(a.timeout)
@@ -843,6 +861,8 @@ def main():
     pp.add_argument("--transactional-id")
     pp.add_argument("--txn-size", type=int, default=100)
     pp.add_argument("--abort-every", type=int, default=0)
+    pp.add_argument("--transaction-timeout-ms", type=int, default=0)
+    pp.add_argument("--abandon-last", action="store_true", help="leave the last transaction open and exit at once")
 
     cp = sub.add_parser("consume")
     cp.add_argument("--bootstrap", required=True)

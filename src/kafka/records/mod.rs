@@ -114,12 +114,27 @@ pub struct BatchSummary {
     pub codecs: CodecSet,
     /// Some batch has a producer id (>= 0).
     pub idempotent: bool,
-    /// Some batch is transactional.
-    pub transactional: bool,
+    /// The producer of the first transactional batch, if any: Kafka takes one batch per
+    /// partition in a Produce request, so that is the partition's transaction.
+    pub transaction: Option<ProducerEpoch>,
     /// Some batch is a control batch.
     pub control: bool,
     /// Highest magic seen; -1 for empty data.
     pub magic: i8,
+}
+
+/// A producer session as a batch header names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerEpoch {
+    pub producer_id: i64,
+    pub epoch: i16,
+}
+
+impl BatchSummary {
+    /// Some batch is transactional.
+    pub fn transactional(&self) -> bool {
+        self.transaction.is_some()
+    }
 }
 
 /// What was wrong with record data.
@@ -321,7 +336,7 @@ pub fn summarize_with_limit(data: &Bytes, limit: usize) -> Result<BatchSummary> 
         records: 0,
         codecs: CodecSet::default(),
         idempotent: false,
-        transactional: false,
+        transaction: None,
         control: false,
         magic: -1,
     };
@@ -334,7 +349,12 @@ pub fn summarize_with_limit(data: &Bytes, limit: usize) -> Result<BatchSummary> 
                 summary.records = summary.records.saturating_add(header.record_count);
                 summary.codecs.insert(header.codec);
                 summary.idempotent |= header.producer_id >= 0;
-                summary.transactional |= header.is_transactional();
+                if header.is_transactional() && summary.transaction.is_none() {
+                    summary.transaction = Some(ProducerEpoch {
+                        producer_id: header.producer_id,
+                        epoch: header.producer_epoch,
+                    });
+                }
                 summary.control |= header.is_control();
             }
             0 | 1 => {

@@ -478,7 +478,7 @@ fn v2_multiple_batches_continue_index_and_flags() {
     let s = summarize(&data).unwrap();
     assert_eq!(s.batches, 3);
     assert_eq!(s.records, 5);
-    assert!(s.idempotent && s.transactional && !s.control);
+    assert!(s.idempotent && s.transactional() && !s.control);
     assert_eq!(s.codecs.to_string(), "gzip,lz4,zstd");
     assert_eq!(s.codecs.len(), 3);
     assert!(!s.codecs.contains(Codec::None));
@@ -501,7 +501,7 @@ fn v2_control_batch_and_log_append_time() {
     // LogAppendTime: every record reports the batch max timestamp (base_ts + 10 here).
     assert_eq!(b.records[0].timestamp, recs[0].timestamp + 10);
     let s = summarize(&Bytes::from(data)).unwrap();
-    assert!(s.control && s.transactional && s.idempotent);
+    assert!(s.control && s.transactional() && s.idempotent);
 }
 
 #[test]
@@ -804,7 +804,7 @@ fn legacy_uncompressed_magic_0_and_1() {
         }
         let s = summarize(&data).unwrap();
         assert_eq!((s.batches, s.records, s.magic), (4, 4, magic));
-        assert!(!s.idempotent && !s.transactional);
+        assert!(!s.idempotent && !s.transactional());
         assert_eq!(s.codecs.to_string(), "none");
     }
 }

@@ -1,6 +1,6 @@
 //! The response side of a connection: pairs each upstream answer with its request, rewrites
-//! what must change, answers the client, and hands Produce exchanges to the mirror once
-//! Kafka's verdict is known.
+//! what must change, hands Produce and transaction-control exchanges to the mirror once
+//! Kafka's verdict is known, and then answers the client.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use crate::kafka::header::response_correlation_id;
 use crate::kafka::message::MessageError;
 use crate::kafka::rewrite::{carries_addresses, rewrite_response, RewriteError};
 use crate::kafka::versions::negotiate_response;
-use crate::mirror::ProduceExchange;
+use crate::mirror::{ProduceExchange, TxnControlExchange};
 use std::sync::atomic::Ordering;
 
 /// Writes a response to the client unless a write already failed. A failure does not end the
@@ -128,6 +128,31 @@ impl Connection {
             self.observe_sasl(&mut handling, &frame, api_version)?;
             let rewritten = self.rewrite(&handling, &frame, api_key, api_version);
             let is_probe = matches!(handling, Handling::Probe);
+            // The mirror sees the exchange before the client hears the answer: a client that
+            // then ends its transaction on another connection must find its records already in
+            // the mirror's queue. It sees it even when the client cannot be answered, because
+            // Kafka has stored (or rejected) the records either way.
+            for (exchange, _held) in proven {
+                self.proxy.mirror.hand_over(exchange).await;
+            }
+            match handling {
+                Handling::Produce {
+                    exchange: Some(mut exchange),
+                } => {
+                    exchange.response_frame = Some(frame.clone());
+                    self.proxy.mirror.hand_over(exchange).await;
+                }
+                Handling::TxnControl { api, request_body } => {
+                    let exchange = TxnControlExchange {
+                        api,
+                        version: api_version,
+                        request_body,
+                        response_frame: frame.clone(),
+                    };
+                    self.proxy.mirror.hand_over_txn_control(exchange).await;
+                }
+                _ => {}
+            }
             if let (Ok(rewritten), false) = (&rewritten, is_probe) {
                 answer_client(
                     &mut client_wr,
@@ -141,19 +166,6 @@ impl Connection {
                 let timers = self.proxy.metrics.api_timers(api_key);
                 timers.upstream.observe(forwarded.elapsed().as_secs_f64());
                 timers.request.observe(received.elapsed().as_secs_f64());
-            }
-            for (exchange, _held) in proven {
-                self.proxy.mirror.hand_over(exchange).await;
-            }
-            // Only now, with the client answered, does the mirror see the exchange; and it
-            // sees it even when the client could not be answered, because Kafka has stored
-            // (or rejected) the records either way.
-            if let Handling::Produce {
-                exchange: Some(mut exchange),
-            } = handling
-            {
-                exchange.response_frame = Some(frame);
-                self.proxy.mirror.hand_over(exchange).await;
             }
             rewritten?;
         }
@@ -218,6 +230,7 @@ impl Connection {
         };
         let key = match handling {
             Handling::Forward
+            | Handling::TxnControl { .. }
             | Handling::Local(_)
             | Handling::Unanswered(_)
             | Handling::SaslHandshake(_)
