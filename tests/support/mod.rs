@@ -260,6 +260,26 @@ impl Daemon {
         tail_file(&self.log, lines)
     }
 
+    /// Waits until the log holds `needle`: a line logged after the event a test saw (a closed
+    /// socket, say) may not be written yet. Panics with the log's tail after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not log {needle:?} within {timeout:?}; its log:\n{}",
+                    self.name,
+                    tail_file(&self.log, 200)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
