@@ -10,6 +10,7 @@
 mod decode;
 pub mod partition_key;
 pub mod sampling;
+mod stage;
 mod stage_transactions;
 mod stream_queue;
 #[cfg(test)]
@@ -20,11 +21,10 @@ use stage_transactions::sweep_lookups;
 pub use stage_transactions::{TxnControl, TxnControlExchange};
 pub use transactions::{MarkerLookup, TransactionMarkers};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -39,10 +39,11 @@ use crate::kafka::transaction::TxnControlError;
 use crate::kinesis::client::Clients;
 use crate::kinesis::spool::streams_with_records;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
-use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
+use crate::telemetry::inventory::{ClientKey, Inventory};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
-use decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
-use stream_queue::{make_room, Room, Rooms, StreamQueue, StreamQueues};
+use decode::DECODE_THREADS;
+use stage::Stage;
+use stream_queue::{make_room, Rooms, StreamQueue, StreamQueues};
 use transactions::{HeldId, Transactions};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
@@ -482,284 +483,4 @@ enum StageError {
     Response(ProduceDecodeError),
     #[error(transparent)]
     TxnControl(#[from] TxnControlError),
-}
-
-/// Why a partition's records were not mirrored.
-#[derive(Debug, thiserror::Error)]
-enum PartitionError {
-    #[error(transparent)]
-    Records(#[from] crate::kafka::records::RecordsError),
-    #[error("the decoder panicked")]
-    DecoderPanicked,
-}
-
-/// Keeps an exchange's bytes counted in the queue's bytes until its last partition is done,
-/// since until then its partitions' records pin its frames.
-struct QueuedBytes {
-    counter: Arc<AtomicUsize>,
-    bytes: usize,
-}
-
-impl Drop for QueuedBytes {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-/// One produced partition of an exchange, to decode.
-struct PartitionWork {
-    client: Arc<ClientKey>,
-    topic: Arc<str>,
-    partition: i32,
-    records: Bytes,
-    verdict: Verdict,
-    route: Option<Arc<Route>>,
-    /// Block mode: the room taken for it in its stream's queue.
-    room: Option<Arc<Room>>,
-    _queued: Arc<QueuedBytes>,
-}
-
-/// What the stage does next, in arrival order.
-enum Work {
-    Partition(PartitionWork),
-    /// These wait for every partition before them, like [`Work::Flush`].
-    TxnControl(TxnControlExchange),
-    MarkerRead(HeldId, Option<bool>),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// A partition on the decode pool, and where its result will come from.
-struct InFlight {
-    work: PartitionWork,
-    result: tokio::sync::oneshot::Receiver<Decoded>,
-}
-
-struct Stage {
-    queued_bytes: Arc<AtomicUsize>,
-    routes: Arc<ArcSwap<RouteTable>>,
-    metrics: Arc<Metrics>,
-    inventory: Arc<Inventory>,
-    /// Transactional records waiting for their EndTxn, with their topic and route.
-    transactions: Transactions<(Arc<str>, Arc<Route>)>,
-    markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
-    /// For look-ups' answers; weak, so that the stage still ends when the mirror is dropped.
-    input: mpsc::WeakSender<StageInput>,
-}
-
-impl Stage {
-    /// Expands exchanges into partitions, keeps up to [`DECODE_WINDOW`] of them on the decode
-    /// pool, and hands their records to their streams' queues strictly in arrival order, so a
-    /// partition's records reach its stream in Kafka order whichever thread decoded them. It
-    /// never waits for a writer: each stream's queue does.
-    async fn run(mut self, mut rx: mpsc::Receiver<StageInput>) {
-        let pool = DecodePool::start(DECODE_THREADS);
-        let mut waiting: VecDeque<Work> = VecDeque::new();
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut last_warning: Option<Instant> = None;
-        loop {
-            while in_flight.len() < DECODE_WINDOW {
-                match waiting.pop_front() {
-                    Some(Work::Partition(work)) => in_flight.push_back(self.submit(&pool, work)),
-                    Some(barrier) if in_flight.is_empty() => self.after_partitions(barrier),
-                    Some(barrier) => {
-                        waiting.push_front(barrier);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            // Read ahead while the pool works, so the next exchange's partitions are ready
-            // when a decode thread frees up; wait for input only when there is nothing else.
-            let input = if !waiting.is_empty() {
-                None
-            } else if in_flight.is_empty() {
-                match rx.recv().await {
-                    Some(input) => Some(input),
-                    None => return,
-                }
-            } else {
-                rx.try_recv().ok()
-            };
-            if let Some(input) = input {
-                if let Err(reason) = self.expand(input, &mut waiting) {
-                    self.metrics
-                        .mirror_decode_errors
-                        .with_label_values(&["(request)"])
-                        .inc();
-                    // At most one line a second: a misbehaving client must not flood the log.
-                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                        tracing::warn!(%reason, "cannot decode a Produce exchange for mirroring; Kafka was unaffected");
-                        last_warning = Some(Instant::now());
-                    }
-                }
-                continue;
-            }
-            if let Some(InFlight { work, result }) = in_flight.pop_front() {
-                let decoded = result.await.map_err(|_| PartitionError::DecoderPanicked);
-                self.finish(work, decoded);
-            }
-        }
-    }
-
-    fn submit(&self, pool: &DecodePool, work: PartitionWork) -> InFlight {
-        let route = work.route.clone();
-        let topic = work.topic.clone();
-        let (partition, records, verdict) = (work.partition, work.records.clone(), work.verdict);
-        let result = pool
-            .run(move || decode_partition(route.as_deref(), &topic, partition, records, verdict));
-        InFlight { work, result }
-    }
-
-    /// Queues `input`'s partitions (or its flush) in `waiting`.
-    fn expand(
-        &mut self,
-        input: StageInput,
-        waiting: &mut VecDeque<Work>,
-    ) -> Result<(), StageError> {
-        let (exchange, rooms) = match input {
-            StageInput::Exchange(exchange, rooms) => (exchange, rooms),
-            StageInput::Flush(done) => {
-                waiting.push_back(Work::Flush(done));
-                return Ok(());
-            }
-            StageInput::TxnControl(control) => {
-                waiting.push_back(Work::TxnControl(control));
-                return Ok(());
-            }
-            StageInput::MarkerRead(id, outcome) => {
-                waiting.push_back(Work::MarkerRead(id, outcome));
-                return Ok(());
-            }
-            StageInput::LookupSweep => {
-                self.start_lookups();
-                return Ok(());
-            }
-        };
-        let queued = Arc::new(QueuedBytes {
-            counter: self.queued_bytes.clone(),
-            bytes: exchange.bytes(),
-        });
-        for produced in produced_partitions(&exchange, &self.routes.load())? {
-            let room = produced
-                .route
-                .as_ref()
-                .and_then(|route| rooms.get(&route.stream).cloned());
-            waiting.push_back(Work::Partition(PartitionWork {
-                client: exchange.client.clone(),
-                topic: produced.topic,
-                partition: produced.partition,
-                records: produced.records,
-                verdict: produced.verdict,
-                route: produced.route,
-                room,
-                _queued: queued.clone(),
-            }));
-        }
-        Ok(())
-    }
-
-    /// Counts a decoded partition and hands its records to its stream's queue.
-    fn finish(&mut self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
-        let decoded = match decoded {
-            Ok(decoded) => decoded,
-            Err(e) => return self.decode_error(&work, &e, 0),
-        };
-        let records = decoded.summary.as_ref().map_or(0, |s| s.records);
-        let transaction = decoded.summary.as_ref().ok().and_then(|s| s.transaction);
-        match decoded.summary {
-            Ok(summary) => {
-                // Any topic a client names: bounded before it becomes a label or an entry.
-                let topic = self.metrics.topic_labels.label(&work.topic);
-                let traits = ProducerTraits {
-                    idempotent: summary.idempotent,
-                    transactional: summary.transactional(),
-                };
-                let records = summary.records as u64;
-                self.inventory.produced(
-                    &work.client,
-                    topic,
-                    records,
-                    traits,
-                    summary.codecs.iter(),
-                );
-                self.count_kafka(topic, work.verdict, records);
-            }
-            Err(e) => return self.decode_error(&work, &e.into(), 0),
-        }
-        let (Some(route), Some(mirrored)) = (&work.route, decoded.mirrored) else {
-            return;
-        };
-        let mirrored = match mirrored {
-            Ok(mirrored) => mirrored,
-            Err(e) => return self.decode_error(&work, &e.into(), records),
-        };
-        self.hand_on(transaction, &work.topic, route, mirrored.records, work.room);
-        if mirrored.skipped > 0 {
-            self.metrics.mirror_outcome(
-                &work.topic,
-                &route.stream,
-                MirrorResult::Skipped,
-                mirrored.skipped,
-            );
-        }
-    }
-
-    /// Work that waits for every partition before it to be handed on.
-    fn after_partitions(&mut self, barrier: Work) {
-        match barrier {
-            Work::Partition(_) => unreachable!("partitions are not barriers"),
-            Work::Flush(done) => {
-                self.report_held();
-                let _ = done.send(());
-            }
-            Work::TxnControl(control) => self.txn_control(&control),
-            Work::MarkerRead(id, outcome) => self.marker_read(id, outcome),
-        }
-    }
-
-    fn count_kafka(&self, topic: &str, verdict: Verdict, records: u64) {
-        match verdict {
-            Verdict::Accepted { .. } => self
-                .metrics
-                .kafka_records
-                .with_label_values(&[topic, "ok"])
-                .inc_by(records),
-            Verdict::Rejected => self
-                .metrics
-                .kafka_records
-                .with_label_values(&[topic, "error"])
-                .inc_by(records),
-            Verdict::Unacknowledged => self
-                .metrics
-                .kafka_unacked_records
-                .with_label_values(&[topic])
-                .inc_by(records),
-        }
-    }
-
-    /// A partition the mirror skips: Kafka stored it, so its client, topic and partition are
-    /// enough to find it. Its `records` (0 when unknown) count as undecodable, so that the
-    /// dual-write ratio shows them.
-    fn decode_error(&self, work: &PartitionWork, reason: &PartitionError, records: usize) {
-        self.metrics
-            .mirror_decode_errors
-            .with_label_values(&[self.metrics.topic_labels.label(&work.topic)])
-            .inc();
-        if let (Some(route), true) = (&work.route, work.verdict != Verdict::Rejected) {
-            self.metrics.mirror_outcome(
-                &work.topic,
-                &route.stream,
-                MirrorResult::Undecodable,
-                sampled_estimate(records, route.percent).max(1),
-            );
-        }
-        tracing::warn!(
-            client_id = %work.client.client_id,
-            client_address = %work.client.address,
-            topic = %work.topic,
-            partition = work.partition,
-            %reason,
-            "cannot decode produced records for mirroring; Kafka was unaffected, the mirror skips them"
-        );
-    }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::stage::Stage;
 use super::stream_queue::Room;
 use super::transactions::{HeldId, Resolved};
-use super::{Route, Stage, StageError, StageInput};
+use super::{Route, StageError, StageInput};
 use crate::kafka::records::ProducerEpoch;
 use crate::kafka::transaction::{ended_transaction, initialized_producer};
 use crate::kinesis::request::MirrorRecord;
