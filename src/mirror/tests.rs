@@ -21,7 +21,9 @@ use kafka_protocol::records::{
 use serde_json::json;
 
 use super::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
-use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
+use crate::config::{
+    MirrorRoute, PartitionKeyRule, RouteMode, StreamTarget, WhenFull, DEFAULT_PRIMARY_TIMEOUT_MS,
+};
 use crate::kinesis::spool::{Spool, SpoolEntry};
 use crate::kinesis::test_support::{
     all_stored, control_plane, entry_data, wait_until, writer_settings, FakeKinesis,
@@ -136,6 +138,7 @@ fn stored(topic: &str, base_offset: i64, values: &[Bytes]) -> ProduceExchange {
         version: VERSION,
         request_body: produce_request(topic, 1, values),
         response_frame: Some(produce_response(topic, base_offset)),
+        deliveries: Default::default(),
     }
 }
 
@@ -145,6 +148,8 @@ fn route(topic: &str, stream: &str) -> MirrorRoute {
         target: StreamTarget::new(stream, None, None).unwrap(),
         percent: 100.0,
         partition_key: PartitionKeyRule::Key,
+        mode: RouteMode::Mirror,
+        primary_timeout: Duration::from_millis(DEFAULT_PRIMARY_TIMEOUT_MS),
     }
 }
 
@@ -183,6 +188,7 @@ async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ra
                 version: VERSION,
                 request_body: body.clone(),
                 response_frame: None,
+                deliveries: Default::default(),
             })
             .await;
     }
@@ -213,10 +219,8 @@ async fn a_reload_repoints_a_topic_to_another_region_and_to_an_arn_each_with_its
     let spool = tempfile::tempdir().unwrap();
     let settings = unreachable_kinesis(spool.path());
     let route = |stream: &str, region: Option<&str>| MirrorRoute {
-        topic: "orders".into(),
         target: StreamTarget::new(stream, region, None).unwrap(),
-        percent: 100.0,
-        partition_key: PartitionKeyRule::Key,
+        ..route("orders", "orders-stream")
     };
     let arn = "arn:aws:kinesis:ap-south-1:123456789012:stream/orders-stream";
     let mirror = Mirror::start(
