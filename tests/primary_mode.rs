@@ -11,14 +11,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::faults::{FaultLayer, FaultPlan};
 use support::kinesis::KinesisLocal;
-use support::metrics::{get, scrape, value, wait_for};
-use support::{clients_dir, python, KafkaCluster, Proxy};
+use support::metrics::{get, scrape, value, wait_for, wait_for_sent};
+use support::{try_run_client, words, KafkaCluster, Proxy};
 
 struct Rig {
     topic: String,
@@ -32,47 +31,54 @@ struct Rig {
 /// `mode` is the route's `mode` line, empty for the default.
 async fn rig(name: &str, mode: &str) -> Rig {
     let cluster = KafkaCluster::shared();
-    let (topic, stream) = (format!("primary-{name}"), format!("primary-{name}-stream"));
+    let topic = format!("primary-{name}");
+    let stream = format!("{topic}-stream");
     let kinesis = KinesisLocal::start();
     kinesis.create_stream(&stream, 2).await;
     let faults = FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
-    let config = format!(
-        "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlinger_ms = 20\n\n[[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100.0\n{mode}\n",
-        faults.endpoint
-    );
-    let proxy = Proxy::start_with(cluster, &config);
+    // The emulator's usual route, through the fault layer.
+    let route = kinesis
+        .mirror_config(&topic, &stream, 100.0)
+        .replace(&kinesis.endpoint, &faults.endpoint);
+    let proxy = Proxy::start_with(cluster, &format!("{route}{mode}\n"));
     cluster.create_topic(&topic, 3);
     Rig {
-        topic,
-        stream,
-        kinesis,
-        faults,
         proxy,
+        faults,
+        kinesis,
+        stream,
+        topic,
     }
 }
 
 /// confluent-kafka producing `count` records, idempotent, its defaults otherwise (the CLI
-/// sets message.timeout.ms to 60 s), logging each acknowledged record to `acked_log`.
-fn produce(rig: &Rig, count: usize, rate: usize, acked_log: &Path, extra: &[&str]) -> Child {
-    Command::new(python())
-        .arg(clients_dir().join("kafka_client.py"))
-        .args(["--client", "confluent", "produce", "--bootstrap"])
-        .arg(rig.proxy.bootstrap())
-        .args(["--topic", &rig.topic, "--count", &count.to_string()])
-        .args(["--codec", "lz4", "--acks", "all", "--idempotent"])
-        .args(["--rate", &rate.to_string(), "--acked-log"])
-        .arg(acked_log)
-        .args(extra)
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// sets message.timeout.ms to 60 s), logging each acknowledged record to `acked_log`; on a
+/// thread, which answers the client's output.
+fn produce(
+    rig: &Rig,
+    count: usize,
+    rate: usize,
+    acked_log: &Path,
+    extra: &[&str],
+) -> std::thread::JoinHandle<Value> {
+    let mut args: Vec<String> = words(&format!(
+        "produce --bootstrap {} --topic {} --count {count} --codec lz4 --acks all --idempotent --rate {rate} --acked-log {}",
+        rig.proxy.bootstrap(),
+        rig.topic,
+        acked_log.display()
+    ))
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        try_run_client("confluent", &args).unwrap_or_else(Value::String)
+    })
 }
 
-fn finish(child: Child) -> Value {
-    let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("producer output: {}", String::from_utf8_lossy(&out.stdout)))
+fn finish(producer: std::thread::JoinHandle<Value>) -> Value {
+    producer.join().unwrap()
 }
 
 /// (key, value) of every record in the stream, with how many times each is there.
@@ -217,19 +223,7 @@ async fn a_live_reload_to_kinesis_primary_takes_effect() {
     let dir = tempfile::tempdir().unwrap();
     let before = finish(produce(&rig, 50, 0, &dir.path().join("before"), &[]));
     assert_eq!(before["error_count"], 0, "{before}");
-    wait_for(
-        admin,
-        "the mirror-mode records in Kinesis",
-        Duration::from_secs(30),
-        |m| {
-            value(
-                m,
-                "kafka_kinesis_proxy_mirror_records_total",
-                &[("result", "sent")],
-            ) >= 50.0
-        },
-    )
-    .await;
+    wait_for_sent(admin, 50, Duration::from_secs(30)).await;
     let added = |m: &BTreeMap<String, f64>, what: &str| {
         value(
             m,

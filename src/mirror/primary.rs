@@ -38,8 +38,11 @@ pub(crate) type Deliveries = HashMap<(String, i32), PartitionDelivery>;
 /// The deliveries of kinesis-primary batches, by topic, partition and Kafka base offset.
 #[derive(Default)]
 pub(super) struct Primary {
-    recent: Mutex<HashMap<(String, i32), VecDeque<(i64, DeliveryWait)>>>,
+    recent: Mutex<HashMap<(String, i32), Batches>>,
 }
+
+/// A partition's latest batches: their base offsets and deliveries, oldest first.
+type Batches = VecDeque<(i64, DeliveryWait)>;
 
 /// One partition a Produce response waits for.
 struct Awaited {
@@ -130,7 +133,7 @@ impl Primary {
 /// will skip the retry's records, so a delivery of its own would never complete). A failed
 /// one is not reused: if its records never reached the writer (shed, undecodable), the
 /// retry's records will, and deserve their own verdict.
-fn original(batches: &VecDeque<(i64, DeliveryWait)>, base_offset: i64) -> Option<DeliveryWait> {
+fn original(batches: &Batches, base_offset: i64) -> Option<DeliveryWait> {
     batches
         .iter()
         .rev()
@@ -138,7 +141,7 @@ fn original(batches: &VecDeque<(i64, DeliveryWait)>, base_offset: i64) -> Option
         .map(|(_, wait)| wait.clone())
 }
 
-fn remember(batches: &mut VecDeque<(i64, DeliveryWait)>, base_offset: i64, wait: DeliveryWait) {
+fn remember(batches: &mut Batches, base_offset: i64, wait: DeliveryWait) {
     batches.retain(|(offset, _)| *offset != base_offset);
     if batches.len() >= REMEMBERED_PER_PARTITION {
         batches.pop_front();
@@ -147,17 +150,24 @@ fn remember(batches: &mut VecDeque<(i64, DeliveryWait)>, base_offset: i64, wait:
 }
 
 impl PrimaryAnswer {
-    /// Waits for Kinesis, each partition within its route's timeout from now, and returns the
+    /// Waits for Kinesis, each partition within its route's timeout, and returns the
     /// response to send: `frame` itself when every partition was delivered, else `frame` with
     /// the others answered REQUEST_TIMED_OUT (not confirmed in time, or spooled) or
     /// KAFKA_STORAGE_ERROR (failed for good). Both are retriable.
     /// A response that cannot be rewritten is an error: Kafka's answer must not go back
     /// unchanged, since it would acknowledge records Kinesis does not have.
-    pub async fn settle(self, frame: Bytes) -> Result<Bytes, MessageError> {
+    /// Each partition's timeout counts from `received`, when the client's request arrived, so
+    /// that answers queued behind a slow one on the connection do not each wait it anew.
+    pub async fn settle(
+        self,
+        frame: Bytes,
+        received: std::time::Instant,
+    ) -> Result<Bytes, MessageError> {
         let started = Instant::now();
+        let received = Instant::from_std(received);
         let mut errors = Vec::new();
         for awaited in &self.awaited {
-            let deadline = started + awaited.timeout;
+            let deadline = received + awaited.timeout;
             let outcome = tokio::time::timeout_at(deadline, awaited.wait.clone().outcome()).await;
             let (code, error, message) = match outcome {
                 Ok(Delivery::Delivered) => continue,

@@ -157,7 +157,7 @@ impl Connection {
             }
             let rewritten = match (rewritten, primary) {
                 (Ok(rewritten), Some(primary)) => primary
-                    .settle(rewritten.unwrap_or_else(|| frame.clone()))
+                    .settle(rewritten.unwrap_or_else(|| frame.clone()), received)
                     .await
                     .map(Some)
                     .map_err(|e| ConnectionError::Response {
