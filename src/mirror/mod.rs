@@ -10,6 +10,8 @@
 mod decode;
 pub mod partition_key;
 mod primary;
+#[cfg(test)]
+mod primary_tests;
 pub mod sampling;
 mod stage;
 mod stage_transactions;

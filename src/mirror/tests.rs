@@ -108,7 +108,7 @@ fn unreachable_kinesis(spool: &std::path::Path) -> crate::kinesis::writer::Write
 
 /// The whole frame of Kafka's Produce v7 answer storing partition 0 of `topic` from
 /// `base_offset`.
-fn produce_response(topic: &str, base_offset: i64) -> Bytes {
+pub(super) fn produce_response(topic: &str, base_offset: i64) -> Bytes {
     let response = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
         .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
         .with_partition_responses(vec![PartitionProduceResponse::default()
@@ -132,7 +132,7 @@ fn client() -> Arc<ClientKey> {
 
 /// An acks=1 Produce of `values` to partition 0 of `topic`, which Kafka stored from
 /// `base_offset`.
-fn stored(topic: &str, base_offset: i64, values: &[Bytes]) -> ProduceExchange {
+pub(super) fn stored(topic: &str, base_offset: i64, values: &[Bytes]) -> ProduceExchange {
     ProduceExchange {
         client: client(),
         version: VERSION,
@@ -142,7 +142,7 @@ fn stored(topic: &str, base_offset: i64, values: &[Bytes]) -> ProduceExchange {
     }
 }
 
-fn route(topic: &str, stream: &str) -> MirrorRoute {
+pub(super) fn route(topic: &str, stream: &str) -> MirrorRoute {
     MirrorRoute {
         topic: topic.into(),
         target: StreamTarget::new(stream, None, None).unwrap(),
@@ -253,11 +253,11 @@ async fn a_reload_repoints_a_topic_to_another_region_and_to_an_arn_each_with_its
 }
 
 /// The data each stream stored, in the order stored.
-type Stored = Arc<Mutex<HashMap<String, Vec<String>>>>;
+pub(super) type Stored = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 /// Kinesis for two streams: while `a_down` is set, `stream-a` is down (every call fails);
 /// otherwise each stream stores every entry.
-fn kinesis_with_a_down(a_down: &Arc<AtomicBool>, stored: &Stored) -> FakeKinesis {
+pub(super) fn kinesis_with_a_down(a_down: &Arc<AtomicBool>, stored: &Stored) -> FakeKinesis {
     let (a_down, stored) = (a_down.clone(), stored.clone());
     FakeKinesis::new(move |operation, body| {
         let stream = body["StreamName"].as_str().unwrap_or_default();
