@@ -129,6 +129,7 @@ fn put_records(c: &mut Criterion) {
                     .expect("no headers to parse"),
                 data: record.value.clone().expect("value"),
                 acked_at: std::time::Instant::now(),
+                delivery: None,
             }
         })
         .collect();

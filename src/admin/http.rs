@@ -6,7 +6,7 @@
 //!   clients should be sent to this instance: a mirror outage does not change it;
 //! - `/readyz/mirror`: 200 only when every routed stream is healthy (its latest PutRecords or
 //!   probe was answered), else 503 with each stream's error;
-//! - `/routes`: every route with its percent, stream state, shard count, records mirrored,
+//! - `/routes`: every route with its percent, mode, stream state, shard count, records mirrored,
 //!   success ratio and spool backlog;
 //! - `/clients`: the producer inventory.
 
@@ -123,6 +123,10 @@ struct RouteView {
     role_arn: Option<String>,
     percent: f64,
     partition_key: String,
+    /// `mirror` or `kinesis-primary`.
+    mode: &'static str,
+    /// kinesis-primary: how long a Produce response waits for Kinesis.
+    primary_timeout_ms: u128,
     stream_healthy: bool,
     /// Why the stream is unhealthy, as `/readyz/mirror` says.
     stream_error: Option<String>,
@@ -156,6 +160,8 @@ async fn routes(State(state): State<AdminState>) -> impl IntoResponse {
             role_arn: route.target.role_arn().map(str::to_owned),
             percent: route.percent,
             partition_key: route.partition_key.to_string(),
+            mode: route.mode.name(),
+            primary_timeout_ms: route.primary_timeout.as_millis(),
             stream_healthy: route.writer.state().is_healthy(),
             stream_error: route.writer.state().last_error(),
             open_shards: route.writer.state().open_shards(),

@@ -140,7 +140,7 @@ impl Reloader {
             .set(i64::from(!restart.is_empty()));
         self.mirror.apply_routes(&new.mirror).await;
         for r in &new.mirror {
-            tracing::info!(topic = %r.topic, stream = %r.target, percent = r.percent, partition_key = ?r.partition_key, "route in force");
+            tracing::info!(topic = %r.topic, stream = %r.target, percent = r.percent, partition_key = ?r.partition_key, mode = %r.mode, "route in force");
         }
         self.running.mirror = new.mirror;
         let _ = self

@@ -120,11 +120,18 @@ struct RouteView {
     topic: String,
     stream: String,
     percent: f64,
+    /// Absent from proxies older than route modes.
+    #[serde(default = "mirror_mode")]
+    mode: String,
     stream_healthy: bool,
     open_shards: usize,
     records_failed: u64,
     success_ratio: Option<f64>,
     spool_bytes: u64,
+}
+
+fn mirror_mode() -> String {
+    "mirror".to_owned()
 }
 
 async fn sample(addr: &str) -> Result<Sample, StatusError> {
@@ -169,9 +176,10 @@ async fn render(
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<24} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  STREAM STATE",
+        "{:<24} {:<24} {:<15} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  STREAM STATE",
         "TOPIC",
         "STREAM",
+        "MODE",
         "PERCENT",
         "KAFKA/s",
         "MIRROR/s",
@@ -193,9 +201,10 @@ async fn render(
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<24} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7} {:>12}  {}",
+            "{:<24} {:<24} {:<15} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7} {:>12}  {}",
             r.topic,
             r.stream,
+            r.mode,
             r.percent,
             rate(&after.kafka_ok, &before.kafka_ok, &r.topic),
             rate(&after.mirror_sent, &before.mirror_sent, &r.topic),

@@ -106,9 +106,16 @@ impl fmt::Display for Config {
         for r in &self.mirror {
             writeln!(
                 f,
-                "  {} -> {}  {}%  partition_key={:?}",
-                r.topic, r.target, r.percent, r.partition_key
+                "  {} -> {}  {}%  partition_key={:?}  mode={}",
+                r.topic, r.target, r.percent, r.partition_key, r.mode
             )?;
+            if r.mode == super::RouteMode::KinesisPrimary {
+                writeln!(
+                    f,
+                    "    acknowledged once in Kafka and Kinesis; primary_timeout {}ms",
+                    r.primary_timeout.as_millis()
+                )?;
+            }
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! keyed and sampled, and what happens when the in-memory buffer is full.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -17,6 +18,39 @@ pub struct MirrorRoute {
     pub target: StreamTarget,
     pub percent: f64,
     pub partition_key: PartitionKeyRule,
+    /// Which system is the record's system of record (`mode`).
+    pub mode: RouteMode,
+    /// `kinesis-primary`: how long a Produce response waits for Kinesis (`primary_timeout_ms`).
+    pub primary_timeout: Duration,
+}
+
+/// `primary_timeout_ms` unless set: below the 30 s request timeout of Kafka clients, so the
+/// producer hears a retriable error before it gives up on the request itself.
+pub const DEFAULT_PRIMARY_TIMEOUT_MS: u64 = 10_000;
+
+/// A route's `mode`: which system a Produce is acknowledged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    /// Kafka alone; Kinesis gets a copy afterwards (the default).
+    Mirror,
+    /// Kafka and Kinesis both, before the producer hears back.
+    KinesisPrimary,
+}
+
+impl RouteMode {
+    /// The name `mode` takes in the config, in metrics and in `/routes`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteMode::Mirror => "mirror",
+            RouteMode::KinesisPrimary => "kinesis-primary",
+        }
+    }
+}
+
+impl fmt::Display for RouteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How a record's Kinesis partition key is chosen (rules documented in README and
@@ -83,6 +117,8 @@ pub(super) struct RawMirror {
     role_arn: Option<Spanned<String>>,
     percent: Spanned<f64>,
     partition_key: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    primary_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -118,11 +154,32 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
                 .parse()
                 .or_else(|e| invalid(rule.span(), format!("mirror.partition_key: {e}")))?,
         };
+        let mode = match entry
+            .mode
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("mirror", _)) => RouteMode::Mirror,
+            Some(("kinesis-primary", _)) => RouteMode::KinesisPrimary,
+            Some(("kinesis-only", span)) => {
+                return invalid(span, format!("mirror.mode (route of topic `{topic}`): \"kinesis-only\" is not available yet; use \"mirror\" or \"kinesis-primary\""));
+            }
+            Some((other, span)) => {
+                return invalid(span, format!("mirror.mode (route of topic `{topic}`): `{other}` is not one of \"mirror\", \"kinesis-primary\""));
+            }
+        };
+        let primary_timeout = Duration::from_millis(positive(
+            entry.primary_timeout_ms.as_ref(),
+            DEFAULT_PRIMARY_TIMEOUT_MS,
+            "mirror.primary_timeout_ms",
+        )?);
         routes.push(MirrorRoute {
             topic: topic.clone(),
             target,
             percent,
             partition_key,
+            mode,
+            primary_timeout,
         });
     }
     Ok(routes)
@@ -254,6 +311,32 @@ mod tests {
             let err = parse(&with_route(&route)).unwrap_err();
             assert!(err.starts_with(prefix) && err.contains(cause), "{err}");
         }
+    }
+
+    #[test]
+    fn mode_defaults_to_mirror_and_kinesis_only_is_refused_naming_the_route() {
+        let config = parse(&with_route("stream = \"orders\"\n")).unwrap();
+        assert_eq!(config.mirror[0].mode, RouteMode::Mirror);
+        assert_eq!(config.mirror[0].primary_timeout, Duration::from_secs(10));
+        let config = parse(&with_route(
+            "stream = \"orders\"\nmode = \"kinesis-primary\"\nprimary_timeout_ms = 2500\n",
+        ))
+        .unwrap();
+        assert_eq!(config.mirror[0].mode, RouteMode::KinesisPrimary);
+        assert_eq!(
+            config.mirror[0].primary_timeout,
+            Duration::from_millis(2500)
+        );
+        let err = parse(&with_route(
+            "stream = \"orders\"\nmode = \"kinesis-only\"\n",
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("route of topic `orders`") && err.contains("not available yet"),
+            "{err}"
+        );
+        let err = parse(&with_route("stream = \"orders\"\nmode = \"primary\"\n")).unwrap_err();
+        assert!(err.contains("`primary` is not one of"), "{err}");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub use listener::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
 };
 pub use mirror::{
-    MirrorBufferConfig, MirrorRoute, PartitionKeyRule, UnknownPartitionKeyRule, WhenFull,
+    MirrorBufferConfig, MirrorRoute, PartitionKeyRule, RouteMode, UnknownPartitionKeyRule,
+    WhenFull, DEFAULT_PRIMARY_TIMEOUT_MS,
 };
 pub use sasl::{KafkaSaslConfig, Password, PasswordError, PasswordSource, SaslMechanism};
 pub use stream_target::{spool_dir_of_label, stream_of_label, StreamTarget, TargetError};

@@ -5,6 +5,7 @@ pub mod frame;
 pub mod header;
 pub mod message;
 pub mod produce;
+pub mod produce_answer;
 pub mod records;
 pub mod rewrite;
 pub mod transaction;

@@ -495,6 +495,7 @@ mod tests {
                 },
                 data: Bytes::from_static(b"x"),
                 acked_at: now,
+                delivery: None,
             },
             now,
         )

@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod client;
 pub mod dead_letter;
+pub mod delivery;
 pub mod health;
 pub mod lanes;
 pub mod rate;

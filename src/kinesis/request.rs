@@ -56,6 +56,9 @@ pub struct MirrorRecord {
     pub data: Bytes,
     /// When Kafka acknowledged it (or, for acks=0, when it was sent), for the lag metric.
     pub acked_at: Instant,
+    /// Its part in its partition's delivery, when its route is `kinesis-primary` and a
+    /// producer waits for it.
+    pub delivery: Option<super::delivery::DeliveryToken>,
 }
 
 impl MirrorRecord {

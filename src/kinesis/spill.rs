@@ -207,6 +207,9 @@ impl WriterTask {
             Ok(()) => {
                 for record in &records {
                     self.count(&record.topic, MirrorResult::Spooled, 1);
+                    if let Some(token) = &record.delivery {
+                        token.spooled();
+                    }
                 }
                 self.publish_spool_bytes(&spool);
             }
@@ -421,6 +424,7 @@ fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
         acked_at: now
             .checked_sub(Duration::from_millis(waited))
             .unwrap_or(now),
+        delivery: None,
     }
 }
 

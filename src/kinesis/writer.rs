@@ -444,6 +444,9 @@ impl WriterTask {
                 for ((lane, queued), outcome) in completion.request.into_iter().zip(outcomes) {
                     match outcome {
                         EntryOutcome::Delivered { .. } => {
+                            if let Some(token) = &queued.record.delivery {
+                                token.delivered();
+                            }
                             self.lanes.delivered(&lane);
                             self.finished_with(&queued);
                         }

@@ -150,6 +150,8 @@ fn mirror_records(
                 .as_deref()
                 .map_or_else(Bytes::new, Bytes::copy_from_slice),
             acked_at,
+            // Given by the stage, once it knows how many records the partition owes.
+            delivery: None,
         };
         budget.charge(Spending::Records, record.memory_bytes())?;
         mirrored.records.push(record);

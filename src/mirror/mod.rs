@@ -9,6 +9,9 @@
 
 mod decode;
 pub mod partition_key;
+mod primary;
+#[cfg(test)]
+mod primary_tests;
 pub mod sampling;
 mod stage;
 mod stage_transactions;
@@ -17,13 +20,15 @@ mod stream_queue;
 mod tests;
 mod transactions;
 
+pub use primary::PrimaryAnswer;
+use primary::{Deliveries, Primary};
 use stage_transactions::sweep_lookups;
 pub use stage_transactions::{TxnControl, TxnControlExchange};
 pub use transactions::{MarkerLookup, TransactionMarkers};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -31,8 +36,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::mpsc;
 
-use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
+use crate::config::{MirrorRoute, PartitionKeyRule, RouteMode, StreamTarget, WhenFull};
 use crate::kafka::header::{response_body_offset, HeaderError};
+use crate::kafka::message::MessageError;
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
 use crate::kafka::records::summarize;
 use crate::kafka::transaction::TxnControlError;
@@ -71,6 +77,9 @@ pub struct ProduceExchange {
     pub request_body: Bytes,
     /// The whole response frame; `None` for acks=0.
     pub response_frame: Option<Bytes>,
+    /// kinesis-primary partitions whose producer waits for their delivery; filled in by
+    /// [`Mirror::hand_over`].
+    pub(crate) deliveries: Deliveries,
 }
 
 impl ProduceExchange {
@@ -101,6 +110,8 @@ pub struct Route {
     pub stream: String,
     pub percent: f64,
     pub partition_key: PartitionKeyRule,
+    pub mode: RouteMode,
+    pub primary_timeout: std::time::Duration,
     pub writer: StreamWriter,
     /// The stream's queue in front of `writer`.
     pub(crate) queue: Arc<StreamQueue>,
@@ -124,6 +135,10 @@ pub struct Mirror {
     queues: Arc<StreamQueues>,
     /// Where held transactions' outcomes are read, once the proxy can reach Kafka.
     markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
+    /// Whether any route is kinesis-primary: if not, no exchange is looked into on the
+    /// connection's side, as before there were modes.
+    any_primary: Arc<AtomicBool>,
+    primary: Arc<Primary>,
 }
 
 /// One writer per stream target (its name or ARN, region and role), created on first use and
@@ -183,6 +198,8 @@ impl Mirror {
         tokio::spawn(sweep_lookups(tx.downgrade()));
         let mirror = Mirror {
             markers,
+            any_primary: Arc::new(AtomicBool::new(false)),
+            primary: Arc::new(Primary::default()),
             tx,
             queued_bytes,
             block,
@@ -244,6 +261,8 @@ impl Mirror {
                     stream,
                     percent: r.percent,
                     partition_key: r.partition_key.clone(),
+                    mode: r.mode,
+                    primary_timeout: r.primary_timeout,
                     writer,
                 };
                 table.insert(r.topic.clone(), Arc::new(route));
@@ -252,18 +271,47 @@ impl Mirror {
         self.metrics
             .topic_labels
             .set_routed(routes.iter().map(|r| r.topic.clone()));
-        let previous = self.routes.swap(Arc::new(table));
+        self.any_primary.store(
+            routes.iter().any(|r| r.mode == RouteMode::KinesisPrimary),
+            Ordering::Release,
+        );
+        let table = Arc::new(table);
+        self.primary.keep_only(&table);
+        let previous = self.routes.swap(table);
         for topic in previous
             .keys()
             .filter(|t| !routes.iter().any(|r| &r.topic == *t))
         {
             let _ = self.metrics.mirror_percent.remove_label_values(&[topic]);
+            self.show_mode(topic, None);
         }
         for r in routes {
             self.metrics
                 .mirror_percent
                 .with_label_values(&[&r.topic])
                 .set(r.percent);
+            let before = previous.get(&r.topic).map(|p| p.mode);
+            if before != Some(r.mode) {
+                tracing::info!(topic = %r.topic, mode = %r.mode, previous = before.map(RouteMode::name), "route mode in force");
+            }
+            self.show_mode(&r.topic, Some(r.mode));
+        }
+    }
+
+    /// `route_mode{topic,mode}`: 1 for `mode`, the others removed.
+    fn show_mode(&self, topic: &str, mode: Option<RouteMode>) {
+        for other in [RouteMode::Mirror, RouteMode::KinesisPrimary] {
+            if Some(other) == mode {
+                self.metrics
+                    .route_mode
+                    .with_label_values(&[topic, other.name()])
+                    .set(1);
+            } else {
+                let _ = self
+                    .metrics
+                    .route_mode
+                    .remove_label_values(&[topic, other.name()]);
+            }
         }
     }
 
@@ -306,7 +354,19 @@ impl Mirror {
     /// Hands an exchange to the stage. With `when_full = "block"` this waits while a stream
     /// the exchange routes to is backed up (or the stage itself, short of CPU), which holds
     /// the connection's next response and so slows the producer; otherwise it never waits.
-    pub async fn hand_over(&self, exchange: ProduceExchange) {
+    /// Returns what the response must wait for when it names kinesis-primary partitions.
+    pub async fn hand_over(&self, mut exchange: ProduceExchange) -> Option<PrimaryAnswer> {
+        let answer = if self.any_primary.load(Ordering::Acquire) {
+            self.primary
+                .open(&mut exchange, &self.routes.load(), &self.metrics)
+        } else {
+            None
+        };
+        self.stage_exchange(exchange).await;
+        answer
+    }
+
+    async fn stage_exchange(&self, exchange: ProduceExchange) {
         let bytes = exchange.bytes();
         if self.block {
             // Only the topics are decoded, not the records. An undecodable request takes no
@@ -328,6 +388,23 @@ impl Mirror {
         } else {
             self.observe(exchange, bytes);
         }
+    }
+
+    /// The proxy's own answer to a Produce request (`version`, `body`) that a kinesis-primary
+    /// route refuses: a transactional one naming such a topic. `None` to forward it, as
+    /// always when no route is kinesis-primary (then nothing is decoded).
+    pub fn refusal(
+        &self,
+        version: i16,
+        body: &Bytes,
+        correlation_id: i32,
+    ) -> Option<Result<Bytes, MessageError>> {
+        if !self.any_primary.load(Ordering::Acquire) {
+            return None;
+        }
+        // An undecodable request is Kafka's to refuse.
+        let request = ProduceRequestView::decode(version, body.clone()).ok()?;
+        primary::refuse_transactional(&self.routes.load(), &request, correlation_id)
     }
 
     /// Hands a transaction-control exchange to the stage, behind every Produce exchange handed

@@ -18,6 +18,7 @@ use super::{
     produced_partitions, sampled_estimate, Route, RouteTable, StageError, StageInput,
     TransactionMarkers, TxnControlExchange, Verdict, DECODE_WINDOW,
 };
+use crate::kinesis::delivery::PartitionDelivery;
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 
@@ -53,6 +54,9 @@ struct PartitionWork {
     route: Option<Arc<Route>>,
     /// Block mode: the room taken for it in its stream's queue.
     room: Option<Arc<Room>>,
+    /// kinesis-primary: the delivery its producer waits for. Dropped unsealed when the
+    /// partition is not mirrored after all (undecodable), which fails it.
+    delivery: Option<PartitionDelivery>,
     _queued: Arc<QueuedBytes>,
 }
 
@@ -153,7 +157,7 @@ impl Stage {
         input: StageInput,
         waiting: &mut VecDeque<Work>,
     ) -> Result<(), StageError> {
-        let (exchange, rooms) = match input {
+        let (mut exchange, rooms) = match input {
             StageInput::Exchange(exchange, rooms) => (exchange, rooms),
             StageInput::Flush(done) => {
                 waiting.push_back(Work::Flush(done));
@@ -181,7 +185,11 @@ impl Stage {
                 .route
                 .as_ref()
                 .and_then(|route| rooms.get(&route.stream).cloned());
+            let delivery = exchange
+                .deliveries
+                .remove(&(produced.topic.to_string(), produced.partition));
             waiting.push_back(Work::Partition(PartitionWork {
+                delivery,
                 client: exchange.client.clone(),
                 topic: produced.topic,
                 partition: produced.partition,
@@ -196,7 +204,7 @@ impl Stage {
     }
 
     /// Counts a decoded partition and hands its records to its stream's queue.
-    fn finish(&mut self, work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
+    fn finish(&mut self, mut work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.decode_error(&work, &e, 0),
@@ -226,10 +234,16 @@ impl Stage {
         let (Some(route), Some(mirrored)) = (&work.route, decoded.mirrored) else {
             return;
         };
-        let mirrored = match mirrored {
+        let mut mirrored = match mirrored {
             Ok(mirrored) => mirrored,
             Err(e) => return self.decode_error(&work, &e.into(), records),
         };
+        if let Some(delivery) = work.delivery.take() {
+            let tokens = delivery.seal(mirrored.records.len());
+            for (record, token) in mirrored.records.iter_mut().zip(tokens) {
+                record.delivery = Some(token);
+            }
+        }
         self.hand_on(transaction, &work.topic, route, mirrored.records, work.room);
         if mirrored.skipped > 0 {
             self.metrics.mirror_outcome(

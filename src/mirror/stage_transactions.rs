@@ -215,6 +215,7 @@ mod tests {
             version: 7,
             request_body: acks0_produce("orders", 10, producer),
             response_frame: None,
+            deliveries: Default::default(),
         };
         mirror.hand_over(produce(Some((9, 0)))).await;
         mirror.hand_over(produce(None)).await;

@@ -21,7 +21,9 @@ use kafka_protocol::records::{
 use serde_json::json;
 
 use super::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
-use crate::config::{MirrorRoute, PartitionKeyRule, StreamTarget, WhenFull};
+use crate::config::{
+    MirrorRoute, PartitionKeyRule, RouteMode, StreamTarget, WhenFull, DEFAULT_PRIMARY_TIMEOUT_MS,
+};
 use crate::kinesis::spool::{Spool, SpoolEntry};
 use crate::kinesis::test_support::{
     all_stored, control_plane, entry_data, wait_until, writer_settings, FakeKinesis,
@@ -106,7 +108,7 @@ fn unreachable_kinesis(spool: &std::path::Path) -> crate::kinesis::writer::Write
 
 /// The whole frame of Kafka's Produce v7 answer storing partition 0 of `topic` from
 /// `base_offset`.
-fn produce_response(topic: &str, base_offset: i64) -> Bytes {
+pub(super) fn produce_response(topic: &str, base_offset: i64) -> Bytes {
     let response = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
         .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
         .with_partition_responses(vec![PartitionProduceResponse::default()
@@ -130,21 +132,24 @@ fn client() -> Arc<ClientKey> {
 
 /// An acks=1 Produce of `values` to partition 0 of `topic`, which Kafka stored from
 /// `base_offset`.
-fn stored(topic: &str, base_offset: i64, values: &[Bytes]) -> ProduceExchange {
+pub(super) fn stored(topic: &str, base_offset: i64, values: &[Bytes]) -> ProduceExchange {
     ProduceExchange {
         client: client(),
         version: VERSION,
         request_body: produce_request(topic, 1, values),
         response_frame: Some(produce_response(topic, base_offset)),
+        deliveries: Default::default(),
     }
 }
 
-fn route(topic: &str, stream: &str) -> MirrorRoute {
+pub(super) fn route(topic: &str, stream: &str) -> MirrorRoute {
     MirrorRoute {
         topic: topic.into(),
         target: StreamTarget::new(stream, None, None).unwrap(),
         percent: 100.0,
         partition_key: PartitionKeyRule::Key,
+        mode: RouteMode::Mirror,
+        primary_timeout: Duration::from_millis(DEFAULT_PRIMARY_TIMEOUT_MS),
     }
 }
 
@@ -183,6 +188,7 @@ async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ra
                 version: VERSION,
                 request_body: body.clone(),
                 response_frame: None,
+                deliveries: Default::default(),
             })
             .await;
     }
@@ -213,10 +219,8 @@ async fn a_reload_repoints_a_topic_to_another_region_and_to_an_arn_each_with_its
     let spool = tempfile::tempdir().unwrap();
     let settings = unreachable_kinesis(spool.path());
     let route = |stream: &str, region: Option<&str>| MirrorRoute {
-        topic: "orders".into(),
         target: StreamTarget::new(stream, region, None).unwrap(),
-        percent: 100.0,
-        partition_key: PartitionKeyRule::Key,
+        ..route("orders", "orders-stream")
     };
     let arn = "arn:aws:kinesis:ap-south-1:123456789012:stream/orders-stream";
     let mirror = Mirror::start(
@@ -249,11 +253,11 @@ async fn a_reload_repoints_a_topic_to_another_region_and_to_an_arn_each_with_its
 }
 
 /// The data each stream stored, in the order stored.
-type Stored = Arc<Mutex<HashMap<String, Vec<String>>>>;
+pub(super) type Stored = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 /// Kinesis for two streams: while `a_down` is set, `stream-a` is down (every call fails);
 /// otherwise each stream stores every entry.
-fn kinesis_with_a_down(a_down: &Arc<AtomicBool>, stored: &Stored) -> FakeKinesis {
+pub(super) fn kinesis_with_a_down(a_down: &Arc<AtomicBool>, stored: &Stored) -> FakeKinesis {
     let (a_down, stored) = (a_down.clone(), stored.clone());
     FakeKinesis::new(move |operation, body| {
         let stream = body["StreamName"].as_str().unwrap_or_default();

@@ -479,6 +479,19 @@ impl Connection {
                 let request_body = header
                     .body_offset
                     .map_or_else(Bytes::new, |offset| frame.slice(offset..));
+                let refusal =
+                    self.proxy
+                        .mirror
+                        .refusal(version, &request_body, header.correlation_id);
+                if let Some(refusal) = refusal {
+                    return refusal
+                        .map(Handling::Local)
+                        .map_err(|e| ConnectionError::Response {
+                            api: api_name(header.api_key),
+                            version,
+                            source: e.into(),
+                        });
+                }
                 // Sent before the connection authenticated: Kafka refuses it, and even were it
                 // to store it, the records would be the word of someone it does not know.
                 let exchange = may_mirror.then(|| ProduceExchange {
@@ -486,6 +499,7 @@ impl Connection {
                     version,
                     request_body,
                     response_frame: None,
+                    deliveries: Default::default(),
                 });
                 if acks == 0 {
                     self.acks0_sent.remember(header.correlation_id);

@@ -85,6 +85,12 @@ pub struct Metrics {
     /// Produce data the mirror could not decode, per topic (the Kafka path is unaffected).
     pub mirror_decode_errors: IntCounterVec,
     pub mirror_percent: GaugeVec,
+    /// 1 for each routed topic's mode in force (`mirror` or `kinesis-primary`).
+    pub route_mode: IntGaugeVec,
+    /// kinesis-primary: time a Produce response waited for Kinesis.
+    pub primary_added: HistogramVec,
+    /// kinesis-primary: partitions answered with an error because of Kinesis.
+    pub primary_errors: IntCounterVec,
     /// Produce requests not mirrored because the mirror stage's queue was full.
     pub mirror_dropped_requests: IntCounter,
     /// 1 when the stream was described successfully, else 0.
@@ -182,6 +188,34 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(mirror_percent.clone()))
+            .expect("unique metric");
+        let route_mode = IntGaugeVec::new(
+            Opts::new(
+                name("route_mode"),
+                "1 for the mode in force for each routed topic (mirror or kinesis-primary).",
+            ),
+            &["topic", "mode"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(route_mode.clone()))
+            .expect("unique metric");
+        let primary_errors = counter(
+            "primary_errors_total",
+            "kinesis-primary partitions answered with a retriable error: timeout (REQUEST_TIMED_OUT) or kinesis_failed (KAFKA_STORAGE_ERROR).",
+            &["topic", "error"],
+        );
+        let primary_added = HistogramVec::new(
+            HistogramOpts::new(
+                name("primary_added_seconds"),
+                "kinesis-primary: time a Produce response waited for Kinesis after Kafka answered.",
+            )
+            .buckets(exponential_buckets(0.005, 2.0, 14).expect("valid buckets")),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(primary_added.clone()))
             .expect("unique metric");
         let stream_healthy = IntGaugeVec::new(
             Opts::new(
@@ -373,6 +407,9 @@ impl Metrics {
             mirror_attempts,
             mirror_decode_errors,
             mirror_percent,
+            route_mode,
+            primary_added,
+            primary_errors,
             mirror_dropped_requests,
             stream_healthy,
             stream_probes,

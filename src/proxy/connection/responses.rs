@@ -135,12 +135,14 @@ impl Connection {
             for (exchange, _held) in proven {
                 self.proxy.mirror.hand_over(exchange).await;
             }
+            // kinesis-primary partitions: the answer waits for Kinesis too.
+            let mut primary = None;
             match handling {
                 Handling::Produce {
                     exchange: Some(mut exchange),
                 } => {
                     exchange.response_frame = Some(frame.clone());
-                    self.proxy.mirror.hand_over(exchange).await;
+                    primary = self.proxy.mirror.hand_over(exchange).await;
                 }
                 Handling::TxnControl { api, request_body } => {
                     let exchange = TxnControlExchange {
@@ -153,6 +155,18 @@ impl Connection {
                 }
                 _ => {}
             }
+            let rewritten = match (rewritten, primary) {
+                (Ok(rewritten), Some(primary)) => primary
+                    .settle(rewritten.unwrap_or_else(|| frame.clone()), received)
+                    .await
+                    .map(Some)
+                    .map_err(|e| ConnectionError::Response {
+                        api: api_name(api_key),
+                        version: api_version,
+                        source: e.into(),
+                    }),
+                (rewritten, _) => rewritten,
+            };
             if let (Ok(rewritten), false) = (&rewritten, is_probe) {
                 answer_client(
                     &mut client_wr,
