@@ -488,11 +488,11 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::config::{WhenFull, WriteOrdering};
+    use crate::config::WriteOrdering;
     use crate::kinesis::request::MirrorRecord;
     use crate::kinesis::service::PutRecordsService;
     use crate::kinesis::test_support::{
-        entry_data, record, wait_until, writer_settings, Cut, FakeKinesis, FakeStream,
+        entry_data, record, spilling_settings, wait_until, Cut, FakeKinesis, FakeStream,
     };
     use crate::kinesis::writer::StreamWriter;
     use crate::telemetry::metrics::Metrics;
@@ -515,12 +515,7 @@ mod tests {
     /// A writer of stream `s` in front of `kinesis`, with `ordering`.
     fn writer(kinesis: &FakeKinesis, ordering: WriteOrdering) -> (StreamWriter, Arc<Metrics>) {
         let spool_dir = tempfile::tempdir().expect("tempdir");
-        let mut settings = writer_settings(
-            spool_dir.path(),
-            1 << 20,
-            WhenFull::Spill,
-            Duration::from_secs(600),
-        );
+        let mut settings = spilling_settings(spool_dir.path(), 1 << 20);
         settings.kinesis.ordering = ordering;
         let metrics = Arc::new(Metrics::new());
         let writer = StreamWriter::spawn("s", kinesis.client(), &settings, metrics.clone());

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::{DeadLetterLimits, WhenFull};
+use crate::config::DeadLetterLimits;
 use crate::kinesis::dead_letter::DeadLetterFile;
 use crate::kinesis::test_support::{
-    all_stored, control_plane, entry_data, outcomes, record, wait_until, writer_settings,
+    all_stored, control_plane, entry_data, outcomes, record, spilling_settings, wait_until,
     FakeKinesis,
 };
 use crate::kinesis::writer::{StreamWriter, WriterSettings};
@@ -88,7 +88,7 @@ fn refusing_kinesis(refusing: &Arc<AtomicBool>, seen: &Arc<Seen>, refusal: Refus
 }
 
 fn settings_with_dead_letters(dir: &std::path::Path, limits: DeadLetterLimits) -> WriterSettings {
-    let mut settings = writer_settings(dir, 1 << 20, WhenFull::Spill, Duration::from_secs(600));
+    let mut settings = spilling_settings(dir, 1 << 20);
     let file = DeadLetterFile::open(&dir.join("dead-letters.jsonl")).expect("dead-letter file");
     settings.dead_letters = Some(Arc::new(file.with_limits(limits)));
     settings

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::WhenFull;
 use crate::kinesis::test_support::{
-    control_plane, entry_data, record, two_shards, wait_until, writer_settings, FakeKinesis, HALF,
+    control_plane, entry_data, record, spilling_settings, two_shards, wait_until, FakeKinesis, HALF,
 };
 use crate::kinesis::writer::StreamWriter;
 use crate::telemetry::metrics::Metrics;
@@ -64,12 +63,7 @@ async fn a_child_shard_waits_for_its_parents_request_in_flight() {
         .slow("PutRecords", Duration::from_secs(2))
     };
     let spool_dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = writer_settings(
-        spool_dir.path(),
-        1 << 20,
-        WhenFull::Spill,
-        Duration::from_secs(600),
-    );
+    let mut settings = spilling_settings(spool_dir.path(), 1 << 20);
     settings.kinesis.shard_map_refresh = Duration::from_millis(500);
     let writer = StreamWriter::spawn("s", kinesis.client(), &settings, Arc::new(Metrics::new()));
     for offset in 0..5 {

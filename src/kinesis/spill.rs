@@ -438,8 +438,8 @@ mod tests {
     use super::*;
     use crate::config::WhenFull;
     use crate::kinesis::test_support::{
-        all_stored, control_plane, entry_data, record, two_shards, wait_until, writer_settings,
-        FakeKinesis, HALF, SPOOL_MAX_BYTES,
+        all_stored, control_plane, entry_data, record, spilling_settings, two_shards, wait_until,
+        writer_settings, FakeKinesis, HALF, SPOOL_MAX_BYTES,
     };
     use crate::kinesis::writer::StreamWriter;
     use crate::telemetry::metrics::Metrics;
@@ -512,8 +512,7 @@ mod tests {
         budget: u64,
         kinesis: FakeKinesis,
     ) -> (StreamWriter, crate::kinesis::writer::WriterSettings) {
-        let settings =
-            writer_settings(spool_dir, budget, WhenFull::Spill, Duration::from_secs(600));
+        let settings = spilling_settings(spool_dir, budget);
         let writer =
             StreamWriter::spawn("s", kinesis.client(), &settings, Arc::new(Metrics::new()));
         (writer, settings)

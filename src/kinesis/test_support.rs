@@ -295,6 +295,16 @@ fn kinesis_config(record_ttl: Duration) -> KinesisConfig {
 
 /// A writer's settings with a spool in `spool_dir`, a budget of `buffer_bytes`, and records
 /// spilled after `record_ttl`.
+/// [`writer_settings`] that spill when `buffer_bytes` are full and keep records 600 s.
+pub fn spilling_settings(spool_dir: &std::path::Path, buffer_bytes: u64) -> WriterSettings {
+    writer_settings(
+        spool_dir,
+        buffer_bytes,
+        WhenFull::Spill,
+        Duration::from_secs(600),
+    )
+}
+
 pub fn writer_settings(
     spool_dir: &std::path::Path,
     buffer_bytes: u64,

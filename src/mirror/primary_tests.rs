@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 
-use super::tests::{kinesis_with_a_down, produce_response, route, stored, Stored};
-use super::{Mirror, PrimaryAnswer};
-use crate::config::{MirrorRoute, RouteMode, WhenFull};
+use super::tests::{
+    kinesis_with_a_down, mirror_in_front_of, produce_response, route, stored, Stored,
+};
+use super::PrimaryAnswer;
+use crate::config::{MirrorRoute, RouteMode};
 use crate::kafka::header::response_body_offset;
 use crate::kafka::produce::ProduceResponseView;
-use crate::kinesis::test_support::writer_settings;
-use crate::telemetry::inventory::Inventory;
-use crate::telemetry::metrics::Metrics;
+use crate::kinesis::test_support::spilling_settings;
 
 fn primary_route(timeout: Duration) -> MirrorRoute {
     MirrorRoute {
@@ -41,23 +41,11 @@ async fn answered(answer: PrimaryAnswer, base_offset: i64) -> (i16, Duration) {
 #[tokio::test]
 async fn a_retry_kafka_reports_as_a_duplicate_waits_for_its_originals_delivery() {
     let spool = tempfile::tempdir().unwrap();
-    let mut settings = writer_settings(
-        spool.path(),
-        1 << 30,
-        WhenFull::Spill,
-        Duration::from_secs(600),
-    );
+    let mut settings = spilling_settings(spool.path(), 1 << 30);
     settings.kinesis.shard_rate_factor = 100.0;
-    let metrics = Arc::new(Metrics::new());
-    let mirror = Mirror::start(
-        &[],
-        settings,
-        metrics.clone(),
-        Arc::new(Inventory::default()),
-    )
-    .await;
     let (down, kinesis) = (Arc::new(AtomicBool::new(true)), Stored::default());
-    mirror.writers.lock().await.clients = kinesis_with_a_down(&down, &kinesis).clients();
+    let (mirror, metrics) =
+        mirror_in_front_of(settings, kinesis_with_a_down(&down, &kinesis)).await;
     let timeout = Duration::from_millis(800);
     mirror.apply_routes(&[primary_route(timeout)]).await;
     let values: Vec<Bytes> = (0..3).map(|i| Bytes::from(format!("v{i}"))).collect();

@@ -26,8 +26,8 @@ use crate::config::{
 };
 use crate::kinesis::spool::{Spool, SpoolEntry};
 use crate::kinesis::test_support::{
-    all_stored, control_plane, entry_data, wait_until, writer_settings, FakeKinesis,
-    SPOOL_MAX_BYTES,
+    all_stored, control_plane, entry_data, spilling_settings, wait_until, writer_settings,
+    FakeKinesis, SPOOL_MAX_BYTES,
 };
 use crate::telemetry::inventory::{ClientKey, Inventory};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
@@ -101,7 +101,7 @@ fn produce_request_of(
 
 /// Writer settings whose Kinesis never answers, with a spool in `spool`.
 fn unreachable_kinesis(spool: &std::path::Path) -> crate::kinesis::writer::WriterSettings {
-    let mut settings = writer_settings(spool, 1 << 30, WhenFull::Spill, Duration::from_secs(600));
+    let mut settings = spilling_settings(spool, 1 << 30);
     settings.kinesis.endpoint_url = Some("http://127.0.0.1:9".into());
     settings
 }
@@ -286,6 +286,23 @@ struct OneStreamStuck {
     _spool: tempfile::TempDir,
 }
 
+/// A stage with no routes yet whose writers call `kinesis`, and its metrics.
+pub(super) async fn mirror_in_front_of(
+    settings: crate::kinesis::writer::WriterSettings,
+    kinesis: FakeKinesis,
+) -> (Mirror, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let mirror = Mirror::start(
+        &[],
+        settings,
+        metrics.clone(),
+        Arc::new(Inventory::default()),
+    )
+    .await;
+    mirror.writers.lock().await.clients = kinesis.clients();
+    (mirror, metrics)
+}
+
 impl OneStreamStuck {
     async fn start(when_full: WhenFull) -> OneStreamStuck {
         let spool = tempfile::tempdir().unwrap();
@@ -298,14 +315,9 @@ impl OneStreamStuck {
         settings.spool.max_bytes = 1;
         // So that stream-a's backlog, once its Kinesis is back, takes a second, not ten.
         settings.kinesis.shard_rate_factor = 100.0;
-        let metrics = Arc::new(Metrics::new());
-        let mirror = Mirror::start(
-            &[],
-            settings,
-            metrics.clone(),
-            Arc::new(Inventory::default()),
-        )
-        .await;
+        let (a_down, stored) = (Arc::new(AtomicBool::new(true)), Stored::default());
+        let (mirror, metrics) =
+            mirror_in_front_of(settings, kinesis_with_a_down(&a_down, &stored)).await;
         let (earlier_run, _) =
             Spool::open(&spool.path().join("stream-a"), SPOOL_MAX_BYTES).unwrap();
         earlier_run
@@ -321,8 +333,6 @@ impl OneStreamStuck {
             }])
             .unwrap();
         drop(earlier_run);
-        let (a_down, stored) = (Arc::new(AtomicBool::new(true)), Stored::default());
-        mirror.writers.lock().await.clients = kinesis_with_a_down(&a_down, &stored).clients();
         mirror
             .apply_routes(&[route("topic-a", "stream-a"), route("topic-b", "stream-b")])
             .await;
