@@ -122,12 +122,24 @@ async fn through_a_kinesis_outage_producers_retry_and_both_systems_end_up_equal(
     const COUNT: usize = 3000;
     let started = Instant::now();
     let producer = produce(&rig, COUNT, 150, &log, &[]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Traffic flows, acknowledged through both systems, before Kinesis goes down.
+    support::wait_until_async(
+        "300 acknowledgements before the outage",
+        Duration::from_secs(60),
+        async || {
+            std::fs::read_to_string(&log)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        },
+        |acked| *acked >= 300,
+    )
+    .await;
     rig.faults.set(FaultPlan {
         down: true,
         ..FaultPlan::default()
     });
     let before_outage = std::fs::read_to_string(&log).unwrap().lines().count();
+    // The outage itself lasts 10 s, as the scenario says.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let during = std::fs::read_to_string(&log).unwrap().lines().count();
     rig.faults.set(FaultPlan::default());
