@@ -3,6 +3,7 @@
 //! be mirrored.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::ProgressBar;
@@ -11,17 +12,20 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::compare::{digest, key_hash, KafkaEntry, Role};
 use super::{Target, VerifyError, Window};
-use crate::config::KafkaConfig;
-use crate::config::PartitionKeyRule;
+use crate::config::{KafkaConfig, PartitionKeyRule};
 use crate::mirror::partition_key::{kinesis_key_of, routing_key_of};
 use crate::mirror::sampling::{is_sampled, sample_point_of};
 
 /// Metadata and offset look-ups give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first metadata look-up is tried this long at a time, so that a refused TLS handshake or
+/// SASL login is reported within seconds rather than after `REQUEST_TIMEOUT`.
+const METADATA_ATTEMPT: Duration = Duration::from_secs(2);
 /// A read that gets no record for this long fails instead of hanging on an unreachable broker.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -33,16 +37,44 @@ fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) -> VerifyEr
 
 /// librdkafka also reports each partition's end as a global error, which its default context
 /// logs at error level; here the end of a partition is how a read knows it is done.
-pub struct ReaderContext;
+///
+/// It also keeps the last refusal from the brokers' side of TLS or SASL: librdkafka retries
+/// those forever and tells of them only here, while retrying cannot fix a wrong CA or password.
+#[derive(Default)]
+pub struct ReaderContext {
+    refusal: Mutex<Option<Refusal>>,
+}
+
+/// A TLS handshake or SASL login that failed, with librdkafka's reason.
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: RDKafkaErrorCode,
+    reason: String,
+}
+
+impl ReaderContext {
+    fn refusal(&self) -> Option<Refusal> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !end_of_partition {
-            tracing::warn!(%error, reason, "Kafka client");
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            KafkaError::Global(
+                code @ (RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication),
+            ) => {
+                let refusal = Refusal {
+                    code,
+                    reason: reason.to_owned(),
+                };
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
+            }
+            _ => tracing::warn!(%error, reason, "Kafka client"),
         }
     }
 }
@@ -55,6 +87,11 @@ pub type Reader = BaseConsumer<ReaderContext>;
 /// and SASL. It reads committed records only, as the mirror mirrors a transaction's records
 /// only once it commits.
 pub fn consumer(config: &KafkaConfig) -> Result<Reader, VerifyError> {
+    if let Some(tls) = &config.tls {
+        // The proxy's own checks of the same files, so that a wrong path or a file that holds
+        // no certificate is named here instead of in an OpenSSL message that does not.
+        crate::proxy::check_tls_files(None, Some(tls))?;
+    }
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", config.bootstrap_servers.join(","))
@@ -95,8 +132,63 @@ pub fn consumer(config: &KafkaConfig) -> Result<Reader, VerifyError> {
             .set("sasl.password", sasl.password.read()?.expose());
     }
     client
-        .create_with_context(ReaderContext)
+        .create_with_context(ReaderContext::default())
         .map_err(kafka_error("creating the consumer from [kafka]"))
+}
+
+/// Whether the brokers let `consumer` in: a TLS handshake or SASL login they refuse is an error
+/// naming the CA file or the user, before anything else is read.
+pub fn check_access(
+    consumer: &Reader,
+    config: &KafkaConfig,
+    topic: &str,
+) -> Result<(), VerifyError> {
+    topic_metadata(consumer, config, topic).map(drop)
+}
+
+/// `topic`'s metadata, or the refusal of the TLS handshake or SASL login that stops it.
+fn topic_metadata(
+    consumer: &Reader,
+    config: &KafkaConfig,
+    topic: &str,
+) -> Result<Metadata, VerifyError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        if let Some(refusal) = consumer.context().refusal() {
+            return Err(refused(config, refusal));
+        }
+        match consumer.fetch_metadata(Some(topic), METADATA_ATTEMPT) {
+            Ok(metadata) => return Ok(metadata),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(kafka_error(format!("fetching the metadata of `{topic}`"))(
+                    e,
+                ))
+            }
+            // Error events reach the context only while the consumer's queue is served; with
+            // nothing assigned, this serves them and nothing else.
+            Err(_) => {
+                consumer.poll(POLL_INTERVAL);
+            }
+        }
+    }
+}
+
+fn refused(config: &KafkaConfig, refusal: Refusal) -> VerifyError {
+    let Refusal { code, reason } = refusal;
+    match (code, &config.sasl) {
+        (RDKafkaErrorCode::Authentication, Some(sasl)) => VerifyError::KafkaAuthentication {
+            mechanism: sasl.mechanism.name(),
+            username: sasl.username.clone(),
+            reason,
+        },
+        _ => VerifyError::KafkaTls {
+            trust: match config.tls.as_ref().and_then(|tls| tls.ca.as_ref()) {
+                Some(ca) => format!("kafka.tls.ca {}", ca.display()),
+                None => "the system's CA certificates (kafka.tls.ca is not set)".to_owned(),
+            },
+            reason,
+        },
+    }
 }
 
 /// The first offset of each partition at or after `at` (a timestamp in ms): Kafka's answer to
@@ -148,12 +240,11 @@ struct PartitionRange {
 
 fn partition_ranges(
     consumer: &Reader,
+    config: &KafkaConfig,
     topic: &str,
     window: &Window,
 ) -> Result<HashMap<i32, PartitionRange>, VerifyError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(kafka_error(format!("fetching the metadata of `{topic}`")))?;
+    let metadata = topic_metadata(consumer, config, topic)?;
     let partitions = metadata
         .topics()
         .iter()
@@ -196,12 +287,13 @@ fn partition_ranges(
 /// before it and those after it up to the partitions' ends as context.
 pub fn read_topic(
     consumer: &Reader,
+    config: &KafkaConfig,
     target: &Target,
     window: &Window,
     progress: &ProgressBar,
 ) -> Result<Vec<KafkaEntry>, VerifyError> {
     let topic = target.topic.as_str();
-    let ranges = partition_ranges(consumer, topic, window)?;
+    let ranges = partition_ranges(consumer, config, topic, window)?;
     let mut assignment = TopicPartitionList::new();
     let mut unfinished = HashMap::new();
     for (&partition, range) in &ranges {

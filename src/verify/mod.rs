@@ -34,6 +34,16 @@ pub enum VerifyError {
     ServerNameUnsupported,
     #[error(transparent)]
     Password(#[from] PasswordError),
+    #[error(transparent)]
+    TlsFiles(#[from] crate::proxy::TlsError),
+    #[error("TLS with the brokers failed, with {trust}: {reason}")]
+    KafkaTls { trust: String, reason: String },
+    #[error("the brokers refused SASL {mechanism} as `{username}`: {reason}")]
+    KafkaAuthentication {
+        mechanism: &'static str,
+        username: String,
+        reason: String,
+    },
     #[error("Kafka: {action}")]
     Kafka {
         action: String,
@@ -182,8 +192,12 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
         ProgressDrawTarget::hidden()
     });
 
-    // A Kafka setting librdkafka refuses shows before the stream is read, not after.
+    // A Kafka setting librdkafka or the brokers refuse shows before the stream is read, not
+    // after.
     let consumer = kafka_read::consumer(&config.kafka)?;
+    tokio::task::block_in_place(|| {
+        kafka_read::check_access(&consumer, &config.kafka, &target.topic)
+    })?;
     let stream_target: StreamTarget = target.stream.parse()?;
     let client = Clients::new(config.kinesis.clone())
         .client(&stream_target)
@@ -202,7 +216,7 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
     );
     // librdkafka's consumer is blocking; the stream read is done, so nothing else waits.
     let kafka = tokio::task::block_in_place(|| {
-        kafka_read::read_topic(&consumer, &target, &window, &kafka_bar)
+        kafka_read::read_topic(&consumer, &config.kafka, &target, &window, &kafka_bar)
     })?;
     kafka_bar.finish();
 
