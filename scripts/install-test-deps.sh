@@ -2,6 +2,8 @@
 # Installs everything the integration tests (tests/kafka_clients.rs,
 # tests/kcat.rs) need, from package registries only:
 #
+#   pkg-config, libssl-dev (Debian) -> the system OpenSSL that librdkafka (the rdkafka
+#                                 crate, verify's Kafka client) links for TLS: `cargo build` needs them
 #   Apache Kafka 4.1.2 (Maven Central) -> $TOOLS/kafka-4.1.2/libs   (the upstream broker, Java tools)
 #   kcat             (Debian)     -> /usr/bin/kcat
 #   Python clients   (PyPI)       -> $TOOLS/venv              (confluent-kafka, kafka-python, aiokafka)
@@ -60,6 +62,22 @@ apt_install() {
   fi
   $SUDO apt-get install -y -q --no-install-recommends "$@"
 }
+
+# --- Build prerequisites (Debian) ---------------------------------------------------
+# The rdkafka crate builds librdkafka with TLS against the system OpenSSL (openssl-sys finds
+# it with pkg-config), so `cargo build` itself needs these; zstd, lz4 and snappy are built from
+# source and need nothing here.
+BUILD_DEPS=(pkg-config libssl-dev)
+missing_build_deps=()
+for p in "${BUILD_DEPS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing_build_deps+=("$p")
+done
+if [ "${#missing_build_deps[@]}" -eq 0 ]; then
+  say build "skipped (${BUILD_DEPS[*]} already installed)"
+else
+  run_logged build-deps apt_install "${missing_build_deps[@]}"
+  say build "installed (${missing_build_deps[*]})"
+fi
 
 # --- Apache Kafka (Maven Central) ------------------------------------------------
 # The broker the suite runs against: kafka_2.13 (broker, StorageTool) and kafka-tools

@@ -203,7 +203,7 @@ fn secure_config(
         &config,
         format!(
             "[listener]\n[kafka]\nbootstrap_servers = [{}]\n[kafka.tls]\nca = {ca:?}\n{}\
-             [spool]\ndir = {:?}\n[[mirror]]\ntopic = \"verify-refused\"\nstream = \"verify-refused-stream\"\n",
+             [spool]\ndir = {:?}\n[[mirror]]\ntopic = \"verify-refused\"\nstream = \"verify-refused-stream\"\npercent = 100.0\n",
             servers.join(", "),
             kafka_sasl(&password_file),
             dir.join("spool"),

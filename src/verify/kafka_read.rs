@@ -90,7 +90,7 @@ pub fn consumer(config: &KafkaConfig) -> Result<Reader, VerifyError> {
     if let Some(tls) = &config.tls {
         // The proxy's own checks of the same files, so that a wrong path or a file that holds
         // no certificate is named here instead of in an OpenSSL message that does not.
-        crate::proxy::check_tls_files(None, Some(tls))?;
+        crate::proxy::check_tls_files(None, Some(tls)).map_err(VerifyError::TlsFiles)?;
     }
     let mut client = ClientConfig::new();
     client

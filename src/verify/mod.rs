@@ -34,8 +34,9 @@ pub enum VerifyError {
     ServerNameUnsupported,
     #[error(transparent)]
     Password(#[from] PasswordError),
-    #[error(transparent)]
-    TlsFiles(#[from] crate::proxy::TlsError),
+    /// Its message already holds its cause; not a source, so that it is not printed twice.
+    #[error("{0}")]
+    TlsFiles(crate::proxy::TlsError),
     #[error("TLS with the brokers failed, with {trust}: {reason}")]
     KafkaTls { trust: String, reason: String },
     #[error("the brokers refused SASL {mechanism} as `{username}`: {reason}")]
