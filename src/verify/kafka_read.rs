@@ -74,6 +74,8 @@ impl ClientContext for ReaderContext {
                 };
                 *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
             }
+            // Brokers down after a refusal are its consequence; verify's error names the cause.
+            _ if self.refusal().is_some() => {}
             _ => tracing::warn!(%error, reason, "Kafka client"),
         }
     }
