@@ -424,3 +424,50 @@ pub fn partition_key_at(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn kafka_config(tables: &str) -> KafkaConfig {
+        let text = format!(
+            "[listener]\n[kafka]\nbootstrap_servers = [\"a:1\"]\n{tables}[spool]\ndir = \"/tmp/s\"\n"
+        );
+        Config::parse(std::path::Path::new("proxy.toml"), &text)
+            .unwrap()
+            .kafka
+    }
+
+    #[test]
+    fn a_refused_handshake_names_the_ca_file_and_a_refused_login_the_user() {
+        let config = kafka_config(
+            "[kafka.tls]\nca = \"/etc/kkp/ca.pem\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\n\
+             username = \"alice\"\npassword_env = \"KKP_TEST_UNUSED\"\n",
+        );
+        let context = ReaderContext::default();
+        context.error(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "down");
+        assert!(context.refusal().is_none(), "not a refusal");
+
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::SSL),
+            "certificate verify failed",
+        );
+        let error = refused(&config, context.refusal().expect("recorded")).to_string();
+        assert!(error.contains("kafka.tls.ca /etc/kkp/ca.pem"), "{error}");
+        assert!(error.contains("certificate verify failed"), "{error}");
+
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "invalid credentials",
+        );
+        let error = refused(&config, context.refusal().expect("recorded")).to_string();
+        assert!(error.contains("SCRAM-SHA-512 as `alice`"), "{error}");
+        assert!(error.contains("invalid credentials"), "{error}");
+
+        // Without `ca`, the system's roots are what the brokers' certificate failed against.
+        let system_roots = kafka_config("[kafka.tls]\n");
+        let error = refused(&system_roots, context.refusal().unwrap()).to_string();
+        assert!(error.contains("kafka.tls.ca is not set"), "{error}");
+    }
+}
