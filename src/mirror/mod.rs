@@ -8,6 +8,9 @@
 //! EndTxn exchange that ends their transaction, which connections hand over the same way.
 
 mod decode;
+// Not used until the kinesis-only Produce path (branch ko-path) wires it in.
+#[allow(dead_code)]
+pub(crate) mod kinesis_only;
 pub mod partition_key;
 mod primary;
 #[cfg(test)]
