@@ -174,7 +174,13 @@ impl PrimaryAnswer {
 
     /// Makes the answer wait for `wait`, the delivery of `topic`/`partition`, within its route's
     /// timeout.
-    pub(super) fn wait_for(&mut self, topic: &str, partition: i32, route: &Route, wait: DeliveryWait) {
+    pub(super) fn wait_for(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        route: &Route,
+        wait: DeliveryWait,
+    ) {
         self.awaited.push(Awaited {
             topic: topic.to_owned(),
             partition,
@@ -283,7 +289,9 @@ fn is_primary(routes: &RouteTable, topic: &str) -> bool {
 }
 
 fn waits_for_kinesis(routes: &RouteTable, topic: &str) -> bool {
-    routes.get(topic).is_some_and(|r| r.mode.waits_for_kinesis())
+    routes
+        .get(topic)
+        .is_some_and(|r| r.mode.waits_for_kinesis())
 }
 
 fn timed_out(awaited: &Awaited) -> (i16, &'static str, String) {

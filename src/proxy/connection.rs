@@ -39,8 +39,8 @@ use crate::mirror::{LocalAnswer, ProduceExchange, TxnControl};
 use crate::telemetry::inventory::ClientKey;
 use acks0::{Acks0Ids, Probes};
 use client_frames::{ClientEvent, ClientFrames, FrameLimit};
-use kinesis_only::{KinesisOnlySplit, MergedAnswer};
 pub use error::ConnectionError;
+use kinesis_only::{KinesisOnlySplit, MergedAnswer};
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
 /// their own in-flight requests far below this; it only bounds memory for a misbehaving one.

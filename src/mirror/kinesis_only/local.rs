@@ -28,8 +28,8 @@ use crate::kafka::produce_answer::{
     KAFKA_STORAGE_ERROR, REQUEST_TIMED_OUT, UNKNOWN_TOPIC_OR_PARTITION,
 };
 use crate::kafka::produce_split::{
-    encode_request_body, local_response, split, PartitionAnswer, ProduceSplit,
-    ProduceSplitError, TopicAnswers,
+    encode_request_body, local_response, split, PartitionAnswer, ProduceSplit, ProduceSplitError,
+    TopicAnswers,
 };
 use crate::kafka::records::sole_v2_batch;
 use crate::kinesis::delivery::{Delivery, DeliveryWait};
@@ -197,7 +197,10 @@ impl Mirror {
         version: i16,
         body: &Bytes,
     ) -> Option<Result<ProduceSplit, ProduceSplitError>> {
-        if !self.any_kinesis_mode.load(std::sync::atomic::Ordering::Acquire) {
+        if !self
+            .any_kinesis_mode
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return None;
         }
         let routes = self.routes.load();
@@ -223,12 +226,17 @@ impl Mirror {
     ) -> Result<Option<Bytes>, KinesisOnlyError> {
         let received = Instant::now();
         let request = ProduceRequestView::decode(version, request_body.clone())?;
-        if let Some(refusal) = refuse_transactional(&self.routes.load(), &request, correlation_id)
-        {
+        if let Some(refusal) = refuse_transactional(&self.routes.load(), &request, correlation_id) {
             return Ok(Some(refusal?));
         }
         let answer = self
-            .answer_locally(client, request, Some(request_body), correlation_id, received)
+            .answer_locally(
+                client,
+                request,
+                Some(request_body),
+                correlation_id,
+                received,
+            )
             .await?;
         match answer {
             Some(answer) => Ok(Some(answer.settle().await?)),
@@ -258,7 +266,9 @@ impl Mirror {
         let mut waiting = PrimaryAnswer::new(version, &self.metrics);
         let mut every_partition_sent = true;
         for topic in &request.topics {
-            let route = routes.get(&topic.name).filter(|r| r.mode == RouteMode::KinesisOnly);
+            let route = routes
+                .get(&topic.name)
+                .filter(|r| r.mode == RouteMode::KinesisOnly);
             let mut topic_answers = TopicAnswers {
                 topic: topic.name.clone(),
                 partitions: Vec::new(),
@@ -311,7 +321,10 @@ impl Mirror {
                     topic: topic.name.clone(),
                     partition: index,
                     error_code: KAFKA_STORAGE_ERROR,
-                    message: format!("topic {}: the proxy could not make its kinesis-only offsets durable", topic.name),
+                    message: format!(
+                        "topic {}: the proxy could not make its kinesis-only offsets durable",
+                        topic.name
+                    ),
                 });
                 let (Some(route), Some(log), false) = (route, &log, delivered) else {
                     every_partition_sent = false;
@@ -353,7 +366,9 @@ impl Mirror {
             };
             self.stage_exchange(exchange).await;
         }
-        let assigned = log.filter(|_| !assigned.is_empty()).map(|log| (log, assigned));
+        let assigned = log
+            .filter(|_| !assigned.is_empty())
+            .map(|log| (log, assigned));
         if request.acks == 0 {
             if let Some((log, _)) = assigned {
                 // Nobody waits for it, but a restart must not give the offsets out again.
