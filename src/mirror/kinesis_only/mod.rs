@@ -8,6 +8,8 @@
 mod journal;
 mod ledger;
 mod local;
+#[cfg(test)]
+mod local_tests;
 // Used by the standalone proxy's InitProducerId (branch standalone).
 #[allow(dead_code)]
 pub(crate) mod producer_ids;
