@@ -20,6 +20,7 @@ use super::LocalAnswer;
 use crate::config::{MirrorRoute, RouteMode};
 use crate::kafka::header::response_body_offset;
 use crate::kafka::produce::{ProduceRequestView, ProduceResponseView};
+use crate::kafka::produce_split::encode_request_body;
 use crate::kinesis::test_support::spilling_settings;
 
 const VERSION: i16 = 7;
@@ -166,4 +167,30 @@ async fn a_retry_after_a_restart_lost_the_delivery_is_sent_again_once_under_its_
     let next = idempotent_produce("topic-a", &values(3..4), 9, 3);
     let (code, base_offset, _) = settled(start(&second, &next).await).await;
     assert_eq!((code, base_offset), (0, 3));
+}
+
+#[tokio::test]
+async fn a_transactional_produce_is_refused_naming_the_topic_and_the_mode() {
+    let spool = tempfile::tempdir().unwrap();
+    let (down, stored) = (Arc::new(AtomicBool::new(false)), Stored::default());
+    let mirror = kinesis_only_mirror(spool.path(), &down, &stored, Duration::from_secs(1)).await;
+    let body = idempotent_produce("topic-a", &values(0..1), 7, 0);
+    // v9 answers carry error messages.
+    let version = 9;
+    let request = ProduceRequestView {
+        version,
+        transactional_id: Some("tx".into()),
+        ..ProduceRequestView::decode(VERSION, body).unwrap()
+    };
+    let body = encode_request_body(&request).unwrap();
+    let frame = mirror.refusal(version, &body, 5).unwrap().unwrap();
+    let offset = response_body_offset(&frame, ApiKey::Produce, version).unwrap();
+    let view = ProduceResponseView::decode(version, frame.slice(offset..)).unwrap();
+    let answer = view.partition("topic-a", 0).unwrap();
+    assert_eq!(answer.error_code, 42, "INVALID_REQUEST");
+    assert_eq!(
+        answer.error_message.as_deref(),
+        Some("topic topic-a is in route mode kinesis-only, which does not take transactional producers")
+    );
+    assert!(in_stream(&stored).is_empty());
 }
