@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::journal::{self, encode_frame, Event, Journal, ProducerBatch, LOCK_FILE};
-use super::ledger::{last_sequence, Ledger};
+use super::journal::{self, encode_frame, Event, Journal, LOCK_FILE};
+use super::ledger::Ledger;
 
 /// (producer, partition) states remembered before the one idle longest is forgotten; each
 /// costs a few hundred bytes, so this bounds them to some tens of MiB.
@@ -108,8 +108,16 @@ struct Shared {
     _lock: File,
 }
 
+/// What bounds memory and the journal (tests shrink them).
+struct Bounds {
+    producer_states: usize,
+    /// Journal bytes past which the next `sync` compacts (see [`COMPACT_JOURNAL_BYTES`]).
+    journal_bytes: u64,
+}
+
 struct Inner {
     ledger: Ledger,
+    journal_bytes: u64,
     journal: Journal,
     /// Frames appended by this process, across journal generations.
     appended: u64,
@@ -124,16 +132,23 @@ struct Inner {
 
 impl SyntheticLog {
     pub(crate) fn open(dir: &Path) -> Result<SyntheticLog, SyntheticLogError> {
-        Self::open_bounded(dir, MAX_PRODUCER_STATES)
+        Self::open_with(
+            dir,
+            Bounds {
+                producer_states: MAX_PRODUCER_STATES,
+                journal_bytes: COMPACT_JOURNAL_BYTES,
+            },
+        )
     }
 
-    fn open_bounded(dir: &Path, max_producers: usize) -> Result<SyntheticLog, SyntheticLogError> {
+    fn open_with(dir: &Path, bounds: Bounds) -> Result<SyntheticLog, SyntheticLogError> {
         let lock = journal::lock_dir(dir, LOCK_FILE)?;
-        let mut ledger = Ledger::new(max_producers);
+        let mut ledger = Ledger::new(bounds.producer_states);
         let journal = journal::recover(dir, |event| ledger.apply(&event))?;
         let inner = Inner {
             ledger,
-            compact_at: journal.len() + COMPACT_JOURNAL_BYTES,
+            compact_at: journal.len() + bounds.journal_bytes,
+            journal_bytes: bounds.journal_bytes,
             journal,
             appended: 0,
             dir_dirty: false,
@@ -164,29 +179,7 @@ impl SyntheticLog {
         floor: Option<i64>,
     ) -> Result<Assignment, SyntheticLogError> {
         let mut inner = self.shared.lock();
-        let assignment = inner.ledger.decide(topic, partition, batch, floor);
-        let event = match assignment {
-            Assignment::New { base_offset } => Some(Event::Assigned {
-                topic,
-                partition,
-                base_offset,
-                record_count: batch.record_count,
-                producer: (batch.producer_id >= 0).then(|| ProducerBatch {
-                    producer_id: batch.producer_id,
-                    epoch: batch.producer_epoch,
-                    first_seq: batch.base_sequence,
-                    last_seq: last_sequence(batch.base_sequence, batch.record_count),
-                }),
-            }),
-            // The floor holds even when this batch takes no offsets.
-            _ => floor
-                .filter(|&f| f > inner.ledger.next_offset(topic, partition))
-                .map(|next_offset| Event::Raised {
-                    topic,
-                    partition,
-                    next_offset,
-                }),
-        };
+        let (assignment, event) = inner.ledger.decide(topic, partition, batch, floor);
         if let Some(event) = event {
             inner.record(&event)?;
         } else if inner.failed {
@@ -309,7 +302,7 @@ impl Shared {
             let snapshot = journal::encode_snapshot(generation, |out| {
                 inner.ledger.write_events(|event| encode_frame(event, out))
             });
-            inner.compact_at = COMPACT_JOURNAL_BYTES.max(2 * snapshot.len() as u64);
+            inner.compact_at = inner.journal_bytes.max(2 * snapshot.len() as u64);
             (snapshot, generation)
         };
         journal::install_snapshot(&self.dir, &snapshot, generation)
