@@ -89,7 +89,8 @@ pub(super) fn encode_frame(event: &Event<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
     let put_place = |out: &mut Vec<u8>, kind: u8, topic: &str, partition: i32| {
         out.push(kind);
-        // Kafka topic names are at most 249 bytes.
+        // Events exist only for topics `Ledger::decide` accepted: at most 249 bytes.
+        debug_assert!(topic.len() <= super::ledger::MAX_TOPIC_BYTES);
         out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
         out.extend_from_slice(topic.as_bytes());
         out.extend_from_slice(&partition.to_le_bytes());

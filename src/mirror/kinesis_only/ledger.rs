@@ -18,7 +18,10 @@ pub(super) const BATCHES_RETAINED: usize = 5;
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const INVALID_RECORD: i16 = 87;
+/// Kafka's limit on topic names (`Topic.MAX_NAME_LENGTH`), which the journal relies on.
+pub(super) const MAX_TOPIC_BYTES: usize = 249;
 
 pub(super) struct Ledger {
     topics: HashMap<Arc<str>, HashMap<i32, PartitionLedger>>,
@@ -116,6 +119,12 @@ impl Ledger {
         batch: &BatchIdentity,
         floor: Option<i64>,
     ) -> (Assignment, Option<Event<'a>>) {
+        if topic.len() > MAX_TOPIC_BYTES {
+            let message = format!(
+                "Topic name is illegal, it can't be longer than {MAX_TOPIC_BYTES} characters"
+            );
+            return (refused(INVALID_TOPIC_EXCEPTION, message), None);
+        }
         let assignment = self.judge(topic, partition, batch, floor);
         let event = match assignment {
             Assignment::New { base_offset } => Some(Event::Assigned {
@@ -622,8 +631,11 @@ mod tests {
     }
 
     #[test]
-    fn batches_without_records_or_sequence_are_invalid_records() {
+    fn batches_without_records_or_sequence_or_with_an_overlong_topic_are_refused() {
         let mut l = Ledger::new(10);
+        let long = "t".repeat(MAX_TOPIC_BYTES + 1);
+        let (refused, event) = l.decide(&long, 0, &plain(1), Some(5));
+        assert_eq!((refusal(refused), event), (17, None));
         assert_eq!(refusal(step(&mut l, plain(0))), 87);
         assert_eq!(refusal(step(&mut l, idempotent(7, 0, -1, 1))), 87);
         assert_eq!(l.next_offset(T, 0), 0);

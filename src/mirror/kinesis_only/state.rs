@@ -213,13 +213,10 @@ impl SyntheticLog {
     /// only after this.
     pub(crate) async fn sync(&self) -> Result<(), SyntheticLogError> {
         let shared = &self.shared;
-        let target = {
-            let inner = shared.lock();
-            if inner.failed {
-                return Err(inner.failure());
-            }
-            inner.appended
-        };
+        if let Some(failure) = shared.failure() {
+            return Err(failure);
+        }
+        let target = shared.lock().appended;
         if shared.synced.load(Ordering::Acquire) >= target {
             return Ok(());
         }
@@ -251,8 +248,17 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn failure(&self) -> Option<SyntheticLogError> {
+        let inner = self.lock();
+        inner.failed.then(|| inner.failure())
+    }
+
     /// Compacts if the journal has grown past its bound, then fsyncs everything appended.
     fn sync_blocking(&self) -> Result<(), SyntheticLogError> {
+        if let Some(failure) = self.failure() {
+            // Retrying a failed fsync could report success for pages the kernel dropped.
+            return Err(failure);
+        }
         let compacted = self.compact_if_due();
         let (file, path, upto, dir_dirty) = {
             let mut inner = self.lock();
@@ -278,8 +284,6 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                // After a failed fsync the kernel may have dropped the dirty pages: a retry
-                // could succeed without them ever reaching the disk.
                 self.lock().failed = true;
                 Err(e)
             }
