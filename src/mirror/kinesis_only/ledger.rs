@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::journal::{Event, ProducerBatch};
+use super::journal::{Change, Event, ProducerBatch};
 use super::state::{Assignment, BatchIdentity};
 
 /// Batches remembered per producer and partition, as Kafka's `NUM_BATCHES_TO_RETAIN`: an
@@ -126,10 +126,8 @@ impl Ledger {
             return (refused(INVALID_TOPIC_EXCEPTION, message), None);
         }
         let assignment = self.judge(topic, partition, batch, floor);
-        let event = match assignment {
-            Assignment::New { base_offset } => Some(Event::Assigned {
-                topic,
-                partition,
+        let change = match assignment {
+            Assignment::New { base_offset } => Some(Change::Assigned {
                 base_offset,
                 record_count: batch.record_count,
                 producer: (batch.producer_id >= 0).then(|| ProducerBatch {
@@ -142,12 +140,13 @@ impl Ledger {
             // The floor holds even when this batch takes no offsets.
             _ => floor
                 .filter(|&f| f > self.next_offset(topic, partition))
-                .map(|next_offset| Event::Raised {
-                    topic,
-                    partition,
-                    next_offset,
-                }),
+                .map(|next_offset| Change::Raised { next_offset }),
         };
+        let event = change.map(|change| Event {
+            topic,
+            partition,
+            change,
+        });
         (assignment, event)
     }
 
@@ -254,15 +253,16 @@ impl Ledger {
     }
 
     pub(super) fn apply(&mut self, event: &Event<'_>) {
-        match *event {
-            Event::Assigned {
-                topic,
-                partition,
+        let Event {
+            topic, partition, ..
+        } = *event;
+        let p = self.partition_mut(topic, partition);
+        match event.change {
+            Change::Assigned {
                 base_offset,
                 record_count,
                 producer,
             } => {
-                let p = self.partition_mut(topic, partition);
                 p.next_offset = p
                     .next_offset
                     .max(base_offset.saturating_add(i64::from(record_count)));
@@ -270,20 +270,8 @@ impl Ledger {
                     self.remember(topic, partition, base_offset, record_count, producer);
                 }
             }
-            Event::Raised {
-                topic,
-                partition,
-                next_offset,
-            } => {
-                let p = self.partition_mut(topic, partition);
-                p.next_offset = p.next_offset.max(next_offset);
-            }
-            Event::Delivered {
-                topic,
-                partition,
-                base_offset,
-            } => {
-                let p = self.partition_mut(topic, partition);
+            Change::Raised { next_offset } => p.next_offset = p.next_offset.max(next_offset),
+            Change::Delivered { base_offset } => {
                 let Some(owner) = p.batch_owners.get(&base_offset) else {
                     return;
                 };
@@ -383,42 +371,42 @@ impl Ledger {
     /// it, producers by recency included); returns how many.
     pub(super) fn write_events(&self, mut write: impl FnMut(&Event<'_>)) -> u64 {
         let mut count = 0;
-        let mut emit = |event: Event<'_>| {
-            write(&event);
+        let mut emit = |topic, partition, change| {
+            write(&Event {
+                topic,
+                partition,
+                change,
+            });
             count += 1;
         };
         for (topic, partitions) in &self.topics {
             for (&partition, p) in partitions {
-                emit(Event::Raised {
-                    topic,
-                    partition,
-                    next_offset: p.next_offset,
-                });
+                let next_offset = p.next_offset;
+                emit(topic, partition, Change::Raised { next_offset });
             }
         }
         for key in self.recency.values() {
-            let topic = &*key.topic;
-            let partition = key.partition;
+            let (topic, partition) = (&*key.topic, key.partition);
             let state = &self.topics[topic][&partition].producers[&key.producer_id];
             for b in &state.batches {
-                emit(Event::Assigned {
+                let producer = Some(ProducerBatch {
+                    producer_id: key.producer_id,
+                    epoch: state.epoch,
+                    first_seq: b.first_seq,
+                    last_seq: b.last_seq,
+                });
+                let (base_offset, record_count) = (b.base_offset, b.record_count);
+                emit(
                     topic,
                     partition,
-                    base_offset: b.base_offset,
-                    record_count: b.record_count,
-                    producer: Some(ProducerBatch {
-                        producer_id: key.producer_id,
-                        epoch: state.epoch,
-                        first_seq: b.first_seq,
-                        last_seq: b.last_seq,
-                    }),
-                });
+                    Change::Assigned {
+                        base_offset,
+                        record_count,
+                        producer,
+                    },
+                );
                 if b.delivered {
-                    emit(Event::Delivered {
-                        topic,
-                        partition,
-                        base_offset: b.base_offset,
-                    });
+                    emit(topic, partition, Change::Delivered { base_offset });
                 }
             }
         }
@@ -427,12 +415,17 @@ impl Ledger {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const T: &str = "orders";
+    pub(in crate::mirror::kinesis_only) const T: &str = "orders";
 
-    fn idempotent(producer_id: i64, epoch: i16, base_sequence: i32, count: i32) -> BatchIdentity {
+    pub(in crate::mirror::kinesis_only) fn idempotent(
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+        count: i32,
+    ) -> BatchIdentity {
         BatchIdentity {
             producer_id,
             producer_epoch: epoch,
@@ -441,7 +434,7 @@ mod tests {
         }
     }
 
-    fn plain(count: i32) -> BatchIdentity {
+    pub(in crate::mirror::kinesis_only) fn plain(count: i32) -> BatchIdentity {
         idempotent(-1, -1, -1, count)
     }
 
@@ -463,14 +456,22 @@ mod tests {
         assignment
     }
 
-    fn new(base_offset: i64) -> Assignment {
+    pub(in crate::mirror::kinesis_only) fn new(base_offset: i64) -> Assignment {
         Assignment::New { base_offset }
     }
 
-    fn retry(base_offset: i64, delivered: bool) -> Assignment {
+    pub(in crate::mirror::kinesis_only) fn retry(base_offset: i64, delivered: bool) -> Assignment {
         Assignment::Retry {
             base_offset,
             delivered,
+        }
+    }
+
+    fn delivered(base_offset: i64) -> Event<'static> {
+        Event {
+            topic: T,
+            partition: 0,
+            change: Change::Delivered { base_offset },
         }
     }
 
@@ -604,11 +605,7 @@ mod tests {
             !l.awaits_delivery(T, 0, 2),
             "plain batches are never retried"
         );
-        l.apply(&Event::Delivered {
-            topic: T,
-            partition: 0,
-            base_offset: 0,
-        });
+        l.apply(&delivered(0));
         assert!(!l.awaits_delivery(T, 0, 0));
         assert_eq!(step(&mut l, idempotent(7, 0, 0, 2)), retry(0, true));
     }
@@ -651,11 +648,7 @@ mod tests {
             }
         }
         step_at(&mut l, 2, plain(1), Some(1_000));
-        l.apply(&Event::Delivered {
-            topic: T,
-            partition: 0,
-            base_offset: 30,
-        });
+        l.apply(&delivered(30));
         let mut copy = Ledger::new(3);
         let written = l.write_events(|event| copy.apply(event));
         // Two partitions, three producers with five batches each, one delivery mark.

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::journal::{self, encode_frame, Event, Journal, LOCK_FILE};
+use super::journal::{self, encode_frame, Change, Event, Journal, LOCK_FILE};
 use super::ledger::Ledger;
 
 /// (producer, partition) states remembered before the one idle longest is forgotten; each
@@ -195,10 +195,10 @@ impl SyntheticLog {
         if !inner.ledger.awaits_delivery(topic, partition, base_offset) {
             return;
         }
-        let event = Event::Delivered {
+        let event = Event {
             topic,
             partition,
-            base_offset,
+            change: Change::Delivered { base_offset },
         };
         if let Err(e) = inner.record(&event) {
             // Harmless if lost: after a restart the batch is re-sent under the same offsets
@@ -342,35 +342,15 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::mirror::kinesis_only::ledger::tests::{new, plain, retry, T};
 
-    const T: &str = "orders";
-
+    /// An idempotent batch of epoch 0.
     fn idempotent(producer_id: i64, base_sequence: i32, record_count: i32) -> BatchIdentity {
-        BatchIdentity {
-            producer_id,
-            producer_epoch: 0,
-            base_sequence,
-            record_count,
-        }
-    }
-
-    fn plain(record_count: i32) -> BatchIdentity {
-        idempotent(-1, -1, record_count)
+        super::super::ledger::tests::idempotent(producer_id, 0, base_sequence, record_count)
     }
 
     fn assign(log: &SyntheticLog, batch: BatchIdentity) -> Assignment {
         log.assign(T, 0, &batch, None).expect("assign")
-    }
-
-    fn new(base_offset: i64) -> Assignment {
-        Assignment::New { base_offset }
-    }
-
-    fn retry(base_offset: i64, delivered: bool) -> Assignment {
-        Assignment::Retry {
-            base_offset,
-            delivered,
-        }
     }
 
     /// A log that compacts once its journal passes `journal_bytes`.
@@ -440,24 +420,27 @@ mod tests {
         assert_eq!(log.assign(T, 1, &plain(1), None).unwrap(), new(100));
     }
 
+    /// Journals two batches of one record in `dir`; returns the journal's path.
+    async fn journal_two_batches(dir: &Path) -> PathBuf {
+        let log = SyntheticLog::open(dir).unwrap();
+        assert_eq!(assign(&log, plain(1)), new(0));
+        assert_eq!(assign(&log, plain(1)), new(1));
+        log.sync().await.unwrap();
+        dir.join(&journal_files(dir)[0])
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_the_journal_continues() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = SyntheticLog::open(dir.path()).unwrap();
-            assert_eq!(assign(&log, plain(1)), new(0));
-            assert_eq!(assign(&log, plain(1)), new(1));
-            log.sync().await.unwrap();
-        }
-        let path = dir.path().join(&journal_files(dir.path())[0]);
+        let path = journal_two_batches(dir.path()).await;
         let intact = fs::metadata(&path).unwrap().len();
         // A crash in the middle of an append leaves half a frame.
         let mut frame = Vec::new();
         encode_frame(
-            &Event::Raised {
+            &Event {
                 topic: T,
                 partition: 0,
-                next_offset: 1_000,
+                change: Change::Raised { next_offset: 1_000 },
             },
             &mut frame,
         );
@@ -478,12 +461,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_last_frame_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = SyntheticLog::open(dir.path()).unwrap();
-            assert_eq!(assign(&log, plain(1)), new(0));
-            assert_eq!(assign(&log, plain(5)), new(1));
-        }
-        let path = dir.path().join(&journal_files(dir.path())[0]);
+        let path = journal_two_batches(dir.path()).await;
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
