@@ -189,8 +189,11 @@ async fn produce(conn: &mut TcpStream, frame: &Bytes) -> ProduceResponse {
     ProduceResponse::decode(&mut body, version).unwrap()
 }
 
-/// Per topic, in the response's order: (partition, error code, base offset) of each partition.
-fn answers(response: &ProduceResponse) -> Vec<(String, Vec<(i32, i16, i64)>)> {
+/// A partition's answer: (partition, error code, base offset).
+type PartitionAnswer = (i32, i16, i64);
+
+/// Per topic, in the response's order: each partition's answer.
+fn answers(response: &ProduceResponse) -> Vec<(String, Vec<PartitionAnswer>)> {
     response
         .responses
         .iter()
