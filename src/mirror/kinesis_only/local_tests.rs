@@ -201,3 +201,23 @@ async fn a_transactional_produce_is_refused_naming_the_topic_and_the_mode() {
     );
     assert!(rig.in_stream().is_empty());
 }
+
+#[tokio::test]
+async fn a_partition_that_is_not_one_v2_batch_is_refused_as_a_broker_refuses_it() {
+    let rig = Rig::start(false, Duration::from_secs(1), None).await;
+    let mut request =
+        ProduceRequestView::decode(VERSION, idempotent_produce("topic-a", &values(0..2), 7, 0))
+            .unwrap();
+    let records = request.topics[0].partitions[0].records.clone().unwrap();
+    // Two batches in one partition: Produce v3+ takes exactly one.
+    let twice = [records.clone(), records].concat();
+    request.topics[0].partitions[0].records = Some(Bytes::from(twice));
+    let body = encode_request_body(&request).unwrap();
+    let (code, base_offset, _) = settled(start(&rig.mirror, &body).await).await;
+    assert_eq!((code, base_offset), (87, -1), "INVALID_RECORD");
+    // Nothing was given an offset: the producer's next batch starts at 0.
+    let next = idempotent_produce("topic-a", &values(0..1), 8, 0);
+    let (code, base_offset, _) = settled(start(&rig.mirror, &next).await).await;
+    assert_eq!((code, base_offset), (0, 0));
+    assert_eq!(rig.in_stream(), ["v0"]);
+}
