@@ -227,6 +227,8 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     )?;
     // Held transactions whose EndTxn the proxy never sees are decided by Kafka's markers.
     mirror.read_markers_with(kafka_kinesis_proxy::proxy::transaction_markers(&proxy));
+    // kinesis-only partitions' first offsets after a live switch follow Kafka's.
+    mirror.read_log_ends_with(kafka_kinesis_proxy::proxy::log_end_offsets(&proxy));
     let admin = http::bind(
         admin_bind,
         AdminState {

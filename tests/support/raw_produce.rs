@@ -3,11 +3,15 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A raw Produce v7 request: `records` (keys and values) for one partition, as one batch unless
 /// `batch_per_record`.
@@ -43,6 +47,11 @@ impl RawProduce<'_> {
 
     /// The request frame, size prefix included, with correlation id 1.
     pub fn frame(&self) -> Bytes {
+        produce_frame(self.topic, self.partition, self.acks, self.batch())
+    }
+
+    /// The partition's record batch (or batches) alone.
+    pub fn batch(&self) -> Bytes {
         let producer_id = self.producer_id;
         let per_record = self.batch_per_record;
         let records: Vec<Record> = self
@@ -87,22 +96,38 @@ impl RawProduce<'_> {
             let last = batch.len() - 1;
             batch[last] ^= 0xff;
         }
-        produce_frame(self.topic, self.partition, self.acks, batch.freeze())
+        batch.freeze()
     }
 }
 
 /// A Produce v7 request frame (size prefix included, correlation id 1) carrying `records`, as
 /// they are, to `partition` of `topic`.
 pub fn produce_frame(topic: &str, partition: i32, acks: i16, records: Bytes) -> Bytes {
+    produce_frame_of(acks, &[(topic, partition, records)])
+}
+
+/// A Produce v7 request frame like [`produce_frame`], for several topics and partitions, in
+/// the order given (a topic's partitions must be adjacent).
+pub fn produce_frame_of(acks: i16, partitions: &[(&str, i32, Bytes)]) -> Bytes {
     let version = RawProduce::VERSION;
+    let mut topics: Vec<TopicProduceData> = Vec::new();
+    for (topic, partition, records) in partitions {
+        let data = PartitionProduceData::default()
+            .with_index(*partition)
+            .with_records(Some(records.clone()));
+        match topics.last_mut() {
+            Some(last) if *last.name.0 == **topic => last.partition_data.push(data),
+            _ => topics.push(
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string((*topic).to_owned())))
+                    .with_partition_data(vec![data]),
+            ),
+        }
+    }
     let request = ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records))])]);
+        .with_topic_data(topics);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)
         .with_request_api_version(version)
@@ -116,4 +141,16 @@ pub fn produce_frame(topic: &str, partition: i32, acks: i16, records: Bytes) -> 
     let size = (frame.len() - 4) as i32;
     frame[..4].copy_from_slice(&size.to_be_bytes());
     frame.freeze()
+}
+
+/// Sends a Produce `frame` built here on `conn` and decodes its response.
+pub async fn send(conn: &mut TcpStream, frame: &Bytes) -> ProduceResponse {
+    conn.write_all(frame).await.unwrap();
+    let size = conn.read_i32().await.expect("a Produce response");
+    let mut body = vec![0u8; size as usize];
+    conn.read_exact(&mut body).await.unwrap();
+    let mut body = Bytes::from(body);
+    let version = RawProduce::VERSION;
+    ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
+    ProduceResponse::decode(&mut body, version).unwrap()
 }
