@@ -7,6 +7,7 @@
 //! exactly what was decided.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::journal::{Change, Event, ProducerBatch};
@@ -367,9 +368,61 @@ impl Ledger {
         }
     }
 
-    /// Writes the whole state as events through `write` (in an order whose replay rebuilds
-    /// it, producers by recency included); returns how many.
-    pub(super) fn write_events(&self, mut write: impl FnMut(&Event<'_>)) -> u64 {
+    /// A copy of the whole state, cheap enough to take under the state's lock.
+    pub(super) fn image(&self) -> LedgerImage {
+        let mut image = LedgerImage {
+            counters: Vec::new(),
+            producers: Vec::with_capacity(self.recency.len()),
+            batches: Vec::with_capacity(self.recency.len() * BATCHES_RETAINED),
+        };
+        // Walks the maps in storage order, without hashing; the recency order is restored
+        // outside the lock, in `write_events`.
+        for (topic, partitions) in &self.topics {
+            for (&partition, p) in partitions {
+                image
+                    .counters
+                    .push((Arc::clone(topic), partition, p.next_offset));
+                for (&producer_id, state) in &p.producers {
+                    let start = image.batches.len();
+                    image.batches.extend(state.batches.iter().copied());
+                    image.producers.push(ProducerImage {
+                        tick: state.tick,
+                        topic: Arc::clone(topic),
+                        partition,
+                        producer_id,
+                        epoch: state.epoch,
+                        batches: start..image.batches.len(),
+                    });
+                }
+            }
+        }
+        image
+    }
+}
+
+/// A copy of a [`Ledger`]'s content, written out as a snapshot outside the state's lock.
+pub(super) struct LedgerImage {
+    counters: Vec<(Arc<str>, i32, i64)>,
+    producers: Vec<ProducerImage>,
+    batches: Vec<BatchRecord>,
+}
+
+struct ProducerImage {
+    /// Its place in `Ledger::recency`.
+    tick: u64,
+    topic: Arc<str>,
+    partition: i32,
+    producer_id: i64,
+    epoch: i16,
+    /// Its batches in `LedgerImage::batches`, oldest first.
+    batches: Range<usize>,
+}
+
+impl LedgerImage {
+    /// Writes the state as events through `write`, in an order whose replay rebuilds it
+    /// (producers by recency included); returns how many.
+    pub(super) fn write_events(mut self, mut write: impl FnMut(&Event<'_>)) -> u64 {
+        self.producers.sort_unstable_by_key(|p| p.tick);
         let mut count = 0;
         let mut emit = |topic, partition, change| {
             write(&Event {
@@ -379,19 +432,16 @@ impl Ledger {
             });
             count += 1;
         };
-        for (topic, partitions) in &self.topics {
-            for (&partition, p) in partitions {
-                let next_offset = p.next_offset;
-                emit(topic, partition, Change::Raised { next_offset });
-            }
+        for (topic, partition, next_offset) in &self.counters {
+            let next_offset = *next_offset;
+            emit(topic, *partition, Change::Raised { next_offset });
         }
-        for key in self.recency.values() {
-            let (topic, partition) = (&*key.topic, key.partition);
-            let state = &self.topics[topic][&partition].producers[&key.producer_id];
-            for b in &state.batches {
-                let producer = Some(ProducerBatch {
-                    producer_id: key.producer_id,
-                    epoch: state.epoch,
+        for producer in &self.producers {
+            let (topic, partition) = (&*producer.topic, producer.partition);
+            for b in &self.batches[producer.batches.clone()] {
+                let identity = Some(ProducerBatch {
+                    producer_id: producer.producer_id,
+                    epoch: producer.epoch,
                     first_seq: b.first_seq,
                     last_seq: b.last_seq,
                 });
@@ -402,7 +452,7 @@ impl Ledger {
                     Change::Assigned {
                         base_offset,
                         record_count,
-                        producer,
+                        producer: identity,
                     },
                 );
                 if b.delivered {
@@ -650,7 +700,7 @@ pub(super) mod tests {
         step_at(&mut l, 2, plain(1), Some(1_000));
         l.apply(&delivered(30));
         let mut copy = Ledger::new(3);
-        let written = l.write_events(|event| copy.apply(event));
+        let written = l.image().write_events(|event| copy.apply(event));
         // Two partitions, three producers with five batches each, one delivery mark.
         assert_eq!(written, 2 + 3 * 5 + 1);
         assert_eq!(copy.producers(), 3);

@@ -17,6 +17,17 @@
 //! a power loss too. A batch assigned but not marked delivered before a restart comes back as
 //! [`Assignment::Retry`] with `delivered: false`, and is sent again under the same offsets.
 //!
+//! A power loss can lose assignments no `sync` had covered, and their offsets are then given
+//! out again. Records handed to Kinesis before their `sync` returned can therefore share
+//! offsets with later ones after a power loss (never after a process crash); a caller that
+//! must exclude that waits for `sync` before sending. Deleting the directory restarts every
+//! counter at 0 (or at the next switch's floor).
+//!
+//! The state's lock is held only for in-memory work and one `write` to the journal (about
+//! 0.5 to 2 µs per batch); fsyncs, and the encoding and writing of snapshots, run on the
+//! blocking pool. Copying the state for a snapshot does hold the lock, once per compaction:
+//! about 20 ms with [`MAX_PRODUCER_STATES`] producer states, well under 1 ms with hundreds.
+//!
 //! # Memory
 //!
 //! Partition counters are kept forever (a few bytes each). Producer states are bounded: past
@@ -290,11 +301,11 @@ impl Shared {
         }
     }
 
-    /// Writes the state as a snapshot when the journal is past its bound. The state is
-    /// serialized and a new journal started under the lock; the slow writing and fsyncing
-    /// happen outside it, with recovery replaying both journals until the snapshot is in place.
+    /// Writes the state as a snapshot when the journal is past its bound. The state is copied
+    /// and a new journal started under the lock; encoding, writing and fsyncing happen outside
+    /// it, with recovery replaying both journals until the snapshot is in place.
     fn compact_if_due(&self) -> Result<(), SyntheticLogError> {
-        let (snapshot, generation) = {
+        let (image, generation) = {
             let mut inner = self.lock();
             if inner.journal.len() < inner.compact_at {
                 return Ok(());
@@ -303,13 +314,15 @@ impl Shared {
             let next = Journal::create(&self.dir, generation)?;
             inner.journal = next;
             inner.dir_dirty = true;
-            let snapshot = journal::encode_snapshot(generation, |out| {
-                inner.ledger.write_events(|event| encode_frame(event, out))
-            });
-            inner.compact_at = inner.journal_bytes.max(2 * snapshot.len() as u64);
-            (snapshot, generation)
+            (inner.ledger.image(), generation)
         };
-        journal::install_snapshot(&self.dir, &snapshot, generation)
+        let snapshot = journal::encode_snapshot(generation, |out| {
+            image.write_events(|event| encode_frame(event, out))
+        });
+        journal::install_snapshot(&self.dir, &snapshot, generation)?;
+        let mut inner = self.lock();
+        inner.compact_at = inner.journal_bytes.max(2 * snapshot.len() as u64);
+        Ok(())
     }
 }
 
@@ -597,6 +610,19 @@ mod tests {
             Err(e) => panic!("expected Locked, got {e}"),
             Ok(_) => panic!("expected Locked, opened"),
         }
+    }
+
+    #[test]
+    fn the_log_is_shared_across_tasks() {
+        fn shareable<T: Send + Sync>(_: &T) {}
+        fn sendable<T: Send>(_: T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let log = SyntheticLog::open(dir.path()).unwrap();
+        shareable(&log);
+        sendable(log.sync());
+        let ids = super::super::producer_ids::ProducerIds::open(dir.path()).unwrap();
+        shareable(&ids);
+        sendable(ids.next());
     }
 
     #[tokio::test]
