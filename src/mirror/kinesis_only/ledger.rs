@@ -107,6 +107,7 @@ impl Ledger {
     }
 
     /// How many producer states are remembered.
+    #[cfg(test)]
     pub(super) fn producers(&self) -> usize {
         self.recency.len()
     }
