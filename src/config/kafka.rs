@@ -1,10 +1,14 @@
-//! `[kafka]`: the upstream cluster, and how the proxy's own connections reach it.
+//! `[kafka]`: the upstream cluster, and how the proxy's own connections reach it; or, when the
+//! table is absent, the conditions of standalone mode (no Kafka at all).
 
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::listener::ListenerConfig;
+use super::mirror::MirrorRoute;
 use super::sasl::{self, KafkaSaslConfig};
 use super::tls::{self, KafkaTlsConfig};
 use super::{invalid, positive, Invalid};
@@ -68,4 +72,39 @@ pub(super) fn validate_kafka(raw: RawKafka) -> Result<KafkaConfig, Invalid> {
             })
             .transpose()?,
     })
+}
+
+/// Standalone mode (no `[kafka]`): the proxy is the only broker, so every route must be one the
+/// proxy can answer alone, and nobody is there to check SASL credentials.
+/// `route_spans`: where each route's table is, in the order of `routes`.
+pub(super) fn validate_standalone(
+    listener: &ListenerConfig,
+    routes: &[MirrorRoute],
+    route_spans: &[Range<usize>],
+    listener_span: Range<usize>,
+) -> Result<(), Invalid> {
+    if listener.sasl_required {
+        return invalid(
+            listener_span,
+            "listener.sasl_required: needs [kafka], whose brokers check the credentials; without [kafka] (standalone) the proxy authenticates nobody. Remove sasl_required, or add [kafka]",
+        );
+    }
+    if routes.is_empty() {
+        return Err((
+            None,
+            "[kafka] is absent, so the proxy runs standalone, and then it needs at least one [[mirror]] route with mode = \"kinesis-only\" to have anything to serve; add [kafka] bootstrap_servers or a route".to_owned(),
+        ));
+    }
+    for (route, span) in routes.iter().zip(route_spans) {
+        if route.mode.name() != "kinesis-only" {
+            return invalid(
+                span.clone(),
+                format!(
+                    "mirror.mode (route of topic `{}`): \"{}\" needs Kafka, and [kafka] is absent; without Kafka (standalone) every route must be mode = \"kinesis-only\", or add [kafka]",
+                    route.topic, route.mode
+                ),
+            );
+        }
+    }
+    Ok(())
 }

@@ -8,5 +8,6 @@ pub mod produce;
 pub mod produce_answer;
 pub mod records;
 pub mod rewrite;
+pub mod standalone_answers;
 pub mod transaction;
 pub mod versions;

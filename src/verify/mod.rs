@@ -24,6 +24,8 @@ pub use report::Report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("the config has no [kafka]: verify compares a Kafka topic with its stream, and a standalone proxy has no Kafka to read")]
+    NoKafka,
     #[error("topic `{0}` has no [[mirror]] route in the config: pass --stream")]
     NoRoute(String),
     #[error("--percent {0} is outside 0..=100")]
@@ -183,7 +185,7 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
     });
 
     // A Kafka setting librdkafka refuses shows before the stream is read, not after.
-    let consumer = kafka_read::consumer(&config.kafka)?;
+    let consumer = kafka_read::consumer(config.kafka.as_ref().ok_or(VerifyError::NoKafka)?)?;
     let stream_target: StreamTarget = target.stream.parse()?;
     let client = Clients::new(config.kinesis.clone())
         .client(&stream_target)
