@@ -37,6 +37,8 @@ pub enum RouteMode {
     Mirror,
     /// Kafka and Kinesis both, before the producer hears back.
     KinesisPrimary,
+    /// Kinesis alone: the proxy answers Produce itself, with offsets of its own.
+    KinesisOnly,
 }
 
 impl RouteMode {
@@ -45,7 +47,20 @@ impl RouteMode {
         match self {
             RouteMode::Mirror => "mirror",
             RouteMode::KinesisPrimary => "kinesis-primary",
+            RouteMode::KinesisOnly => "kinesis-only",
         }
+    }
+
+    /// Every mode, for metrics that show the one in force.
+    pub const ALL: [RouteMode; 3] = [
+        RouteMode::Mirror,
+        RouteMode::KinesisPrimary,
+        RouteMode::KinesisOnly,
+    ];
+
+    /// Whether a Produce of the route's topic is answered only once Kinesis has its records.
+    pub fn waits_for_kinesis(self) -> bool {
+        self != RouteMode::Mirror
     }
 }
 
@@ -164,11 +179,13 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
         {
             None | Some(("mirror", _)) => RouteMode::Mirror,
             Some(("kinesis-primary", _)) => RouteMode::KinesisPrimary,
-            Some(("kinesis-only", span)) => {
-                return invalid(span, format!("mirror.mode (route of topic `{topic}`): \"kinesis-only\" is not available yet; use \"mirror\" or \"kinesis-primary\""));
+            Some(("kinesis-only", _)) if percent == 100.0 => RouteMode::KinesisOnly,
+            // Records a kinesis-only route does not sample would be stored nowhere.
+            Some(("kinesis-only", _)) => {
+                return invalid(entry.percent.span(), format!("mirror.percent (route of topic `{topic}`): {percent} with mode \"kinesis-only\"; it must be 100, since Kinesis is the only place the topic's records go"));
             }
             Some((other, span)) => {
-                return invalid(span, format!("mirror.mode (route of topic `{topic}`): `{other}` is not one of \"mirror\", \"kinesis-primary\""));
+                return invalid(span, format!("mirror.mode (route of topic `{topic}`): `{other}` is not one of \"mirror\", \"kinesis-primary\", \"kinesis-only\""));
             }
         };
         let primary_timeout = Duration::from_millis(positive(
@@ -341,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn mode_defaults_to_mirror_and_kinesis_only_is_refused_naming_the_route() {
+    fn mode_defaults_to_mirror_and_kinesis_only_needs_percent_100() {
         let config = parse(&with_route("stream = \"orders\"\n")).unwrap();
         assert_eq!(config.mirror[0].mode, RouteMode::Mirror);
         assert_eq!(config.mirror[0].primary_timeout, Duration::from_secs(10));
@@ -354,13 +371,20 @@ mod tests {
             config.mirror[0].primary_timeout,
             Duration::from_millis(2500)
         );
+        // `with_route` sets percent = 10 on line 8.
         let err = parse(&with_route(
             "stream = \"orders\"\nmode = \"kinesis-only\"\n",
         ))
         .unwrap_err();
         assert!(
-            err.contains("route of topic `orders`") && err.contains("not available yet"),
+            err.starts_with("proxy.toml:8: mirror.percent (route of topic `orders`): 10 with mode \"kinesis-only\""),
             "{err}"
+        );
+        let at_100 = with_route("stream = \"orders\"\nmode = \"kinesis-only\"\n")
+            .replace("percent = 10", "percent = 100");
+        assert_eq!(
+            parse(&at_100).unwrap().mirror[0].mode,
+            RouteMode::KinesisOnly
         );
         let err = parse(&with_route("stream = \"orders\"\nmode = \"primary\"\n")).unwrap_err();
         assert!(err.contains("`primary` is not one of"), "{err}");

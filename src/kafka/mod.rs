@@ -6,6 +6,7 @@ pub mod header;
 pub mod message;
 pub mod produce;
 pub mod produce_answer;
+pub mod produce_split;
 pub mod records;
 pub mod rewrite;
 pub mod standalone_answers;

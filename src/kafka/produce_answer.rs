@@ -26,7 +26,7 @@ pub struct PartitionErrorAnswer {
     pub message: String,
 }
 
-fn error_partition(index: i32, code: i16, message: &str) -> PartitionProduceResponse {
+pub(super) fn error_partition(index: i32, code: i16, message: &str) -> PartitionProduceResponse {
     // As Kafka answers a failed partition: no offsets.
     PartitionProduceResponse::default()
         .with_index(index)

@@ -303,7 +303,7 @@ impl Mirror {
 
     /// `route_mode{topic,mode}`: 1 for `mode`, the others removed.
     fn show_mode(&self, topic: &str, mode: Option<RouteMode>) {
-        for other in [RouteMode::Mirror, RouteMode::KinesisPrimary] {
+        for other in RouteMode::ALL {
             if Some(other) == mode {
                 self.metrics
                     .route_mode
