@@ -240,9 +240,11 @@ fn unsupported_in_shape(
                         .with_partitions(partitions)
                 })
                 .collect();
+            // The top-level error code exists from v7 on.
+            let error_code = if version >= 7 { UNSUPPORTED_VERSION } else { 0 };
             ResponseKind::Fetch(
                 FetchResponse::default()
-                    .with_error_code(UNSUPPORTED_VERSION)
+                    .with_error_code(error_code)
                     .with_responses(topics),
             )
         }
@@ -267,6 +269,12 @@ fn unsupported_in_shape(
                 .collect();
             ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(topics))
         }
+        // Up to v3 one key and a top-level answer; from v4 a batch of keys.
+        RequestKind::FindCoordinator(_) if version < 4 => ResponseKind::FindCoordinator(
+            FindCoordinatorResponse::default()
+                .with_error_code(UNSUPPORTED_VERSION)
+                .with_node_id(BrokerId(-1)),
+        ),
         RequestKind::FindCoordinator(request) => {
             let coordinators = request
                 .coordinator_keys
@@ -279,10 +287,7 @@ fn unsupported_in_shape(
                 })
                 .collect();
             ResponseKind::FindCoordinator(
-                FindCoordinatorResponse::default()
-                    .with_error_code(UNSUPPORTED_VERSION)
-                    .with_node_id(BrokerId(-1))
-                    .with_coordinators(coordinators),
+                FindCoordinatorResponse::default().with_coordinators(coordinators),
             )
         }
         _ => return None,
@@ -435,7 +440,7 @@ mod tests {
     #[test]
     fn init_producer_id_reads_the_transactional_id_and_answers_ids_or_an_error() {
         for version in 0..=5 {
-            let idempotent = InitProducerIdRequest::default();
+            let idempotent = InitProducerIdRequest::default().with_transactional_id(None);
             let body = encode(&idempotent, version);
             assert_eq!(
                 init_producer_id_transactional_id(version, &body).unwrap(),
@@ -500,9 +505,12 @@ mod tests {
             assert_eq!(body.topics[0].partitions[0].error_code, 35);
         }
         for version in [1, 4] {
-            let find = FindCoordinatorRequest::default()
-                .with_key(StrBytes::from_static_str("group"))
-                .with_coordinator_keys(vec![StrBytes::from_static_str("group")]);
+            let group = StrBytes::from_static_str("group");
+            let find = if version < 4 {
+                FindCoordinatorRequest::default().with_key(group)
+            } else {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![group])
+            };
             let frame = unsupported(10, version, 7, &encode(&find, version));
             let ResponseKind::FindCoordinator(body) =
                 decoded(&frame, ApiKey::FindCoordinator, version)
