@@ -116,7 +116,9 @@ mod tests {
     const STANDALONE: &str = "[listener]\nbootstrap_port = 19092\n[kinesis]\nregion = \"us-east-1\"\n[spool]\ndir = \"/tmp/s\"\n";
 
     fn route(topic: &str, keys: &str) -> String {
-        format!("[[mirror]]\ntopic = \"{topic}\"\nstream = \"{topic}-stream\"\npercent = 100\n{keys}")
+        format!(
+            "[[mirror]]\ntopic = \"{topic}\"\nstream = \"{topic}-stream\"\npercent = 100\n{keys}"
+        )
     }
 
     #[test]
@@ -172,7 +174,10 @@ mod tests {
             route("orders", "mode = \"kinesis-only\"\n")
         ))
         .unwrap_err();
-        assert!(err.contains("listener.sasl_required: needs [kafka]"), "{err}");
+        assert!(
+            err.contains("listener.sasl_required: needs [kafka]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -180,7 +185,10 @@ mod tests {
         for (value, problem) in [("0", "greater than 0"), ("10001", "more than 10000")] {
             let err = parse(&format!(
                 "{STANDALONE}{}",
-                route("orders", &format!("mode = \"kinesis-only\"\npartitions = {value}\n"))
+                route(
+                    "orders",
+                    &format!("mode = \"kinesis-only\"\npartitions = {value}\n")
+                )
             ))
             .unwrap_err();
             assert!(
