@@ -229,9 +229,12 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         brokers_file,
     )?;
     // Held transactions whose EndTxn the proxy never sees are decided by Kafka's markers.
-    // Standalone, no transaction reaches the mirror: there is nothing to decide.
+    // kinesis-only partitions' first offsets after a live switch follow Kafka's.
+    // Standalone, no transaction reaches the mirror and no Kafka gave out offsets: there is
+    // nothing to read.
     if has_kafka {
         mirror.read_markers_with(kafka_kinesis_proxy::proxy::transaction_markers(&proxy));
+        mirror.read_log_ends_with(kafka_kinesis_proxy::proxy::log_end_offsets(&proxy));
     }
     let admin = http::bind(
         admin_bind,

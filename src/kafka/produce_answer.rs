@@ -9,12 +9,16 @@ use kafka_protocol::protocol::StrBytes;
 use super::message::{MessageError, Response};
 use super::produce::ProduceRequestView;
 
+/// Kafka's UNKNOWN_TOPIC_OR_PARTITION: retriable.
+pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 /// Kafka's REQUEST_TIMED_OUT: retriable.
 pub const REQUEST_TIMED_OUT: i16 = 7;
 /// Kafka's INVALID_REQUEST: not retriable.
 pub const INVALID_REQUEST: i16 = 42;
 /// Kafka's KAFKA_STORAGE_ERROR: retriable.
 pub const KAFKA_STORAGE_ERROR: i16 = 56;
+/// Kafka's INVALID_RECORD: not retriable.
+pub const INVALID_RECORD: i16 = 87;
 
 /// An error the proxy gives one produced partition instead of Kafka's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! EndTxn exchange that ends their transaction, which connections hand over the same way.
 
 mod decode;
+pub(crate) mod kinesis_only;
 pub mod partition_key;
 mod primary;
 #[cfg(test)]
@@ -20,6 +21,8 @@ mod stream_queue;
 mod tests;
 mod transactions;
 
+use kinesis_only::KinesisOnly;
+pub use kinesis_only::{KinesisOnlyError, LocalAnswer, LogEndOffsets};
 pub use primary::PrimaryAnswer;
 use primary::{Deliveries, Primary};
 use stage_transactions::sweep_lookups;
@@ -137,10 +140,11 @@ pub struct Mirror {
     queues: Arc<StreamQueues>,
     /// Where held transactions' outcomes are read, once the proxy can reach Kafka.
     markers: Arc<OnceLock<Arc<dyn TransactionMarkers>>>,
-    /// Whether any route is kinesis-primary: if not, no exchange is looked into on the
-    /// connection's side, as before there were modes.
-    any_primary: Arc<AtomicBool>,
+    /// Whether any route is kinesis-primary or kinesis-only: if not, no exchange is looked
+    /// into on the connection's side, as before there were modes.
+    any_kinesis_mode: Arc<AtomicBool>,
     primary: Arc<Primary>,
+    kinesis_only: Arc<KinesisOnly>,
 }
 
 /// One writer per stream target (its name or ARN, region and role), created on first use and
@@ -200,8 +204,11 @@ impl Mirror {
         tokio::spawn(sweep_lookups(tx.downgrade()));
         let mirror = Mirror {
             markers,
-            any_primary: Arc::new(AtomicBool::new(false)),
+            any_kinesis_mode: Arc::new(AtomicBool::new(false)),
             primary: Arc::new(Primary::default()),
+            kinesis_only: Arc::new(KinesisOnly::new(
+                spool.0.as_ref().map(|dir| dir.join(kinesis_only::DIR)),
+            )),
             tx,
             queued_bytes,
             block,
@@ -228,7 +235,10 @@ impl Mirror {
         // Routed streams' writers open their own spools, concurrently: never touch those.
         let routed: Vec<String> = routes.iter().map(|r| r.target.spool_dir_name()).collect();
         let found = tokio::task::spawn_blocking(move || {
-            streams_with_records(&dir, max_bytes, |name| routed.iter().any(|r| r == name))
+            // The kinesis-only state is no spool.
+            streams_with_records(&dir, max_bytes, |name| {
+                name == kinesis_only::DIR || routed.iter().any(|r| r == name)
+            })
         })
         .await
         .unwrap_or_default();
@@ -274,12 +284,13 @@ impl Mirror {
         self.metrics
             .topic_labels
             .set_routed(routes.iter().map(|r| r.topic.clone()));
-        self.any_primary.store(
-            routes.iter().any(|r| r.mode == RouteMode::KinesisPrimary),
+        self.any_kinesis_mode.store(
+            routes.iter().any(|r| r.mode.waits_for_kinesis()),
             Ordering::Release,
         );
         let table = Arc::new(table);
         self.primary.keep_only(&table);
+        self.kinesis_only.apply_routes(&table);
         let previous = self.routes.swap(table);
         for topic in previous
             .keys()
@@ -359,7 +370,7 @@ impl Mirror {
     /// the connection's next response and so slows the producer; otherwise it never waits.
     /// Returns what the response must wait for when it names kinesis-primary partitions.
     pub async fn hand_over(&self, mut exchange: ProduceExchange) -> Option<PrimaryAnswer> {
-        let answer = if self.any_primary.load(Ordering::Acquire) {
+        let answer = if self.any_kinesis_mode.load(Ordering::Acquire) {
             self.primary
                 .open(&mut exchange, &self.routes.load(), &self.metrics)
         } else {
@@ -394,15 +405,15 @@ impl Mirror {
     }
 
     /// The proxy's own answer to a Produce request (`version`, `body`) that a kinesis-primary
-    /// route refuses: a transactional one naming such a topic. `None` to forward it, as
-    /// always when no route is kinesis-primary (then nothing is decoded).
+    /// or kinesis-only route refuses: a transactional one naming such a topic. `None` to
+    /// forward it, as always when no route is in either mode (then nothing is decoded).
     pub fn refusal(
         &self,
         version: i16,
         body: &Bytes,
         correlation_id: i32,
     ) -> Option<Result<Bytes, MessageError>> {
-        if !self.any_primary.load(Ordering::Acquire) {
+        if !self.any_kinesis_mode.load(Ordering::Acquire) {
             return None;
         }
         // An undecodable request is Kafka's to refuse.

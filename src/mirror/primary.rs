@@ -16,7 +16,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use tokio::time::Instant;
 
-use super::{ProduceExchange, RouteTable};
+use super::{ProduceExchange, Route, RouteTable};
 use crate::config::RouteMode;
 use crate::kafka::header::response_body_offset;
 use crate::kafka::message::MessageError;
@@ -49,6 +49,8 @@ struct Awaited {
     topic: String,
     partition: i32,
     timeout: Duration,
+    /// The route's mode, which the error messages name.
+    mode: RouteMode,
     wait: DeliveryWait,
 }
 
@@ -75,7 +77,7 @@ impl Primary {
         // An unreadable answer is forwarded as it is, and the stage counts it.
         let offset = response_body_offset(frame, ApiKey::Produce, exchange.version).ok()?;
         let response = ProduceResponseView::decode(exchange.version, frame.slice(offset..)).ok()?;
-        let mut awaited = Vec::new();
+        let mut answer_to = PrimaryAnswer::new(exchange.version, metrics);
         let mut recent = self.recent.lock().expect("no panic under the lock");
         for topic in &request.topics {
             let Some(route) = routes
@@ -92,39 +94,51 @@ impl Primary {
                     continue;
                 }
                 let key = (topic.name.clone(), partition.partition);
-                let batches = recent.entry(key.clone()).or_default();
-                let wait = match original(batches, answer.base_offset) {
-                    Some(wait) => wait,
-                    None => {
-                        let (delivery, wait) = PartitionDelivery::open();
-                        exchange.deliveries.insert(key, delivery);
-                        remember(batches, answer.base_offset, wait.clone());
-                        wait
-                    }
-                };
-                awaited.push(Awaited {
-                    topic: topic.name.clone(),
-                    partition: partition.partition,
-                    timeout: route.primary_timeout,
-                    wait,
-                });
+                let (delivery, wait) = track(&mut recent, key.clone(), answer.base_offset);
+                if let Some(delivery) = delivery {
+                    exchange.deliveries.insert(key, delivery);
+                }
+                answer_to.wait_for(&topic.name, partition.partition, route, wait);
             }
         }
-        (!awaited.is_empty()).then(|| PrimaryAnswer {
-            version: exchange.version,
-            awaited,
-            metrics: metrics.clone(),
-        })
+        (!answer_to.awaited.is_empty()).then_some(answer_to)
+    }
+
+    /// The delivery of the batch of `topic`/`partition` at `base_offset`: a new one to seal,
+    /// with its wait, or, when that batch was handed over before and waiting on it can still
+    /// tell, only the original's wait (see [`original`]).
+    pub(super) fn track(
+        &self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+    ) -> (Option<PartitionDelivery>, DeliveryWait) {
+        let mut recent = self.recent.lock().expect("no panic under the lock");
+        track(&mut recent, (topic.to_owned(), partition), base_offset)
     }
 }
 
+fn track(
+    recent: &mut HashMap<(String, i32), Batches>,
+    key: (String, i32),
+    base_offset: i64,
+) -> (Option<PartitionDelivery>, DeliveryWait) {
+    let batches = recent.entry(key).or_default();
+    if let Some(wait) = original(batches, base_offset) {
+        return (None, wait);
+    }
+    let (delivery, wait) = PartitionDelivery::open();
+    remember(batches, base_offset, wait.clone());
+    (Some(delivery), wait)
+}
+
 impl Primary {
-    /// Forgets the batches of topics `routes` no longer make kinesis-primary.
+    /// Forgets the batches of topics whose mode `routes` no longer makes wait for Kinesis.
     pub(super) fn keep_only(&self, routes: &RouteTable) {
         self.recent
             .lock()
             .expect("no panic under the lock")
-            .retain(|(topic, _), _| is_primary(routes, topic));
+            .retain(|(topic, _), _| waits_for_kinesis(routes, topic));
     }
 }
 
@@ -150,6 +164,37 @@ fn remember(batches: &mut Batches, base_offset: i64, wait: DeliveryWait) {
 }
 
 impl PrimaryAnswer {
+    pub(super) fn new(version: i16, metrics: &Arc<Metrics>) -> PrimaryAnswer {
+        PrimaryAnswer {
+            version,
+            awaited: Vec::new(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Makes the answer wait for `wait`, the delivery of `topic`/`partition`, within its route's
+    /// timeout.
+    pub(super) fn wait_for(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        route: &Route,
+        wait: DeliveryWait,
+    ) {
+        self.awaited.push(Awaited {
+            topic: topic.to_owned(),
+            partition,
+            timeout: route.primary_timeout,
+            mode: route.mode,
+            wait,
+        });
+    }
+
+    /// Whether it waits for nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.awaited.is_empty()
+    }
+
     /// Waits for Kinesis, each partition within its route's timeout, and returns the
     /// response to send: `frame` itself when every partition was delivered, else `frame` with
     /// the others answered REQUEST_TIMED_OUT (not confirmed in time, or spooled) or
@@ -174,15 +219,15 @@ impl PrimaryAnswer {
                 Ok(Delivery::Failed) => (
                     KAFKA_STORAGE_ERROR,
                     "kinesis_failed",
-                    "Kinesis refused the records (route mode kinesis-primary)".to_owned(),
+                    format!("Kinesis refused the records (route mode {})", awaited.mode),
                 ),
                 // The spool will deliver it, but not within this answer: the producer hears
                 // the timeout it would have heard anyway.
                 Ok(Delivery::Spooled) => {
                     tokio::time::sleep_until(deadline).await;
-                    timed_out(awaited.timeout)
+                    timed_out(awaited)
                 }
-                Err(_) => timed_out(awaited.timeout),
+                Err(_) => timed_out(awaited),
             };
             self.metrics
                 .primary_errors
@@ -211,29 +256,28 @@ impl PrimaryAnswer {
     }
 }
 
-/// The proxy's own answer to a transactional Produce request naming a kinesis-primary topic:
-/// INVALID_REQUEST for every partition, and the request is not forwarded. A transaction's
-/// records are mirrored only once it commits, after these responses, so they could not be
-/// in Kinesis when the producer is answered. The whole request is refused rather than the
-/// primary partitions alone: the producer must abort the transaction on that error anyway,
-/// so nothing else of it could have been kept, and nothing reaches Kafka to be aborted.
+/// The proxy's own answer to a transactional Produce request naming a topic whose mode waits
+/// for Kinesis (kinesis-primary or kinesis-only): INVALID_REQUEST for every partition, and the
+/// request is not forwarded. A transaction's records are mirrored only once it commits, after
+/// these responses, so they could not be in Kinesis when the producer is answered. The whole
+/// request is refused rather than those partitions alone: the producer must abort the
+/// transaction on that error anyway, so nothing else of it could have been kept, and nothing
+/// reaches Kafka to be aborted.
 pub(super) fn refuse_transactional(
     routes: &RouteTable,
     request: &ProduceRequestView,
     correlation_id: i32,
 ) -> Option<Result<Bytes, MessageError>> {
     request.transactional_id.as_ref()?;
-    let primary = request
-        .topics
-        .iter()
-        .find(|t| is_primary(routes, &t.name))?
-        .name
-        .clone();
+    let (refused, mode) = request.topics.iter().find_map(|t| {
+        let route = routes.get(&t.name).filter(|r| r.mode.waits_for_kinesis())?;
+        Some((t.name.clone(), route.mode))
+    })?;
     Some(refusal(correlation_id, request, INVALID_REQUEST, |topic| {
-        if topic == primary {
-            format!("topic {topic} is in route mode kinesis-primary, which does not take transactional producers")
+        if topic == refused {
+            format!("topic {topic} is in route mode {mode}, which does not take transactional producers")
         } else {
-            format!("the request also produces to topic {primary}, which is in route mode kinesis-primary and does not take transactional producers")
+            format!("the request also produces to topic {refused}, which is in route mode {mode} and does not take transactional producers")
         }
     }))
 }
@@ -244,13 +288,20 @@ fn is_primary(routes: &RouteTable, topic: &str) -> bool {
         .is_some_and(|r| r.mode == RouteMode::KinesisPrimary)
 }
 
-fn timed_out(timeout: Duration) -> (i16, &'static str, String) {
+fn waits_for_kinesis(routes: &RouteTable, topic: &str) -> bool {
+    routes
+        .get(topic)
+        .is_some_and(|r| r.mode.waits_for_kinesis())
+}
+
+fn timed_out(awaited: &Awaited) -> (i16, &'static str, String) {
     (
         REQUEST_TIMED_OUT,
         "timeout",
         format!(
-            "Kinesis did not confirm within {}ms (route mode kinesis-primary)",
-            timeout.as_millis()
+            "Kinesis did not confirm within {}ms (route mode {})",
+            awaited.timeout.as_millis(),
+            awaited.mode
         ),
     )
 }

@@ -43,6 +43,12 @@ fn produce_request(topic: &str, acks: i16, values: &[Bytes]) -> Bytes {
 /// An acks=0 [`produce_request`] of `records` records, its batch transactional when
 /// `producer` (id, epoch) is given.
 pub(super) fn acks0_produce(topic: &str, records: usize, producer: Option<(i64, i16)>) -> Bytes {
+    let producer = producer.map(|(id, epoch)| Producer {
+        id,
+        epoch,
+        base_sequence: -1,
+        transactional: true,
+    });
     produce_request_of(
         topic,
         0,
@@ -51,25 +57,51 @@ pub(super) fn acks0_produce(topic: &str, records: usize, producer: Option<(i64, 
     )
 }
 
+/// An acks=all [`produce_request`] from idempotent producer `producer_id` (epoch 0), its
+/// batch starting at sequence `base_sequence`.
+pub(super) fn idempotent_produce(
+    topic: &str,
+    values: &[Bytes],
+    producer_id: i64,
+    base_sequence: i32,
+) -> Bytes {
+    let producer = Producer {
+        id: producer_id,
+        epoch: 0,
+        base_sequence,
+        transactional: false,
+    };
+    produce_request_of(topic, -1, values, Some(producer))
+}
+
+/// Who produced a test batch.
+#[derive(Clone, Copy)]
+struct Producer {
+    id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+}
+
 fn produce_request_of(
     topic: &str,
     acks: i16,
     values: &[Bytes],
-    producer: Option<(i64, i16)>,
+    producer: Option<Producer>,
 ) -> Bytes {
-    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
+    let (producer_id, producer_epoch) = producer.map_or((-1, -1), |p| (p.id, p.epoch));
     let records: Vec<Record> = values
         .iter()
         .enumerate()
         .map(|(i, value)| Record {
-            transactional: producer.is_some(),
+            transactional: producer.is_some_and(|p| p.transactional),
             control: false,
             partition_leader_epoch: 0,
             producer_id,
             producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            sequence: producer.map_or(-1, |p| p.base_sequence.wrapping_add(i as i32)),
             timestamp: 0,
             key: Some(Bytes::from(format!("key-{i}"))),
             value: Some(value.clone()),
@@ -123,7 +155,7 @@ pub(super) fn produce_response(topic: &str, base_offset: i64) -> Bytes {
     frame.freeze()
 }
 
-fn client() -> Arc<ClientKey> {
+pub(super) fn client() -> Arc<ClientKey> {
     Arc::new(ClientKey {
         client_id: "stage-test".into(),
         address: [127, 0, 0, 1].into(),

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 mod acks0;
 pub(super) mod client_frames;
 mod error;
+mod kinesis_only;
 mod responses;
 
 use super::buffer_budget::Held;
@@ -34,11 +35,12 @@ use crate::kafka::header::RequestHeader;
 use crate::kafka::produce::peek_acks;
 use crate::kafka::rewrite::carries_addresses;
 use crate::kafka::versions::{max_api_versions_version, unsupported_version_response};
-use crate::mirror::{ProduceExchange, TxnControl};
+use crate::mirror::{LocalAnswer, ProduceExchange, TxnControl};
 use crate::telemetry::inventory::ClientKey;
 use acks0::{Acks0Ids, Probes};
 use client_frames::{ClientEvent, ClientFrames, FrameLimit};
 pub use error::ConnectionError;
+use kinesis_only::{KinesisOnlySplit, MergedAnswer};
 
 /// Requests a client may pipeline before the proxy stops reading from it. Kafka clients cap
 /// their own in-flight requests far below this; it only bounds memory for a misbehaving one.
@@ -58,12 +60,17 @@ enum Handling {
     RewriteAddresses(ApiKey),
     /// Forwarded (with NodeEndpoints rewritten where the version has them), then handed to
     /// the mirror with the response filled in; `None` when sent before the connection
-    /// authenticated, which is never mirrored.
+    /// authenticated, which is never mirrored. `local`: the answer to the request's
+    /// kinesis-only topics, which the proxy gives itself, merged into Kafka's.
     Produce {
         exchange: Option<ProduceExchange>,
+        local: Option<MergedAnswer>,
     },
     /// Answered by the proxy itself; nothing was sent upstream.
     Local(Bytes),
+    /// A Produce of kinesis-only topics alone: answered by the proxy once Kinesis has its
+    /// records; nothing was sent upstream. `None` for acks=0.
+    LocalProduce(Option<LocalAnswer>),
     /// EndTxn or InitProducerId: forwarded, then handed to the mirror with its response, which
     /// decides held transactional records by them.
     TxnControl {
@@ -303,18 +310,24 @@ impl Connection {
                 );
             }
             let mut handshake_v0 = None;
+            // What goes upstream when it is not the client's frame: the Kafka part of a
+            // Produce that also names kinesis-only topics.
+            let mut kafka_part = None;
             let handling = if header.api_key == ApiKey::SaslHandshake as i16 {
                 let (handling, v0) = self.sasl_handshake(&header, &frame)?;
                 handshake_v0 = v0;
                 handling
             } else {
-                self.handling_for(&header, &frame, client)?
+                let (handling, part) = self.handling_for(&header, &frame, client, received).await?;
+                kafka_part = part;
+                handling
             };
+            let upstream_frame = kafka_part.as_ref().unwrap_or(&frame);
             match &handling {
                 // Nothing will answer it, and it may not be mirrored: nothing to wait for.
                 Handling::Unanswered(None) => {
                     upstream_wr
-                        .write_all(&frame)
+                        .write_all(upstream_frame)
                         .await
                         .map_err(ConnectionError::UpstreamWrite)?;
                     continue;
@@ -323,7 +336,8 @@ impl Connection {
                     proof_due
                         .get_or_insert_with(|| tokio::time::Instant::now() + acks0::PROOF_DELAY);
                 }
-                Handling::Local(_) => {}
+                // Nothing goes to Kafka, whose answer could vouch.
+                Handling::Local(_) | Handling::LocalProduce(_) => {}
                 // Its answer will vouch for every acks=0 request sent before it.
                 _ => proof_due = None,
             }
@@ -336,7 +350,7 @@ impl Connection {
             )
             .holding(held);
             if !self
-                .send_upstream(&mut upstream_wr, &pending, entry, &frame)
+                .send_upstream(&mut upstream_wr, &pending, entry, upstream_frame)
                 .await?
             {
                 return Ok(Closed::ByUpstream);
@@ -379,7 +393,10 @@ impl Connection {
         entry: Pending,
         frame: &[u8],
     ) -> Result<bool, ConnectionError> {
-        let local = matches!(entry.handling, Handling::Local(_));
+        let local = matches!(
+            entry.handling,
+            Handling::Local(_) | Handling::LocalProduce(_)
+        );
         if !matches!(entry.handling, Handling::Unanswered(_)) {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
         }
@@ -440,19 +457,21 @@ impl Connection {
         ))
     }
 
-    /// Decides from the request header how its response is handled.
-    fn handling_for(
+    /// Decides from the request header how its response is handled, and for a Produce that
+    /// also names kinesis-only topics, the frame that goes to Kafka instead of `frame`.
+    async fn handling_for(
         &self,
         header: &RequestHeader<'_>,
         frame: &Bytes,
         client: &mut ClientState,
-    ) -> Result<Handling, ConnectionError> {
+        received: Instant,
+    ) -> Result<(Handling, Option<Bytes>), ConnectionError> {
         let Ok(api_key) = ApiKey::try_from(header.api_key) else {
-            return Ok(Handling::Forward);
+            return Ok((Handling::Forward, None));
         };
         let version = header.api_version;
         if api_key == ApiKey::SaslAuthenticate {
-            return Ok(Handling::SaslAuthenticate);
+            return Ok((Handling::SaslAuthenticate, None));
         }
         let may_mirror = {
             let mut sasl = self.sasl.lock().expect("sasl lock");
@@ -476,7 +495,7 @@ impl Connection {
                 if client.acks_seen.insert(acks) {
                     self.proxy.inventory.acks_used(&client.key, acks);
                 }
-                let request_body = header
+                let mut request_body = header
                     .body_offset
                     .map_or_else(Bytes::new, |offset| frame.slice(offset..));
                 let refusal =
@@ -485,12 +504,35 @@ impl Connection {
                         .refusal(version, &request_body, header.correlation_id);
                 if let Some(refusal) = refusal {
                     return refusal
-                        .map(Handling::Local)
+                        .map(|refusal| (Handling::Local(refusal), None))
                         .map_err(|e| ConnectionError::Response {
                             api: api_name(header.api_key),
                             version,
                             source: e.into(),
                         });
+                }
+                // Unauthenticated records go to Kafka, which refuses them, and nowhere else.
+                let mut kafka_part = None;
+                let mut local = None;
+                if may_mirror {
+                    let split = self
+                        .split_kinesis_only(header, frame, &request_body, client, received)
+                        .await?;
+                    match split {
+                        KinesisOnlySplit::None => {}
+                        KinesisOnlySplit::Local(answer) => {
+                            return Ok((Handling::LocalProduce(answer), None))
+                        }
+                        KinesisOnlySplit::Mixed {
+                            kafka_body,
+                            kafka_frame,
+                            answer,
+                        } => {
+                            request_body = kafka_body;
+                            kafka_part = Some(kafka_frame);
+                            local = answer;
+                        }
+                    }
                 }
                 // Sent before the connection authenticated: Kafka refuses it, and even were it
                 // to store it, the records would be the word of someone it does not know.
@@ -503,9 +545,9 @@ impl Connection {
                 });
                 if acks == 0 {
                     self.acks0_sent.remember(header.correlation_id);
-                    return Ok(Handling::Unanswered(exchange));
+                    return Ok((Handling::Unanswered(exchange), kafka_part));
                 }
-                Handling::Produce { exchange }
+                return Ok((Handling::Produce { exchange, local }, kafka_part));
             }
             // Before authentication Kafka refuses them, and no record of their producer is held.
             ApiKey::EndTxn | ApiKey::InitProducerId if may_mirror => Handling::TxnControl {
@@ -520,7 +562,7 @@ impl Connection {
             },
             _ => self.address_handling(api_key, version),
         };
-        Ok(handling)
+        Ok((handling, None))
     }
 
     fn address_handling(&self, api_key: ApiKey, version: i16) -> Handling {

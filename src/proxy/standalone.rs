@@ -30,10 +30,11 @@ use super::Proxy;
 use crate::config::Config;
 use crate::kafka::header::{HeaderError, RequestHeader};
 use crate::kafka::message::MessageError;
-use crate::kafka::produce::{peek_acks, ProduceDecodeError};
+use crate::kafka::produce::{peek_acks, ProduceDecodeError, ProduceRequestView};
 use crate::kafka::standalone_answers::{self, Broker, ServedTopic, StandaloneAnswerError};
-use crate::mirror::kinesis_only::producer_ids::ProducerIds;
 use crate::mirror::kinesis_only::state::SyntheticLogError;
+use crate::mirror::kinesis_only::{self, producer_ids::ProducerIds};
+use crate::mirror::KinesisOnlyError;
 use crate::telemetry::inventory::ClientKey;
 
 /// Requests a client may pipeline before the proxy stops reading from it (as for forwarded
@@ -43,9 +44,6 @@ const MAX_PIPELINED: usize = 1024;
 /// Distinct (client, API) pairs whose refusal is logged; past it, refusals are not logged, so
 /// clients cycling their ids cannot grow the set without bound.
 const MAX_REFUSALS_LOGGED: usize = 1024;
-
-/// Where the producer ids of InitProducerId are kept, under `spool.dir`.
-const PRODUCER_IDS_DIR: &str = "kinesis-only/producer-ids";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
@@ -60,6 +58,8 @@ pub enum StandaloneError {
     },
     #[error(transparent)]
     Answer(#[from] StandaloneAnswerError),
+    #[error("Produce: {0}")]
+    KinesisOnly(#[from] KinesisOnlyError),
     #[error(transparent)]
     Response(#[from] MessageError),
     #[error("producer ids: {0}")]
@@ -85,7 +85,8 @@ impl Standalone {
             .as_deref()
             .expect("config validation requires spool.dir when routes exist");
         Ok(Standalone {
-            producer_ids: ProducerIds::open(&spool.join(PRODUCER_IDS_DIR))?,
+            // Beside the synthetic offsets, under a name no stream's spool can have.
+            producer_ids: ProducerIds::open(&spool.join(kinesis_only::DIR))?,
             cluster_id: cluster_id_of(spool),
             refusals_logged: Mutex::new(HashSet::new()),
         })
@@ -130,10 +131,10 @@ struct Queued {
     _held: Held,
 }
 
+/// `None`: nothing is sent back (a Produce with acks=0).
 enum Answer {
-    Ready(Bytes),
-    /// Still being worked out (a Produce waiting for Kinesis, a producer id being persisted);
-    /// `None`: nothing is sent back (acks=0).
+    Ready(Option<Bytes>),
+    /// Still being worked out: a Produce waiting for Kinesis, a producer id being persisted.
     Later(JoinHandle<Result<Option<Bytes>, StandaloneError>>),
 }
 
@@ -237,7 +238,9 @@ impl StandaloneConnection {
             let body = header
                 .body_offset
                 .map_or_else(Bytes::new, |offset| frame.slice(offset..));
-            let answer = self.answer(&header, body, client, &mut acks_seen)?;
+            let answer = self
+                .answer(&header, body, client, &mut acks_seen, received)
+                .await?;
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let queued = Queued {
                 api_key: header.api_key,
@@ -251,38 +254,40 @@ impl StandaloneConnection {
         }
     }
 
-    /// The answer to one request.
-    fn answer(
+    /// The answer to one request. Runs in request order, which a Produce needs: its batches
+    /// take their offsets and their place in the mirror here.
+    async fn answer(
         &self,
         header: &RequestHeader<'_>,
         body: Bytes,
         client: Arc<ClientKey>,
         acks_seen: &mut HashSet<i16>,
+        received: Instant,
     ) -> Result<Answer, StandaloneError> {
         let (api_key, version, correlation_id) =
             (header.api_key, header.api_version, header.correlation_id);
         // ApiVersions first: a client asking a version above ours must hear which ones we have.
         if api_key == ApiKey::ApiVersions as i16 {
-            return Ok(Answer::Ready(standalone_answers::api_versions(
+            return Ok(Answer::Ready(Some(standalone_answers::api_versions(
                 version,
                 correlation_id,
-            )?));
+            )?)));
         }
         if !standalone_answers::is_offered(api_key, version) {
             self.standalone.log_refusal(&client, api_key, version);
-            return Ok(Answer::Ready(standalone_answers::unsupported(
+            return Ok(Answer::Ready(Some(standalone_answers::unsupported(
                 api_key,
                 version,
                 correlation_id,
                 &body,
-            )));
+            ))));
         }
         match ApiKey::try_from(api_key) {
-            Ok(ApiKey::Metadata) => Ok(Answer::Ready(self.metadata(
+            Ok(ApiKey::Metadata) => Ok(Answer::Ready(Some(self.metadata(
                 version,
                 correlation_id,
                 &body,
-            )?)),
+            )?))),
             Ok(ApiKey::InitProducerId) => self.init_producer_id(version, correlation_id, &body),
             Ok(ApiKey::Produce) => {
                 let acks = peek_acks(version, &body)
@@ -290,7 +295,8 @@ impl StandaloneConnection {
                 if acks_seen.insert(acks) {
                     self.proxy.inventory.acks_used(&client, acks);
                 }
-                self.produce(version, correlation_id, body, client)
+                self.produce(version, correlation_id, body, client, received)
+                    .await
             }
             _ => unreachable!("is_offered lists exactly the APIs answered here"),
         }
@@ -337,11 +343,11 @@ impl StandaloneConnection {
                 "InitProducerId refused with TRANSACTIONAL_ID_AUTHORIZATION_FAILED: this proxy runs standalone (no [kafka]); its kinesis-only routes take idempotent producers, not transactions"
             );
             let refused = Err(ResponseError::TransactionalIdAuthorizationFailed.code());
-            return Ok(Answer::Ready(standalone_answers::init_producer_id(
+            return Ok(Answer::Ready(Some(standalone_answers::init_producer_id(
                 version,
                 correlation_id,
                 refused,
-            )?));
+            )?)));
         }
         let standalone = self.standalone.clone();
         Ok(Answer::Later(tokio::spawn(async move {
@@ -354,22 +360,31 @@ impl StandaloneConnection {
         })))
     }
 
-    fn produce(
+    /// Places the request's batches (offsets, the mirror's queue) now, and answers once
+    /// Kinesis has them; the mirror refuses transactional batches.
+    async fn produce(
         &self,
         version: i16,
         correlation_id: i32,
         body: Bytes,
         client: Arc<ClientKey>,
+        received: Instant,
     ) -> Result<Answer, StandaloneError> {
-        if let Some(refusal) = self.proxy.mirror.refusal(version, &body, correlation_id) {
-            return Ok(Answer::Ready(refusal?));
+        let mirror = &self.proxy.mirror;
+        if let Some(refusal) = mirror.refusal(version, &body, correlation_id) {
+            return Ok(Answer::Ready(Some(refusal?)));
         }
-        let mirror = self.proxy.mirror.clone();
-        Ok(Answer::Later(tokio::spawn(async move {
-            Ok(mirror
-                .produce_locally(client, version, correlation_id, body)
-                .await?)
-        })))
+        let request = ProduceRequestView::decode(version, body.clone())
+            .map_err(|source| StandaloneError::Produce { version, source })?;
+        let placed = mirror
+            .answer_locally(client, request, Some(body), correlation_id, received)
+            .await?;
+        Ok(match placed {
+            Some(answer) => Answer::Later(tokio::spawn(
+                async move { Ok(Some(answer.settle().await?)) },
+            )),
+            None => Answer::Ready(None),
+        })
     }
 
     async fn write_answers(
@@ -382,7 +397,7 @@ impl StandaloneConnection {
         let mut client_gone = false;
         while let Some(queued) = answers.recv().await {
             let frame = match queued.answer {
-                Answer::Ready(frame) => Some(frame),
+                Answer::Ready(frame) => frame,
                 Answer::Later(task) => match task.await {
                     Ok(outcome) => outcome?,
                     Err(e) => std::panic::resume_unwind(e.into_panic()),

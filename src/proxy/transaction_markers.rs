@@ -27,8 +27,10 @@ const FETCH_BYTES: i32 = 1024 * 1024;
 /// other producers can put much between a batch and its marker.
 const MAX_FETCHES: usize = 16;
 
+/// Why the proxy could not read from a partition's leader (also used by
+/// [`super::log_end_offsets`]).
 #[derive(Debug, thiserror::Error)]
-enum MarkerReadError {
+pub(super) enum MarkerReadError {
     #[error(transparent)]
     Request(#[from] OwnRequestError),
     #[error(transparent)]
@@ -81,7 +83,7 @@ impl TransactionMarkers for KafkaMarkers {
 }
 
 /// A connection to `server`, authenticated as configured, and the versions it speaks.
-async fn connect(
+pub(super) async fn connect(
     proxy: &Proxy,
     server: &str,
 ) -> Result<(OwnConnection, kafka_protocol::messages::ApiVersionsResponse), MarkerReadError> {
@@ -93,7 +95,7 @@ async fn connect(
     Ok((conn, versions))
 }
 
-fn version_of(
+pub(super) fn version_of(
     versions: &kafka_protocol::messages::ApiVersionsResponse,
     conn: &OwnConnection,
     api: ApiKey,
@@ -104,14 +106,16 @@ fn version_of(
     })
 }
 
-/// The partition leader's address, and its topic's metadata (Fetch v13+ names topics by id).
-async fn find_leader(
+/// The address of the leader of `topic`/`partition`, and its topic's metadata (Fetch v13+
+/// names topics by id).
+pub(super) async fn find_leader(
     proxy: &Proxy,
-    lookup: &MarkerLookup,
+    topic: &str,
+    partition: i32,
 ) -> Result<(String, MetadataResponseTopic), MarkerReadError> {
     let no_leader = || MarkerReadError::NoLeader {
-        topic: lookup.topic.to_string(),
-        partition: lookup.partition,
+        topic: topic.to_owned(),
+        partition,
     };
     let server = proxy
         .kafka()
@@ -120,25 +124,24 @@ async fn find_leader(
         .ok_or_else(no_leader)?;
     let (mut conn, versions) = connect(proxy, server).await?;
     let version = version_of(&versions, &conn, ApiKey::Metadata)?;
-    let topic = MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(
-        lookup.topic.to_string(),
-    ))));
-    let request = MetadataRequest::default().with_topics(Some(vec![topic]));
+    let requested = MetadataRequestTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.to_owned()))));
+    let request = MetadataRequest::default().with_topics(Some(vec![requested]));
     let ResponseKind::Metadata(metadata) = conn
         .call(ApiKey::Metadata, version, RequestKind::Metadata(request))
         .await?
     else {
         unreachable!("decoded as Metadata")
     };
-    let topic = metadata
+    let found = metadata
         .topics
         .into_iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| *n.0 == *lookup.topic))
+        .find(|t| t.name.as_ref().is_some_and(|n| *n.0 == *topic))
         .ok_or_else(no_leader)?;
-    let leader = topic
+    let leader = found
         .partitions
         .iter()
-        .find(|p| p.partition_index == lookup.partition)
+        .find(|p| p.partition_index == partition)
         .map(|p| p.leader_id)
         .ok_or_else(no_leader)?;
     let broker = metadata
@@ -146,7 +149,7 @@ async fn find_leader(
         .iter()
         .find(|b| b.node_id == leader)
         .ok_or_else(no_leader)?;
-    Ok((format!("{}:{}", broker.host, broker.port), topic))
+    Ok((format!("{}:{}", broker.host, broker.port), found))
 }
 
 /// Reads forward from the held batch for its producer's next marker: `None` when there is
@@ -155,7 +158,7 @@ async fn read_outcome(
     proxy: &Proxy,
     lookup: &MarkerLookup,
 ) -> Result<Option<bool>, MarkerReadError> {
-    let (leader, metadata) = find_leader(proxy, lookup).await?;
+    let (leader, metadata) = find_leader(proxy, &lookup.topic, lookup.partition).await?;
     let (mut conn, versions) = connect(proxy, &leader).await?;
     let version = version_of(&versions, &conn, ApiKey::Fetch)?;
     let (topic, partition) = (lookup.topic.to_string(), lookup.partition);

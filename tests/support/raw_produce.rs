@@ -43,6 +43,11 @@ impl RawProduce<'_> {
 
     /// The request frame, size prefix included, with correlation id 1.
     pub fn frame(&self) -> Bytes {
+        produce_frame(self.topic, self.partition, self.acks, self.batch())
+    }
+
+    /// The partition's record batch (or batches) alone.
+    pub fn batch(&self) -> Bytes {
         let producer_id = self.producer_id;
         let per_record = self.batch_per_record;
         let records: Vec<Record> = self
@@ -87,22 +92,38 @@ impl RawProduce<'_> {
             let last = batch.len() - 1;
             batch[last] ^= 0xff;
         }
-        produce_frame(self.topic, self.partition, self.acks, batch.freeze())
+        batch.freeze()
     }
 }
 
 /// A Produce v7 request frame (size prefix included, correlation id 1) carrying `records`, as
 /// they are, to `partition` of `topic`.
 pub fn produce_frame(topic: &str, partition: i32, acks: i16, records: Bytes) -> Bytes {
+    produce_frame_of(acks, &[(topic, partition, records)])
+}
+
+/// A Produce v7 request frame like [`produce_frame`], for several topics and partitions, in
+/// the order given (a topic's partitions must be adjacent).
+pub fn produce_frame_of(acks: i16, partitions: &[(&str, i32, Bytes)]) -> Bytes {
     let version = RawProduce::VERSION;
+    let mut topics: Vec<TopicProduceData> = Vec::new();
+    for (topic, partition, records) in partitions {
+        let data = PartitionProduceData::default()
+            .with_index(*partition)
+            .with_records(Some(records.clone()));
+        match topics.last_mut() {
+            Some(last) if *last.name.0 == **topic => last.partition_data.push(data),
+            _ => topics.push(
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string((*topic).to_owned())))
+                    .with_partition_data(vec![data]),
+            ),
+        }
+    }
     let request = ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(5000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records))])]);
+        .with_topic_data(topics);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)
         .with_request_api_version(version)

@@ -378,6 +378,46 @@ pub fn summarize_with_limit(data: &Bytes, limit: usize) -> Result<BatchSummary> 
     Ok(summary)
 }
 
+/// The header of a produced partition's one v2 batch, which is all a broker takes from
+/// Produce v3 on; read without decompressing records, but CRC-checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducedBatch {
+    /// -1 when not idempotent.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: usize,
+    pub is_transactional: bool,
+}
+
+/// The one v2 batch `data` must be; anything else (several batches, a legacy message set,
+/// bytes after the batch) is an error, as a broker refuses it.
+pub fn sole_v2_batch(data: &Bytes) -> Result<ProducedBatch> {
+    let mut rest = data.clone();
+    let entry = next_entry(&mut rest, 0)?.ok_or(RecordsError::Truncated {
+        what: "record batch",
+        needed: LOG_OVERHEAD,
+        remaining: 0,
+    })?;
+    if entry.magic != 2 {
+        return Err(RecordsError::UnsupportedMagic(entry.magic));
+    }
+    if !rest.is_empty() {
+        return Err(RecordsError::Invalid {
+            what: "produced records",
+            reason: "more than one record batch (Produce v3+ takes exactly one)".to_owned(),
+        });
+    }
+    let header = parse_v2_header(entry.offset, entry.body)?;
+    Ok(ProducedBatch {
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+        record_count: header.record_count,
+        is_transactional: header.is_transactional(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batches
 

@@ -5,6 +5,7 @@ use crate::kafka::frame::FrameError;
 use crate::kafka::header::HeaderError;
 use crate::kafka::produce::ProduceDecodeError;
 use crate::kafka::rewrite::RewriteError;
+use crate::mirror::KinesisOnlyError;
 use crate::proxy::sasl::SaslError;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum ConnectionError {
         api: String,
         version: i16,
     },
+    #[error("Produce for kinesis-only topics: {0}")]
+    KinesisOnly(#[from] KinesisOnlyError),
     #[error("upstream sent a response nobody asked for")]
     Unsolicited,
     #[error("write to client: {0}")]

@@ -92,6 +92,25 @@ impl Connection {
                     self.in_flight.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
+                // Answered in its turn, though nothing comes from upstream for it.
+                Handling::LocalProduce(answer) => {
+                    let answered = match answer {
+                        Some(answer) => answer.settle().await.map(Some),
+                        None => Ok(None),
+                    };
+                    if let Ok(Some(response)) = &answered {
+                        answer_client(&mut client_wr, &mut client_gone, response).await;
+                    }
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let timers = self.proxy.metrics.api_timers(api_key);
+                    timers.request.observe(received.elapsed().as_secs_f64());
+                    answered.map_err(|e| ConnectionError::Response {
+                        api: api_name(api_key),
+                        version: api_version,
+                        source: e.into(),
+                    })?;
+                    continue;
+                }
                 handling => handling,
             };
             let bare = matches!(handling, Handling::SaslToken);
@@ -137,12 +156,17 @@ impl Connection {
             }
             // kinesis-primary partitions: the answer waits for Kinesis too.
             let mut primary = None;
+            let mut local = None;
             match handling {
                 Handling::Produce {
-                    exchange: Some(mut exchange),
+                    exchange,
+                    local: merged,
                 } => {
-                    exchange.response_frame = Some(frame.clone());
-                    primary = self.proxy.mirror.hand_over(exchange).await;
+                    local = merged;
+                    if let Some(mut exchange) = exchange {
+                        exchange.response_frame = Some(frame.clone());
+                        primary = self.proxy.mirror.hand_over(exchange).await;
+                    }
                 }
                 Handling::TxnControl { api, request_body } => {
                     let exchange = TxnControlExchange {
@@ -165,6 +189,14 @@ impl Connection {
                         version: api_version,
                         source: e.into(),
                     }),
+                (rewritten, _) => rewritten,
+            };
+            // The request's kinesis-only topics, answered by the proxy.
+            let rewritten = match (rewritten, local) {
+                (Ok(rewritten), Some(local)) => local
+                    .merge_into(rewritten.as_ref().unwrap_or(&frame), api_version)
+                    .await
+                    .map(Some),
                 (rewritten, _) => rewritten,
             };
             if let (Ok(rewritten), false) = (&rewritten, is_probe) {
@@ -246,6 +278,7 @@ impl Connection {
             Handling::Forward
             | Handling::TxnControl { .. }
             | Handling::Local(_)
+            | Handling::LocalProduce(_)
             | Handling::Unanswered(_)
             | Handling::SaslHandshake(_)
             | Handling::SaslAuthenticate
