@@ -389,8 +389,8 @@ async fn consumers_fail_fast_and_the_operator_is_told_they_read_kinesis() {
         "consumers read the streams from Kinesis now",
         Duration::from_secs(10),
     );
-    // A real consumer sees in ApiVersions that ListOffsets and Fetch are not offered:
-    // librdkafka (kcat) fails the partition at once and kcat exits with the error.
+    // A real consumer: librdkafka (kcat) asks where the partition starts, is refused, fails
+    // the partition at once, and kcat exits with the error.
     let started = Instant::now();
     let mut kcat = std::process::Command::new(kcat_bin());
     kcat.args([
@@ -406,7 +406,7 @@ async fn consumers_fail_fast_and_the_operator_is_told_they_read_kinesis() {
     let run = run_command(kcat, Duration::from_secs(60));
     let took = started.elapsed();
     assert!(
-        !run.success() && run.stderr.contains("not supported by broker"),
+        !run.success() && run.stderr.contains("API version not supported"),
         "kcat did not fail clearly:\n{}",
         run.describe()
     );

@@ -41,28 +41,40 @@ pub enum StandaloneAnswerError {
 /// The APIs a standalone proxy serves, with the versions it answers: those kafka-protocol
 /// encodes, and Produce as far as the proxy decodes it (v3 is the first with record batches,
 /// which idempotent producers need).
-pub fn offered_apis() -> Vec<ApiVersion> {
-    let range = |api: ApiKey| {
-        let (min, max) = decoded_range(api).unwrap_or_else(|| {
-            let crate_range = api.valid_versions();
-            (crate_range.min, crate_range.max)
-        });
-        ApiVersion::default()
-            .with_api_key(api as i16)
-            .with_min_version(min.max(api.valid_versions().min))
-            .with_max_version(max)
-    };
-    vec![
-        range(ApiKey::Produce),
-        range(ApiKey::Metadata),
-        range(ApiKey::ApiVersions),
-        range(ApiKey::InitProducerId),
+fn served_apis() -> [ApiVersion; 4] {
+    [
+        version_range(ApiKey::Produce),
+        version_range(ApiKey::Metadata),
+        version_range(ApiKey::ApiVersions),
+        version_range(ApiKey::InitProducerId),
     ]
 }
 
-/// Whether the proxy answers `api_key` at `version` in standalone mode.
-pub fn is_offered(api_key: i16, version: i16) -> bool {
-    offered_apis()
+/// What ApiVersions offers: the served APIs, and Fetch (from v4) and ListOffsets, which are
+/// refused when they come. librdkafka infers the broker's record format and codecs from the
+/// Fetch versions it offers (record batches need Fetch v4, zstd Fetch v10): without them it
+/// produces legacy message sets and no idempotence. Offering ListOffsets makes its consumers
+/// ask, and fail on the answer, instead of waiting.
+pub fn offered_apis() -> Vec<ApiVersion> {
+    let mut offered = served_apis().to_vec();
+    offered.push(version_range(ApiKey::Fetch).with_min_version(4));
+    offered.push(version_range(ApiKey::ListOffsets));
+    offered
+}
+
+fn version_range(api: ApiKey) -> ApiVersion {
+    let crate_range = api.valid_versions();
+    let (min, max) = decoded_range(api).unwrap_or((crate_range.min, crate_range.max));
+    ApiVersion::default()
+        .with_api_key(api as i16)
+        .with_min_version(min.max(crate_range.min))
+        .with_max_version(max)
+}
+
+/// Whether the proxy answers `api_key` at `version` in standalone mode (anything else is
+/// refused with UNSUPPORTED_VERSION).
+pub fn serves(api_key: i16, version: i16) -> bool {
+    served_apis()
         .iter()
         .any(|api| api.api_key == api_key && (api.min_version..=api.max_version).contains(&version))
 }
@@ -375,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn api_versions_offer_only_what_the_proxy_serves_at_every_version() {
+    fn api_versions_offer_what_the_proxy_serves_and_the_fetch_versions_librdkafka_needs() {
         for version in 0..=ApiKey::ApiVersions.valid_versions().max {
             let frame = api_versions(version, 7).unwrap();
             let ResponseKind::ApiVersions(body) = decoded(&frame, ApiKey::ApiVersions, version)
@@ -383,16 +395,27 @@ mod tests {
                 unreachable!()
             };
             assert_eq!(body.error_code, 0);
-            let keys: Vec<_> = body.api_keys.iter().map(|a| a.api_key).collect();
-            assert_eq!(keys, vec![0, 3, 18, 22], "v{version}");
-            let produce = &body.api_keys[0];
-            assert_eq!((produce.min_version, produce.max_version), (3, 12));
+            let keys: Vec<_> = body
+                .api_keys
+                .iter()
+                .map(|a| (a.api_key, a.min_version))
+                .collect();
+            assert_eq!(
+                keys,
+                vec![(0, 3), (3, 0), (18, 0), (22, 0), (1, 4), (2, 1)],
+                "v{version}"
+            );
+            assert_eq!(body.api_keys[0].max_version, 12, "Produce");
         }
         let too_new = api_versions(99, 7).unwrap();
         assert_eq!(too_new, unsupported_version_response(7));
-        assert!(is_offered(ApiKey::Produce as i16, 9));
-        assert!(!is_offered(ApiKey::Produce as i16, 2));
-        assert!(!is_offered(ApiKey::Fetch as i16, 4));
+        assert!(serves(ApiKey::Produce as i16, 9));
+        assert!(!serves(ApiKey::Produce as i16, 2));
+        assert!(!serves(ApiKey::Fetch as i16, 4), "offered, but refused");
+        assert!(
+            !serves(ApiKey::ListOffsets as i16, 7),
+            "offered, but refused"
+        );
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl StandaloneConnection {
                 correlation_id,
             )?)));
         }
-        if !standalone_answers::is_offered(api_key, version) {
+        if !standalone_answers::serves(api_key, version) {
             self.standalone.log_refusal(&client, api_key, version);
             return Ok(Answer::Ready(Some(standalone_answers::unsupported(
                 api_key,
@@ -298,7 +298,7 @@ impl StandaloneConnection {
                 self.produce(version, correlation_id, body, client, received)
                     .await
             }
-            _ => unreachable!("is_offered lists exactly the APIs answered here"),
+            _ => unreachable!("serves() lists exactly the APIs answered here"),
         }
     }
 
