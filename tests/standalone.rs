@@ -1,24 +1,23 @@
 //! The standalone proxy: no Kafka at all, only kinesis-local and the proxy, whose routes are all
-//! kinesis-only. Idempotent producers of four client families write through it; every record
-//! must be in Kinesis exactly once and in partition order, also across a proxy restart and
-//! under throttling. Consumers must fail fast.
-//!
-//! The routes use `partition_key = "partition"` (the one setting beyond the defaults): the test
-//! records all have distinct keys, so ordering by key would check nothing, while a partition's
-//! records share one Kinesis key and must sit in the order the producer sent them.
+//! kinesis-only (the one setting beyond the defaults, with `partitions`). Idempotent producers
+//! of four client families write through it, and every record must be in Kinesis exactly once;
+//! then keyed traffic (keys repeat, so their order means something) must be in Kinesis exactly
+//! once and in key order across a proxy restart and under throttling. Consumers must fail fast.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::faults::{FaultLayer, FaultPlan};
 use support::kinesis::{KinesisLocal, StoredRecord};
-use support::{client_command, kcat_bin, run_command, try_run_client, wait_until_async, Proxy};
+use support::metrics::wait_for_sent;
+use support::{kcat_bin, python, run_command, try_run_client, wait_until_async, Proxy};
 
 const RECORDS: usize = 10_000;
 const PARTITIONS: i32 = 4;
@@ -26,7 +25,7 @@ const PARTITIONS: i32 = 4;
 /// A kinesis-only route for `topic` into a stream of the same name.
 fn route(topic: &str) -> String {
     format!(
-        "[[mirror]]\ntopic = \"{topic}\"\nstream = \"{topic}\"\npercent = 100.0\nmode = \"kinesis-only\"\npartitions = {PARTITIONS}\npartition_key = \"partition\"\n"
+        "[[mirror]]\ntopic = \"{topic}\"\nstream = \"{topic}\"\npercent = 100.0\nmode = \"kinesis-only\"\npartitions = {PARTITIONS}\n"
     )
 }
 
@@ -92,11 +91,10 @@ fn record(topic: &str, index: usize) -> (String, Vec<u8>) {
 }
 
 /// Checks that `stored` holds records 0..count of `topic` exactly once each, byte for byte,
-/// and that each Kinesis key's (each partition's) records are in increasing index order.
-fn assert_once_in_order(topic: &str, count: usize, stored: &[StoredRecord]) {
+/// under their own keys (records.py gives every record a key of its own, so key order holds
+/// trivially; the keyed-traffic tests below check it).
+fn assert_each_once(topic: &str, count: usize, stored: &[StoredRecord]) {
     let mut seen = vec![0u32; count];
-    let mut last_of_key: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    let mut out_of_order = Vec::new();
     for r in stored {
         let text = String::from_utf8_lossy(&r.data);
         let mut fields = text.splitn(3, '|');
@@ -110,37 +108,26 @@ fn assert_once_in_order(topic: &str, count: usize, stored: &[StoredRecord]) {
             .and_then(|i| i.parse().ok())
             .unwrap_or_else(|| panic!("not a test record: {text:.80}"));
         assert!(index < count, "index {index} beyond {count}");
-        assert_eq!(
-            r.data,
-            record(topic, index).1,
-            "record {index}'s data changed"
-        );
+        let (key, value) = record(topic, index);
+        assert_eq!(r.data, value, "record {index}'s data changed");
+        assert_eq!(r.partition_key, key, "record {index}'s Kinesis key");
         seen[index] += 1;
-        let key = (r.shard_id.as_str(), r.partition_key.as_str());
-        if let Some(previous) = last_of_key.insert(key, index) {
-            if previous > index && out_of_order.len() < 10 {
-                out_of_order.push((r.partition_key.clone(), previous, index));
-            }
-        }
     }
-    let missing: Vec<usize> = (0..count).filter(|i| seen[*i] == 0).collect();
-    let duplicated: Vec<usize> = (0..count).filter(|i| seen[*i] > 1).collect();
+    assert_counted_once(topic, &seen);
+}
+
+/// Fails unless every entry of `seen` (how often each record was found) is 1.
+fn assert_counted_once(what: &str, seen: &[u32]) {
+    let missing: Vec<usize> = (0..seen.len()).filter(|i| seen[*i] == 0).collect();
+    let duplicated: Vec<usize> = (0..seen.len()).filter(|i| seen[*i] > 1).collect();
     assert!(
         missing.is_empty() && duplicated.is_empty(),
-        "{topic}: {} missing (e.g. {:?}), {} duplicated (e.g. {:?}) of {count}",
+        "{what}: {} missing (e.g. {:?}), {} duplicated (e.g. {:?}) of {}",
         missing.len(),
         &missing[..missing.len().min(10)],
         duplicated.len(),
-        &duplicated[..duplicated.len().min(10)]
-    );
-    assert!(
-        out_of_order.is_empty(),
-        "{topic}: records out of order within a partition key (key, before, after): {out_of_order:?}"
-    );
-    assert_eq!(
-        last_of_key.len(),
-        PARTITIONS as usize,
-        "{topic}: every partition used"
+        &duplicated[..duplicated.len().min(10)],
+        seen.len()
     );
 }
 
@@ -198,7 +185,7 @@ async fn read_stream(kinesis: &KinesisLocal, stream: &str, count: usize) -> Vec<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_producers_of_four_clients_store_every_record_once_in_partition_order() {
+async fn idempotent_producers_of_four_clients_store_every_record_once() {
     let kinesis = KinesisLocal::start();
     let clients = [
         ("confluent", "zstd"),
@@ -220,61 +207,64 @@ async fn idempotent_producers_of_four_clients_store_every_record_once_in_partiti
         produce(client, &proxy.bootstrap(), topic, RECORDS, codec);
         let produced_in = started.elapsed();
         let stored = read_stream(&kinesis, topic, RECORDS).await;
-        assert_once_in_order(topic, RECORDS, &stored);
+        assert_each_once(topic, RECORDS, &stored);
         eprintln!(
-            "{client} ({codec}): {RECORDS} records acknowledged in {produced_in:.1?}, {} in Kinesis, each once and in order",
+            "{client} ({codec}): {RECORDS} records acknowledged in {produced_in:.1?}, {} in Kinesis, each once",
             stored.len()
         );
     }
 }
 
-/// Runs `client`'s producer in the background, paced, logging each acknowledgement.
-fn produce_in_background(bootstrap: &str, topic: &str, acked_log: &std::path::Path) -> Child {
-    let mut args = produce_args(bootstrap, topic, RECORDS, "lz4");
-    args.extend(["--rate".into(), "2000".into(), "--acked-log".into()]);
-    args.push(acked_log.display().to_string());
-    let mut cmd = client_command(
-        "confluent",
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    cmd.env_remove("LD_LIBRARY_PATH");
-    cmd.spawn().expect("start the producer")
+/// Keys of the keyed traffic: each repeats RECORDS / KEYS times.
+const KEYS: usize = 500;
+
+/// Keyed, idempotent traffic in the background (scripts/demo_traffic.py, confluent-kafka):
+/// record `order` i has key customer-(i % KEYS); `rate` records per second.
+fn keyed_traffic(bootstrap: &str, topic: &str, rate: usize) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo_traffic.py");
+    Command::new(python())
+        .arg(script)
+        .args(["--bootstrap", bootstrap, "--topic", topic, "--idempotent"])
+        .args(["--count", &RECORDS.to_string(), "--rate", &rate.to_string()])
+        .args(["--keys", &KEYS.to_string()])
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the keyed traffic")
 }
 
-fn lines_in(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+/// The producer's summary once it has flushed everything: {"sent", "errors"}.
+fn finish(producer: Child) -> Value {
+    let out = producer.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("producer output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Waits for the producer to exit and returns its JSON summary.
-fn finish(mut producer: Child) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while producer.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "producer still running");
-        std::thread::sleep(Duration::from_millis(100));
+/// Every order 0..RECORDS once, under its customer's key, and each key's orders increasing.
+fn assert_keyed_once_in_order(stored: &[StoredRecord]) {
+    let mut seen = vec![0u32; RECORDS];
+    let mut last_of_key: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut out_of_order = Vec::new();
+    for r in stored {
+        let v: Value = serde_json::from_slice(&r.data).expect("a keyed-traffic record");
+        let order = v["order"].as_i64().expect("order");
+        assert_eq!(v["customer"].as_str(), Some(r.partition_key.as_str()));
+        seen[order as usize] += 1;
+        if let Some(previous) = last_of_key.insert(r.partition_key.as_str(), order) {
+            if previous > order && out_of_order.len() < 10 {
+                out_of_order.push((r.partition_key.clone(), previous, order));
+            }
+        }
     }
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    producer
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    producer
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
-    serde_json::from_str(line.unwrap_or_default())
-        .unwrap_or_else(|e| panic!("producer output {stdout:?}: {e}\nstderr:\n{stderr}"))
+    assert_counted_once("keyed traffic", &seen);
+    assert!(
+        out_of_order.is_empty(),
+        "records out of order within a key (key, before, after): {out_of_order:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_in_the_middle_of_a_run_loses_and_duplicates_nothing() {
+async fn a_restart_in_the_middle_of_a_run_loses_duplicates_and_reorders_nothing() {
     let kinesis = KinesisLocal::start();
     let topic = "standalone-restart";
     kinesis.create_stream(topic, 2).await;
@@ -283,27 +273,25 @@ async fn a_restart_in_the_middle_of_a_run_loses_and_duplicates_nothing() {
         kinesis_table(&kinesis.endpoint),
         route(topic)
     ));
-    let acked = tempfile::NamedTempFile::new().unwrap();
-    let producer = produce_in_background(&proxy.bootstrap(), topic, acked.path());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines_in(acked.path()) < RECORDS / 3 {
-        assert!(Instant::now() < deadline, "no progress before the restart");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let acked_before = lines_in(acked.path());
+    let producer = keyed_traffic(&proxy.bootstrap(), topic, 1000);
+    wait_for_sent(proxy.admin_port, RECORDS / 3, Duration::from_secs(60)).await;
+    let stopped = Instant::now();
     proxy.daemon().signal("-TERM");
     proxy.daemon().wait_exit(Duration::from_secs(40));
     proxy.restart();
+    let down_for = stopped.elapsed();
     let out = finish(producer);
-    assert_eq!(out["error_count"], 0, "{out}");
-    assert_eq!(out["produced"], RECORDS as u64, "{out}");
+    assert_eq!(out["errors"], 0, "{out}");
+    assert_eq!(out["sent"], RECORDS as u64, "{out}");
     let stored = read_stream(&kinesis, topic, RECORDS).await;
-    assert_once_in_order(topic, RECORDS, &stored);
-    eprintln!("restart after {acked_before} acknowledgements: {RECORDS} records once and in order");
+    assert_keyed_once_in_order(&stored);
+    eprintln!(
+        "restarted (down {down_for:.1?}) after a third of the run: {RECORDS} records once and in key order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifth_of_records_throttled_still_stores_each_once_in_order() {
+async fn a_fifth_of_records_throttled_still_stores_each_once_in_key_order() {
     let kinesis = KinesisLocal::start();
     let topic = "standalone-throttled";
     kinesis.create_stream(topic, 2).await;
@@ -318,17 +306,19 @@ async fn a_fifth_of_records_throttled_still_stores_each_once_in_order() {
         route(topic)
     ));
     let started = Instant::now();
-    let bootstrap = proxy.bootstrap();
-    // The blocking client run goes to its own thread: the fault layer runs on this runtime.
-    tokio::task::spawn_blocking(move || produce("confluent", &bootstrap, topic, RECORDS, "snappy"))
+    let producer = keyed_traffic(&proxy.bootstrap(), topic, 1000);
+    // Waited for on its own thread: the fault layer runs on this runtime.
+    let out = tokio::task::spawn_blocking(move || finish(producer))
         .await
         .unwrap();
+    assert_eq!(out["errors"], 0, "{out}");
+    assert_eq!(out["sent"], RECORDS as u64, "{out}");
     let throttled = FaultLayer::count(&faults.counters.entries_throttled);
     assert!(throttled > 0, "the fault layer throttled nothing");
     let stored = read_stream(&kinesis, topic, RECORDS).await;
-    assert_once_in_order(topic, RECORDS, &stored);
+    assert_keyed_once_in_order(&stored);
     eprintln!(
-        "{throttled} entries throttled; {RECORDS} records once and in order in {:.1?}",
+        "{throttled} entries throttled; {RECORDS} records once and in key order in {:.1?}",
         started.elapsed()
     );
 }
