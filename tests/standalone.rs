@@ -29,6 +29,11 @@ fn route(topic: &str) -> String {
     )
 }
 
+/// A standalone proxy with one route, `topic`, into the Kinesis at `endpoint`.
+fn standalone_proxy(endpoint: &str, topic: &str) -> Proxy {
+    Proxy::start_standalone(&format!("{}\n{}", kinesis_table(endpoint), route(topic)))
+}
+
 fn kinesis_table(endpoint: &str) -> String {
     format!("[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n")
 }
@@ -83,7 +88,8 @@ fn record(topic: &str, index: usize) -> (String, Vec<u8>) {
         words.push(word);
         n += word.len() + 1;
     }
-    let payload = &words.join(" ")[..length];
+    let joined = words.join(" ");
+    let payload = &joined[..length.min(joined.len())];
     (
         format!("key-{index:06}"),
         format!("{topic}|{index}|{payload}").into_bytes(),
@@ -240,6 +246,14 @@ fn finish(producer: Child) -> Value {
         .unwrap_or_else(|_| panic!("producer output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+fn assert_all_sent(producer_summary: &Value) {
+    assert_eq!(producer_summary["errors"], 0, "{producer_summary}");
+    assert_eq!(
+        producer_summary["sent"], RECORDS as u64,
+        "{producer_summary}"
+    );
+}
+
 /// Every order 0..RECORDS once, under its customer's key, and each key's orders increasing.
 fn assert_keyed_once_in_order(stored: &[StoredRecord]) {
     let mut seen = vec![0u32; RECORDS];
@@ -268,11 +282,7 @@ async fn a_restart_in_the_middle_of_a_run_loses_duplicates_and_reorders_nothing(
     let kinesis = KinesisLocal::start();
     let topic = "standalone-restart";
     kinesis.create_stream(topic, 2).await;
-    let mut proxy = Proxy::start_standalone(&format!(
-        "{}\n{}",
-        kinesis_table(&kinesis.endpoint),
-        route(topic)
-    ));
+    let mut proxy = standalone_proxy(&kinesis.endpoint, topic);
     let producer = keyed_traffic(&proxy.bootstrap(), topic, 1000);
     wait_for_sent(proxy.admin_port, RECORDS / 3, Duration::from_secs(60)).await;
     let stopped = Instant::now();
@@ -280,9 +290,7 @@ async fn a_restart_in_the_middle_of_a_run_loses_duplicates_and_reorders_nothing(
     proxy.daemon().wait_exit(Duration::from_secs(40));
     proxy.restart();
     let down_for = stopped.elapsed();
-    let out = finish(producer);
-    assert_eq!(out["errors"], 0, "{out}");
-    assert_eq!(out["sent"], RECORDS as u64, "{out}");
+    assert_all_sent(&finish(producer));
     let stored = read_stream(&kinesis, topic, RECORDS).await;
     assert_keyed_once_in_order(&stored);
     eprintln!(
@@ -300,19 +308,14 @@ async fn a_fifth_of_records_throttled_still_stores_each_once_in_key_order() {
         throttle_entries: 0.2,
         ..FaultPlan::default()
     });
-    let proxy = Proxy::start_standalone(&format!(
-        "{}\n{}",
-        kinesis_table(&faults.endpoint),
-        route(topic)
-    ));
+    let proxy = standalone_proxy(&faults.endpoint, topic);
     let started = Instant::now();
     let producer = keyed_traffic(&proxy.bootstrap(), topic, 1000);
     // Waited for on its own thread: the fault layer runs on this runtime.
     let out = tokio::task::spawn_blocking(move || finish(producer))
         .await
         .unwrap();
-    assert_eq!(out["errors"], 0, "{out}");
-    assert_eq!(out["sent"], RECORDS as u64, "{out}");
+    assert_all_sent(&out);
     let throttled = FaultLayer::count(&faults.counters.entries_throttled);
     assert!(throttled > 0, "the fault layer throttled nothing");
     let stored = read_stream(&kinesis, topic, RECORDS).await;
@@ -353,11 +356,7 @@ async fn consumers_fail_fast_and_the_operator_is_told_they_read_kinesis() {
     let kinesis = KinesisLocal::start();
     let topic = "standalone-consumed";
     kinesis.create_stream(topic, 1).await;
-    let mut proxy = Proxy::start_standalone(&format!(
-        "{}\n{}",
-        kinesis_table(&kinesis.endpoint),
-        route(topic)
-    ));
+    let mut proxy = standalone_proxy(&kinesis.endpoint, topic);
     // A Fetch sent unasked gets UNSUPPORTED_VERSION for its partition.
     let mut conn = TcpStream::connect(proxy.bootstrap()).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
