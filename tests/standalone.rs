@@ -204,7 +204,7 @@ async fn idempotent_producers_of_four_clients_store_every_record_once() {
         .map(|(client, _)| format!("standalone-{client}"))
         .collect();
     for topic in &topics {
-        kinesis.create_stream(topic, 2).await;
+        kinesis.create_stream(topic, SHARDS).await;
     }
     let routes: String = topics.iter().map(|t| route(t)).collect();
     let proxy = Proxy::start_standalone(&format!("{}\n{routes}", kinesis_table(&kinesis.endpoint)));
@@ -223,6 +223,9 @@ async fn idempotent_producers_of_four_clients_store_every_record_once() {
 
 /// Keys of the keyed traffic: each repeats RECORDS / KEYS times.
 const KEYS: usize = 500;
+
+/// Shards of each test's stream: as tests/mirror_faults.rs has them.
+const SHARDS: i32 = 4;
 
 /// Keyed, idempotent traffic in the background (scripts/demo_traffic.py, confluent-kafka):
 /// record `order` i has key customer-(i % KEYS); `rate` records per second.
@@ -281,7 +284,7 @@ fn assert_keyed_once_in_order(stored: &[StoredRecord]) {
 async fn a_restart_in_the_middle_of_a_run_loses_duplicates_and_reorders_nothing() {
     let kinesis = KinesisLocal::start();
     let topic = "standalone-restart";
-    kinesis.create_stream(topic, 2).await;
+    kinesis.create_stream(topic, SHARDS).await;
     let mut proxy = standalone_proxy(&kinesis.endpoint, topic);
     let producer = keyed_traffic(&proxy.bootstrap(), topic, 1000);
     wait_for_sent(proxy.admin_port, RECORDS / 3, Duration::from_secs(60)).await;
@@ -302,7 +305,7 @@ async fn a_restart_in_the_middle_of_a_run_loses_duplicates_and_reorders_nothing(
 async fn a_fifth_of_records_throttled_still_stores_each_once_in_key_order() {
     let kinesis = KinesisLocal::start();
     let topic = "standalone-throttled";
-    kinesis.create_stream(topic, 2).await;
+    kinesis.create_stream(topic, SHARDS).await;
     let faults = FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
     faults.set(FaultPlan {
         throttle_entries: 0.2,
