@@ -15,13 +15,10 @@ use bytes::{BufMut, Bytes};
 use kafka_kinesis_proxy::config::Config;
 use kafka_kinesis_proxy::kafka::records::DEFAULT_MAX_DECODE_BYTES;
 use kafka_kinesis_proxy::mirror::{DECODE_WINDOW, EXCHANGE_QUEUE_BYTES};
-use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
-use kafka_protocol::protocol::Decodable;
 use support::kinesis::KinesisLocal;
 use support::metrics::{scrape, value, wait_for};
-use support::raw_produce::{produce_frame, RawProduce};
+use support::raw_produce::{self, produce_frame, RawProduce};
 use support::{wait_until_async, KafkaCluster, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What the proxy may use beyond its configured limits (README, "Memory budget").
@@ -132,14 +129,7 @@ fn million_headers() -> Bytes {
 
 /// Sends a Produce `frame` on `conn` and returns Kafka's error code for its one partition.
 async fn produce(conn: &mut TcpStream, frame: &Bytes) -> i16 {
-    conn.write_all(frame).await.unwrap();
-    let size = conn.read_i32().await.expect("a Produce response");
-    let mut body = vec![0u8; size as usize];
-    conn.read_exact(&mut body).await.unwrap();
-    let mut body = Bytes::from(body);
-    let version = RawProduce::VERSION;
-    ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
-    let response = ProduceResponse::decode(&mut body, version).unwrap();
+    let response = raw_produce::send(conn, frame).await;
     response.responses[0].partition_responses[0].error_code
 }
 

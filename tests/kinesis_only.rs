@@ -13,15 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::messages::ProduceResponse;
 use serde_json::Value;
 use support::kinesis::KinesisLocal;
 use support::metrics::{get, scrape, value, wait_for};
-use support::raw_produce::{produce_frame_of, RawProduce};
+use support::raw_produce::{produce_frame_of, send, RawProduce};
 use support::{try_run_client, words, KafkaCluster, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const KINESIS_ONLY: &str = "mode = \"kinesis-only\"\n";
@@ -177,20 +174,11 @@ async fn a_live_switch_to_kinesis_only_under_traffic_keeps_kafka_still_and_produ
     assert!(proxy.daemon().log_text().contains("route mode in force"));
 }
 
-/// Sends `frame` on `conn` and decodes the Produce response.
-async fn produce(conn: &mut TcpStream, frame: &Bytes) -> ProduceResponse {
-    conn.write_all(frame).await.unwrap();
-    let size = conn.read_i32().await.expect("a Produce response");
-    let mut body = vec![0u8; size as usize];
-    conn.read_exact(&mut body).await.unwrap();
-    let mut body = Bytes::from(body);
-    let version = RawProduce::VERSION;
-    ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
-    ProduceResponse::decode(&mut body, version).unwrap()
-}
+/// A partition's answer: (partition, error code, base offset).
+type PartitionAnswer = (i32, i16, i64);
 
-/// Per topic, in the response's order: (partition, error code, base offset) of each partition.
-fn answers(response: &ProduceResponse) -> Vec<(String, Vec<(i32, i16, i64)>)> {
+/// Per topic, in the response's order: each partition's answer.
+fn answers(response: &ProduceResponse) -> Vec<(String, Vec<PartitionAnswer>)> {
     response
         .responses
         .iter()
@@ -243,7 +231,7 @@ async fn a_request_mixing_a_kinesis_only_topic_and_a_kafka_topic_is_answered_per
         ],
     );
     let mut conn = TcpStream::connect(proxy.bootstrap()).await.unwrap();
-    let first = answers(&produce(&mut conn, &frame).await);
+    let first = answers(&send(&mut conn, &frame).await);
     assert_eq!(
         first,
         [
@@ -253,11 +241,11 @@ async fn a_request_mixing_a_kinesis_only_topic_and_a_kafka_topic_is_answered_per
         "in the request's order (the proxy's answers before Kafka's), each with its offsets"
     );
     // Again, and then the kinesis-only topic alone, which sends nothing to Kafka.
-    let second = answers(&produce(&mut conn, &frame).await);
+    let second = answers(&send(&mut conn, &frame).await);
     assert_eq!(second[0].1, [(0, 0, 3), (1, 0, 3)]);
     assert_eq!(second[1].1, [(0, 0, 3)]);
     let alone = produce_frame_of(-1, &[(only, 0, batch(only, 0, "c"))]);
-    let third = answers(&produce(&mut conn, &alone).await);
+    let third = answers(&send(&mut conn, &alone).await);
     assert_eq!(third, [(only.to_owned(), vec![(0, 0, 6)])]);
 
     assert_eq!(

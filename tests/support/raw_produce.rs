@@ -3,11 +3,15 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A raw Produce v7 request: `records` (keys and values) for one partition, as one batch unless
 /// `batch_per_record`.
@@ -137,4 +141,16 @@ pub fn produce_frame_of(acks: i16, partitions: &[(&str, i32, Bytes)]) -> Bytes {
     let size = (frame.len() - 4) as i32;
     frame[..4].copy_from_slice(&size.to_be_bytes());
     frame.freeze()
+}
+
+/// Sends a Produce `frame` built here on `conn` and decodes its response.
+pub async fn send(conn: &mut TcpStream, frame: &Bytes) -> ProduceResponse {
+    conn.write_all(frame).await.unwrap();
+    let size = conn.read_i32().await.expect("a Produce response");
+    let mut body = vec![0u8; size as usize];
+    conn.read_exact(&mut body).await.unwrap();
+    let mut body = Bytes::from(body);
+    let version = RawProduce::VERSION;
+    ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
+    ProduceResponse::decode(&mut body, version).unwrap()
 }

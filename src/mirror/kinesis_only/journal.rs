@@ -49,29 +49,26 @@ const KIND_RAISED: u8 = 2;
 const KIND_DELIVERED: u8 = 3;
 const KIND_END: u8 = 4;
 
-/// One change of the state, as journaled and as replayed.
+/// One change of the state, as journaled and as replayed: what happened to which partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Event<'a> {
+pub(super) struct Event<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
     /// A new batch took `record_count` offsets from `base_offset` on.
     Assigned {
-        topic: &'a str,
-        partition: i32,
         base_offset: i64,
         record_count: i32,
         producer: Option<ProducerBatch>,
     },
     /// The partition's counter was raised to at least `next_offset` (a floor from Kafka).
-    Raised {
-        topic: &'a str,
-        partition: i32,
-        next_offset: i64,
-    },
+    Raised { next_offset: i64 },
     /// The batch at `base_offset` is entirely in Kinesis.
-    Delivered {
-        topic: &'a str,
-        partition: i32,
-        base_offset: i64,
-    },
+    Delivered { base_offset: i64 },
 }
 
 /// The idempotent-producer identity of an assigned batch.
@@ -87,22 +84,22 @@ pub(super) struct ProducerBatch {
 pub(super) fn encode_frame(event: &Event<'_>, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-    let put_place = |out: &mut Vec<u8>, kind: u8, topic: &str, partition: i32| {
-        out.push(kind);
-        // Kafka topic names are at most 249 bytes.
-        out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-        out.extend_from_slice(topic.as_bytes());
-        out.extend_from_slice(&partition.to_le_bytes());
-    };
-    match *event {
-        Event::Assigned {
-            topic,
-            partition,
+    out.push(match event.change {
+        Change::Assigned { .. } => KIND_ASSIGNED,
+        Change::Raised { .. } => KIND_RAISED,
+        Change::Delivered { .. } => KIND_DELIVERED,
+    });
+    // Events exist only for topics `Ledger::decide` accepted: at most 249 bytes.
+    debug_assert!(event.topic.len() <= super::ledger::MAX_TOPIC_BYTES);
+    out.extend_from_slice(&(event.topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(event.topic.as_bytes());
+    out.extend_from_slice(&event.partition.to_le_bytes());
+    match event.change {
+        Change::Assigned {
             base_offset,
             record_count,
             producer,
         } => {
-            put_place(out, KIND_ASSIGNED, topic, partition);
             out.extend_from_slice(&base_offset.to_le_bytes());
             out.extend_from_slice(&record_count.to_le_bytes());
             match producer {
@@ -116,22 +113,8 @@ pub(super) fn encode_frame(event: &Event<'_>, out: &mut Vec<u8>) {
                 }
             }
         }
-        Event::Raised {
-            topic,
-            partition,
-            next_offset,
-        } => {
-            put_place(out, KIND_RAISED, topic, partition);
-            out.extend_from_slice(&next_offset.to_le_bytes());
-        }
-        Event::Delivered {
-            topic,
-            partition,
-            base_offset,
-        } => {
-            put_place(out, KIND_DELIVERED, topic, partition);
-            out.extend_from_slice(&base_offset.to_le_bytes());
-        }
+        Change::Raised { next_offset } => out.extend_from_slice(&next_offset.to_le_bytes()),
+        Change::Delivered { base_offset } => out.extend_from_slice(&base_offset.to_le_bytes()),
     }
     seal_frame(out, start);
 }
@@ -178,11 +161,11 @@ fn decode_payload(payload: &[u8]) -> Option<Frame<'_>> {
     let topic_len = u16::from_le_bytes(r.take()?) as usize;
     let topic = std::str::from_utf8(r.bytes(topic_len)?).ok()?;
     let partition = i32::from_le_bytes(r.take()?);
-    let event = match kind {
-        KIND_ASSIGNED => {
-            let base_offset = i64::from_le_bytes(r.take()?);
-            let record_count = i32::from_le_bytes(r.take()?);
-            let producer = match r.take::<1>()?[0] {
+    let change = match kind {
+        KIND_ASSIGNED => Change::Assigned {
+            base_offset: i64::from_le_bytes(r.take()?),
+            record_count: i32::from_le_bytes(r.take()?),
+            producer: match r.take::<1>()?[0] {
                 0 => None,
                 1 => Some(ProducerBatch {
                     producer_id: i64::from_le_bytes(r.take()?),
@@ -191,26 +174,20 @@ fn decode_payload(payload: &[u8]) -> Option<Frame<'_>> {
                     last_seq: i32::from_le_bytes(r.take()?),
                 }),
                 _ => return None,
-            };
-            Event::Assigned {
-                topic,
-                partition,
-                base_offset,
-                record_count,
-                producer,
-            }
-        }
-        KIND_RAISED => Event::Raised {
-            topic,
-            partition,
+            },
+        },
+        KIND_RAISED => Change::Raised {
             next_offset: i64::from_le_bytes(r.take()?),
         },
-        KIND_DELIVERED => Event::Delivered {
-            topic,
-            partition,
+        KIND_DELIVERED => Change::Delivered {
             base_offset: i64::from_le_bytes(r.take()?),
         },
         _ => return None,
+    };
+    let event = Event {
+        topic,
+        partition,
+        change,
     };
     r.finished(Frame::Event(event))
 }
@@ -553,45 +530,51 @@ mod tests {
     use super::*;
 
     fn events() -> Vec<Event<'static>> {
+        let at = |topic, partition, change| Event {
+            topic,
+            partition,
+            change,
+        };
         vec![
-            Event::Assigned {
-                topic: "orders",
-                partition: 3,
-                base_offset: 42,
-                record_count: 7,
-                producer: Some(ProducerBatch {
-                    producer_id: 1 << 40,
-                    epoch: 2,
-                    first_seq: i32::MAX - 2,
-                    last_seq: 3,
-                }),
-            },
-            Event::Assigned {
-                topic: "t",
-                partition: 0,
-                base_offset: 0,
-                record_count: 1,
-                producer: None,
-            },
-            Event::Raised {
-                topic: "t",
-                partition: 1,
-                next_offset: 1_000,
-            },
-            Event::Delivered {
-                topic: "orders",
-                partition: 3,
-                base_offset: 42,
-            },
+            at(
+                "orders",
+                3,
+                Change::Assigned {
+                    base_offset: 42,
+                    record_count: 7,
+                    producer: Some(ProducerBatch {
+                        producer_id: 1 << 40,
+                        epoch: 2,
+                        first_seq: i32::MAX - 2,
+                        last_seq: 3,
+                    }),
+                },
+            ),
+            at(
+                "t",
+                0,
+                Change::Assigned {
+                    base_offset: 0,
+                    record_count: 1,
+                    producer: None,
+                },
+            ),
+            at("t", 1, Change::Raised { next_offset: 1_000 }),
+            at("orders", 3, Change::Delivered { base_offset: 42 }),
         ]
+    }
+
+    fn encoded(events: &[Event<'_>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for event in events {
+            encode_frame(event, &mut bytes);
+        }
+        bytes
     }
 
     #[test]
     fn frames_round_trip() {
-        let mut bytes = Vec::new();
-        for event in events() {
-            encode_frame(&event, &mut bytes);
-        }
+        let bytes = encoded(&events());
         let mut read = Vec::new();
         let damage = scan_frames(&bytes, |frame| match frame {
             Frame::Event(e) => read.push(e),
@@ -603,12 +586,8 @@ mod tests {
 
     #[test]
     fn damage_stops_the_scan_at_the_damaged_frame() {
-        let mut bytes = Vec::new();
-        for event in events() {
-            encode_frame(&event, &mut bytes);
-        }
-        let mut first = Vec::new();
-        encode_frame(&events()[0], &mut first);
+        let mut bytes = encoded(&events());
+        let first = encoded(&events()[..1]);
         let flipped = first.len() + 10;
         bytes[flipped] ^= 0xff;
         let mut count = 0;

@@ -92,3 +92,72 @@ fn decode(bytes: &[u8]) -> Option<i64> {
     let valid = &bytes[..7] == MAGIC && bytes[7] == VERSION && crc32c::crc32c(&bytes[..16]) == crc;
     valid.then(|| i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::mirror::kinesis_only::state::SyntheticLog;
+
+    async fn take(ids: &ProducerIds, n: usize) -> Vec<i64> {
+        let mut taken = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (id, epoch) = ids.next().await.unwrap();
+            assert_eq!(epoch, 0);
+            taken.push(id);
+        }
+        taken
+    }
+
+    #[tokio::test]
+    async fn ids_stay_unique_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = Vec::new();
+        for run in 0..3 {
+            let ids = ProducerIds::open(dir.path()).unwrap();
+            // The second run crosses a block boundary inside the run.
+            let n = if run == 1 { 1_500 } else { 5 };
+            all.extend(take(&ids, n).await);
+        }
+        let unique: HashSet<i64> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len());
+        assert_eq!(all[0], FIRST_ID);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "increasing");
+        // Each reopen skips what is left of the block the run before was using.
+        assert_eq!(all[5], FIRST_ID + BLOCK_SIZE);
+        assert_eq!(all[5 + 1_500], FIRST_ID + 3 * BLOCK_SIZE);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_block_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ids = ProducerIds::open(dir.path()).unwrap();
+            take(&ids, 1).await;
+        }
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[9] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            ProducerIds::open(dir.path()),
+            Err(SyntheticLogError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn shares_a_directory_with_the_synthetic_log_but_not_with_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SyntheticLog::open(dir.path()).unwrap();
+        let ids = ProducerIds::open(dir.path()).unwrap();
+        assert!(matches!(
+            ProducerIds::open(dir.path()),
+            Err(SyntheticLogError::Locked { .. })
+        ));
+        take(&ids, 1).await;
+        // Not a journal: the log reopens with the id file beside it.
+        drop(log);
+        SyntheticLog::open(dir.path()).unwrap();
+    }
+}
