@@ -130,8 +130,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { config: path } => with_config(&path, |config| {
             // The files behind the TLS keys change without the config changing, so they are
             // checked here as the proxy would load them.
-            let certificates =
-                check_tls_files(config.listener.tls.as_ref(), config.kafka.tls.as_ref())?;
+            let certificates = check_tls_files(
+                config.listener.tls.as_ref(),
+                config.kafka.as_ref().and_then(|k| k.tls.as_ref()),
+            )?;
             println!("{}: ok\n{config}", path.display());
             for (key, summary) in certificates {
                 println!("{key}: {summary}");
@@ -218,6 +220,7 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     tokio::spawn(Reloader::new(path, config.clone(), mirror.clone(), metrics.clone()).run());
     let grace = config.shutdown_grace;
     let brokers_file = kafka_kinesis_proxy::proxy::brokers_file_location(&config, path);
+    let has_kafka = config.kafka.is_some();
     let proxy = Proxy::new(
         config,
         mirror.clone(),
@@ -226,9 +229,13 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         brokers_file,
     )?;
     // Held transactions whose EndTxn the proxy never sees are decided by Kafka's markers.
-    mirror.read_markers_with(kafka_kinesis_proxy::proxy::transaction_markers(&proxy));
     // kinesis-only partitions' first offsets after a live switch follow Kafka's.
-    mirror.read_log_ends_with(kafka_kinesis_proxy::proxy::log_end_offsets(&proxy));
+    // Standalone, no transaction reaches the mirror and no Kafka gave out offsets: there is
+    // nothing to read.
+    if has_kafka {
+        mirror.read_markers_with(kafka_kinesis_proxy::proxy::transaction_markers(&proxy));
+        mirror.read_log_ends_with(kafka_kinesis_proxy::proxy::log_end_offsets(&proxy));
+    }
     let admin = http::bind(
         admin_bind,
         AdminState {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::Config;
+use super::{Config, KafkaConfig, MirrorRoute};
 
 impl fmt::Display for Config {
     /// The one-screen summary printed by `check-config`.
@@ -34,22 +34,9 @@ impl fmt::Display for Config {
         if let Some(tls) = &l.tls {
             write!(f, "{tls}")?;
         }
-        writeln!(f, "kafka")?;
-        writeln!(
-            f,
-            "  bootstrap_servers {}",
-            self.kafka.bootstrap_servers.join(", ")
-        )?;
-        writeln!(
-            f,
-            "  connect_timeout   {}ms",
-            self.kafka.connect_timeout.as_millis()
-        )?;
-        if let Some(tls) = &self.kafka.tls {
-            write!(f, "{tls}")?;
-        }
-        if let Some(sasl) = &self.kafka.sasl {
-            write!(f, "{sasl}")?;
+        match &self.kafka {
+            Some(kafka) => write_kafka(f, kafka)?,
+            None => write_standalone(f, &self.mirror)?,
         }
         writeln!(f, "admin")?;
         writeln!(f, "  bind              {}", self.admin.bind)?;
@@ -119,4 +106,59 @@ impl fmt::Display for Config {
         }
         Ok(())
     }
+}
+
+fn write_kafka(f: &mut fmt::Formatter<'_>, kafka: &KafkaConfig) -> fmt::Result {
+    writeln!(f, "kafka")?;
+    writeln!(
+        f,
+        "  bootstrap_servers {}",
+        kafka.bootstrap_servers.join(", ")
+    )?;
+    writeln!(
+        f,
+        "  connect_timeout   {}ms",
+        kafka.connect_timeout.as_millis()
+    )?;
+    if let Some(tls) = &kafka.tls {
+        write!(f, "{tls}")?;
+    }
+    if let Some(sasl) = &kafka.sasl {
+        write!(f, "{sasl}")?;
+    }
+    Ok(())
+}
+
+/// What a standalone proxy is, for the operator who left `[kafka]` out.
+fn write_standalone(f: &mut fmt::Formatter<'_>, routes: &[MirrorRoute]) -> fmt::Result {
+    writeln!(f, "kafka               (absent: standalone)")?;
+    writeln!(
+        f,
+        "  The proxy is a Kafka-protocol produce endpoint for Kinesis, with no Kafka behind it."
+    )?;
+    writeln!(
+        f,
+        "  It is the only broker (node 0 at listener.advertised_host:bootstrap_port) and answers"
+    )?;
+    writeln!(
+        f,
+        "  ApiVersions, Metadata, InitProducerId (idempotent producers) and Produce itself;"
+    )?;
+    writeln!(
+        f,
+        "  a record is acknowledged once Kinesis has it. Transactions are refused, and every"
+    )?;
+    writeln!(
+        f,
+        "  other request (Fetch, consumer groups, admin) gets UNSUPPORTED_VERSION: consumers"
+    )?;
+    writeln!(f, "  must read the streams from Kinesis.")?;
+    for r in routes {
+        writeln!(
+            f,
+            "  topic {} -> {}, {} partitions",
+            r.topic, r.target, r.partitions
+        )?;
+    }
+    Ok(())
 }

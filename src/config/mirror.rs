@@ -22,6 +22,8 @@ pub struct MirrorRoute {
     pub mode: RouteMode,
     /// `kinesis-primary`: how long a Produce response waits for Kinesis (`primary_timeout_ms`).
     pub primary_timeout: Duration,
+    /// Standalone: the topic's partition count in the proxy's Metadata answers (`partitions`).
+    pub partitions: i32,
 }
 
 /// `primary_timeout_ms` unless set: below the 30 s request timeout of Kafka clients, so the
@@ -134,6 +136,7 @@ pub(super) struct RawMirror {
     partition_key: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
     primary_timeout_ms: Option<Spanned<u64>>,
+    partitions: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +193,7 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
             DEFAULT_PRIMARY_TIMEOUT_MS,
             "mirror.primary_timeout_ms",
         )?);
+        let partitions = validate_partitions(&entry)?;
         routes.push(MirrorRoute {
             topic: topic.clone(),
             target,
@@ -197,9 +201,32 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
             partition_key,
             mode,
             primary_timeout,
+            partitions,
         });
     }
     Ok(routes)
+}
+
+/// Kafka's own bound on a topic's partitions is far higher; this one keeps a Metadata answer
+/// listing every route small.
+const MAX_PARTITIONS: i32 = 10_000;
+
+/// `partitions`: 1 unless set, at most [`MAX_PARTITIONS`].
+fn validate_partitions(entry: &RawMirror) -> Result<i32, Invalid> {
+    let partitions = positive(entry.partitions.as_ref(), 1, "mirror.partitions")?;
+    match i32::try_from(partitions) {
+        Ok(partitions) if partitions <= MAX_PARTITIONS => Ok(partitions),
+        _ => invalid(
+            entry
+                .partitions
+                .as_ref()
+                .map_or(entry.topic.span(), Spanned::span),
+            format!(
+                "mirror.partitions (route of topic `{}`): {partitions} is more than {MAX_PARTITIONS}",
+                entry.topic.get_ref()
+            ),
+        ),
+    }
 }
 
 /// The route's stream, region and role, each refused with its own key's location.

@@ -44,7 +44,9 @@ pub use tls::{ClientCertificate, KafkaTlsConfig, ListenerTlsConfig, DEFAULT_HAND
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listener: ListenerConfig,
-    pub kafka: KafkaConfig,
+    /// `None`: standalone, no Kafka at all; every route is kinesis-only and the proxy answers
+    /// producers itself.
+    pub kafka: Option<KafkaConfig>,
     pub admin: AdminConfig,
     /// How long a SIGTERM waits for in-flight work before spooling what is left.
     pub shutdown_grace: Duration,
@@ -150,7 +152,7 @@ fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Inval
 struct RawConfig {
     shutdown_grace_secs: Option<Spanned<u64>>,
     listener: Spanned<listener::RawListener>,
-    kafka: Spanned<kafka::RawKafka>,
+    kafka: Option<kafka::RawKafka>,
     admin: Option<admin::RawAdmin>,
     kinesis: Option<kinesis::RawKinesis>,
     #[serde(default)]
@@ -162,11 +164,19 @@ struct RawConfig {
 impl RawConfig {
     fn validate(self) -> Result<Config, Invalid> {
         let listener_span = self.listener.span();
-        let listener = listener::validate_listener(self.listener.into_inner(), listener_span)?;
-        let kafka = kafka::validate_kafka(self.kafka.into_inner())?;
+        let listener =
+            listener::validate_listener(self.listener.into_inner(), listener_span.clone())?;
         let admin = admin::validate_admin(self.admin, &listener)?;
         let kinesis = kinesis::validate_kinesis(self.kinesis)?;
+        let route_spans: Vec<_> = self.mirror.iter().map(Spanned::span).collect();
         let mirror = mirror::validate_mirror(self.mirror)?;
+        let kafka = match self.kafka {
+            Some(raw) => Some(kafka::validate_kafka(raw)?),
+            None => {
+                kafka::validate_standalone(&listener, &mirror, &route_spans, listener_span)?;
+                None
+            }
+        };
         let mirror_buffer = mirror::validate_mirror_buffer(self.mirror_buffer)?;
         let spool = admin::validate_spool(self.spool, !mirror.is_empty())?;
         let shutdown_grace = Duration::from_secs(positive(
@@ -226,7 +236,7 @@ mod tests {
         assert_eq!(c.listener.advertised_host, "127.0.0.1");
         assert_eq!(c.listener.broker_ports.base, 19100);
         assert_eq!(c.listener.max_frame_bytes, 100 * 1024 * 1024);
-        assert_eq!(c.kafka.bootstrap_servers, vec!["127.0.0.1:9092"]);
+        assert_eq!(c.kafka.unwrap().bootstrap_servers, vec!["127.0.0.1:9092"]);
     }
 
     #[test]

@@ -212,7 +212,7 @@ mod tests {
             "{BASE}[kafka.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"proxy\"\npassword_file = \"/run/secrets/kafka\"\n"
         ))
         .unwrap();
-        let sasl = c.kafka.sasl.unwrap();
+        let sasl = c.kafka.unwrap().sasl.unwrap();
         assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
         assert_eq!(sasl.username, "proxy");
         assert_eq!(

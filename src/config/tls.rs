@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(tls.cert, PathBuf::from("/etc/kkp/cert.pem"));
         assert_eq!(tls.client_ca, None);
         assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
-        assert!(c.kafka.tls.is_none(), "TLS toward Kafka must stay off");
+        assert!(
+            c.kafka.as_ref().unwrap().tls.is_none(),
+            "TLS toward Kafka must stay off"
+        );
     }
 
     #[test]
@@ -230,7 +233,7 @@ mod tests {
     fn kafka_tls_defaults_verify_hostnames_with_system_roots() {
         let c = parse(&format!("{BASE}[kafka.tls]\n")).unwrap();
         assert_eq!(
-            c.kafka.tls,
+            c.kafka.as_ref().unwrap().tls,
             Some(KafkaTlsConfig {
                 ca: None,
                 client_certificate: None,
@@ -243,7 +246,7 @@ mod tests {
             "{BASE}[kafka.tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nserver_name = \"kafka.internal\"\nverify_hostname = false\n"
         ))
         .unwrap();
-        let tls = c.kafka.tls.unwrap();
+        let tls = c.kafka.unwrap().tls.unwrap();
         assert_eq!(tls.ca, Some(PathBuf::from("ca.pem")));
         assert_eq!(
             tls.client_certificate,

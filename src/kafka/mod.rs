@@ -9,5 +9,6 @@ pub mod produce_answer;
 pub mod produce_split;
 pub mod records;
 pub mod rewrite;
+pub mod standalone_answers;
 pub mod transaction;
 pub mod versions;

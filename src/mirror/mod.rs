@@ -115,6 +115,8 @@ pub struct Route {
     pub partition_key: PartitionKeyRule,
     pub mode: RouteMode,
     pub primary_timeout: std::time::Duration,
+    /// Standalone: the topic's partitions in the proxy's Metadata answers.
+    pub partitions: i32,
     pub writer: StreamWriter,
     /// The stream's queue in front of `writer`.
     pub(crate) queue: Arc<StreamQueue>,
@@ -273,6 +275,7 @@ impl Mirror {
                     partition_key: r.partition_key.clone(),
                     mode: r.mode,
                     primary_timeout: r.primary_timeout,
+                    partitions: r.partitions,
                     writer,
                 };
                 table.insert(r.topic.clone(), Arc::new(route));

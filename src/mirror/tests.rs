@@ -182,6 +182,7 @@ pub(super) fn route(topic: &str, stream: &str) -> MirrorRoute {
         partition_key: PartitionKeyRule::Key,
         mode: RouteMode::Mirror,
         primary_timeout: Duration::from_millis(DEFAULT_PRIMARY_TIMEOUT_MS),
+        partitions: 1,
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 mod acks0;
-mod client_frames;
+pub(super) mod client_frames;
 mod error;
 mod kinesis_only;
 mod responses;

@@ -52,7 +52,7 @@ impl DiscoveryError {
 pub async fn discover_brokers(proxy: Arc<Proxy>) {
     let mut delay = Duration::from_millis(250);
     loop {
-        for server in &proxy.config.kafka.bootstrap_servers {
+        for server in &proxy.kafka().bootstrap_servers {
             match describe_cluster(&proxy, server).await {
                 Ok(count) => {
                     tracing::info!(%server, brokers = count, "discovered cluster brokers");
@@ -72,7 +72,7 @@ pub async fn discover_brokers(proxy: Arc<Proxy>) {
 async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> Result<usize, DiscoveryError> {
     let mut conn = OwnConnection::open(proxy, server).await?;
     let versions = conn.api_versions().await?;
-    if let Some(sasl) = &proxy.config.kafka.sasl {
+    if let Some(sasl) = &proxy.kafka().sasl {
         own_sasl::authenticate(&mut conn, &versions, sasl).await?;
     }
     let metadata_version = common_version(&versions, ApiKey::Metadata).ok_or_else(|| {
@@ -93,7 +93,7 @@ async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> Result<usize, Dis
         .await
     {
         // A SASL listener answers ApiVersions, then drops a connection that skips SASL.
-        Err(OwnRequestError::Closed { server, .. }) if proxy.config.kafka.sasl.is_none() => {
+        Err(OwnRequestError::Closed { server, .. }) if proxy.kafka().sasl.is_none() => {
             return Err(DiscoveryError::SaslRequired { server })
         }
         other => other?,
@@ -113,7 +113,7 @@ async fn describe_cluster(proxy: &Arc<Proxy>, server: &str) -> Result<usize, Dis
 /// SASL, so readiness needs no credentials; else every server's failure.
 pub async fn answering_bootstrap_server(proxy: &Proxy) -> Result<String, String> {
     let mut failures = Vec::new();
-    for server in &proxy.config.kafka.bootstrap_servers {
+    for server in &proxy.kafka().bootstrap_servers {
         let answered = async {
             let mut conn = OwnConnection::open(proxy, server).await?;
             conn.api_versions().await

@@ -16,6 +16,7 @@ mod own_connection;
 mod own_sasl;
 mod sasl;
 mod scram;
+mod standalone;
 mod tls;
 mod transaction_markers;
 
@@ -33,11 +34,13 @@ use brokers::BrokerDirectory;
 use buffer_budget::BufferBudget;
 use connection::Connection;
 pub use log_end_offsets::log_end_offsets;
+use standalone::{Standalone, StandaloneConnection};
 pub use tls::{check_tls_files, CertificateSummary, TlsError};
 use tls::{ClientTls, Stream, UpstreamTls};
 pub use transaction_markers::transaction_markers;
 
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
+use crate::mirror::kinesis_only::state::SyntheticLogError;
 use crate::mirror::Mirror;
 use crate::telemetry::inventory::Inventory;
 use crate::telemetry::metrics::Metrics;
@@ -55,6 +58,9 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Boxed: the mirror's error type is private to the crate.
+    #[error("standalone: cannot open the producer ids in spool.dir: {0}")]
+    ProducerIds(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Which upstream a listener's connections go to.
@@ -86,6 +92,8 @@ pub struct Proxy {
     client_tls: Option<ClientTls>,
     /// `None`: brokers are reached in plain TCP.
     upstream_tls: Option<UpstreamTls>,
+    /// Set when there is no `[kafka]`: connections are answered by the proxy alone.
+    standalone: Option<Arc<Standalone>>,
 }
 
 impl Proxy {
@@ -103,10 +111,18 @@ impl Proxy {
         let client_tls = listener.tls.as_ref().map(ClientTls::new).transpose()?;
         let upstream_tls = config
             .kafka
-            .tls
             .as_ref()
+            .and_then(|kafka| kafka.tls.as_ref())
             .map(UpstreamTls::new)
             .transpose()?;
+        let standalone = match config.kafka {
+            Some(_) => None,
+            None => Some(Arc::new(Standalone::open(&config).map_err(
+                |e: SyntheticLogError| ProxyError::ProducerIds(Box::new(e)),
+            )?)),
+        };
+        // Standalone needs no Kafka to be ready.
+        let kafka_problem = standalone.is_none().then(|| "not checked yet".to_owned());
         let directory = BrokerDirectory::new(
             listener.broker_ports.clone(),
             listener.bootstrap_port,
@@ -128,7 +144,8 @@ impl Proxy {
             mirror,
             metrics,
             inventory,
-            kafka_problem: Mutex::new(Some("not checked yet".to_owned())),
+            kafka_problem: Mutex::new(kafka_problem),
+            standalone,
             stopping: tokio_util::sync::CancellationToken::new(),
         }))
     }
@@ -142,6 +159,14 @@ impl Proxy {
         );
         let listener = bind(addr, "listener.bootstrap_port")?;
         tracing::info!(%addr, "bootstrap listener open");
+        if self.standalone.is_some() {
+            // The proxy is the only broker, on the bootstrap port: nothing to discover.
+            tracing::info!("standalone: no [kafka]; answering producers of the kinesis-only routes alone, refusing consumers (they read Kinesis)");
+            self.clone()
+                .accept_loop(listener, Upstream::Bootstrap)
+                .await;
+            return Ok(());
+        }
         // Brokers' ports must be open after a restart even before any client asks for
         // metadata: clients reconnect to the broker ports they cached. The saved map opens them
         // at once, even while discovery cannot reach or authenticate to the cluster.
@@ -176,7 +201,16 @@ impl Proxy {
         }
     }
 
-    /// Why Kafka is unusable, or `None` when some bootstrap server answers ApiVersions.
+    /// `[kafka]`, for the code that reaches Kafka; a standalone proxy never runs it.
+    fn kafka(&self) -> &KafkaConfig {
+        self.config
+            .kafka
+            .as_ref()
+            .expect("only a proxy with [kafka] reaches Kafka")
+    }
+
+    /// Why Kafka is unusable, or `None` when some bootstrap server answers ApiVersions (or the
+    /// proxy runs standalone, without Kafka).
     pub fn kafka_problem(&self) -> Option<String> {
         self.kafka_problem.lock().expect("kafka probe lock").clone()
     }
@@ -299,6 +333,13 @@ impl Proxy {
                 }
             },
         };
+        if let Some(standalone) = &self.standalone {
+            let standalone = standalone.clone();
+            StandaloneConnection::new(self, standalone, peer)
+                .run(client)
+                .await;
+            return;
+        }
         let upstream_conn = match self.connect_upstream(upstream).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -321,7 +362,7 @@ impl Proxy {
                 })?]
             }
             Upstream::Bootstrap => {
-                let servers = &self.config.kafka.bootstrap_servers;
+                let servers = &self.kafka().bootstrap_servers;
                 let start = self.next_bootstrap.fetch_add(1, Ordering::Relaxed);
                 (0..servers.len())
                     .map(|i| servers[(start + i) % servers.len()].clone())
@@ -341,7 +382,7 @@ impl Proxy {
     /// A connection to the broker at `address` (`HOST:PORT`), over TLS when `[kafka.tls]` is
     /// set. Errors name the address.
     async fn connect_to(&self, address: &str) -> std::io::Result<Stream> {
-        let timeout = self.config.kafka.connect_timeout;
+        let timeout = self.kafka().connect_timeout;
         let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(std::io::Error::new(e.kind(), format!("{address}: {e}"))),

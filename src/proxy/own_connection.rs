@@ -77,7 +77,7 @@ impl OwnConnection {
             server: server.to_owned(),
             frames: FramedRead::new(rd, FrameCodec::new(MAX_RESPONSE_BYTES)),
             wr,
-            timeout: proxy.config.kafka.connect_timeout,
+            timeout: proxy.kafka().connect_timeout,
             next_correlation_id: 0,
         })
     }

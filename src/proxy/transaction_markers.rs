@@ -89,7 +89,7 @@ pub(super) async fn connect(
 ) -> Result<(OwnConnection, kafka_protocol::messages::ApiVersionsResponse), MarkerReadError> {
     let mut conn = OwnConnection::open(proxy, server).await?;
     let versions = conn.api_versions().await?;
-    if let Some(sasl) = &proxy.config.kafka.sasl {
+    if let Some(sasl) = &proxy.kafka().sasl {
         own_sasl::authenticate(&mut conn, &versions, sasl).await?;
     }
     Ok((conn, versions))
@@ -118,8 +118,7 @@ pub(super) async fn find_leader(
         partition,
     };
     let server = proxy
-        .config
-        .kafka
+        .kafka()
         .bootstrap_servers
         .first()
         .ok_or_else(no_leader)?;

@@ -437,6 +437,7 @@ mod tests {
         Config::parse(std::path::Path::new("proxy.toml"), &text)
             .unwrap()
             .kafka
+            .expect("the config has [kafka]")
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub use report::Report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("the config has no [kafka]: verify compares a Kafka topic with its stream, and a standalone proxy has no Kafka to read")]
+    NoKafka,
     #[error("topic `{0}` has no [[mirror]] route in the config: pass --stream")]
     NoRoute(String),
     #[error("--percent {0} is outside 0..=100")]
@@ -195,10 +197,9 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
 
     // A Kafka setting librdkafka or the brokers refuse shows before the stream is read, not
     // after.
-    let consumer = kafka_read::consumer(&config.kafka)?;
-    tokio::task::block_in_place(|| {
-        kafka_read::check_access(&consumer, &config.kafka, &target.topic)
-    })?;
+    let kafka = config.kafka.as_ref().ok_or(VerifyError::NoKafka)?;
+    let consumer = kafka_read::consumer(kafka)?;
+    tokio::task::block_in_place(|| kafka_read::check_access(&consumer, kafka, &target.topic))?;
     let stream_target: StreamTarget = target.stream.parse()?;
     let client = Clients::new(config.kinesis.clone())
         .client(&stream_target)
@@ -217,7 +218,7 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, VerifyErr
     );
     // librdkafka's consumer is blocking; the stream read is done, so nothing else waits.
     let kafka = tokio::task::block_in_place(|| {
-        kafka_read::read_topic(&consumer, &config.kafka, &target, &window, &kafka_bar)
+        kafka_read::read_topic(&consumer, kafka, &target, &window, &kafka_bar)
     })?;
     kafka_bar.finish();
 

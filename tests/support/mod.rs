@@ -375,6 +375,13 @@ impl Proxy {
         )
     }
 
+    /// A standalone proxy (no `[kafka]`: no `upstream`, no broker ports) with `extra_toml`,
+    /// which must hold its kinesis-only routes.
+    pub fn start_standalone(extra_toml: &str) -> Proxy {
+        Proxy::spawn(&[], &[], "", extra_toml, None, &[])
+    }
+
+    /// `upstream` empty: standalone, without a `[kafka]` table.
     fn spawn(
         upstream: &[String],
         node_ids: &[i32],
@@ -416,6 +423,11 @@ impl Proxy {
             .map(|l| format!("{l}\n"))
             .collect();
         let extra_toml = extra_toml.as_str();
+        let kafka_table = if upstream.is_empty() {
+            String::new()
+        } else {
+            format!("[kafka]\nbootstrap_servers = [{servers}]\n")
+        };
         let mut config = top
             + &format!(
                 "[listener]\n\
@@ -424,8 +436,7 @@ impl Proxy {
              bootstrap_port = {bootstrap_port}\n\
              broker_ports = {{ {port_map} }}\n\
              {listener_keys}\n\
-             [kafka]\n\
-             bootstrap_servers = [{servers}]\n\
+             {kafka_table}\
              \n\
              [admin]\n\
              bind = \"127.0.0.1:{admin_port}\"\n"

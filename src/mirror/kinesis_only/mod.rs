@@ -10,8 +10,7 @@ mod ledger;
 mod local;
 #[cfg(test)]
 mod local_tests;
-// Used by the standalone proxy's InitProducerId (branch standalone).
-#[allow(dead_code)]
+// The standalone proxy's InitProducerId.
 pub(crate) mod producer_ids;
 pub(crate) mod state;
 
