@@ -344,6 +344,9 @@ impl Mirror {
             .cloned()
             .collect();
         futures::future::join_all(writers.iter().map(|w| w.shut_down(deadline))).await;
+        if let Some(wal) = &self.wal {
+            wal.flush().await;
+        }
     }
 
     /// The routes in force.

@@ -18,6 +18,8 @@ mod entry;
 mod feed;
 mod marks;
 mod recovery;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -123,6 +125,15 @@ impl Wal {
             next_id: AtomicU64::new(recovery.next_id),
         };
         Ok((wal, recovery.replay))
+    }
+
+    /// Waits until every mark sent before is written and fsynced: at shutdown, so that the
+    /// next run does not replay records this one delivered or spooled.
+    pub(crate) async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.commands.send(Command::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Logs an exchange and waits until it is written (`wal`) or fsynced (`sync`), and while
