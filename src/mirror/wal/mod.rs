@@ -19,6 +19,8 @@ mod feed;
 mod marks;
 mod recovery;
 #[cfg(test)]
+mod restart_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashSet;
