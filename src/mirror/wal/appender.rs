@@ -40,8 +40,10 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub(crate) struct AppenderSettings {
     pub(crate) segment_bytes: u64,
-    /// The log's whole size on disk; appends wait beyond it.
+    /// The disk the log and the spools may take together; appends wait beyond it.
     pub(crate) max_bytes: u64,
+    /// The spools' bytes, read once per write.
+    pub(crate) spooled_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub(crate) fsync_interval: Duration,
     pub(crate) fsync_bytes: u64,
     /// Test hook: each fsync sleeps this long first.
@@ -182,9 +184,14 @@ impl Appender {
         self.sync_waiters.extend(batch.flushes);
         // The exchanges whose frames `buf` holds: (id, segment, durable, completion).
         let mut in_buf = Vec::new();
+        let spooled = if self.waiting.is_empty() {
+            0
+        } else {
+            (self.settings.spooled_bytes)()
+        };
         while let Some((exchange, _, _)) = self.waiting.front() {
             let frame = exchange.frame_bytes();
-            let full = self.bytes + buf.len() as u64 + frame > self.settings.max_bytes;
+            let full = spooled + self.bytes + buf.len() as u64 + frame > self.settings.max_bytes;
             // One exchange always fits when nothing else can free room.
             if full && !self.open.is_empty() {
                 break;

@@ -81,10 +81,12 @@ pub(crate) struct Wal {
 impl Wal {
     /// Opens the log under `spool.dir`, recovering what an earlier run left, and starts its
     /// threads. `None` in `memory` mode or without a spool directory. Blocking file I/O.
+    /// `spooled_bytes` tells what the spools hold, which counts against `spool.max_bytes` too.
     pub(crate) fn open(
         spool: &SpoolConfig,
         durability: Durability,
         metrics: WalMetrics,
+        spooled_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
     ) -> Result<Option<(Wal, Replay)>, WalError> {
         let (Some(dir), false) = (&spool.dir, durability == Durability::Memory) else {
             return Ok(None);
@@ -97,6 +99,7 @@ impl Wal {
             // Small limits get small segments, so that delivered ones free room in time.
             segment_bytes: DEFAULT_SEGMENT_BYTES.min((spool.max_bytes / 4).max(1)),
             max_bytes: spool.max_bytes,
+            spooled_bytes,
             fsync_interval: spool.fsync_interval,
             fsync_bytes: spool.fsync_bytes,
             fsync_delay,

@@ -18,6 +18,7 @@ fn settings(segment_bytes: u64, max_bytes: u64) -> AppenderSettings {
     AppenderSettings {
         segment_bytes,
         max_bytes,
+        spooled_bytes: Arc::new(|| 0),
         fsync_interval: Duration::from_millis(10),
         fsync_bytes: 1 << 20,
         fsync_delay: Duration::ZERO,
