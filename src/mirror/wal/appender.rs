@@ -324,7 +324,9 @@ impl Appender {
     /// Group commit: hands the fsync of what was written to the fsync thread once
     /// `fsync_bytes` were written or `fsync_interval` passed since the last one.
     fn sync_if_due(&mut self, now: bool) {
-        if self.unsynced_bytes == 0 && !(now && !self.sync_waiters.is_empty()) {
+        // Nothing written since the last fsync: only a flush that waits needs one.
+        let flush_waits = now && !self.sync_waiters.is_empty();
+        if self.unsynced_bytes == 0 && !flush_waits {
             return;
         }
         let due = now
