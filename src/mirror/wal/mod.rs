@@ -67,7 +67,7 @@ impl From<SegmentLogError> for WalError {
 
 /// The log's directory under the spool's.
 pub fn wal_dir(spool_dir: &std::path::Path) -> PathBuf {
-    spool_dir.join("wal")
+    spool_dir.join(crate::config::WAL_DIR_NAME)
 }
 
 /// The handle exchanges are logged through.
