@@ -310,3 +310,50 @@ async fn a_full_log_holds_appends_until_delivered_exchanges_free_room() {
         .unwrap();
     assert!(appended.is_some());
 }
+
+#[tokio::test]
+async fn what_the_spools_hold_counts_against_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spooled = Arc::new(std::sync::atomic::AtomicU64::new(8192));
+    let mut limited = settings(2048, 8192);
+    limited.spooled_bytes = {
+        let spooled = spooled.clone();
+        Arc::new(move || spooled.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let (wal, _replay, _) = open(dir.path(), limited, Durability::Wal);
+    let wal = Arc::new(wal);
+    // With nothing of its own to free, the log takes one exchange whatever the spools hold.
+    let first = wal
+        .append("c", 9, &body(0, 100), None)
+        .await
+        .expect("logged");
+    let next = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append("c", 9, &body(1, 100), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished(), "the spools fill the limit");
+    spooled.store(0, std::sync::atomic::Ordering::Relaxed);
+    let appended = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("the append resumes once the spools drain")
+        .unwrap();
+    assert!(appended.is_some());
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_shed_exchange_stays_in_the_log_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, replay, _) = open(dir.path(), settings(1 << 30, 1 << 30), Durability::Wal);
+    let shed = wal
+        .append("c", 9, &body(1, 64), None)
+        .await
+        .expect("logged");
+    shed.shed();
+    drop(shed);
+    wal.flush().await;
+    drop((wal, replay));
+    let (_wal, replay, _) = open(dir.path(), settings(1 << 30, 1 << 30), Durability::Wal);
+    assert_eq!(replay.size().exchanges, 1);
+}
