@@ -178,8 +178,8 @@ impl Appender {
         for chunk in batch.settled.chunks(64 * 1024) {
             encode_settled(chunk, &mut buf);
         }
-        self.delete_done_segments();
         self.waiting.extend(batch.appends);
+        self.delete_done_segments();
         // Answered with the fsync after this write, which covers the marks before them.
         self.sync_waiters.extend(batch.flushes);
         // The exchanges whose frames `buf` holds: (id, segment, durable, completion).
@@ -345,12 +345,16 @@ impl Appender {
     }
 
     /// Deletes the oldest segments while every exchange in them is done. Only a prefix goes:
-    /// a segment holds the marks of exchanges logged before it, which must outlive them.
+    /// a segment holds the marks of exchanges logged before it, which must outlive them. The
+    /// active segment goes too when appends wait for room, or they could wait for ever.
     fn delete_done_segments(&mut self) {
         let active = self.active.as_ref().map(|(seq, _)| *seq);
         while let Some((&seq, segment)) = self.segments.iter().next() {
-            if segment.open_exchanges > 0 || Some(seq) == active {
+            if segment.open_exchanges > 0 || (Some(seq) == active && self.waiting.is_empty()) {
                 break;
+            }
+            if Some(seq) == active {
+                self.active = None;
             }
             let path = self.files.segment_path(seq);
             if let Err(e) = fs::remove_file(&path) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::Durability;
-use crate::kinesis::test_support::{spilling_settings, wait_until};
+use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
 use crate::mirror::wal::wal_dir;
@@ -27,8 +27,19 @@ fn values(prefix: &str, n: usize) -> Vec<Bytes> {
 
 /// A mirror of `topic-a` to `stream-a` with the default durability, its log in `spool`.
 async fn mirror(spool: &Path, a_down: &Arc<AtomicBool>, stored: &Stored) -> Mirror {
+    mirror_with_limit(spool, a_down, stored, SPOOL_MAX_BYTES).await
+}
+
+/// [`mirror`] with `spool.max_bytes` of `max_bytes`.
+async fn mirror_with_limit(
+    spool: &Path,
+    a_down: &Arc<AtomicBool>,
+    stored: &Stored,
+    max_bytes: u64,
+) -> Mirror {
     let mut settings = spilling_settings(spool, 1 << 30);
     settings.buffer.durability = Durability::Wal;
+    settings.spool.max_bytes = max_bytes;
     let kinesis = kinesis_with_a_down(a_down, stored);
     Mirror::start_with(
         &[route("topic-a", "stream-a")],
@@ -139,4 +150,51 @@ async fn a_transaction_ended_before_the_kill_is_decided_by_its_logged_end_after_
     // No Kafka to look the transaction up in: only the logged EndTxn can decide it.
     let sent = kill_and_restart(&first, first_spool.path(), 5).await;
     assert_eq!(sent.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_holds_routed_answers_until_kinesis_frees_room_and_others_pass() {
+    let spool = tempfile::tempdir().unwrap();
+    let (a_down, kinesis) = (Arc::new(AtomicBool::new(true)), Stored::default());
+    let mirror = mirror_with_limit(spool.path(), &a_down, &kinesis, 4096).await;
+    // Three values of 1000 bytes, told apart by their start.
+    let big = |prefix: &str| -> Vec<Bytes> {
+        (0..3)
+            .map(|i| {
+                let mut value = format!("{prefix}-{i}-").into_bytes();
+                value.resize(1000, b'v');
+                Bytes::from(value)
+            })
+            .collect()
+    };
+    // ~3 KiB: the log takes it, and then has no room for another while Kinesis is down.
+    mirror.hand_over(stored("topic-a", 0, &big("first"))).await;
+    let second = tokio::spawn({
+        let mirror = mirror.clone();
+        let exchange = stored("topic-a", 3, &big("second"));
+        async move { mirror.hand_over(exchange).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a routed answer waits for room in the log"
+    );
+    // Another topic's answer does not wait.
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        mirror.hand_over(stored("topic-b", 0, &big("other"))),
+    )
+    .await
+    .expect("an unrouted topic's answer never waits for the log");
+    a_down.store(false, Ordering::Release);
+    tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the routed answer resumes once delivered records free the log")
+        .unwrap();
+    wait_until(
+        "all six records in Kinesis",
+        Duration::from_secs(30),
+        || stream_a(&kinesis).len() == 6,
+    )
+    .await;
 }
