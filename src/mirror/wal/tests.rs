@@ -357,3 +357,27 @@ async fn a_shed_exchange_stays_in_the_log_for_the_next_start() {
     let (_wal, replay, _) = open(dir.path(), settings(1 << 30, 1 << 30), Durability::Wal);
     assert_eq!(replay.size().exchanges, 1);
 }
+
+#[tokio::test]
+async fn a_full_log_whose_one_segment_is_done_frees_it_for_the_waiting_append() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments far larger than the limit: everything stays in the active segment.
+    let (wal, _replay, _) = open(dir.path(), settings(1 << 30, 4096), Durability::Wal);
+    let wal = Arc::new(wal);
+    let first = wal
+        .append("c", 9, &body(0, 3000), None)
+        .await
+        .expect("logged");
+    let next = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append("c", 9, &body(1, 3000), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished(), "the log is full");
+    complete(first);
+    let appended = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("the done active segment is deleted for the waiting append")
+        .unwrap();
+    assert!(appended.is_some());
+}
