@@ -119,10 +119,35 @@ pub enum WhenFull {
     Drop,
 }
 
+/// How much of an acknowledged Produce exchange survives a crash (`mirror_buffer.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The exchange is written to the write-ahead log before the client is answered: a killed
+    /// process loses nothing, a power loss at most the last fsync interval (the default).
+    Wal,
+    /// The client is answered once the fsync covering the exchange completes: a power loss
+    /// loses nothing the client was told is stored.
+    Sync,
+    /// No write-ahead log: a crash loses what waits in memory (up to `record_ttl_secs`).
+    Memory,
+}
+
+impl Durability {
+    /// The name `durability` takes in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Wal => "wal",
+            Durability::Sync => "sync",
+            Durability::Memory => "memory",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirrorBufferConfig {
     pub max_bytes: u64,
     pub when_full: WhenFull,
+    pub durability: Durability,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +169,7 @@ pub(super) struct RawMirror {
 pub(super) struct RawMirrorBuffer {
     max_bytes: Option<Spanned<u64>>,
     when_full: Option<Spanned<String>>,
+    durability: Option<Spanned<String>>,
 }
 
 pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<MirrorRoute>, Invalid> {
@@ -158,6 +184,9 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
             return invalid(entry.topic.span(), format!("mirror.topic: `{topic}` has more than one [[mirror]] entry; a topic maps to one stream"));
         }
         let target = validate_target(&entry)?;
+        if target.spool_dir_name() == super::WAL_DIR_NAME {
+            return invalid(entry.stream.span(), format!("mirror.stream (route of topic `{topic}`): a stream named `{}` would share its spool directory with the write-ahead log; name it by its ARN", super::WAL_DIR_NAME));
+        }
         let percent = *entry.percent.get_ref();
         if !(0.0..=100.0).contains(&percent) {
             return invalid(
@@ -266,7 +295,9 @@ fn validate_target(entry: &RawMirror) -> Result<StreamTarget, Invalid> {
 pub(super) fn validate_mirror_buffer(
     raw: Option<RawMirrorBuffer>,
 ) -> Result<MirrorBufferConfig, Invalid> {
-    let (max_bytes, when_full) = raw.map_or((None, None), |r| (r.max_bytes, r.when_full));
+    let (max_bytes, when_full, durability) = raw.map_or((None, None, None), |r| {
+        (r.max_bytes, r.when_full, r.durability)
+    });
     let max_bytes = positive(
         max_bytes.as_ref(),
         256 * 1024 * 1024,
@@ -288,9 +319,26 @@ pub(super) fn validate_mirror_buffer(
             }
         },
     };
+    let durability = match &durability {
+        None => Durability::Wal,
+        Some(d) => match d.get_ref().as_str() {
+            "wal" => Durability::Wal,
+            "sync" => Durability::Sync,
+            "memory" => Durability::Memory,
+            other => {
+                return invalid(
+                    d.span(),
+                    format!(
+                        "mirror_buffer.durability: `{other}` is not \"wal\", \"sync\" or \"memory\""
+                    ),
+                )
+            }
+        },
+    };
     Ok(MirrorBufferConfig {
         max_bytes,
         when_full,
+        durability,
     })
 }
 
@@ -388,6 +436,20 @@ mod tests {
         );
         let err = parse(&with_route("stream = \"orders\"\nmode = \"primary\"\n")).unwrap_err();
         assert!(err.contains("`primary` is not one of"), "{err}");
+    }
+
+    #[test]
+    fn durability_defaults_to_wal_and_unknown_modes_are_refused() {
+        let config = parse(&with_route("stream = \"orders\"\n")).unwrap();
+        assert_eq!(config.mirror_buffer.durability, Durability::Wal);
+        for mode in [Durability::Wal, Durability::Sync, Durability::Memory] {
+            let text = format!("{BASE}[mirror_buffer]\ndurability = \"{}\"\n", mode.name());
+            assert_eq!(parse(&text).unwrap().mirror_buffer.durability, mode);
+        }
+        let err = parse(&with_route("stream = \"wal\"\n")).unwrap_err();
+        assert!(err.contains("share its spool directory"), "{err}");
+        let err = parse(&format!("{BASE}[mirror_buffer]\ndurability = \"disk\"\n")).unwrap_err();
+        assert!(err.contains("mirror_buffer.durability: `disk`"), "{err}");
     }
 
     #[test]

@@ -364,7 +364,9 @@ impl Mirror {
                 response_frame: Some(local_response(version, correlation_id, &sent_answers)?),
                 deliveries,
             };
-            self.stage_exchange(exchange).await;
+            // Not in the write-ahead log: the producer hears of these records only once Kinesis
+            // has them, so after a crash its retry brings them again.
+            self.stage_exchange(exchange, None).await;
         }
         let assigned = log
             .filter(|_| !assigned.is_empty())

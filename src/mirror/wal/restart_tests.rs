@@ -1,0 +1,200 @@
+//! A whole mirror (stage, writers, log) in front of a fake Kinesis, "killed" by copying its
+//! log as a kill -9 leaves it (written, page cache included) and restarted on the copy.
+//! Real clock: decoding and the log run on their own threads.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::Durability;
+use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
+use crate::mirror::stage_transactions::tests::end_txn;
+use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
+use crate::mirror::wal::wal_dir;
+use crate::mirror::{Mirror, ProduceExchange};
+use crate::telemetry::inventory::ClientKey;
+use crate::telemetry::inventory::Inventory;
+use crate::telemetry::metrics::Metrics;
+
+fn values(prefix: &str, n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(format!("{prefix}-{i}")))
+        .collect()
+}
+
+/// A mirror of `topic-a` to `stream-a` with the default durability, its log in `spool`.
+async fn mirror(spool: &Path, a_down: &Arc<AtomicBool>, stored: &Stored) -> Mirror {
+    mirror_with_limit(spool, a_down, stored, SPOOL_MAX_BYTES).await
+}
+
+/// [`mirror`] with `spool.max_bytes` of `max_bytes`.
+async fn mirror_with_limit(
+    spool: &Path,
+    a_down: &Arc<AtomicBool>,
+    stored: &Stored,
+    max_bytes: u64,
+) -> Mirror {
+    let mut settings = spilling_settings(spool, 1 << 30);
+    settings.buffer.durability = Durability::Wal;
+    settings.spool.max_bytes = max_bytes;
+    let kinesis = kinesis_with_a_down(a_down, stored);
+    Mirror::start_with(
+        &[route("topic-a", "stream-a")],
+        settings,
+        Arc::new(Metrics::new()),
+        Arc::new(Inventory::default()),
+        kinesis.clients(),
+    )
+    .await
+}
+
+/// What a kill -9 leaves of `from`'s log: its segments as written.
+fn copy_log(from: &Path, to: &Path) {
+    let (from, to) = (wal_dir(from), wal_dir(to));
+    std::fs::create_dir_all(&to).unwrap();
+    for file in std::fs::read_dir(&from).unwrap().flatten() {
+        if file.path().extension().is_some_and(|e| e == "log") {
+            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+        }
+    }
+}
+
+fn stream_a(stored: &Stored) -> Vec<String> {
+    stored
+        .lock()
+        .unwrap()
+        .get("stream-a")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Kills `first` as kill -9 would, once the marks it sent are written (they are written at
+/// once; waiting for them spares the copy a race with the log's thread), restarts it on a
+/// copy of its log in front of a Kinesis that is up, and returns what the restarted mirror
+/// sent once it sent `expected` records.
+async fn kill_and_restart(first: &Mirror, first_spool: &Path, expected: usize) -> Vec<String> {
+    first
+        .wal
+        .as_ref()
+        .expect("the default config logs")
+        .flush()
+        .await;
+    let second_spool = tempfile::tempdir().unwrap();
+    copy_log(first_spool, second_spool.path());
+    let after_kill = Stored::default();
+    let up = Arc::new(AtomicBool::new(false));
+    let second = mirror(second_spool.path(), &up, &after_kill).await;
+    wait_until("the records in Kinesis", Duration::from_secs(20), || {
+        stream_a(&after_kill).len() >= expected
+    })
+    .await;
+    second
+        .shut_down(std::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    stream_a(&after_kill)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_an_outage_loses_nothing_and_the_restart_sends_nothing_twice() {
+    let first_spool = tempfile::tempdir().unwrap();
+    let (a_down, before_kill) = (Arc::new(AtomicBool::new(false)), Stored::default());
+    let first = mirror(first_spool.path(), &a_down, &before_kill).await;
+    first
+        .hand_over(stored("topic-a", 0, &values("delivered", 3)))
+        .await;
+    wait_until(
+        "the first exchange in Kinesis",
+        Duration::from_secs(20),
+        || stream_a(&before_kill).len() == 3,
+    )
+    .await;
+    a_down.store(true, Ordering::Release);
+    // Answered to the client once hand_over returns; Kinesis is down, so the records wait
+    // in memory (record_ttl_secs is 600 s).
+    first
+        .hand_over(stored("topic-a", 3, &values("waiting", 4)))
+        .await;
+    let mut sent = kill_and_restart(&first, first_spool.path(), 4).await;
+    sent.sort();
+    assert_eq!(
+        sent,
+        ["waiting-0", "waiting-1", "waiting-2", "waiting-3"],
+        "every record Kafka acknowledged, none delivered before the kill"
+    );
+}
+
+/// An acks=0 Produce of `records` records to `topic-a`, in producer 9's transaction.
+fn transactional(records: usize) -> ProduceExchange {
+    ProduceExchange {
+        client: Arc::new(ClientKey {
+            client_id: "txn".into(),
+            address: [127, 0, 0, 1].into(),
+        }),
+        version: 7,
+        request_body: acks0_produce("topic-a", records, Some((9, 0))),
+        response_frame: None,
+        deliveries: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_ended_before_the_kill_is_decided_by_its_logged_end_after_the_restart() {
+    let first_spool = tempfile::tempdir().unwrap();
+    let a_down = Arc::new(AtomicBool::new(true));
+    let first = mirror(first_spool.path(), &a_down, &Stored::default()).await;
+    first.hand_over(transactional(5)).await;
+    first.hand_over_txn_control(end_txn(9, 0, true)).await;
+    // No Kafka to look the transaction up in: only the logged EndTxn can decide it.
+    let sent = kill_and_restart(&first, first_spool.path(), 5).await;
+    assert_eq!(sent.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_holds_routed_answers_until_kinesis_frees_room_and_others_pass() {
+    let spool = tempfile::tempdir().unwrap();
+    let (a_down, kinesis) = (Arc::new(AtomicBool::new(true)), Stored::default());
+    let mirror = mirror_with_limit(spool.path(), &a_down, &kinesis, 4096).await;
+    // Three values of 1000 bytes, told apart by their start.
+    let big = |prefix: &str| -> Vec<Bytes> {
+        (0..3)
+            .map(|i| {
+                let mut value = format!("{prefix}-{i}-").into_bytes();
+                value.resize(1000, b'v');
+                Bytes::from(value)
+            })
+            .collect()
+    };
+    // ~3 KiB: the log takes it, and then has no room for another while Kinesis is down.
+    mirror.hand_over(stored("topic-a", 0, &big("first"))).await;
+    let second = tokio::spawn({
+        let mirror = mirror.clone();
+        let exchange = stored("topic-a", 3, &big("second"));
+        async move { mirror.hand_over(exchange).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a routed answer waits for room in the log"
+    );
+    // Another topic's answer does not wait.
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        mirror.hand_over(stored("topic-b", 0, &big("other"))),
+    )
+    .await
+    .expect("an unrouted topic's answer never waits for the log");
+    a_down.store(false, Ordering::Release);
+    tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the routed answer resumes once delivered records free the log")
+        .unwrap();
+    wait_until(
+        "all six records in Kinesis",
+        Duration::from_secs(30),
+        || stream_a(&kinesis).len() == 6,
+    )
+    .await;
+}
