@@ -128,7 +128,7 @@ impl Rig {
     async fn wait_mirrored(&self, acked: &[Sent]) -> Delivery {
         let wanted: BTreeSet<u64> = acked.iter().map(|s| s.order).collect();
         wait_until_async(
-            "every acknowledged record in Kinesis",
+            "every acknowledged record in Kinesis (shown: how many are missing)",
             DELIVERY_LIMIT,
             async || {
                 let stored = self.kinesis.read_all(&self.stream).await;
