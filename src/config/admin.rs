@@ -23,9 +23,17 @@ pub struct AdminConfig {
 pub struct SpoolConfig {
     /// Spool segments and the dead-letter file live here; required once routes exist.
     pub dir: Option<PathBuf>,
+    /// The whole disk use of the write-ahead log and the spool together.
     pub max_bytes: u64,
     pub dead_letters: DeadLetterLimits,
+    /// Group commit of the write-ahead log: an fsync at most this often (`fsync_interval_ms`)…
+    pub fsync_interval: std::time::Duration,
+    /// …or once this many bytes were written since the last one (`fsync_bytes`).
+    pub fsync_bytes: u64,
 }
+
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 10;
+pub const DEFAULT_FSYNC_BYTES: u64 = 1024 * 1024;
 
 /// How much disk the dead-letter file may take: it rotates once it holds `max_bytes`, and
 /// keeps up to `rotated_files` rotated files. None is ever deleted by the proxy (only `spool
@@ -71,6 +79,8 @@ pub(super) struct RawSpool {
     max_bytes: Option<Spanned<u64>>,
     dead_letter_max_bytes: Option<Spanned<u64>>,
     dead_letter_rotated_files: Option<Spanned<u64>>,
+    fsync_interval_ms: Option<Spanned<u64>>,
+    fsync_bytes: Option<Spanned<u64>>,
 }
 
 pub(super) fn validate_admin(
@@ -125,6 +135,16 @@ pub(super) fn validate_spool(
     let span = raw.as_ref().map(|r| r.span());
     let raw = raw.map(Spanned::into_inner);
     let dead_letters = validate_dead_letter_limits(raw.as_ref())?;
+    let fsync_interval = std::time::Duration::from_millis(positive(
+        raw.as_ref().and_then(|r| r.fsync_interval_ms.as_ref()),
+        DEFAULT_FSYNC_INTERVAL_MS,
+        "spool.fsync_interval_ms",
+    )?);
+    let fsync_bytes = positive(
+        raw.as_ref().and_then(|r| r.fsync_bytes.as_ref()),
+        DEFAULT_FSYNC_BYTES,
+        "spool.fsync_bytes",
+    )?;
     let (dir, max_bytes) = raw.map_or((None, None), |r| (r.dir, r.max_bytes));
     let dir = match dir {
         Some(d) if d.get_ref().trim().is_empty() => return invalid(d.span(), "spool.dir: must not be empty"),
@@ -146,6 +166,8 @@ pub(super) fn validate_spool(
         dir,
         max_bytes,
         dead_letters,
+        fsync_interval,
+        fsync_bytes,
     })
 }
 

@@ -88,15 +88,19 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "mirror_buffer       {} bytes, when full: {:?}",
-            self.mirror_buffer.max_bytes, self.mirror_buffer.when_full
+            "mirror_buffer       {} bytes, when full: {:?}, durability: {}",
+            self.mirror_buffer.max_bytes,
+            self.mirror_buffer.when_full,
+            self.mirror_buffer.durability.name()
         )?;
         match &self.spool.dir {
             Some(dir) => writeln!(
                 f,
-                "spool               {} (max {} bytes; dead letters rotate at {} bytes, {} rotated files kept)",
+                "spool               {} (max {} bytes with the write-ahead log, fsync every {} ms or {} bytes; dead letters rotate at {} bytes, {} rotated files kept)",
                 dir.display(),
                 self.spool.max_bytes,
+                self.spool.fsync_interval.as_millis(),
+                self.spool.fsync_bytes,
                 self.spool.dead_letters.max_bytes,
                 self.spool.dead_letters.rotated_files
             )?,

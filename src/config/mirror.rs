@@ -102,10 +102,35 @@ pub enum WhenFull {
     Drop,
 }
 
+/// How much of an acknowledged Produce exchange survives a crash (`mirror_buffer.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The exchange is written to the write-ahead log before the client is answered: a killed
+    /// process loses nothing, a power loss at most the last fsync interval (the default).
+    Wal,
+    /// The client is answered once the fsync covering the exchange completes: a power loss
+    /// loses nothing the client was told is stored.
+    Sync,
+    /// No write-ahead log: a crash loses what waits in memory (up to `record_ttl_secs`).
+    Memory,
+}
+
+impl Durability {
+    /// The name `durability` takes in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Wal => "wal",
+            Durability::Sync => "sync",
+            Durability::Memory => "memory",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirrorBufferConfig {
     pub max_bytes: u64,
     pub when_full: WhenFull,
+    pub durability: Durability,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +151,7 @@ pub(super) struct RawMirror {
 pub(super) struct RawMirrorBuffer {
     max_bytes: Option<Spanned<u64>>,
     when_full: Option<Spanned<String>>,
+    durability: Option<Spanned<String>>,
 }
 
 pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<MirrorRoute>, Invalid> {
@@ -222,7 +248,9 @@ fn validate_target(entry: &RawMirror) -> Result<StreamTarget, Invalid> {
 pub(super) fn validate_mirror_buffer(
     raw: Option<RawMirrorBuffer>,
 ) -> Result<MirrorBufferConfig, Invalid> {
-    let (max_bytes, when_full) = raw.map_or((None, None), |r| (r.max_bytes, r.when_full));
+    let (max_bytes, when_full, durability) = raw.map_or((None, None, None), |r| {
+        (r.max_bytes, r.when_full, r.durability)
+    });
     let max_bytes = positive(
         max_bytes.as_ref(),
         256 * 1024 * 1024,
@@ -244,9 +272,26 @@ pub(super) fn validate_mirror_buffer(
             }
         },
     };
+    let durability = match &durability {
+        None => Durability::Wal,
+        Some(d) => match d.get_ref().as_str() {
+            "wal" => Durability::Wal,
+            "sync" => Durability::Sync,
+            "memory" => Durability::Memory,
+            other => {
+                return invalid(
+                    d.span(),
+                    format!(
+                        "mirror_buffer.durability: `{other}` is not \"wal\", \"sync\" or \"memory\""
+                    ),
+                )
+            }
+        },
+    };
     Ok(MirrorBufferConfig {
         max_bytes,
         when_full,
+        durability,
     })
 }
 
@@ -337,6 +382,18 @@ mod tests {
         );
         let err = parse(&with_route("stream = \"orders\"\nmode = \"primary\"\n")).unwrap_err();
         assert!(err.contains("`primary` is not one of"), "{err}");
+    }
+
+    #[test]
+    fn durability_defaults_to_wal_and_unknown_modes_are_refused() {
+        let config = parse(&with_route("stream = \"orders\"\n")).unwrap();
+        assert_eq!(config.mirror_buffer.durability, Durability::Wal);
+        for mode in [Durability::Wal, Durability::Sync, Durability::Memory] {
+            let text = format!("{BASE}[mirror_buffer]\ndurability = \"{}\"\n", mode.name());
+            assert_eq!(parse(&text).unwrap().mirror_buffer.durability, mode);
+        }
+        let err = parse(&format!("{BASE}[mirror_buffer]\ndurability = \"disk\"\n")).unwrap_err();
+        assert!(err.contains("mirror_buffer.durability: `disk`"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,10 @@ mod sasl;
 mod stream_target;
 mod tls;
 
-pub use admin::{AdminConfig, DeadLetterLimits, SpoolConfig, DEFAULT_MAX_TOPIC_LABELS};
+pub use admin::{
+    AdminConfig, DeadLetterLimits, SpoolConfig, DEFAULT_FSYNC_BYTES, DEFAULT_FSYNC_INTERVAL_MS,
+    DEFAULT_MAX_TOPIC_LABELS,
+};
 pub use kafka::KafkaConfig;
 pub use kinesis::{KinesisConfig, WriteOrdering};
 pub use listener::{
@@ -33,8 +36,8 @@ pub use listener::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES,
 };
 pub use mirror::{
-    MirrorBufferConfig, MirrorRoute, PartitionKeyRule, RouteMode, UnknownPartitionKeyRule,
-    WhenFull, DEFAULT_PRIMARY_TIMEOUT_MS,
+    Durability, MirrorBufferConfig, MirrorRoute, PartitionKeyRule, RouteMode,
+    UnknownPartitionKeyRule, WhenFull, DEFAULT_PRIMARY_TIMEOUT_MS,
 };
 pub use sasl::{KafkaSaslConfig, Password, PasswordError, PasswordSource, SaslMechanism};
 pub use stream_target::{spool_dir_of_label, stream_of_label, StreamTarget, TargetError};

@@ -14,6 +14,7 @@ mod refusal;
 pub mod replay;
 pub mod request;
 pub mod retry;
+pub mod segment_log;
 pub mod service;
 pub mod shard_map;
 pub mod spill;

@@ -73,15 +73,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+pub use super::segment_log::FRAME_HEADER_BYTES;
+use super::segment_log::{self, begin_frame, end_frame, parse_header, SegmentDir, SegmentLogError};
+
 /// Segment size at which a new segment is started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The largest encoded entry (payload) a frame may hold. Larger entries are refused by
 /// `append`, and a larger length read from disk is treated as corruption.
 pub const MAX_PAYLOAD_BYTES: u32 = 32 * 1024 * 1024;
-
-/// Bytes of frame header before each payload.
-pub const FRAME_HEADER_BYTES: u64 = 8;
 
 const FORMAT_VERSION: u8 = 1;
 const FLAG_BATCH_END: u8 = 0x01;
@@ -91,10 +91,8 @@ const KNOWN_FLAGS: u8 = FLAG_BATCH_END | FLAG_EXPLICIT_HASH_KEY;
 const MIN_PAYLOAD_BYTES: u32 = 1 + 1 + 8 + 4 + 8 + 4 * 4;
 
 const SEGMENT_SUFFIX: &str = ".spool";
-const SEGMENT_DIGITS: usize = 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
-const LOCK_FILE: &str = "LOCK";
 const CHECKPOINT_MAGIC: &[u8; 7] = b"KKPSPCK";
 const CHECKPOINT_VERSION: u8 = 1;
 const CHECKPOINT_BYTES: usize = 28;
@@ -198,9 +196,15 @@ pub enum SpoolError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
-        path: path.to_owned(),
-        source,
+    move |source| segment_log::io_err(path)(source).into()
+}
+
+impl From<SegmentLogError> for SpoolError {
+    fn from(e: SegmentLogError) -> SpoolError {
+        match e {
+            SegmentLogError::Io { path, source } => SpoolError::Io { path, source },
+            SegmentLogError::Locked { path } => SpoolError::Locked { path },
+        }
     }
 }
 
@@ -214,6 +218,7 @@ struct Cursor {
 /// The append-only spool. Internally synchronized; `Send + Sync`.
 pub struct Spool {
     dir: PathBuf,
+    segment_files: SegmentDir,
     max_bytes: u64,
     segment_bytes: u64,
     /// Unacknowledged bytes, mirrored outside the lock for cheap gauge reads.
@@ -296,8 +301,8 @@ impl Spool {
         max_bytes: u64,
         segment_bytes: u64,
     ) -> Result<(Spool, RecoveryReport), SpoolError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock = lock_dir(dir)?;
+        let segment_files = SegmentDir::create(dir, SEGMENT_SUFFIX)?;
+        let lock = segment_files.lock()?;
         let mut report = RecoveryReport::default();
         let mut dir_dirty = false;
 
@@ -317,8 +322,7 @@ impl Spool {
             }
         };
 
-        let mut seqs = list_segments(dir)?;
-        seqs.sort_unstable();
+        let seqs = segment_files.list()?;
         let mut ack = checkpoint.unwrap_or(Cursor {
             segment: seqs.first().copied().unwrap_or(0),
             offset: 0,
@@ -328,17 +332,17 @@ impl Spool {
         let mut ack_records: Option<Vec<u64>> = None;
         let mut entries = 0u64;
         for &seq in &seqs {
-            let path = segment_path(dir, seq);
+            let path = segment_files.segment_path(seq);
             if seq < ack.segment {
                 // Fully acknowledged; a crash came between the checkpoint and the delete.
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 dir_dirty = true;
                 continue;
             }
-            let scan = scan_segment(&path)?;
+            let scan = scan_segment(&segment_files, seq)?;
             if let Some(reason) = scan.reason {
                 let dropped = scan.file_len - scan.good_len;
-                truncate_file(&path, scan.good_len)?;
+                segment_files.truncate(seq, scan.good_len)?;
                 tracing::warn!(
                     segment = %path.display(),
                     at_offset = scan.good_len,
@@ -354,10 +358,10 @@ impl Spool {
                 });
             }
             if seq == ack.segment {
-                entries += scan.records.iter().filter(|&&o| o >= ack.offset).count() as u64;
-                ack_records = Some(scan.records);
+                entries += scan.frames.iter().filter(|&&o| o >= ack.offset).count() as u64;
+                ack_records = Some(scan.frames);
             } else {
-                entries += scan.records.len() as u64;
+                entries += scan.frames.len() as u64;
             }
             segments.insert(seq, scan.good_len);
         }
@@ -391,7 +395,7 @@ impl Spool {
         }
 
         if dir_dirty {
-            sync_dir(dir)?;
+            segment_files.sync()?;
         }
 
         let next_seq = segments
@@ -415,6 +419,7 @@ impl Spool {
 
         let spool = Spool {
             dir: dir.to_owned(),
+            segment_files,
             max_bytes,
             segment_bytes: segment_bytes.max(1),
             held: AtomicU64::new(inner.held),
@@ -456,7 +461,7 @@ impl Spool {
         }
 
         let (seq, start) = self.writable_segment(&mut inner, needed)?;
-        let path = segment_path(&self.dir, seq);
+        let path = self.segment_files.segment_path(seq);
         let (_, file) = inner
             .writer
             .as_mut()
@@ -550,7 +555,7 @@ impl Spool {
             inner.next_seq = inner.next_seq.max(last + 1);
         }
 
-        if let Err(e) = write_checkpoint(&self.dir, inner.ack) {
+        if let Err(e) = write_checkpoint(&self.segment_files, inner.ack) {
             inner.ack = prev_ack;
             inner.next_seq = prev_next_seq;
             return Err(e);
@@ -571,7 +576,7 @@ impl Spool {
         }
         for seq in retired {
             inner.segments.remove(&seq);
-            let path = segment_path(&self.dir, seq);
+            let path = self.segment_files.segment_path(seq);
             if let Err(e) = fs::remove_file(&path) {
                 // The checkpoint is already past it; the next open deletes it.
                 tracing::warn!(segment = %path.display(), error = %e,
@@ -604,7 +609,7 @@ impl Spool {
         if reuse {
             let (seq, len) = last.expect("checked");
             if inner.writer.as_ref().map(|(s, _)| *s) != Some(seq) {
-                let path = segment_path(&self.dir, seq);
+                let path = self.segment_files.segment_path(seq);
                 let file = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -615,17 +620,7 @@ impl Spool {
         }
 
         let seq = inner.next_seq;
-        let path = segment_path(&self.dir, seq);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        if let Err(e) = sync_dir(&self.dir) {
-            drop(file);
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
+        let file = self.segment_files.create_segment(seq)?;
         inner.next_seq = seq + 1;
         inner.segments.insert(seq, 0);
         inner.writer = Some((seq, file));
@@ -648,7 +643,7 @@ impl Spool {
             if offset >= len {
                 continue;
             }
-            let path = segment_path(&self.dir, seq);
+            let path = self.segment_files.segment_path(seq);
             let mut file = File::open(&path).map_err(io_err(&path))?;
             file.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
             let mut reader = BufReader::with_capacity(256 * 1024, file.take(len - offset));
@@ -710,26 +705,6 @@ fn read_exact_or(
     })
 }
 
-fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked { path }),
-        Err(fs::TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
-            tracing::warn!(lock = %path.display(), "file locking unsupported; spool directory is not protected against a second process");
-            Ok(file)
-        }
-        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
-    }
-}
-
 /// The streams whose spool under `spool_dir` (one directory per stream) still holds records,
 /// with how many, leaving out the directories `skip` names. Each stream is named as its
 /// entries name it (a label that says its region and role), since a directory name cannot
@@ -754,11 +729,12 @@ pub fn streams_with_records(
         if skip(&name) {
             continue;
         }
+        let segment_files = SegmentDir::new(&dir, SEGMENT_SUFFIX);
         let is_spool = fs::read_dir(&dir).is_ok_and(|files| {
             files.flatten().any(|f| {
-                f.file_name()
-                    .to_str()
-                    .is_some_and(|n| n == CHECKPOINT_FILE || parse_segment_name(n).is_some())
+                f.file_name().to_str().is_some_and(|n| {
+                    n == CHECKPOINT_FILE || segment_files.parse_segment_name(n).is_some()
+                })
             })
         });
         if !is_spool {
@@ -779,53 +755,6 @@ pub fn streams_with_records(
         }
     }
     found
-}
-
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!(
-        "{seq:0width$}{SEGMENT_SUFFIX}",
-        width = SEGMENT_DIGITS
-    ))
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
-    let mut seqs = Vec::new();
-    for dirent in fs::read_dir(dir).map_err(io_err(dir))? {
-        let dirent = dirent.map_err(io_err(dir))?;
-        if let Some(seq) = dirent.file_name().to_str().and_then(parse_segment_name) {
-            seqs.push(seq);
-        }
-    }
-    Ok(seqs)
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), SpoolError> {
-    Ok(())
-}
-
-fn truncate_file(path: &Path, len: u64) -> Result<(), SpoolError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.set_len(len).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
 }
 
 /// The outer result is an I/O error; the inner one a checkpoint that exists but is unusable.
@@ -860,7 +789,7 @@ fn read_checkpoint(path: &Path) -> Result<Result<Option<Cursor>, String>, SpoolE
     })))
 }
 
-fn write_checkpoint(dir: &Path, at: Cursor) -> Result<(), SpoolError> {
+fn write_checkpoint(segment_files: &SegmentDir, at: Cursor) -> Result<(), SpoolError> {
     let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
     bytes.push(CHECKPOINT_VERSION);
@@ -869,93 +798,13 @@ fn write_checkpoint(dir: &Path, at: Cursor) -> Result<(), SpoolError> {
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
 
-    let tmp = dir.join(CHECKPOINT_TMP_FILE);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(&bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    let path = dir.join(CHECKPOINT_FILE);
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)
+    Ok(segment_files.replace_file(CHECKPOINT_FILE, CHECKPOINT_TMP_FILE, &bytes)?)
 }
 
-struct Scan {
-    file_len: u64,
-    /// End of the last intact batch.
-    good_len: u64,
-    /// Start offsets of the records kept.
-    records: Vec<u64>,
-    /// Why the tail after `good_len` is dropped, if there is one.
-    reason: Option<String>,
-}
-
-fn scan_segment(path: &Path) -> Result<Scan, SpoolError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let file_len = file.metadata().map_err(io_err(path))?.len();
-    let mut reader = BufReader::with_capacity(1024 * 1024, file);
-    let mut offset = 0u64;
-    let mut good_len = 0u64;
-    let mut records = Vec::new();
-    let mut pending = Vec::new();
-    let reason = loop {
-        let remaining = file_len - offset;
-        if remaining == 0 {
-            if pending.is_empty() {
-                break None;
-            }
-            break Some(format!(
-                "incomplete batch: {} record(s) after the last batch-end marker",
-                pending.len()
-            ));
-        }
-        if remaining < FRAME_HEADER_BYTES {
-            break Some(format!("partial frame header ({remaining} bytes)"));
-        }
-        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
-        reader.read_exact(&mut header).map_err(io_err(path))?;
-        let (plen, crc) = parse_header(&header);
-        if !(MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES).contains(&plen) {
-            break Some(format!("bad record length {plen} at offset {offset}"));
-        }
-        if u64::from(plen) > remaining - FRAME_HEADER_BYTES {
-            break Some(format!(
-                "partial record at offset {offset}: length {plen}, {} bytes present",
-                remaining - FRAME_HEADER_BYTES
-            ));
-        }
-        let mut payload = vec![0u8; plen as usize];
-        reader.read_exact(&mut payload).map_err(io_err(path))?;
-        if crc32c::crc32c(&payload) != crc {
-            break Some(format!("CRC mismatch in record at offset {offset}"));
-        }
-        let batch_end = match decode_payload(&Bytes::from(payload)) {
-            Ok((_, batch_end)) => batch_end,
-            Err(e) => break Some(format!("undecodable record at offset {offset}: {e}")),
-        };
-        pending.push(offset);
-        offset += FRAME_HEADER_BYTES + u64::from(plen);
-        if batch_end {
-            records.append(&mut pending);
-            good_len = offset;
-        }
-    };
-    Ok(Scan {
-        file_len,
-        good_len,
-        records,
-        reason,
-    })
-}
-
-fn parse_header(header: &[u8; FRAME_HEADER_BYTES as usize]) -> (u32, u32) {
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    (len, crc)
+/// Scans a spool segment: a batch ends at a record flagged as its batch's last.
+fn scan_segment(segment_files: &SegmentDir, seq: u64) -> Result<segment_log::Scan, SpoolError> {
+    let mut check = |_, payload| decode_payload(&payload).map(|(_, batch_end)| batch_end);
+    Ok(segment_files.scan(seq, (MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES), &mut check)?)
 }
 
 fn encoded_payload_len(e: &SpoolEntry) -> u64 {
@@ -975,10 +824,8 @@ fn encode_frame(e: &SpoolEntry, batch_end: bool, out: &mut Vec<u8>) -> Result<()
             max: u64::from(MAX_PAYLOAD_BYTES),
         });
     }
-    let start = out.len();
     out.reserve(FRAME_HEADER_BYTES as usize + plen as usize);
-    out.extend_from_slice(&(plen as u32).to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
+    let start = begin_frame(out);
     let mut flags = 0;
     if batch_end {
         flags |= FLAG_BATCH_END;
@@ -1003,10 +850,8 @@ fn encode_frame(e: &SpoolEntry, batch_end: bool, out: &mut Vec<u8>) -> Result<()
         out.extend_from_slice(&(field.len() as u32).to_le_bytes());
         out.extend_from_slice(field);
     }
-    let payload_start = start + FRAME_HEADER_BYTES as usize;
-    debug_assert_eq!((out.len() - payload_start) as u64, plen);
-    let crc = crc32c::crc32c(&out[payload_start..]);
-    out[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!((out.len() - start) as u64, FRAME_HEADER_BYTES + plen);
+    end_frame(out, start);
     Ok(())
 }
 
@@ -1292,7 +1137,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_spool, _) = Spool::open(dir.path(), MIB).unwrap();
         match Spool::open(dir.path(), MIB) {
-            Err(SpoolError::Locked { path }) => assert!(path.ends_with(LOCK_FILE)),
+            Err(SpoolError::Locked { path }) => assert!(path.ends_with("LOCK")),
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => panic!("second open succeeded"),
         }
@@ -1573,7 +1418,7 @@ mod tests {
             seq = p[0].0.segment();
             // Point the checkpoint into the middle of the third record.
             write_checkpoint(
-                dir.path(),
+                &SegmentDir::new(dir.path(), SEGMENT_SUFFIX),
                 Cursor {
                     segment: seq,
                     offset: p[2].0.offset() + 3,
@@ -1597,10 +1442,12 @@ mod tests {
             }
         }
         let segs = segment_files(dir.path());
-        let first_seq = parse_segment_name(segs[0].file_name().unwrap().to_str().unwrap()).unwrap();
+        let first_seq = SegmentDir::new(dir.path(), SEGMENT_SUFFIX)
+            .parse_segment_name(segs[0].file_name().unwrap().to_str().unwrap())
+            .unwrap();
         // Checkpoint already at segment 2, segments 0 and 1 not yet deleted, temp file left.
         write_checkpoint(
-            dir.path(),
+            &SegmentDir::new(dir.path(), SEGMENT_SUFFIX),
             Cursor {
                 segment: first_seq + 2,
                 offset: 0,

@@ -25,7 +25,8 @@ use super::client::Clients;
 use super::request::MirrorRecord;
 use super::writer::WriterSettings;
 use crate::config::{
-    DeadLetterLimits, KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull, WriteOrdering,
+    DeadLetterLimits, Durability, KinesisConfig, MirrorBufferConfig, SpoolConfig, WhenFull,
+    WriteOrdering,
 };
 use crate::kinesis::request::KinesisKey;
 
@@ -316,11 +317,14 @@ pub fn writer_settings(
         buffer: MirrorBufferConfig {
             max_bytes: buffer_bytes,
             when_full,
+            durability: Durability::Memory,
         },
         spool: SpoolConfig {
             dir: Some(spool_dir.to_owned()),
             max_bytes: SPOOL_MAX_BYTES,
             dead_letters: DeadLetterLimits::default(),
+            fsync_interval: Duration::from_millis(crate::config::DEFAULT_FSYNC_INTERVAL_MS),
+            fsync_bytes: crate::config::DEFAULT_FSYNC_BYTES,
         },
         budget: Arc::new(Budget::new(
             buffer_bytes,

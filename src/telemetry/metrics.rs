@@ -14,6 +14,7 @@ use prometheus::Histogram;
 
 use super::dual_write::DualWriteRatio;
 use super::topic_labels::TopicLabels;
+use super::wal_metrics::WalMetrics;
 use crate::config::DEFAULT_MAX_TOPIC_LABELS;
 
 const PREFIX: &str = "kafka_kinesis_proxy";
@@ -115,6 +116,8 @@ pub struct Metrics {
     /// Records of transactions in progress, held until their EndTxn.
     pub mirror_transaction_held_records: IntGauge,
     pub spool_bytes: IntGaugeVec,
+    /// The write-ahead log of Produce exchanges.
+    pub wal: WalMetrics,
     /// Records given up on that wait for room in the dead-letter file, blocking their stream.
     pub dead_letters_waiting: IntGaugeVec,
     /// Kafka ack to Kinesis ack.
@@ -398,6 +401,7 @@ impl Metrics {
         registry
             .register(Box::new(putrecords_duration.clone()))
             .expect("unique metric");
+        let wal = WalMetrics::register(&registry, name);
         Metrics {
             registry,
             topic_labels: TopicLabels::new(max_topic_labels),
@@ -426,6 +430,7 @@ impl Metrics {
             mirror_buffer_bytes,
             mirror_transaction_held_records,
             spool_bytes,
+            wal,
             dead_letters_waiting,
             mirror_lag,
             shard_throttled,

@@ -6,3 +6,4 @@ pub mod inventory;
 pub mod logging;
 pub mod metrics;
 pub mod topic_labels;
+pub mod wal_metrics;
