@@ -496,6 +496,7 @@ mod tests {
                 data: Bytes::from_static(b"x"),
                 acked_at: now,
                 delivery: None,
+                logged: None,
             },
             now,
         )

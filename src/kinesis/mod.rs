@@ -16,6 +16,7 @@ pub mod request;
 pub mod retry;
 pub mod segment_log;
 pub mod service;
+pub mod settle;
 pub mod shard_map;
 pub mod spill;
 pub mod spool;

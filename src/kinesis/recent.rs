@@ -285,6 +285,7 @@ mod tests {
             data: bytes::Bytes::from_static(data),
             acked_at: std::time::Instant::now(),
             delivery: None,
+            logged: None,
         };
         let base = digest(&record("k", None, b"v"));
         assert_eq!(base, digest(&record("k", None, b"v")));

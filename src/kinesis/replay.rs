@@ -55,6 +55,7 @@ fn record_of(letter: &DeadLetter) -> MirrorRecord {
         data: letter.data().expect("validated by read_all").into(),
         acked_at: Instant::now(),
         delivery: None,
+        logged: None,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct MirrorRecord {
     /// Its part in its partition's delivery, when its route is `kinesis-primary` and a
     /// producer waits for it.
     pub delivery: Option<super::delivery::DeliveryToken>,
+    /// Its handle in the log that keeps it until the writer is done with it.
+    pub logged: Option<std::sync::Arc<dyn super::settle::Settle>>,
 }
 
 impl MirrorRecord {
@@ -72,6 +74,13 @@ impl MirrorRecord {
     /// and not just the payload's.
     pub fn memory_bytes(&self) -> usize {
         self.kinesis_bytes() + RECORD_OVERHEAD_BYTES
+    }
+
+    /// The writer is done with it for good (see [`super::settle`]).
+    pub fn settled(&self) {
+        if let Some(logged) = &self.logged {
+            logged.settled();
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! whole, is the user's: [`SegmentDir::scan`] asks it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -259,6 +259,33 @@ impl SegmentDir {
             frames,
             reason,
         })
+    }
+}
+
+impl SegmentDir {
+    /// The payload of the frame at `offset` of segment `seq`, checked against its checksum.
+    pub fn read_frame(&self, seq: u64, offset: u64, max: u32) -> Result<Bytes, SegmentLogError> {
+        let path = self.segment_path(seq);
+        let corrupt = |reason: &str| {
+            io_err(&path)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame at offset {offset}: {reason}"),
+            ))
+        };
+        let mut file = File::open(&path).map_err(io_err(&path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
+        file.read_exact(&mut header).map_err(io_err(&path))?;
+        let (len, crc) = parse_header(&header);
+        if len > max {
+            return Err(corrupt("bad length"));
+        }
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact(&mut payload).map_err(io_err(&path))?;
+        if crc32c::crc32c(&payload) != crc {
+            return Err(corrupt("CRC mismatch"));
+        }
+        Ok(Bytes::from(payload))
     }
 }
 

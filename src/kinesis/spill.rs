@@ -210,6 +210,7 @@ impl WriterTask {
                     if let Some(token) = &record.delivery {
                         token.spooled();
                     }
+                    record.settled();
                 }
                 self.publish_spool_bytes(&spool);
             }
@@ -425,6 +426,7 @@ fn record_from_spool(entry: SpoolEntry) -> MirrorRecord {
             .checked_sub(Duration::from_millis(waited))
             .unwrap_or(now),
         delivery: None,
+        logged: None,
     }
 }
 

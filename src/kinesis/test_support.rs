@@ -348,6 +348,7 @@ pub fn record(offset: i64) -> MirrorRecord {
         data: Bytes::from(format!("value-{offset}")),
         acked_at: Instant::now(),
         delivery: None,
+        logged: None,
     }
 }
 

@@ -35,6 +35,7 @@ impl WriterTask {
             "mirror buffer full: record dropped (mirror_buffer.when_full = \"drop\")"
         );
         self.count(&record.topic, MirrorResult::Dropped, 1);
+        record.settled();
     }
 
     pub(super) async fn oversize(&mut self, record: MirrorRecord, size: usize) {
@@ -122,6 +123,7 @@ impl WriterTask {
                 stream = %self.state.stream, topic = %record.topic, partition = record.partition, offset = record.offset,
                 code = %letter.code, message = %letter.message, "record cannot be delivered; written to the dead-letter file"
             );
+            record.settled();
             // Counted and released once the file holds them, so that an operator (or a
             // test) who sees the count can read the letters.
             if !letter.oversize {

@@ -447,6 +447,7 @@ impl WriterTask {
                             if let Some(token) = &queued.record.delivery {
                                 token.delivered();
                             }
+                            queued.record.settled();
                             self.lanes.delivered(&lane);
                             self.finished_with(&queued);
                         }

@@ -152,6 +152,7 @@ fn mirror_records(
             acked_at,
             // Given by the stage, once it knows how many records the partition owes.
             delivery: None,
+            logged: None,
         };
         budget.charge(Spending::Records, record.memory_bytes())?;
         mirrored.records.push(record);

@@ -19,6 +19,7 @@ mod stream_queue;
 #[cfg(test)]
 mod tests;
 mod transactions;
+pub(crate) mod wal;
 
 pub use primary::PrimaryAnswer;
 use primary::{Deliveries, Primary};
@@ -51,6 +52,7 @@ use decode::DECODE_THREADS;
 use stage::Stage;
 use stream_queue::{make_room, Rooms, StreamQueue, StreamQueues};
 use transactions::{HeldId, Transactions};
+use wal::{ExchangeLog, Wal};
 
 /// Produce exchanges the stage may hold before connections start dropping them (spill and
 /// drop modes: deep, so a spool fsync never costs an exchange)...
@@ -93,7 +95,8 @@ impl ProduceExchange {
 /// their streams' queues), or a marker that resolves once every exchange sent before it has
 /// been processed.
 enum StageInput {
-    Exchange(ProduceExchange, Rooms),
+    /// With its entry in the write-ahead log, when it was logged.
+    Exchange(ProduceExchange, Rooms, Option<Arc<ExchangeLog>>),
     TxnControl(TxnControlExchange),
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Time to look up transactions unresolved past their timeout.
@@ -139,6 +142,8 @@ pub struct Mirror {
     /// connection's side, as before there were modes.
     any_primary: Arc<AtomicBool>,
     primary: Arc<Primary>,
+    /// The write-ahead log of exchanges, unless `mirror_buffer.durability = "memory"`.
+    wal: Option<Arc<Wal>>,
 }
 
 /// One writer per stream target (its name or ARN, region and role), created on first use and
@@ -174,6 +179,7 @@ impl Mirror {
     ) -> Mirror {
         let block = settings.buffer.when_full == WhenFull::Block;
         let spool = (settings.spool.dir.clone(), settings.spool.max_bytes);
+        let (wal, replay) = wal::open_in_background(&settings, &metrics).await;
         let (tx, rx) = mpsc::channel(if block {
             EXCHANGE_QUEUE_BLOCKING
         } else {
@@ -200,6 +206,7 @@ impl Mirror {
             markers,
             any_primary: Arc::new(AtomicBool::new(false)),
             primary: Arc::new(Primary::default()),
+            wal,
             tx,
             queued_bytes,
             block,
@@ -215,6 +222,9 @@ impl Mirror {
         mirror.apply_routes(routes).await;
         if let (Some(dir), max_bytes) = spool {
             mirror.drain_stranded_spools(dir, max_bytes, routes).await;
+        }
+        if let Some(replay) = replay {
+            mirror.replay_wal(replay).await;
         }
         mirror
     }
@@ -362,11 +372,12 @@ impl Mirror {
         } else {
             None
         };
-        self.stage_exchange(exchange).await;
+        let logged = self.log_exchange(&exchange).await;
+        self.stage_exchange(exchange, logged).await;
         answer
     }
 
-    async fn stage_exchange(&self, exchange: ProduceExchange) {
+    async fn stage_exchange(&self, exchange: ProduceExchange, logged: Option<Arc<ExchangeLog>>) {
         let bytes = exchange.bytes();
         if self.block {
             // Only the topics are decoded, not the records. An undecodable request takes no
@@ -379,14 +390,14 @@ impl Mirror {
             self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
             if self
                 .tx
-                .send(StageInput::Exchange(exchange, rooms))
+                .send(StageInput::Exchange(exchange, rooms, logged))
                 .await
                 .is_err()
             {
                 self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             }
         } else {
-            self.observe(exchange, bytes);
+            self.observe(exchange, bytes, logged);
         }
     }
 
@@ -423,23 +434,28 @@ impl Mirror {
     /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
     /// mirror. A full queue (by count or by bytes; one exchange alone always fits) drops the
     /// exchange and counts it.
-    fn observe(&self, exchange: ProduceExchange, bytes: usize) {
+    fn observe(&self, exchange: ProduceExchange, bytes: usize, logged: Option<Arc<ExchangeLog>>) {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
         let shed = if fits {
             match self
                 .tx
-                .try_send(StageInput::Exchange(exchange, Rooms::new()))
+                .try_send(StageInput::Exchange(exchange, Rooms::new(), logged))
             {
                 Ok(()) => return,
                 Err(full) => match full.into_inner() {
-                    StageInput::Exchange(exchange, _) => exchange,
+                    StageInput::Exchange(exchange, _, logged) => (exchange, logged),
                     _ => unreachable!("a Produce exchange was sent"),
                 },
             }
         } else {
-            exchange
+            (exchange, logged)
         };
+        let (shed, logged) = shed;
+        if let Some(logged) = logged {
+            // The log keeps it: a restart replays it.
+            logged.shed();
+        }
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.metrics.mirror_dropped_requests.inc();
         self.count_shed(&shed);

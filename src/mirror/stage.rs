@@ -14,11 +14,13 @@ use tokio::sync::mpsc;
 use super::decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
 use super::stream_queue::Room;
 use super::transactions::{HeldId, Transactions};
+use super::wal::ExchangeLog;
 use super::{
     produced_partitions, sampled_estimate, Route, RouteTable, StageError, StageInput,
     TransactionMarkers, TxnControlExchange, Verdict, DECODE_WINDOW,
 };
 use crate::kinesis::delivery::PartitionDelivery;
+use crate::kinesis::request::MirrorRecord;
 use crate::telemetry::inventory::{ClientKey, Inventory, ProducerTraits};
 use crate::telemetry::metrics::{Metrics, MirrorResult};
 
@@ -57,6 +59,9 @@ struct PartitionWork {
     /// kinesis-primary: the delivery its producer waits for. Dropped unsealed when the
     /// partition is not mirrored after all (undecodable), which fails it.
     delivery: Option<PartitionDelivery>,
+    /// Its exchange's entry in the write-ahead log, and its index among the exchange's
+    /// partitions.
+    logged: Option<(Arc<ExchangeLog>, u32)>,
     _queued: Arc<QueuedBytes>,
 }
 
@@ -157,8 +162,8 @@ impl Stage {
         input: StageInput,
         waiting: &mut VecDeque<Work>,
     ) -> Result<(), StageError> {
-        let (mut exchange, rooms) = match input {
-            StageInput::Exchange(exchange, rooms) => (exchange, rooms),
+        let (mut exchange, rooms, logged) = match input {
+            StageInput::Exchange(exchange, rooms, logged) => (exchange, rooms, logged),
             StageInput::Flush(done) => {
                 waiting.push_back(Work::Flush(done));
                 return Ok(());
@@ -180,7 +185,16 @@ impl Stage {
             counter: self.queued_bytes.clone(),
             bytes: exchange.bytes(),
         });
-        for produced in produced_partitions(&exchange, &self.routes.load())? {
+        let partitions = produced_partitions(&exchange, &self.routes.load()).inspect_err(|_| {
+            // Undecodable: replaying it would not make it decodable.
+            if let Some(logged) = &logged {
+                logged.staged(0);
+            }
+        })?;
+        if let Some(logged) = &logged {
+            logged.staged(partitions.len());
+        }
+        for (index, produced) in partitions.into_iter().enumerate() {
             let room = produced
                 .route
                 .as_ref()
@@ -197,14 +211,29 @@ impl Stage {
                 verdict: produced.verdict,
                 route: produced.route,
                 room,
+                logged: logged.clone().map(|l| (l, index as u32)),
                 _queued: queued.clone(),
             }));
         }
         Ok(())
     }
 
-    /// Counts a decoded partition and hands its records to its stream's queue.
+    /// Counts a decoded partition and hands its records to its stream's queue; the log learns
+    /// the partition is done with, whatever became of it.
     fn finish(&mut self, mut work: PartitionWork, decoded: Result<Decoded, PartitionError>) {
+        let logged = work.logged.take();
+        self.finish_decoded(work, decoded, logged.as_ref());
+        if let Some((logged, _)) = logged {
+            logged.partition_done();
+        }
+    }
+
+    fn finish_decoded(
+        &mut self,
+        mut work: PartitionWork,
+        decoded: Result<Decoded, PartitionError>,
+        logged: Option<&(Arc<ExchangeLog>, u32)>,
+    ) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => return self.decode_error(&work, &e, 0),
@@ -238,6 +267,9 @@ impl Stage {
             Ok(mirrored) => mirrored,
             Err(e) => return self.decode_error(&work, &e.into(), records),
         };
+        if let Some((logged, index)) = logged {
+            mark_logged(&mut mirrored.records, logged, *index);
+        }
         if let Some(delivery) = work.delivery.take() {
             let tokens = delivery.seal(mirrored.records.len());
             for (record, token) in mirrored.records.iter_mut().zip(tokens) {
@@ -313,4 +345,16 @@ impl Stage {
             "cannot decode produced records for mirroring; Kafka was unaffected, the mirror skips them"
         );
     }
+}
+
+/// Gives each record its mark in its exchange's log entry, leaving out the records a replayed
+/// exchange had settled before the restart.
+fn mark_logged(records: &mut Vec<MirrorRecord>, logged: &Arc<ExchangeLog>, index: u32) {
+    records.retain_mut(|record| match logged.mark(index, record.offset) {
+        Some(mark) => {
+            record.logged = Some(mark);
+            true
+        }
+        None => false,
+    });
 }

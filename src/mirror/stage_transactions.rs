@@ -158,6 +158,8 @@ impl Stage {
             if resolved.committed {
                 route.queue.hand_on(&topic, held.records, None);
             } else {
+                // Aborted records are done with: Kinesis must never get them.
+                held.records.iter().for_each(MirrorRecord::settled);
                 self.metrics.mirror_outcome(
                     &topic,
                     &route.stream,

@@ -1,0 +1,407 @@
+//! The thread that owns the log's files: it appends exchanges and marks, rolls and deletes
+//! segments, and hands fsyncs to a second thread (group commit), so that a write never waits
+//! for an fsync and async workers never wait for either.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use super::entry::{encode_complete, encode_settled, LoggedExchange, RecordId};
+use super::WalError;
+use crate::kinesis::segment_log::SegmentDir;
+use crate::telemetry::wal_metrics::WalMetrics;
+
+/// How often the gauges are refreshed when nothing happens.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Bytes gathered into one write at most, so that a burst does not hold its first appends.
+const MAX_WRITE_BYTES: u64 = 4 * 1024 * 1024;
+
+pub(crate) type Completion = oneshot::Sender<Result<(), WalError>>;
+
+pub(crate) enum Command {
+    /// Log an exchange; `done` is answered after the write, or after its fsync if `durable`.
+    Append {
+        exchange: LoggedExchange,
+        durable: bool,
+        done: Completion,
+    },
+    Settled(RecordId),
+    /// Every record of the exchange is done.
+    Complete(u64),
+}
+
+pub(crate) struct AppenderSettings {
+    pub(crate) segment_bytes: u64,
+    /// The log's whole size on disk; appends wait beyond it.
+    pub(crate) max_bytes: u64,
+    pub(crate) fsync_interval: Duration,
+    pub(crate) fsync_bytes: u64,
+    /// Test hook: each fsync sleeps this long first.
+    pub(crate) fsync_delay: Duration,
+}
+
+/// A segment, as the appender accounts for it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Segment {
+    pub(crate) len: u64,
+    /// Exchanges logged in it whose records are not all done.
+    pub(crate) open_exchanges: usize,
+    /// When its first exchange was logged, for the age of the oldest undelivered exchange.
+    pub(crate) first_unix_ms: Option<u64>,
+}
+
+/// The state the log was found in, to start appending after.
+pub(crate) struct LogState {
+    pub(crate) segments: BTreeMap<u64, Segment>,
+    /// The segment of each exchange not complete yet.
+    pub(crate) open: HashMap<u64, u64>,
+}
+
+/// fsyncs to run, and who waits for them.
+struct SyncJob {
+    files: Vec<Arc<File>>,
+    waiters: Vec<Completion>,
+}
+
+pub(crate) struct Appender {
+    files: SegmentDir,
+    /// The directory's lock, held while the appender runs.
+    _lock: File,
+    settings: AppenderSettings,
+    segments: BTreeMap<u64, Segment>,
+    open: HashMap<u64, u64>,
+    active: Option<(u64, Arc<File>)>,
+    /// A failed write left the active segment in doubt: the next write starts a new one.
+    roll_next: bool,
+    bytes: u64,
+    /// Appends waiting for room (the log is full).
+    waiting: VecDeque<(LoggedExchange, bool, Completion)>,
+    unsynced_bytes: u64,
+    unsynced_files: Vec<Arc<File>>,
+    sync_waiters: Vec<Completion>,
+    last_sync: Instant,
+    syncs: Sender<SyncJob>,
+    metrics: WalMetrics,
+}
+
+impl Appender {
+    /// Starts the appender and its fsync thread on the log `files` found in `state`.
+    pub(crate) fn spawn(
+        (files, lock): (SegmentDir, File),
+        state: LogState,
+        settings: AppenderSettings,
+        metrics: WalMetrics,
+        commands: Receiver<Command>,
+    ) -> std::io::Result<()> {
+        let (syncs, jobs) = std::sync::mpsc::channel();
+        let delay = settings.fsync_delay;
+        let histogram = metrics.fsync_duration.clone();
+        std::thread::Builder::new()
+            .name("wal-fsync".into())
+            .spawn(move || run_syncs(jobs, delay, histogram))?;
+        let bytes = state.segments.values().map(|s| s.len).sum();
+        let appender = Appender {
+            files,
+            _lock: lock,
+            settings,
+            segments: state.segments,
+            open: state.open,
+            active: None,
+            roll_next: true,
+            bytes,
+            waiting: VecDeque::new(),
+            unsynced_bytes: 0,
+            unsynced_files: Vec::new(),
+            sync_waiters: Vec::new(),
+            last_sync: Instant::now(),
+            syncs,
+            metrics,
+        };
+        std::thread::Builder::new()
+            .name("wal-append".into())
+            .spawn(move || appender.run(commands))?;
+        Ok(())
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        self.delete_done_segments();
+        self.publish();
+        loop {
+            let timeout = if self.unsynced_bytes > 0 {
+                (self.last_sync + self.settings.fsync_interval)
+                    .saturating_duration_since(Instant::now())
+            } else {
+                IDLE_TICK
+            };
+            let mut batch = Batch::default();
+            match commands.recv_timeout(timeout) {
+                Ok(command) => batch.take(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.bytes < MAX_WRITE_BYTES {
+                match commands.try_recv() {
+                    Ok(command) => batch.take(command),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch);
+            self.sync_if_due(false);
+            self.publish();
+        }
+        self.sync_if_due(true);
+    }
+
+    fn write(&mut self, batch: Batch) {
+        let mut buf = Vec::new();
+        for id in &batch.complete {
+            if let Some(seq) = self.open.remove(id) {
+                if let Some(segment) = self.segments.get_mut(&seq) {
+                    segment.open_exchanges -= 1;
+                }
+            }
+        }
+        if !batch.complete.is_empty() {
+            encode_complete(&batch.complete, &mut buf);
+        }
+        for chunk in batch.settled.chunks(64 * 1024) {
+            encode_settled(chunk, &mut buf);
+        }
+        self.delete_done_segments();
+        self.waiting.extend(batch.appends);
+        // The exchanges whose frames `buf` holds: (id, segment, durable, completion).
+        let mut in_buf = Vec::new();
+        while let Some((exchange, _, _)) = self.waiting.front() {
+            let frame = exchange.frame_bytes();
+            let full = self.bytes + buf.len() as u64 + frame > self.settings.max_bytes;
+            // One exchange always fits when nothing else can free room.
+            if full && !self.open.is_empty() {
+                break;
+            }
+            let (exchange, durable, done) = self.waiting.pop_front().expect("front exists");
+            if !buf.is_empty()
+                && self.active_len() + buf.len() as u64 + frame > self.settings.segment_bytes
+            {
+                self.write_exchanges(&mut buf, std::mem::take(&mut in_buf));
+                self.roll_next = true;
+            }
+            let Some(seq) = self.writable_segment(buf.len() as u64 + frame) else {
+                let _ = done.send(Err(WalError::Closed));
+                continue;
+            };
+            let segment = self.segments.entry(seq).or_default();
+            segment.open_exchanges += 1;
+            segment.first_unix_ms.get_or_insert(exchange.unix_ms);
+            self.open.insert(exchange.id, seq);
+            exchange.encode(&mut buf);
+            in_buf.push((exchange.id, durable, done));
+        }
+        self.write_exchanges(&mut buf, in_buf);
+    }
+
+    /// Writes `buf`, and answers the exchanges it holds: now, or after their fsync when
+    /// durable. A failed write forgets them, so that they pin no segment.
+    fn write_exchanges(&mut self, buf: &mut Vec<u8>, exchanges: Vec<(u64, bool, Completion)>) {
+        let result = self.flush(buf);
+        for (id, durable, done) in exchanges {
+            match &result {
+                Ok(()) if durable => self.sync_waiters.push(done),
+                Ok(()) => {
+                    let _ = done.send(Ok(()));
+                }
+                Err(e) => {
+                    if let Some(seq) = self.open.remove(&id) {
+                        if let Some(segment) = self.segments.get_mut(&seq) {
+                            segment.open_exchanges -= 1;
+                        }
+                    }
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn active_len(&self) -> u64 {
+        self.active
+            .as_ref()
+            .and_then(|(seq, _)| self.segments.get(seq))
+            .map_or(0, |s| s.len)
+    }
+
+    /// The segment the next `needed` bytes go to, opening or creating it; `None` when no
+    /// segment can be created (the error is logged).
+    fn writable_segment(&mut self, needed: u64) -> Option<u64> {
+        if let Some((seq, _)) = &self.active {
+            let len = self.active_len();
+            if !self.roll_next && (len == 0 || len + needed <= self.settings.segment_bytes) {
+                return Some(*seq);
+            }
+        }
+        let seq = self.segments.keys().next_back().map_or(0, |last| last + 1);
+        match self.files.create_segment(seq) {
+            Ok(file) => {
+                self.segments.insert(seq, Segment::default());
+                self.active = Some((seq, Arc::new(file)));
+                self.roll_next = false;
+                Some(seq)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a write-ahead log segment");
+                None
+            }
+        }
+    }
+
+    /// Writes `buf` to the active segment and empties it.
+    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), WalError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let Some(seq) = self.writable_segment(buf.len() as u64) else {
+            buf.clear();
+            return Err(WalError::Closed);
+        };
+        let (_, file) = self.active.as_ref().expect("a writable segment is active");
+        let start = self.segments[&seq].len;
+        let result = (&**file)
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| (&**file).write_all(buf));
+        if let Err(source) = result {
+            let path = self.files.segment_path(seq);
+            tracing::error!(segment = %path.display(), error = %source, "cannot write the write-ahead log");
+            let _ = file.set_len(start);
+            self.roll_next = true;
+            buf.clear();
+            return Err(WalError::from(crate::kinesis::segment_log::io_err(&path)(
+                source,
+            )));
+        }
+        let written = buf.len() as u64;
+        buf.clear();
+        self.segments.get_mut(&seq).expect("active segment").len += written;
+        self.bytes += written;
+        self.unsynced_bytes += written;
+        if !self
+            .unsynced_files
+            .last()
+            .is_some_and(|f| Arc::ptr_eq(f, file))
+        {
+            self.unsynced_files.push(file.clone());
+        }
+        Ok(())
+    }
+
+    /// Group commit: hands the fsync of what was written to the fsync thread once
+    /// `fsync_bytes` were written or `fsync_interval` passed since the last one.
+    fn sync_if_due(&mut self, now: bool) {
+        if self.unsynced_bytes == 0 {
+            return;
+        }
+        let due = now
+            || self.unsynced_bytes >= self.settings.fsync_bytes
+            || self.last_sync.elapsed() >= self.settings.fsync_interval;
+        if !due {
+            return;
+        }
+        let job = SyncJob {
+            files: std::mem::take(&mut self.unsynced_files),
+            waiters: std::mem::take(&mut self.sync_waiters),
+        };
+        self.unsynced_bytes = 0;
+        self.last_sync = Instant::now();
+        let _ = self.syncs.send(job);
+    }
+
+    /// Deletes the oldest segments while every exchange in them is done. Only a prefix goes:
+    /// a segment holds the marks of exchanges logged before it, which must outlive them.
+    fn delete_done_segments(&mut self) {
+        let active = self.active.as_ref().map(|(seq, _)| *seq);
+        while let Some((&seq, segment)) = self.segments.iter().next() {
+            if segment.open_exchanges > 0 || Some(seq) == active {
+                break;
+            }
+            let path = self.files.segment_path(seq);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot delete a delivered write-ahead log segment");
+                break;
+            }
+            self.bytes -= segment.len;
+            self.segments.remove(&seq);
+        }
+    }
+
+    fn publish(&self) {
+        self.metrics.bytes.set(self.bytes as i64);
+        let oldest = self
+            .segments
+            .values()
+            .filter(|s| s.open_exchanges > 0)
+            .find_map(|s| s.first_unix_ms);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.metrics
+            .oldest_undelivered_age_seconds
+            .set(oldest.map_or(0, |t| (now_ms.saturating_sub(t) / 1000) as i64));
+    }
+}
+
+/// Commands gathered for one write.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<(LoggedExchange, bool, Completion)>,
+    settled: Vec<RecordId>,
+    complete: Vec<u64>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Append {
+                exchange,
+                durable,
+                done,
+            } => {
+                self.bytes += exchange.frame_bytes();
+                self.appends.push((exchange, durable, done));
+            }
+            Command::Settled(record) => {
+                self.bytes += 20;
+                self.settled.push(record);
+            }
+            Command::Complete(id) => {
+                self.bytes += 8;
+                self.complete.push(id);
+            }
+        }
+    }
+}
+
+fn run_syncs(jobs: Receiver<SyncJob>, delay: Duration, histogram: prometheus::Histogram) {
+    while let Ok(mut job) = jobs.recv() {
+        while let Ok(more) = jobs.try_recv() {
+            job.files.extend(more.files);
+            job.waiters.extend(more.waiters);
+        }
+        job.files.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let started = Instant::now();
+        let result = job.files.iter().try_for_each(|f| f.sync_data());
+        histogram.observe(started.elapsed().as_secs_f64());
+        let result = result.map_err(|e| {
+            tracing::error!(error = %e, "cannot fsync the write-ahead log");
+            WalError::Sync(Arc::new(e))
+        });
+        for waiter in job.waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The mirror's side of the write-ahead log: which exchanges are logged, and the replay of
+//! an earlier run's into the stage before the listeners open.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{ExchangeLog, Replay, Wal};
+use crate::kafka::produce::ProduceRequestView;
+use crate::kinesis::writer::WriterSettings;
+use crate::mirror::stream_queue::Rooms;
+use crate::mirror::{Mirror, ProduceExchange, StageInput};
+use crate::telemetry::inventory::ClientKey;
+use crate::telemetry::metrics::Metrics;
+
+/// Exchanges read from the log at a time during a replay.
+const REPLAY_CHUNK: usize = 256;
+
+/// Opens the log off the async workers (it scans every segment); `(None, None)` when there is
+/// none, or when it cannot be opened (logged: the mirror then runs as in `memory` mode).
+pub(in crate::mirror) async fn open_in_background(
+    settings: &WriterSettings,
+    metrics: &Arc<Metrics>,
+) -> (Option<Arc<Wal>>, Option<Replay>) {
+    let (spool, durability) = (settings.spool.clone(), settings.buffer.durability);
+    let wal_metrics = metrics.wal.clone();
+    let opened = tokio::task::spawn_blocking(move || Wal::open(&spool, durability, wal_metrics))
+        .await
+        .expect("write-ahead log open task");
+    match opened {
+        Ok(Some((wal, replay))) => (Some(Arc::new(wal)), Some(replay)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the write-ahead log: a crash loses what waits in memory, as with durability = \"memory\"");
+            (None, None)
+        }
+    }
+}
+
+impl Mirror {
+    /// Logs `exchange` when it names a routed topic, before its client is answered.
+    pub(in crate::mirror) async fn log_exchange(
+        &self,
+        exchange: &ProduceExchange,
+    ) -> Option<Arc<ExchangeLog>> {
+        let wal = self.wal.as_ref()?;
+        // Only the topic names are read; an undecodable request is the stage's to count.
+        let request =
+            ProduceRequestView::decode(exchange.version, exchange.request_body.clone()).ok()?;
+        let routes = self.routes.load();
+        if !request.topics.iter().any(|t| routes.contains_key(&t.name)) {
+            return None;
+        }
+        wal.append(
+            &exchange.client.client_id,
+            exchange.version,
+            &exchange.request_body,
+            exchange.response_frame.as_ref(),
+        )
+        .await
+    }
+
+    /// Hands the exchanges an earlier run left in the log to the stage, in log order, and
+    /// waits until the stage has taken them all: live exchanges then queue behind them.
+    pub(in crate::mirror) async fn replay_wal(&self, mut replay: Replay) {
+        let size = replay.size();
+        let records = replay.records.clone();
+        loop {
+            let (back, chunk) = tokio::task::spawn_blocking(move || {
+                let chunk = replay.next_exchanges(REPLAY_CHUNK);
+                (replay, chunk)
+            })
+            .await
+            .expect("write-ahead log replay task");
+            replay = back;
+            let chunk = match chunk {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the write-ahead log: what is left of it is replayed after the next restart");
+                    break;
+                }
+            };
+            for (logged_exchange, logged) in chunk {
+                let exchange = ProduceExchange {
+                    client: Arc::new(ClientKey {
+                        client_id: logged_exchange.client_id,
+                        address: Ipv4Addr::UNSPECIFIED.into(),
+                    }),
+                    version: logged_exchange.version,
+                    request_body: logged_exchange.request_body,
+                    response_frame: logged_exchange.response_frame,
+                    deliveries: Default::default(),
+                };
+                let bytes = exchange.bytes();
+                self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                let input = StageInput::Exchange(exchange, Rooms::new(), Some(logged));
+                if self.tx.send(input).await.is_err() {
+                    self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    return;
+                }
+            }
+            self.metrics
+                .wal
+                .replay_remaining_bytes
+                .set(replay.remaining_bytes() as i64);
+        }
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.tx.send(StageInput::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+        tracing::info!(
+            exchanges = size.exchanges,
+            records = records.load(Ordering::Relaxed),
+            bytes = size.bytes,
+            skipped_delivered = size.skipped_delivered,
+            "write-ahead log replayed"
+        );
+    }
+}

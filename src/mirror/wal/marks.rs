@@ -1,0 +1,134 @@
+//! Which of a logged exchange's records are done, decided like `kinesis::delivery`: the stage
+//! gives each record it hands on a [`RecordMark`], the writer settles it, and the outcome is
+//! known once the last handle is gone. A mark dropped unsettled (the record was shed, or its
+//! writer stopped) leaves its exchange in the log, to be replayed after a restart.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use super::appender::Command;
+use super::entry::RecordId;
+use crate::kinesis::settle::Settle;
+
+/// One exchange of the log, while the mirror holds it.
+pub(crate) struct ExchangeLog {
+    id: u64,
+    commands: Sender<Command>,
+    /// Records settled before a restart (by partition index and offset): a replay skips them.
+    settled_before: HashSet<(u32, i64)>,
+    /// A replayed exchange: counts the records it hands on again.
+    replayed: Option<Arc<AtomicU64>>,
+    /// Partitions the stage has not finished with, once `staged`.
+    partitions_pending: AtomicUsize,
+    staged: AtomicBool,
+    /// Some record will not be settled in this run (or the whole exchange was shed).
+    unsettled: AtomicBool,
+}
+
+impl ExchangeLog {
+    pub(super) fn new(
+        id: u64,
+        commands: Sender<Command>,
+        settled_before: HashSet<(u32, i64)>,
+        replayed: Option<Arc<AtomicU64>>,
+    ) -> Arc<ExchangeLog> {
+        Arc::new(ExchangeLog {
+            id,
+            commands,
+            settled_before,
+            replayed,
+            partitions_pending: AtomicUsize::new(0),
+            staged: AtomicBool::new(false),
+            unsettled: AtomicBool::new(false),
+        })
+    }
+
+    /// The stage expanded the exchange into `partitions` partitions to finish.
+    pub(crate) fn staged(&self, partitions: usize) {
+        self.partitions_pending.store(partitions, Ordering::Release);
+        self.staged.store(true, Ordering::Release);
+    }
+
+    /// The stage finished one partition (handed its records on, or skipped it for good).
+    pub(crate) fn partition_done(&self) {
+        self.partitions_pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The mirror could not take the exchange now: it stays in the log.
+    pub(crate) fn shed(&self) {
+        self.unsettled.store(true, Ordering::Release);
+    }
+
+    /// The mark of the record at `offset` of partition `partition_index`, or `None` when it
+    /// was settled before a restart and must not be sent again.
+    pub(crate) fn mark(
+        self: &Arc<Self>,
+        partition_index: u32,
+        offset: i64,
+    ) -> Option<Arc<dyn Settle>> {
+        if self.settled_before.contains(&(partition_index, offset)) {
+            return None;
+        }
+        if let Some(replayed) = &self.replayed {
+            replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Arc::new(RecordMark {
+            exchange: self.clone(),
+            partition_index,
+            offset,
+            settled: AtomicBool::new(false),
+        }))
+    }
+}
+
+impl Drop for ExchangeLog {
+    fn drop(&mut self) {
+        let done = *self.staged.get_mut()
+            && *self.partitions_pending.get_mut() == 0
+            && !*self.unsettled.get_mut();
+        if done {
+            // A closed log means the process is ending: the exchange is replayed, never lost.
+            let _ = self.commands.send(Command::Complete(self.id));
+        }
+    }
+}
+
+/// One record's part in its exchange's log entry.
+struct RecordMark {
+    exchange: Arc<ExchangeLog>,
+    partition_index: u32,
+    offset: i64,
+    settled: AtomicBool,
+}
+
+impl std::fmt::Debug for RecordMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RecordMark({}:{}:{})",
+            self.exchange.id, self.partition_index, self.offset
+        )
+    }
+}
+
+impl Settle for RecordMark {
+    fn settled(&self) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            let _ = self.exchange.commands.send(Command::Settled(RecordId {
+                exchange: self.exchange.id,
+                partition_index: self.partition_index,
+                offset: self.offset,
+            }));
+        }
+    }
+}
+
+impl Drop for RecordMark {
+    fn drop(&mut self) {
+        if !*self.settled.get_mut() {
+            self.exchange.unsettled.store(true, Ordering::Release);
+        }
+    }
+}
