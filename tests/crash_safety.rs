@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::faults::{FaultLayer, FaultPlan};
+use support::faults::{FaultLayer, FaultPlan, FaultyKinesis};
 use support::kinesis::{KinesisLocal, StoredRecord};
 use support::metrics::{scrape, value, wait_for_sent};
 use support::raw_produce::RawProduce;
@@ -45,10 +45,10 @@ const WAL_TRUNCATED: &str = "write-ahead log tail truncated";
 // The rig: kinesis-local behind a fault layer, and the proxy mirroring one topic to one stream.
 
 struct Rig {
+    /// Mirrored to `stream`.
     topic: String,
     stream: String,
-    kinesis: KinesisLocal,
-    faults: FaultLayer,
+    behind: FaultyKinesis,
     proxy: Proxy,
 }
 
@@ -70,18 +70,14 @@ impl Rig {
     async fn start_with(stream: &str, tables: &str) -> Rig {
         let cluster = KafkaCluster::shared();
         let topic = format!("wal-{stream}");
-        let kinesis = KinesisLocal::start();
-        kinesis.create_stream(stream, SHARDS).await;
-        let faults =
-            FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
-        let config = mirror_config(&faults.endpoint, &topic, stream, tables);
+        let behind = FaultyKinesis::start(stream, SHARDS).await;
+        let config = mirror_config(&behind.faults.endpoint, &topic, stream, tables);
         let proxy = Proxy::start_with(cluster, &config);
         cluster.create_topic(&topic, PARTITIONS);
         Rig {
             topic,
             stream: stream.to_owned(),
-            kinesis,
-            faults,
+            behind,
             proxy,
         }
     }
@@ -91,7 +87,7 @@ impl Rig {
     }
 
     fn kinesis_down(&self) {
-        self.faults.set(FaultPlan {
+        self.behind.faults.set(FaultPlan {
             down: true,
             ..FaultPlan::default()
         });
@@ -118,7 +114,7 @@ impl Rig {
     /// record in `acked` is in the stream; checks the whole stream (every record once, each
     /// key in order) and returns what it found.
     async fn recover(&mut self, acked: &[Sent]) -> Delivery {
-        self.faults.set(FaultPlan::default());
+        self.behind.faults.set(FaultPlan::default());
         self.proxy.restart();
         self.wait_mirrored(acked).await
     }
@@ -131,7 +127,7 @@ impl Rig {
             "every acknowledged record in Kinesis (shown: how many are missing)",
             DELIVERY_LIMIT,
             async || {
-                let stored = self.kinesis.read_all(&self.stream).await;
+                let stored = self.behind.kinesis.read_all(&self.stream).await;
                 let orders: BTreeSet<u64> = stored.iter().map(|r| order_of(r).0).collect();
                 wanted.difference(&orders).count()
             },
@@ -150,7 +146,7 @@ impl Rig {
             },
         )
         .await;
-        let delivery = Delivery::of(&self.kinesis.read_all(&self.stream).await, acked);
+        let delivery = Delivery::of(&self.behind.kinesis.read_all(&self.stream).await, acked);
         delivery.assert_complete();
         delivery
     }
@@ -472,7 +468,7 @@ async fn kill_9_five_seconds_into_an_outage_loses_nothing_kafka_acknowledged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_throttling_loses_nothing_kafka_acknowledged() {
     let mut rig = Rig::start("crash-throttled").await;
-    rig.faults.set(FaultPlan {
+    rig.behind.faults.set(FaultPlan {
         throttle_entries: 0.2,
         ..FaultPlan::default()
     });
@@ -481,7 +477,7 @@ async fn kill_9_during_throttling_loses_nothing_kafka_acknowledged() {
         ..LoadPlan::default()
     });
     load.wait_acked(3000, Duration::from_secs(60)).await;
-    let throttled_before_kill = FaultLayer::count(&rig.faults.counters.entries_throttled);
+    let throttled_before_kill = FaultLayer::count(&rig.behind.faults.counters.entries_throttled);
     rig.kill_9();
     let acked = load.stop().await;
     assert!(throttled_before_kill > 0, "throttling must be under way");
@@ -743,7 +739,7 @@ async fn a_full_log_holds_routed_producers_and_lets_others_through() {
         slowest_unrouted < held_for,
         "the unrouted producer waited too: {unrouted_times:?}"
     );
-    rig.faults.set(FaultPlan::default());
+    rig.behind.faults.set(FaultPlan::default());
     let acked = routed.finish().await;
     assert_eq!(acked.len() as u64, RECORDS, "records were refused");
     let delivery = rig.wait_mirrored(&acked).await;
