@@ -177,6 +177,18 @@ impl Mirror {
         metrics: Arc<Metrics>,
         inventory: Arc<Inventory>,
     ) -> Mirror {
+        let clients = Clients::new(settings.kinesis.clone());
+        Mirror::start_with(routes, settings, metrics, inventory, clients).await
+    }
+
+    /// [`Mirror::start`] with the Kinesis `clients` its writers use.
+    pub(crate) async fn start_with(
+        routes: &[MirrorRoute],
+        settings: WriterSettings,
+        metrics: Arc<Metrics>,
+        inventory: Arc<Inventory>,
+        clients: Clients,
+    ) -> Mirror {
         let block = settings.buffer.when_full == WhenFull::Block;
         let spool = (settings.spool.dir.clone(), settings.spool.max_bytes);
         let (wal, replay) = wal::open_in_background(&settings, &metrics).await;
@@ -214,7 +226,7 @@ impl Mirror {
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {
-                clients: Clients::new(settings.kinesis.clone()),
+                clients,
                 settings,
                 by_target: HashMap::new(),
             })),
@@ -344,6 +356,9 @@ impl Mirror {
             .cloned()
             .collect();
         futures::future::join_all(writers.iter().map(|w| w.shut_down(deadline))).await;
+        if let Some(wal) = &self.wal {
+            wal.flush().await;
+        }
     }
 
     /// The routes in force.

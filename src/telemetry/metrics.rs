@@ -441,6 +441,17 @@ impl Metrics {
         }
     }
 
+    /// Bytes waiting in every stream's spool, as `spool_bytes` shows them.
+    pub fn spool_bytes_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.spool_bytes
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().value().max(0.0) as u64)
+            .sum()
+    }
+
     /// A client connection refused at accept, or cut by a listener limit, for `reason`.
     pub fn connection_refused(&self, reason: &str) {
         self.connections_refused.with_label_values(&[reason]).inc();

@@ -16,7 +16,7 @@ pub struct WalMetrics {
 }
 
 impl WalMetrics {
-    pub(super) fn register(registry: &Registry, name: impl Fn(&str) -> String) -> WalMetrics {
+    pub(crate) fn register(registry: &Registry, name: impl Fn(&str) -> String) -> WalMetrics {
         let gauge = |short: &str, help: &str| {
             let g = IntGauge::new(name(short), help).expect("valid metric");
             registry

@@ -33,12 +33,17 @@ pub(crate) enum Command {
     Settled(RecordId),
     /// Every record of the exchange is done.
     Complete(u64),
+    /// Answered once everything sent before it is written and fsynced.
+    Flush(Completion),
 }
 
+#[derive(Clone)]
 pub(crate) struct AppenderSettings {
     pub(crate) segment_bytes: u64,
-    /// The log's whole size on disk; appends wait beyond it.
+    /// The disk the log and the spools may take together; appends wait beyond it.
     pub(crate) max_bytes: u64,
+    /// The spools' bytes, read once per write.
+    pub(crate) spooled_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
     pub(crate) fsync_interval: Duration,
     pub(crate) fsync_bytes: u64,
     /// Test hook: each fsync sleeps this long first.
@@ -150,8 +155,9 @@ impl Appender {
                     Err(_) => break,
                 }
             }
+            let flush = !batch.flushes.is_empty();
             self.write(batch);
-            self.sync_if_due(false);
+            self.sync_if_due(flush);
             self.publish();
         }
         self.sync_if_due(true);
@@ -174,11 +180,18 @@ impl Appender {
         }
         self.delete_done_segments();
         self.waiting.extend(batch.appends);
+        // Answered with the fsync after this write, which covers the marks before them.
+        self.sync_waiters.extend(batch.flushes);
         // The exchanges whose frames `buf` holds: (id, segment, durable, completion).
         let mut in_buf = Vec::new();
+        let spooled = if self.waiting.is_empty() {
+            0
+        } else {
+            (self.settings.spooled_bytes)()
+        };
         while let Some((exchange, _, _)) = self.waiting.front() {
             let frame = exchange.frame_bytes();
-            let full = self.bytes + buf.len() as u64 + frame > self.settings.max_bytes;
+            let full = spooled + self.bytes + buf.len() as u64 + frame > self.settings.max_bytes;
             // One exchange always fits when nothing else can free room.
             if full && !self.open.is_empty() {
                 break;
@@ -299,7 +312,7 @@ impl Appender {
     /// Group commit: hands the fsync of what was written to the fsync thread once
     /// `fsync_bytes` were written or `fsync_interval` passed since the last one.
     fn sync_if_due(&mut self, now: bool) {
-        if self.unsynced_bytes == 0 {
+        if self.unsynced_bytes == 0 && !(now && !self.sync_waiters.is_empty()) {
             return;
         }
         let due = now
@@ -357,6 +370,7 @@ struct Batch {
     appends: Vec<(LoggedExchange, bool, Completion)>,
     settled: Vec<RecordId>,
     complete: Vec<u64>,
+    flushes: Vec<Completion>,
     bytes: u64,
 }
 
@@ -379,6 +393,7 @@ impl Batch {
                 self.bytes += 8;
                 self.complete.push(id);
             }
+            Command::Flush(done) => self.flushes.push(done),
         }
     }
 }

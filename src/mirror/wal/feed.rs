@@ -24,9 +24,15 @@ pub(in crate::mirror) async fn open_in_background(
 ) -> (Option<Arc<Wal>>, Option<Replay>) {
     let (spool, durability) = (settings.spool.clone(), settings.buffer.durability);
     let wal_metrics = metrics.wal.clone();
-    let opened = tokio::task::spawn_blocking(move || Wal::open(&spool, durability, wal_metrics))
-        .await
-        .expect("write-ahead log open task");
+    let spooled_bytes = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.spool_bytes_total())
+    };
+    let opened = tokio::task::spawn_blocking(move || {
+        Wal::open(&spool, durability, wal_metrics, spooled_bytes)
+    })
+    .await
+    .expect("write-ahead log open task");
     match opened {
         Ok(Some((wal, replay))) => (Some(Arc::new(wal)), Some(replay)),
         Ok(None) => (None, None),

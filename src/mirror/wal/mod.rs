@@ -18,6 +18,10 @@ mod entry;
 mod feed;
 mod marks;
 mod recovery;
+#[cfg(test)]
+mod restart_tests;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -77,10 +81,12 @@ pub(crate) struct Wal {
 impl Wal {
     /// Opens the log under `spool.dir`, recovering what an earlier run left, and starts its
     /// threads. `None` in `memory` mode or without a spool directory. Blocking file I/O.
+    /// `spooled_bytes` tells what the spools hold, which counts against `spool.max_bytes` too.
     pub(crate) fn open(
         spool: &SpoolConfig,
         durability: Durability,
         metrics: WalMetrics,
+        spooled_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
     ) -> Result<Option<(Wal, Replay)>, WalError> {
         let (Some(dir), false) = (&spool.dir, durability == Durability::Memory) else {
             return Ok(None);
@@ -93,6 +99,7 @@ impl Wal {
             // Small limits get small segments, so that delivered ones free room in time.
             segment_bytes: DEFAULT_SEGMENT_BYTES.min((spool.max_bytes / 4).max(1)),
             max_bytes: spool.max_bytes,
+            spooled_bytes,
             fsync_interval: spool.fsync_interval,
             fsync_bytes: spool.fsync_bytes,
             fsync_delay,
@@ -123,6 +130,15 @@ impl Wal {
             next_id: AtomicU64::new(recovery.next_id),
         };
         Ok((wal, recovery.replay))
+    }
+
+    /// Waits until every mark sent before is written and fsynced: at shutdown, so that the
+    /// next run does not replay records this one delivered or spooled.
+    pub(crate) async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.commands.send(Command::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Logs an exchange and waits until it is written (`wal`) or fsynced (`sync`), and while
