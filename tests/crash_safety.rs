@@ -111,17 +111,25 @@ impl Rig {
     }
 
     /// Restarts the killed proxy on the same spool with Kinesis healthy and waits until every
-    /// record in `acked` is in the stream; checks the whole stream (every record once, each
-    /// key in order) and returns what it found.
+    /// record in `acked` is in the stream; answers what the whole stream holds (the caller
+    /// reports it, then asserts it complete).
     async fn recover(&mut self, acked: &[Sent]) -> Delivery {
         self.behind.faults.set(FaultPlan::default());
         self.proxy.restart();
-        self.wait_mirrored(acked).await
+        self.settled(acked).await
     }
 
     /// Waits until every record of `acked` is in the stream and the proxy holds nothing more
     /// to send, then checks the stream.
     async fn wait_mirrored(&self, acked: &[Sent]) -> Delivery {
+        let delivery = self.settled(acked).await;
+        delivery.assert_complete();
+        delivery
+    }
+
+    /// Waits until every record of `acked` is in the stream and the proxy holds nothing more
+    /// to send; answers what the stream holds.
+    async fn settled(&self, acked: &[Sent]) -> Delivery {
         let wanted: BTreeSet<u64> = acked.iter().map(|s| s.order).collect();
         wait_until_async(
             "every acknowledged record in Kinesis (shown: how many are missing)",
@@ -146,9 +154,7 @@ impl Rig {
             },
         )
         .await;
-        let delivery = Delivery::of(&self.behind.kinesis.read_all(&self.stream).await, acked);
-        delivery.assert_complete();
-        delivery
+        Delivery::of(&self.behind.kinesis.read_all(&self.stream).await, acked)
     }
 }
 
@@ -462,6 +468,7 @@ async fn kill_9_five_seconds_into_an_outage_loses_nothing_kafka_acknowledged() {
     let log = rig.proxy.daemon().log_text();
     assert!(log.contains("write-ahead log replayed"), "no replay logged");
     println!("kill -9 in an outage: {delivery}");
+    delivery.assert_complete();
 }
 
 /// SIGKILL while 20% of PutRecords entries are throttled and the load goes on.
@@ -485,15 +492,18 @@ async fn kill_9_during_throttling_loses_nothing_kafka_acknowledged() {
     println!(
         "kill -9 during 20% throttling ({throttled_before_kill} entries throttled before it): {delivery}"
     );
+    delivery.assert_complete();
 }
 
 /// SIGKILL under normal load at five moments (after 50 to 2,500 acknowledgements of a phase),
 /// restarting on the same spool each time: after each restart every record acknowledged so
-/// far is in the stream once, each key in order across all the restarts.
+/// far is in the stream once, each key in order across all the restarts. Each moment's counts
+/// are printed (cumulative over the stream); the stream is judged after the last.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_under_load_at_five_moments_loses_nothing_kafka_acknowledged() {
     let mut rig = Rig::start("crash-load").await;
     let mut acked = Vec::new();
+    let mut delivery = None;
     for (phase, kill_after) in [50usize, 400, 900, 1600, 2500].into_iter().enumerate() {
         let load = rig.load(LoadPlan {
             first_order: phase as u64 * PARTITIONS as u64 * ORDER_STRIDE,
@@ -504,12 +514,14 @@ async fn kill_9_under_load_at_five_moments_loses_nothing_kafka_acknowledged() {
         let phase_acked = load.stop().await;
         let phase_count = phase_acked.len();
         acked.extend(phase_acked);
-        let delivery = rig.recover(&acked).await;
+        let now = rig.recover(&acked).await;
         println!(
-            "kill -9 under load, moment {} (after {phase_count} acknowledgements): {delivery}",
+            "kill -9 under load, moment {} (after {phase_count} acknowledgements): {now}",
             phase + 1
         );
+        delivery = Some(now);
     }
+    delivery.expect("five moments").assert_complete();
 }
 
 /// Frames of the log are `[u32 len][u32 crc32c][payload]`: a kill in the middle of an append
@@ -552,6 +564,7 @@ async fn a_torn_or_corrupt_wal_tail_is_truncated_and_everything_acknowledged_del
             segment.display()
         );
         println!("torn tail ({what}): {delivery}");
+        delivery.assert_complete();
     }
 }
 
