@@ -130,6 +130,7 @@ fn put_records(c: &mut Criterion) {
                 data: record.value.clone().expect("value"),
                 acked_at: std::time::Instant::now(),
                 delivery: None,
+                logged: None,
             }
         })
         .collect();

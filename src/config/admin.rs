@@ -58,6 +58,9 @@ impl Default for DeadLetterLimits {
     }
 }
 
+/// The write-ahead log's directory under `spool.dir`, beside the streams' spools.
+pub const WAL_DIR_NAME: &str = "wal";
+
 impl SpoolConfig {
     /// The JSON-lines file of records that can never be delivered.
     pub fn dead_letter_file(&self) -> Option<PathBuf> {

@@ -166,6 +166,9 @@ pub(super) fn validate_mirror(raw: Vec<Spanned<RawMirror>>) -> Result<Vec<Mirror
             return invalid(entry.topic.span(), format!("mirror.topic: `{topic}` has more than one [[mirror]] entry; a topic maps to one stream"));
         }
         let target = validate_target(&entry)?;
+        if target.spool_dir_name() == super::WAL_DIR_NAME {
+            return invalid(entry.stream.span(), format!("mirror.stream (route of topic `{topic}`): a stream named `{}` would share its spool directory with the write-ahead log; name it by its ARN", super::WAL_DIR_NAME));
+        }
         let percent = *entry.percent.get_ref();
         if !(0.0..=100.0).contains(&percent) {
             return invalid(
@@ -392,6 +395,8 @@ mod tests {
             let text = format!("{BASE}[mirror_buffer]\ndurability = \"{}\"\n", mode.name());
             assert_eq!(parse(&text).unwrap().mirror_buffer.durability, mode);
         }
+        let err = parse(&with_route("stream = \"wal\"\n")).unwrap_err();
+        assert!(err.contains("share its spool directory"), "{err}");
         let err = parse(&format!("{BASE}[mirror_buffer]\ndurability = \"disk\"\n")).unwrap_err();
         assert!(err.contains("mirror_buffer.durability: `disk`"), "{err}");
     }

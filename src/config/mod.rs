@@ -27,7 +27,7 @@ mod tls;
 
 pub use admin::{
     AdminConfig, DeadLetterLimits, SpoolConfig, DEFAULT_FSYNC_BYTES, DEFAULT_FSYNC_INTERVAL_MS,
-    DEFAULT_MAX_TOPIC_LABELS,
+    DEFAULT_MAX_TOPIC_LABELS, WAL_DIR_NAME,
 };
 pub use kafka::KafkaConfig;
 pub use kinesis::{KinesisConfig, WriteOrdering};

@@ -438,6 +438,9 @@ impl Mirror {
     /// EndTxn would hold its transaction's records until a look-up in Kafka decides them.
     /// These requests are rare, and only they wait.
     pub async fn hand_over_txn_control(&self, exchange: TxnControlExchange) {
+        if let Some(wal) = &self.wal {
+            wal.append_txn_control(&exchange).await;
+        }
         let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
     }
 

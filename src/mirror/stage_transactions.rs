@@ -172,7 +172,7 @@ impl Stage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use kafka_protocol::messages::{
@@ -186,7 +186,12 @@ mod tests {
     use crate::kafka::transaction::tests::encode;
     use crate::telemetry::inventory::ClientKey;
 
-    fn end_txn(producer_id: i64, epoch: i16, committed: bool) -> TxnControlExchange {
+    /// An EndTxn of `producer_id` at `epoch`, and Kafka's answer to it.
+    pub(in crate::mirror) fn end_txn(
+        producer_id: i64,
+        epoch: i16,
+        committed: bool,
+    ) -> TxnControlExchange {
         let request = EndTxnRequest::default()
             .with_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
             .with_producer_id(ProducerId(producer_id))

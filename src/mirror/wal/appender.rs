@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use super::entry::{encode_complete, encode_settled, LoggedExchange, RecordId};
+use super::entry::{encode_complete, encode_settled, Logged, RecordId};
 use super::WalError;
 use crate::kinesis::segment_log::SegmentDir;
 use crate::telemetry::wal_metrics::WalMetrics;
@@ -26,7 +26,7 @@ pub(crate) type Completion = oneshot::Sender<Result<(), WalError>>;
 pub(crate) enum Command {
     /// Log an exchange; `done` is answered after the write, or after its fsync if `durable`.
     Append {
-        exchange: LoggedExchange,
+        logged: Logged,
         durable: bool,
         done: Completion,
     },
@@ -85,7 +85,7 @@ pub(crate) struct Appender {
     roll_next: bool,
     bytes: u64,
     /// Appends waiting for room (the log is full).
-    waiting: VecDeque<(LoggedExchange, bool, Completion)>,
+    waiting: VecDeque<(Logged, bool, Completion)>,
     unsynced_bytes: u64,
     unsynced_files: Vec<Arc<File>>,
     sync_waiters: Vec<Completion>,
@@ -189,14 +189,14 @@ impl Appender {
         } else {
             (self.settings.spooled_bytes)()
         };
-        while let Some((exchange, _, _)) = self.waiting.front() {
-            let frame = exchange.frame_bytes();
+        while let Some((logged, _, _)) = self.waiting.front() {
+            let frame = logged.frame_bytes();
             let full = spooled + self.bytes + buf.len() as u64 + frame > self.settings.max_bytes;
             // One exchange always fits when nothing else can free room.
             if full && !self.open.is_empty() {
                 break;
             }
-            let (exchange, durable, done) = self.waiting.pop_front().expect("front exists");
+            let (logged, durable, done) = self.waiting.pop_front().expect("front exists");
             if !buf.is_empty()
                 && self.active_len() + buf.len() as u64 + frame > self.settings.segment_bytes
             {
@@ -207,19 +207,31 @@ impl Appender {
                 let _ = done.send(Err(WalError::Closed));
                 continue;
             };
-            let segment = self.segments.entry(seq).or_default();
-            segment.open_exchanges += 1;
-            segment.first_unix_ms.get_or_insert(exchange.unix_ms);
-            self.open.insert(exchange.id, seq);
-            exchange.encode(&mut buf);
-            in_buf.push((exchange.id, durable, done));
+            // Only Produce exchanges keep their segment: transaction-control entries are
+            // replayed while the exchanges before them are.
+            let id = match &logged {
+                Logged::Exchange(exchange) => {
+                    let segment = self.segments.entry(seq).or_default();
+                    segment.open_exchanges += 1;
+                    segment.first_unix_ms.get_or_insert(exchange.unix_ms);
+                    self.open.insert(exchange.id, seq);
+                    Some(exchange.id)
+                }
+                Logged::TxnControl { .. } => None,
+            };
+            logged.encode(&mut buf);
+            in_buf.push((id, durable, done));
         }
         self.write_exchanges(&mut buf, in_buf);
     }
 
     /// Writes `buf`, and answers the exchanges it holds: now, or after their fsync when
     /// durable. A failed write forgets them, so that they pin no segment.
-    fn write_exchanges(&mut self, buf: &mut Vec<u8>, exchanges: Vec<(u64, bool, Completion)>) {
+    fn write_exchanges(
+        &mut self,
+        buf: &mut Vec<u8>,
+        exchanges: Vec<(Option<u64>, bool, Completion)>,
+    ) {
         let result = self.flush(buf);
         for (id, durable, done) in exchanges {
             match &result {
@@ -228,7 +240,7 @@ impl Appender {
                     let _ = done.send(Ok(()));
                 }
                 Err(e) => {
-                    if let Some(seq) = self.open.remove(&id) {
+                    if let Some(seq) = id.and_then(|id| self.open.remove(&id)) {
                         if let Some(segment) = self.segments.get_mut(&seq) {
                             segment.open_exchanges -= 1;
                         }
@@ -312,7 +324,9 @@ impl Appender {
     /// Group commit: hands the fsync of what was written to the fsync thread once
     /// `fsync_bytes` were written or `fsync_interval` passed since the last one.
     fn sync_if_due(&mut self, now: bool) {
-        if self.unsynced_bytes == 0 && !(now && !self.sync_waiters.is_empty()) {
+        // Nothing written since the last fsync: only a flush that waits needs one.
+        let flush_waits = now && !self.sync_waiters.is_empty();
+        if self.unsynced_bytes == 0 && !flush_waits {
             return;
         }
         let due = now
@@ -367,7 +381,7 @@ impl Appender {
 /// Commands gathered for one write.
 #[derive(Default)]
 struct Batch {
-    appends: Vec<(LoggedExchange, bool, Completion)>,
+    appends: Vec<(Logged, bool, Completion)>,
     settled: Vec<RecordId>,
     complete: Vec<u64>,
     flushes: Vec<Completion>,
@@ -378,12 +392,12 @@ impl Batch {
     fn take(&mut self, command: Command) {
         match command {
             Command::Append {
-                exchange,
+                logged,
                 durable,
                 done,
             } => {
-                self.bytes += exchange.frame_bytes();
-                self.appends.push((exchange, durable, done));
+                self.bytes += logged.frame_bytes();
+                self.appends.push((logged, durable, done));
             }
             Command::Settled(record) => {
                 self.bytes += 20;

@@ -6,7 +6,12 @@
 //!               u16 len + UTF-8 client id, u32 len + request body, [u32 len + response frame]
 //! settled  (2): u32 n, n × (u64 exchange id, u32 partition index, i64 offset)
 //! complete (3): u32 n, n × u64 exchange id
+//! txn      (4): u8 api (1 EndTxn, 2 InitProducerId), i16 version, u32 len + request body,
+//!               u32 len + response frame
 //! ```
+//!
+//! Transaction-control entries are never marked: they are replayed, in log order, from every
+//! segment still there, so that held transactional records are decided as before the crash.
 //!
 //! A record is named by its exchange, the index of its partition among the exchange's
 //! produced partitions, and its offset (Kafka's, or its position in the request for acks=0):
@@ -15,10 +20,14 @@
 use bytes::{BufMut, Bytes};
 
 use crate::kinesis::segment_log::{begin_frame, end_frame};
+use crate::mirror::{TxnControl, TxnControlExchange};
 
 const KIND_EXCHANGE: u8 = 1;
 const KIND_SETTLED: u8 = 2;
 const KIND_COMPLETE: u8 = 3;
+const KIND_TXN_CONTROL: u8 = 4;
+const API_END_TXN: u8 = 1;
+const API_INIT_PRODUCER_ID: u8 = 2;
 const FLAG_RESPONSE: u8 = 0x01;
 /// kind, id, unix_ms, version, flags, client id length, request length.
 pub(super) const MIN_PAYLOAD_BYTES: u32 = 1 + 4;
@@ -45,12 +54,92 @@ pub(crate) struct LoggedExchange {
     pub(crate) response_frame: Option<Bytes>,
 }
 
+/// What an append logs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Logged {
+    Exchange(LoggedExchange),
+    /// EndTxn or InitProducerId, with Kafka's answer.
+    TxnControl {
+        api: TxnControl,
+        version: i16,
+        request_body: Bytes,
+        response_frame: Bytes,
+    },
+}
+
 /// A frame's meaning.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Entry {
-    Exchange(LoggedExchange),
+    Logged(Logged),
     Settled(Vec<RecordId>),
     Complete(Vec<u64>),
+}
+
+impl Logged {
+    pub(crate) fn txn_control(exchange: &TxnControlExchange) -> Logged {
+        Logged::TxnControl {
+            api: exchange.api,
+            version: exchange.version,
+            request_body: exchange.request_body.clone(),
+            response_frame: exchange.response_frame.clone(),
+        }
+    }
+
+    /// Bytes its frame takes.
+    pub(super) fn frame_bytes(&self) -> u64 {
+        match self {
+            Logged::Exchange(e) => e.frame_bytes(),
+            Logged::TxnControl {
+                request_body,
+                response_frame,
+                ..
+            } => 8 + 1 + 1 + 2 + 4 + request_body.len() as u64 + 4 + response_frame.len() as u64,
+        }
+    }
+
+    /// Appends its frame to `out`.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Logged::Exchange(e) => e.encode(out),
+            Logged::TxnControl {
+                api,
+                version,
+                request_body,
+                response_frame,
+            } => {
+                let start = begin_frame(out);
+                out.put_u8(KIND_TXN_CONTROL);
+                out.put_u8(match api {
+                    TxnControl::EndTxn => API_END_TXN,
+                    TxnControl::InitProducerId => API_INIT_PRODUCER_ID,
+                });
+                out.put_i16_le(*version);
+                out.put_u32_le(request_body.len() as u32);
+                out.put_slice(request_body);
+                out.put_u32_le(response_frame.len() as u32);
+                out.put_slice(response_frame);
+                end_frame(out, start);
+            }
+        }
+    }
+
+    /// The transaction-control exchange it logged, to replay.
+    pub(crate) fn into_txn_control(self) -> Option<TxnControlExchange> {
+        match self {
+            Logged::Exchange(_) => None,
+            Logged::TxnControl {
+                api,
+                version,
+                request_body,
+                response_frame,
+            } => Some(TxnControlExchange {
+                api,
+                version,
+                request_body,
+                response_frame,
+            }),
+        }
+    }
 }
 
 impl LoggedExchange {
@@ -143,11 +232,30 @@ pub(super) fn decode(payload: Bytes) -> Result<Entry, String> {
                 None
             };
             r.end()?;
-            Ok(Entry::Exchange(LoggedExchange {
+            Ok(Entry::Logged(Logged::Exchange(LoggedExchange {
                 id,
                 unix_ms,
                 version,
                 client_id,
+                request_body,
+                response_frame,
+            })))
+        }
+        KIND_TXN_CONTROL => {
+            let api = match r.u8()? {
+                API_END_TXN => TxnControl::EndTxn,
+                API_INIT_PRODUCER_ID => TxnControl::InitProducerId,
+                other => return Err(format!("unknown transaction-control api {other}")),
+            };
+            let version = r.u16()? as i16;
+            let len = r.u32()? as usize;
+            let request_body = r.take(len)?;
+            let len = r.u32()? as usize;
+            let response_frame = r.take(len)?;
+            r.end()?;
+            Ok(Entry::Logged(Logged::TxnControl {
+                api,
+                version,
                 request_body,
                 response_frame,
             }))
@@ -247,10 +355,23 @@ mod tests {
                 request_body: Bytes::from_static(b"request body"),
                 response_frame,
             };
+            let logged = Logged::Exchange(exchange);
             let mut out = Vec::new();
-            exchange.encode(&mut out);
-            assert_eq!(out.len() as u64, exchange.frame_bytes());
-            assert_eq!(decode(payload(&out)), Ok(Entry::Exchange(exchange)));
+            logged.encode(&mut out);
+            assert_eq!(out.len() as u64, logged.frame_bytes());
+            assert_eq!(decode(payload(&out)), Ok(Entry::Logged(logged)));
+        }
+        for api in [TxnControl::EndTxn, TxnControl::InitProducerId] {
+            let logged = Logged::TxnControl {
+                api,
+                version: 3,
+                request_body: Bytes::from_static(b"end"),
+                response_frame: Bytes::from_static(b"ended"),
+            };
+            let mut out = Vec::new();
+            logged.encode(&mut out);
+            assert_eq!(out.len() as u64, logged.frame_bytes());
+            assert_eq!(decode(payload(&out)), Ok(Entry::Logged(logged)));
         }
         let records = vec![RecordId {
             exchange: 3,

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{ExchangeLog, Replay, Wal};
+use super::{ExchangeLog, Replay, Replayed, Wal};
 use crate::kafka::produce::ProduceRequestView;
 use crate::kinesis::writer::WriterSettings;
 use crate::mirror::stream_queue::Rooms;
@@ -73,7 +73,7 @@ impl Mirror {
         let records = replay.records.clone();
         loop {
             let (back, chunk) = tokio::task::spawn_blocking(move || {
-                let chunk = replay.next_exchanges(REPLAY_CHUNK);
+                let chunk = replay.next_entries(REPLAY_CHUNK);
                 (replay, chunk)
             })
             .await
@@ -87,7 +87,16 @@ impl Mirror {
                     break;
                 }
             };
-            for (logged_exchange, logged) in chunk {
+            for replayed in chunk {
+                let (logged_exchange, logged) = match replayed {
+                    Replayed::Exchange(exchange, logged) => (exchange, logged),
+                    Replayed::TxnControl(control) => {
+                        if self.tx.send(StageInput::TxnControl(control)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let exchange = ProduceExchange {
                     client: Arc::new(ClientKey {
                         client_id: logged_exchange.client_id,

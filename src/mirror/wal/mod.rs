@@ -38,10 +38,10 @@ use crate::kinesis::segment_log::{SegmentDir, SegmentLogError};
 use crate::kinesis::spool::DEFAULT_SEGMENT_BYTES;
 use crate::telemetry::wal_metrics::WalMetrics;
 use appender::{Appender, AppenderSettings, Command};
-pub(crate) use entry::LoggedExchange;
+pub(crate) use entry::{Logged, LoggedExchange};
 pub(in crate::mirror) use feed::open_in_background;
 pub(crate) use marks::ExchangeLog;
-pub(crate) use recovery::Replay;
+pub(crate) use recovery::{Replay, Replayed};
 
 /// Test hook (see README): each fsync of the log first sleeps this many milliseconds.
 const FSYNC_DELAY_ENV: &str = "KKP_TEST_WAL_FSYNC_DELAY_MS";
@@ -53,7 +53,7 @@ pub enum WalError {
     Log(Arc<SegmentLogError>),
     #[error("write-ahead log fsync: {0}")]
     Sync(Arc<std::io::Error>),
-    #[error("write-ahead log segment {segment} holds no exchange at offset {offset}")]
+    #[error("write-ahead log segment {segment} holds no entry to replay at offset {offset}")]
     NotAnExchange { segment: u64, offset: u64 },
     #[error("the write-ahead log is closed")]
     Closed,
@@ -67,7 +67,7 @@ impl From<SegmentLogError> for WalError {
 
 /// The log's directory under the spool's.
 pub fn wal_dir(spool_dir: &std::path::Path) -> PathBuf {
-    spool_dir.join("wal")
+    spool_dir.join(crate::config::WAL_DIR_NAME)
 }
 
 /// The handle exchanges are logged through.
@@ -162,17 +162,7 @@ impl Wal {
             request_body: request_body.clone(),
             response_frame: response_frame.cloned(),
         };
-        let (done, written) = oneshot::channel();
-        let command = Command::Append {
-            exchange,
-            durable: self.durable,
-            done,
-        };
-        let result = match self.commands.send(command) {
-            Ok(()) => written.await.unwrap_or(Err(WalError::Closed)),
-            Err(_) => Err(WalError::Closed),
-        };
-        match result {
+        match self.log(Logged::Exchange(exchange)).await {
             Ok(()) => Some(ExchangeLog::new(
                 id,
                 self.commands.clone(),
@@ -183,6 +173,26 @@ impl Wal {
                 tracing::error!(error = %e, "cannot log a Produce exchange: the mirror holds it in memory only");
                 None
             }
+        }
+    }
+
+    /// Logs a transaction-control exchange, and waits as [`Wal::append`] does.
+    pub(crate) async fn append_txn_control(&self, exchange: &crate::mirror::TxnControlExchange) {
+        if let Err(e) = self.log(Logged::txn_control(exchange)).await {
+            tracing::error!(error = %e, "cannot log a transaction-control exchange: after a crash, its transaction's held records are looked up in Kafka");
+        }
+    }
+
+    async fn log(&self, logged: Logged) -> Result<(), WalError> {
+        let (done, written) = oneshot::channel();
+        let command = Command::Append {
+            logged,
+            durable: self.durable,
+            done,
+        };
+        match self.commands.send(command) {
+            Ok(()) => written.await.unwrap_or(Err(WalError::Closed)),
+            Err(_) => Err(WalError::Closed),
         }
     }
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::appender::{Command, LogState, Segment};
-use super::entry::{decode, Entry, LoggedExchange, MAX_PAYLOAD_BYTES, MIN_PAYLOAD_BYTES};
+use super::entry::{decode, Entry, Logged, LoggedExchange, MAX_PAYLOAD_BYTES, MIN_PAYLOAD_BYTES};
 use super::marks::ExchangeLog;
 use super::WalError;
 use crate::kinesis::segment_log::SegmentDir;
+use crate::mirror::TxnControlExchange;
 
 /// What the log holds that the mirror still owes Kinesis.
 pub(crate) struct Recovery {
@@ -25,8 +26,8 @@ pub(crate) struct Recovery {
 /// The exchanges to replay, read a few at a time.
 pub(crate) struct Replay {
     files: SegmentDir,
-    /// Where each exchange not complete sits, in log order: (segment, offset, frame bytes).
-    pending: Vec<(u64, u64, u64)>,
+    /// The exchanges not complete, and every transaction-control entry, in log order.
+    pending: Vec<Found>,
     next: usize,
     settled: HashMap<u64, HashSet<(u32, i64)>>,
     commands: Option<Sender<Command>>,
@@ -34,13 +35,19 @@ pub(crate) struct Replay {
     pub(crate) records: Arc<AtomicU64>,
 }
 
-/// One exchange found in a scan.
+/// One entry to replay, found in a scan.
 struct Found {
-    id: u64,
     segment: u64,
     offset: u64,
     bytes: u64,
-    unix_ms: u64,
+    /// A Produce exchange's id and time; `None` for transaction control.
+    exchange: Option<(u64, u64)>,
+}
+
+/// An entry to hand to the stage again.
+pub(crate) enum Replayed {
+    Exchange(LoggedExchange, Arc<ExchangeLog>),
+    TxnControl(TxnControlExchange),
 }
 
 pub(super) fn recover(files: &SegmentDir) -> Result<Recovery, WalError> {
@@ -52,17 +59,18 @@ pub(super) fn recover(files: &SegmentDir) -> Result<Recovery, WalError> {
     for seq in files.list()? {
         let mut check = |offset: u64, payload: bytes::Bytes| {
             let bytes = payload.len() as u64;
+            let found_at = |exchange| Found {
+                segment: seq,
+                offset,
+                bytes,
+                exchange,
+            };
             match decode(payload)? {
-                Entry::Exchange(e) => {
+                Entry::Logged(Logged::Exchange(e)) => {
                     max_id = max_id.max(Some(e.id));
-                    found.push(Found {
-                        id: e.id,
-                        segment: seq,
-                        offset,
-                        bytes,
-                        unix_ms: e.unix_ms,
-                    });
+                    found.push(found_at(Some((e.id, e.unix_ms))));
                 }
+                Entry::Logged(Logged::TxnControl { .. }) => found.push(found_at(None)),
                 Entry::Settled(records) => {
                     for r in records {
                         max_id = max_id.max(Some(r.exchange));
@@ -100,12 +108,17 @@ pub(super) fn recover(files: &SegmentDir) -> Result<Recovery, WalError> {
     }
     let mut open = HashMap::new();
     let mut pending = Vec::new();
-    for f in found.into_iter().filter(|f| !complete.contains(&f.id)) {
-        let segment = segments.get_mut(&f.segment).expect("scanned segment");
-        segment.open_exchanges += 1;
-        segment.first_unix_ms.get_or_insert(f.unix_ms);
-        open.insert(f.id, f.segment);
-        pending.push((f.segment, f.offset, f.bytes));
+    for f in found {
+        if let Some((id, unix_ms)) = f.exchange {
+            if complete.contains(&id) {
+                continue;
+            }
+            let segment = segments.get_mut(&f.segment).expect("scanned segment");
+            segment.open_exchanges += 1;
+            segment.first_unix_ms.get_or_insert(unix_ms);
+            open.insert(id, f.segment);
+        }
+        pending.push(f);
     }
     settled.retain(|id, _| open.contains_key(id));
     // Ids only grow, across restarts too, even when every segment was deleted: a mark left in
@@ -143,29 +156,33 @@ impl Replay {
 
     pub(crate) fn size(&self) -> ReplaySize {
         ReplaySize {
-            exchanges: self.pending.len(),
+            exchanges: self.pending.iter().filter(|f| f.exchange.is_some()).count(),
             bytes: self.remaining_bytes(),
             skipped_delivered: self.settled.values().map(HashSet::len).sum(),
         }
     }
 
     pub(crate) fn remaining_bytes(&self) -> u64 {
-        self.pending[self.next..].iter().map(|p| p.2).sum()
+        self.pending[self.next..].iter().map(|f| f.bytes).sum()
     }
 
-    /// The next `max` exchanges to replay, in log order, each with its entry in the log;
-    /// empty once all were read. Blocking file reads.
-    pub(crate) fn next_exchanges(
-        &mut self,
-        max: usize,
-    ) -> Result<Vec<(LoggedExchange, Arc<ExchangeLog>)>, WalError> {
+    /// The next `max` entries to replay, in log order, each exchange with its entry in the
+    /// log; empty once all were read. Blocking file reads.
+    pub(crate) fn next_entries(&mut self, max: usize) -> Result<Vec<Replayed>, WalError> {
         let commands = self.commands.clone().ok_or(WalError::Closed)?;
         let end = (self.next + max).min(self.pending.len());
         let mut out = Vec::with_capacity(end - self.next);
-        for &(segment, offset, _) in &self.pending[self.next..end] {
+        for found in &self.pending[self.next..end] {
+            let (segment, offset) = (found.segment, found.offset);
             let payload = self.files.read_frame(segment, offset, MAX_PAYLOAD_BYTES)?;
-            let Ok(Entry::Exchange(exchange)) = decode(payload) else {
-                return Err(WalError::NotAnExchange { segment, offset });
+            let exchange = match decode(payload) {
+                Ok(Entry::Logged(Logged::Exchange(exchange))) => exchange,
+                Ok(Entry::Logged(control)) => {
+                    let control = control.into_txn_control().expect("not an exchange");
+                    out.push(Replayed::TxnControl(control));
+                    continue;
+                }
+                _ => return Err(WalError::NotAnExchange { segment, offset }),
             };
             let settled = self.settled.remove(&exchange.id).unwrap_or_default();
             let log = ExchangeLog::new(
@@ -174,7 +191,7 @@ impl Replay {
                 settled,
                 Some(self.records.clone()),
             );
-            out.push((exchange, log));
+            out.push(Replayed::Exchange(exchange, log));
         }
         self.next = end;
         Ok(out)

@@ -11,9 +11,11 @@ use bytes::Bytes;
 
 use crate::config::Durability;
 use crate::kinesis::test_support::{spilling_settings, wait_until};
-use crate::mirror::tests::{kinesis_with_a_down, route, stored, Stored};
+use crate::mirror::stage_transactions::tests::end_txn;
+use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
 use crate::mirror::wal::wal_dir;
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, ProduceExchange};
+use crate::telemetry::inventory::ClientKey;
 use crate::telemetry::inventory::Inventory;
 use crate::telemetry::metrics::Metrics;
 
@@ -58,9 +60,35 @@ fn stream_a(stored: &Stored) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Kills `first` as kill -9 would, once the marks it sent are written (they are written at
+/// once; waiting for them spares the copy a race with the log's thread), restarts it on a
+/// copy of its log in front of a Kinesis that is up, and returns what the restarted mirror
+/// sent once it sent `expected` records.
+async fn kill_and_restart(first: &Mirror, first_spool: &Path, expected: usize) -> Vec<String> {
+    first
+        .wal
+        .as_ref()
+        .expect("the default config logs")
+        .flush()
+        .await;
+    let second_spool = tempfile::tempdir().unwrap();
+    copy_log(first_spool, second_spool.path());
+    let after_kill = Stored::default();
+    let up = Arc::new(AtomicBool::new(false));
+    let second = mirror(second_spool.path(), &up, &after_kill).await;
+    wait_until("the records in Kinesis", Duration::from_secs(20), || {
+        stream_a(&after_kill).len() >= expected
+    })
+    .await;
+    second
+        .shut_down(std::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    stream_a(&after_kill)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_an_outage_loses_nothing_and_the_restart_sends_nothing_twice() {
-    let (first_spool, second_spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first_spool = tempfile::tempdir().unwrap();
     let (a_down, before_kill) = (Arc::new(AtomicBool::new(false)), Stored::default());
     let first = mirror(first_spool.path(), &a_down, &before_kill).await;
     first
@@ -78,37 +106,37 @@ async fn a_kill_during_an_outage_loses_nothing_and_the_restart_sends_nothing_twi
     first
         .hand_over(stored("topic-a", 3, &values("waiting", 4)))
         .await;
-    // The marks of the delivered records are written at once; wait for them rather than
-    // race the copy against the log's thread.
-    first
-        .wal
-        .as_ref()
-        .expect("the default config logs")
-        .flush()
-        .await;
-    copy_log(first_spool.path(), second_spool.path());
-
-    let after_kill = Stored::default();
-    let second = mirror(
-        second_spool.path(),
-        &Arc::new(AtomicBool::new(false)),
-        &after_kill,
-    )
-    .await;
-    wait_until(
-        "the waiting records in Kinesis",
-        Duration::from_secs(20),
-        || stream_a(&after_kill).len() >= 4,
-    )
-    .await;
-    second
-        .shut_down(std::time::Instant::now() + Duration::from_secs(5))
-        .await;
-    let mut sent = stream_a(&after_kill);
+    let mut sent = kill_and_restart(&first, first_spool.path(), 4).await;
     sent.sort();
     assert_eq!(
         sent,
         ["waiting-0", "waiting-1", "waiting-2", "waiting-3"],
         "every record Kafka acknowledged, none delivered before the kill"
     );
+}
+
+/// An acks=0 Produce of `records` records to `topic-a`, in producer 9's transaction.
+fn transactional(records: usize) -> ProduceExchange {
+    ProduceExchange {
+        client: Arc::new(ClientKey {
+            client_id: "txn".into(),
+            address: [127, 0, 0, 1].into(),
+        }),
+        version: 7,
+        request_body: acks0_produce("topic-a", records, Some((9, 0))),
+        response_frame: None,
+        deliveries: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_ended_before_the_kill_is_decided_by_its_logged_end_after_the_restart() {
+    let first_spool = tempfile::tempdir().unwrap();
+    let a_down = Arc::new(AtomicBool::new(true));
+    let first = mirror(first_spool.path(), &a_down, &Stored::default()).await;
+    first.hand_over(transactional(5)).await;
+    first.hand_over_txn_control(end_txn(9, 0, true)).await;
+    // No Kafka to look the transaction up in: only the logged EndTxn can decide it.
+    let sent = kill_and_restart(&first, first_spool.path(), 5).await;
+    assert_eq!(sent.len(), 5);
 }
