@@ -662,10 +662,9 @@ async fn sync_mode_answers_after_the_fsync_and_wal_mode_does_not_wait_for_it() {
     let delay = DELAY.as_millis().to_string();
     let mut proxies = Vec::new();
     for durability in ["sync", "wal"] {
-        let (topic, stream) = (
-            format!("wal-durability-{durability}"),
-            durability.to_owned(),
-        );
+        // A stream named `wal` is refused: its spool directory would be the log's.
+        let stream = format!("durability-{durability}");
+        let topic = format!("wal-{stream}");
         kinesis.create_stream(&stream, 1).await;
         let tables = format!("[mirror_buffer]\ndurability = \"{durability}\"\n");
         let config = mirror_config(&kinesis.endpoint, &topic, &stream, &tables);
