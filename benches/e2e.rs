@@ -1,14 +1,16 @@
-//! End-to-end benchmark: the same Kafka produce load through four paths, in one run.
+//! End-to-end benchmark: the same Kafka produce load through six paths, in one run.
 //!
 //! `cargo bench --bench e2e` starts a tansu broker (memory storage), the kafka-kinesis-proxy
-//! release binary twice (mirror off; 100% mirroring into a local Kinesis mock that is part of
-//! this harness), and `tansu proxy` as the peer proxy, then drives librdkafka (the `rdkafka`
+//! release binary four times (mirror off; 100% mirroring into a local Kinesis mock that is part
+//! of this harness, once per durability mode), and `tansu proxy` as the peer proxy, then drives librdkafka (the `rdkafka`
 //! crate) through each path:
 //!
 //! * `direct`: client → broker
 //! * `kkp-off`: client → kafka-kinesis-proxy (no `[[mirror]]`) → broker
 //! * `kkp-mirror`: client → kafka-kinesis-proxy (100% of `bench` mirrored) → broker, and
-//!   → PutRecords → Kinesis mock
+//!   → PutRecords → Kinesis mock, with the default `mirror_buffer.durability` ("wal")
+//! * `kkp-mirror-memory`, `kkp-mirror-sync`: the same with durability "memory" and "sync";
+//!   a second table compares the three modes as ratios to "memory" (`durability.rs`)
 //! * `tansu-proxy`: client → `tansu proxy` → broker
 //!
 //! Paths alternate within every round, and each round starts at the next path, so drift
@@ -45,6 +47,8 @@
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it prints one line and exits.
 
+#[path = "e2e/durability.rs"]
+mod durability;
 #[path = "e2e/kinesis_mock.rs"]
 mod kinesis_mock;
 
@@ -709,11 +713,13 @@ struct Report {
     markdown: String,
 }
 
+/// A proxy's config; `mirror` (Kinesis endpoint, `mirror_buffer.durability` or the default)
+/// adds the route of `bench`.
 fn proxy_config(
     dir: &Path,
     name: &str,
     broker_port: u16,
-    kinesis_endpoint: Option<&str>,
+    mirror: Option<(&str, Option<&str>)>,
 ) -> (PathBuf, u16, u16) {
     let bootstrap = free_port();
     let node_port = free_port();
@@ -725,7 +731,12 @@ fn proxy_config(
          [admin]\nbind = \"127.0.0.1:{admin}\"\n",
         node_port - TANSU_NODE_ID
     );
-    if let Some(endpoint) = kinesis_endpoint {
+    if let Some((endpoint, durability)) = mirror {
+        if let Some(durability) = durability {
+            text.push_str(&format!(
+                "\n[mirror_buffer]\ndurability = \"{durability}\"\n"
+            ));
+        }
         let spool = dir.join(format!("{name}-spool"));
         text.push_str(&format!(
             "\n[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\n\
@@ -744,9 +755,9 @@ fn start_proxy(
     dir: &Path,
     name: &str,
     broker_port: u16,
-    kinesis_endpoint: Option<&str>,
+    mirror: Option<(&str, Option<&str>)>,
 ) -> (Daemon, u16, u16) {
-    let (config, bootstrap, admin) = proxy_config(dir, name, broker_port, kinesis_endpoint);
+    let (config, bootstrap, admin) = proxy_config(dir, name, broker_port, mirror);
     let mut cmd = command(settings.pin, "1", env!("CARGO_BIN_EXE_kafka-kinesis-proxy"));
     cmd.arg("run")
         .arg("--config")
@@ -758,7 +769,7 @@ fn start_proxy(
         .env("AWS_EC2_METADATA_DISABLED", "true");
     let mut d = Daemon::spawn(name, dir, cmd);
     d.wait_port(bootstrap, Duration::from_secs(30));
-    if kinesis_endpoint.is_some() {
+    if mirror.is_some() {
         // The writer describes the stream at start: wait until it is healthy.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -805,7 +816,7 @@ impl Bench {
         assert!(install.success(), "scripts/install-bench-deps.sh failed");
         let tansu = tools_dir().join("tansu/bin/tansu");
         eprintln!(
-            "e2e: {} rounds x 4 paths; peak runs of {} x 1 KiB, latency runs at {} msg/s for {} s; pinning {}",
+            "e2e: {} rounds x 6 paths; peak runs of {} x 1 KiB, latency runs at {} msg/s for {} s; pinning {}",
             settings.rounds,
             settings.messages,
             settings.rate,
@@ -839,13 +850,20 @@ impl Bench {
 
         let (off, off_port, _) = start_proxy(&settings, dir.path(), "kkp-off", broker_port, None);
         let endpoint = format!("http://127.0.0.1:{mock_port}");
-        let (mirror, mirror_port, _) = start_proxy(
-            &settings,
-            dir.path(),
-            "kkp-mirror",
-            broker_port,
-            Some(&endpoint),
-        );
+        // One mirroring proxy per durability mode; only the path being measured has load.
+        let mirrors: Vec<(&str, Daemon, u16)> = durability::PATHS
+            .iter()
+            .map(|&(id, mode, _)| {
+                let (proxy, port, _) = start_proxy(
+                    &settings,
+                    dir.path(),
+                    id,
+                    broker_port,
+                    Some((&endpoint, mode)),
+                );
+                (id, proxy, port)
+            })
+            .collect();
         let peer_port = free_port();
         let peer_url = format!("tcp://127.0.0.1:{peer_port}");
         let mut cmd = command(settings.pin, "1", &tansu);
@@ -865,7 +883,7 @@ impl Bench {
             drain,
             produced: 0,
         };
-        let paths = vec![
+        let mut paths = vec![
             path("direct", "direct to broker", broker_port, None, None),
             path(
                 "kkp-off",
@@ -874,21 +892,25 @@ impl Bench {
                 Some(off.pid()),
                 None,
             ),
-            path(
-                "kkp-mirror",
-                "kafka-kinesis-proxy, 100% mirrored (mock Kinesis)",
-                mirror_port,
-                Some(mirror.pid()),
-                Some(Drain::Mock(mock_port)),
-            ),
-            path(
-                "tansu-proxy",
-                "tansu proxy (peer)",
-                peer_port,
-                Some(peer.pid()),
-                None,
-            ),
         ];
+        for ((id, proxy, port), (_, _, label)) in mirrors.iter().zip(durability::PATHS) {
+            paths.push(path(
+                id,
+                label,
+                *port,
+                Some(proxy.pid()),
+                Some(Drain::Mock(mock_port)),
+            ));
+        }
+        paths.push(path(
+            "tansu-proxy",
+            "tansu proxy (peer)",
+            peer_port,
+            Some(peer.pid()),
+            None,
+        ));
+        let mut proxies = vec![off, peer];
+        proxies.extend(mirrors.into_iter().map(|(_, proxy, _)| proxy));
         Bench {
             ticks: clock_ticks(),
             payload: Payload::new(),
@@ -896,7 +918,7 @@ impl Bench {
             broker_port,
             mock,
             mock_port,
-            _proxies: vec![off, mirror, peer],
+            _proxies: proxies,
             paths,
             dir,
             started,
@@ -927,6 +949,11 @@ impl Bench {
         };
         let mb = messages as f64 * VALUE_BYTES as f64 / 1e6;
         recreate_topic(&format!("127.0.0.1:{}", self.broker_port));
+        if let Some(drain @ Drain::Mock(_)) = path.drain {
+            // The mock counts the records of every mirroring path, and each path's runs
+            // drained before the next path started: count from what it holds now.
+            path.produced = drain.count();
+        }
 
         // Peak throughput.
         let mut before = (0, 0, 0);
@@ -1020,7 +1047,7 @@ impl Bench {
                 if !only.is_empty() && !only.iter().any(|p| p == self.paths[i].id) {
                     continue;
                 }
-                let mock = (self.paths[i].id == "kkp-mirror").then_some(mock_pid);
+                let mock = matches!(self.paths[i].drain, Some(Drain::Mock(_))).then_some(mock_pid);
                 let m = self.measure(i, round, mock, self.settings.messages, true);
                 results[i].push(m);
             }
@@ -1055,7 +1082,7 @@ impl Bench {
             self.dir.path(),
             "kkp-kinesalite",
             self.broker_port,
-            Some(&endpoint),
+            Some((&endpoint, None)),
         );
         self.paths.push(PathUnderTest {
             id: "kkp-mirror-kinesalite",
@@ -1136,7 +1163,7 @@ impl Bench {
             "### End-to-end: {} rounds, {} x 1 KiB per peak run, latency at {} msg/s for {} s\n\n",
             s.rounds, s.messages, s.rate, s.latency_secs
         ));
-        md.push_str("Median over rounds (min–max). MB = 10^6 payload bytes. `vs direct` = per-round ratio to the direct path in the same round, median (min–max). CPU s/MB: the proxy process's utime+stime during the peak run (for kkp-mirror including delivery of every record to Kinesis) per MB produced. RSS: peak VmHWM during a peak run (max over rounds). Mirrored msg/s: records over the time from the first send to the last record acknowledged by Kinesis. Mirrored %: of a peak run's records, the share that reached Kinesis (less than 100 when the proxy shed exchanges it could not keep up with: `mirror_dropped_requests_total`). Endpoint CPU s/MB: the Kinesis endpoint's own CPU (it shares CPU 0 with the broker and client, at nice 19).\n\n");
+        md.push_str("Median over rounds (min–max). MB = 10^6 payload bytes. `vs direct` = per-round ratio to the direct path in the same round, median (min–max). CPU s/MB: the proxy process's utime+stime during the peak run (for the kkp-mirror paths including delivery of every record to Kinesis) per MB produced. RSS: peak VmHWM during a peak run (max over rounds). Mirrored msg/s: records over the time from the first send to the last record acknowledged by Kinesis. Mirrored %: of a peak run's records, the share that reached Kinesis (less than 100 when the proxy shed exchanges it could not keep up with: `mirror_dropped_requests_total`). Endpoint CPU s/MB: the Kinesis endpoint's own CPU (it shares CPU 0 with the broker and client, at nice 19).\n\n");
         md.push_str("| path | peak msg/s | peak MB/s | thr. vs direct | p50 ms | p99 ms | p99.9 ms | p99 vs direct | proxy CPU s/MB | proxy peak RSS MiB | mirrored msg/s | mirrored % | endpoint CPU s/MB |\n");
         md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &rows {
@@ -1145,7 +1172,7 @@ impl Bench {
         }
         md.push_str(&extra_note);
         md.push_str(&format!(
-            "\nPaths: `direct` client → tansu broker; `kkp-off` our proxy without `[[mirror]]`; `kkp-mirror` our proxy mirroring 100% of the topic to the harness's Kinesis mock ({} shards, MD5-correct ShardIds); `tansu-proxy` `tansu proxy` 0.6.0. Client: librdkafka (rdkafka crate) {}, acks=all, {PARTITIONS} partitions, keyed, no compression; peak runs linger.ms=5, latency runs linger.ms={} with latency from each record's scheduled send time to its delivery report. Pinning: {}. Load average at the end: {}. Whole run {:.0} s.\n",
+            "\nPaths: `direct` client → tansu broker; `kkp-off` our proxy without `[[mirror]]`; `kkp-mirror` our proxy mirroring 100% of the topic to the harness's Kinesis mock ({} shards, MD5-correct ShardIds), with the default durability (wal), `kkp-mirror-memory` and `kkp-mirror-sync` the same with durability memory and sync; `tansu-proxy` `tansu proxy` 0.6.0. Client: librdkafka (rdkafka crate) {}, acks=all, {PARTITIONS} partitions, keyed, no compression; peak runs linger.ms=5, latency runs linger.ms={} with latency from each record's scheduled send time to its delivery report. Pinning: {}. Load average at the end: {}. Whole run {:.0} s.\n",
             s.shards,
             rdkafka::util::get_rdkafka_version().1,
             latency_linger_ms(),
@@ -1153,6 +1180,8 @@ impl Bench {
             loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             elapsed,
         ));
+        let (durability_md, durability_json) = durability::compare(&self.paths, results);
+        md.push_str(&durability_md);
         let json = json!({
             "settings": {
                 "rounds": s.rounds,
@@ -1175,6 +1204,7 @@ impl Bench {
             "elapsed_secs": elapsed,
             "kinesis_mock_stats_records_requests_bytes": mock_stats.trim(),
             "paths": json_paths,
+            "durability": durability_json,
         });
         Report { json, markdown: md }
     }

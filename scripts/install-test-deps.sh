@@ -122,6 +122,14 @@ else
   say kcat "installed ($(command -v kcat))"
 fi
 
+# --- taskset (tests/crash_safety.rs starves the proxy of CPU on one core) --------
+if command -v taskset >/dev/null; then
+  say taskset "skipped (already at $(command -v taskset))"
+else
+  run_logged util-linux apt_install util-linux
+  say taskset "installed ($(command -v taskset))"
+fi
+
 # --- Python venv ------------------------------------------------------------------
 VENV="$TOOLS/venv"
 # boto3 creates the demo's Kinesis stream (scripts/demo.sh).

@@ -384,3 +384,20 @@ async fn describe(
     }
     respond(client, status, &body).await
 }
+
+/// kinesis-local with a fault layer in front of it and one stream created: what a test of the
+/// mirror under Kinesis faults starts from (the proxy is pointed at `faults.endpoint`).
+pub struct FaultyKinesis {
+    pub kinesis: super::kinesis::KinesisLocal,
+    pub faults: FaultLayer,
+}
+
+impl FaultyKinesis {
+    pub async fn start(stream: &str, shards: i32) -> FaultyKinesis {
+        let kinesis = super::kinesis::KinesisLocal::start();
+        kinesis.create_stream(stream, shards).await;
+        let faults =
+            FaultLayer::start(kinesis.endpoint.trim_start_matches("http://").to_owned()).await;
+        FaultyKinesis { kinesis, faults }
+    }
+}
