@@ -370,6 +370,7 @@ impl Mirror {
             .cloned()
             .collect();
         futures::future::join_all(writers.iter().map(|w| w.shut_down(deadline))).await;
+        self.kinesis_only.shut_down().await;
         if let Some(wal) = &self.wal {
             wal.flush().await;
         }

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -71,6 +72,9 @@ pub(crate) struct KinesisOnly {
     log: Mutex<Option<Arc<SyntheticLog>>>,
     floored: Mutex<HashSet<(String, i32)>>,
     log_ends: OnceLock<Arc<dyn LogEndOffsets>>,
+    /// The tasks that write a batch's delivery to the log, waited for at shutdown: a mark
+    /// lost there would turn the producer's retry after the restart into a second copy.
+    marks: TaskTracker,
 }
 
 impl KinesisOnly {
@@ -80,6 +84,19 @@ impl KinesisOnly {
             log: Mutex::new(None),
             floored: Mutex::new(HashSet::new()),
             log_ends: OnceLock::new(),
+            marks: TaskTracker::new(),
+        }
+    }
+
+    /// Shutdown, once the writers have stopped: writes the deliveries they settled to the
+    /// log and makes it durable.
+    pub(crate) async fn shut_down(&self) {
+        self.marks.close();
+        self.marks.wait().await;
+        if let Some(log) = self.log() {
+            if let Err(e) = log.sync().await {
+                tracing::error!(error = %e, "cannot make the kinesis-only delivery marks durable at shutdown");
+            }
         }
     }
 
@@ -102,6 +119,29 @@ impl KinesisOnly {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot open the kinesis-only offsets; kinesis-only partitions are answered KAFKA_STORAGE_ERROR until a reload opens them")
             }
         }
+    }
+
+    /// Tells the synthetic log once the batch is stored for good, however late: entirely in
+    /// Kinesis, or the rest of it in the spool, which delivers it in order. A retry after that
+    /// is answered with the batch's offsets; sent again, it would reach Kinesis twice, since
+    /// the writer's memory of what it took does not outlive a restart.
+    fn mark_when_stored(
+        &self,
+        log: &Arc<SyntheticLog>,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        wait: DeliveryWait,
+    ) {
+        let (log, topic) = (log.clone(), topic.to_owned());
+        self.marks.spawn(async move {
+            if matches!(
+                wait.outcome().await,
+                Delivery::Delivered | Delivery::Spooled
+            ) {
+                log.delivered(&topic, partition, base_offset);
+            }
+        });
     }
 
     fn log(&self) -> Option<Arc<SyntheticLog>> {
@@ -336,7 +376,13 @@ impl Mirror {
                         deliveries.insert((topic.name.clone(), index), delivery);
                         sent.partitions.push(partition.clone());
                         sent_offsets.partitions.push(answer);
-                        mark_when_delivered(log, &topic.name, index, base_offset, wait.clone());
+                        self.kinesis_only.mark_when_stored(
+                            log,
+                            &topic.name,
+                            index,
+                            base_offset,
+                            wait.clone(),
+                        );
                     }
                     // A retry of a batch still on its way: it waits for that one.
                     None => every_partition_sent = false,
@@ -451,21 +497,4 @@ impl Mirror {
         self.kinesis_only.floor_in_force(topic, partition);
         Ok(placed)
     }
-}
-
-/// Tells the synthetic log once the batch is entirely in Kinesis, however late: a retry
-/// after that is answered at once.
-fn mark_when_delivered(
-    log: &Arc<SyntheticLog>,
-    topic: &str,
-    partition: i32,
-    base_offset: i64,
-    wait: DeliveryWait,
-) {
-    let (log, topic) = (log.clone(), topic.to_owned());
-    tokio::spawn(async move {
-        if wait.outcome().await == Delivery::Delivered {
-            log.delivered(&topic, partition, base_offset);
-        }
-    });
 }
