@@ -115,6 +115,14 @@ pub struct Sending {
     at: SystemTime,
 }
 
+impl Sending {
+    /// For entries that may have been sent at any time since `at`, by a process before this
+    /// one: read from a little before `at`.
+    pub fn since(at: SystemTime) -> Sending {
+        Sending { answers: 0, at }
+    }
+}
+
 /// What reading back found of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -675,5 +683,45 @@ mod tests {
             assert_eq!(failure.fate, fate, "{status} {code}");
             assert_eq!(failure.read_back.is_some(), fate == RequestFate::Unknown);
         }
+    }
+
+    /// Issue 14: records replayed from the write-ahead log after a crash may have been stored
+    /// just before it. Of three replayed records, the first two are in the stream already (sent
+    /// by the process that died): only the third is sent, and a fresh record in the same
+    /// request, with nothing to doubt, is sent without being looked for. `put` sent all four.
+    #[tokio::test(start_paused = true)]
+    async fn records_replayed_after_a_crash_are_read_back_and_only_the_absent_sent() {
+        let stream = Arc::new(FakeStream::default());
+        let kinesis = {
+            let stream = stream.clone();
+            FakeKinesis::new(move |operation, body| stream.answer(operation, body))
+        };
+        let service = PutRecordsService::new(kinesis.client(), "s");
+        let entry = |offset| crate::kinesis::request::entry(&record(offset));
+        let logged_at = std::time::SystemTime::now();
+        let before_crash = service
+            .put(vec![entry(0), entry(1)], None)
+            .await
+            .expect("stored");
+        assert_eq!(before_crash.len(), 2);
+        let metrics = Metrics::new();
+        let outcomes = service
+            .put_resuming(
+                vec![entry(0), entry(1), entry(2), entry(3)],
+                &[Some(logged_at), Some(logged_at), Some(logged_at), None],
+                Some(&metrics),
+            )
+            .await
+            .expect("answered");
+        assert!(outcomes
+            .iter()
+            .all(|o| matches!(o, crate::kinesis::service::EntryOutcome::Delivered { .. })));
+        assert_eq!(
+            stream.stored_data(),
+            vec!["value-0", "value-1", "value-2", "value-3"],
+            "each record once"
+        );
+        assert_eq!(attempts(&metrics, "ambiguous_found"), 2);
+        assert_eq!(attempts(&metrics, "ambiguous_resent"), 1);
     }
 }

@@ -82,6 +82,11 @@ impl MirrorRecord {
             logged.settled();
         }
     }
+
+    /// See [`super::settle::Settle::maybe_stored_since`].
+    pub fn maybe_stored_since(&self) -> Option<std::time::SystemTime> {
+        self.logged.as_ref()?.maybe_stored_since()
+    }
 }
 
 /// The request entry for a record.

@@ -9,7 +9,7 @@
 //! back (`read_back.rs`) so that what it stored is not sent twice.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
@@ -114,6 +114,87 @@ impl PutRecordsService {
             }
         }
         Ok(outcomes)
+    }
+
+    /// As [`Self::put`], for entries of which some may be in Kinesis already
+    /// (`maybe_stored[i]`: since when): records read again from the write-ahead log after a
+    /// crash, which may have been stored just before it. Those are read back first, and only
+    /// the ones not found are sent, so that a restart stores nothing twice. Counted as
+    /// `ambiguous_found` and `ambiguous_resent`.
+    pub async fn put_resuming(
+        &self,
+        entries: Vec<PutRecordsRequestEntry>,
+        maybe_stored: &[Option<SystemTime>],
+        metrics: Option<&Metrics>,
+    ) -> Result<Vec<EntryOutcome>, RequestFailure> {
+        let Some(since) = maybe_stored.iter().flatten().min().copied() else {
+            return self.put(entries, metrics).await;
+        };
+        let doubtful: Vec<usize> = (0..entries.len())
+            .filter(|i| maybe_stored.get(*i).is_some_and(Option::is_some))
+            .collect();
+        let doubtful_entries: Vec<_> = doubtful.iter().map(|i| entries[*i].clone()).collect();
+        let mut outcomes: Vec<Option<EntryOutcome>> = vec![None; entries.len()];
+        match self
+            .read_back
+            .resolve(&doubtful_entries, Sending::since(since))
+            .await
+        {
+            Ok(resolutions) => {
+                for (i, resolution) in doubtful.iter().zip(resolutions) {
+                    if let Resolution::Found { shard } = resolution {
+                        outcomes[*i] = Some(EntryOutcome::Delivered { shard });
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, records = doubtful.len(), %error, "cannot read the stream back for records replayed after a restart: sending them, some may be stored twice");
+            }
+        }
+        let found = outcomes.iter().filter(|o| o.is_some()).count();
+        if let Some(metrics) = metrics {
+            for (kind, n) in [
+                ("ambiguous_found", found),
+                ("ambiguous_resent", doubtful.len() - found),
+            ] {
+                metrics
+                    .mirror_attempts
+                    .with_label_values(&[&self.stream, kind])
+                    .inc_by(n as u64);
+            }
+        }
+        let unsent: Vec<usize> = (0..entries.len())
+            .filter(|i| outcomes[*i].is_none())
+            .collect();
+        let to_send: Vec<_> = entries
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| outcomes[*i].is_none())
+            .map(|(_, entry)| entry)
+            .collect();
+        if !to_send.is_empty() {
+            match self.put(to_send, metrics).await {
+                Ok(sent) => {
+                    for (i, outcome) in unsent.iter().zip(sent) {
+                        outcomes[*i] = Some(outcome);
+                    }
+                }
+                // The found entries keep their outcome, which the retry could not learn again:
+                // each entry is answered, the sent ones as read back or as failed.
+                Err(mut failure) => {
+                    let sent = failure
+                        .read_back
+                        .take()
+                        .unwrap_or_else(|| vec![failed_entry(&failure, ""); unsent.len()]);
+                    for (i, outcome) in unsent.iter().zip(sent) {
+                        outcomes[*i] = Some(outcome);
+                    }
+                    failure.read_back = Some(outcomes.into_iter().flatten().collect());
+                    return Err(failure);
+                }
+            }
+        }
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
     /// Reads back what `entries`, whose request's fate is unknown, stored: one outcome per

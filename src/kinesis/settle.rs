@@ -8,4 +8,12 @@
 pub trait Settle: Send + Sync + std::fmt::Debug {
     /// The writer is done with the record for good.
     fn settled(&self);
+
+    /// When the record may already be in Kinesis, since a time: it was read again from the
+    /// log after a crash, and may have been sent before it (stored there, but not yet settled).
+    /// The writer reads the stream back from then before it first sends it. Answered once:
+    /// `None` afterwards, and for records never sent before.
+    fn maybe_stored_since(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }

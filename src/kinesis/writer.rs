@@ -415,7 +415,13 @@ impl WriterTask {
             let done = self.done_tx.clone();
             tokio::spawn(async move {
                 let entries = request.iter().map(|(_, q)| entry(&q.record)).collect();
-                let result = service.put(entries, Some(&metrics)).await;
+                let maybe_stored: Vec<_> = request
+                    .iter()
+                    .map(|(_, q)| q.record.maybe_stored_since())
+                    .collect();
+                let result = service
+                    .put_resuming(entries, &maybe_stored, Some(&metrics))
+                    .await;
                 let _ = done.send(Completion { request, result });
             });
         }

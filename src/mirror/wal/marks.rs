@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::appender::Command;
 use super::entry::RecordId;
@@ -18,8 +19,8 @@ pub(crate) struct ExchangeLog {
     commands: Sender<Command>,
     /// Records settled before a restart (by partition index and offset): a replay skips them.
     settled_before: HashSet<(u32, i64)>,
-    /// A replayed exchange: counts the records it hands on again.
-    replayed: Option<Arc<AtomicU64>>,
+    /// A replayed exchange: counts the records it hands on again, and when it was logged.
+    replayed: Option<(Arc<AtomicU64>, SystemTime)>,
     /// Partitions the stage has not finished with, once `staged`.
     partitions_pending: AtomicUsize,
     staged: AtomicBool,
@@ -32,7 +33,7 @@ impl ExchangeLog {
         id: u64,
         commands: Sender<Command>,
         settled_before: HashSet<(u32, i64)>,
-        replayed: Option<Arc<AtomicU64>>,
+        replayed: Option<(Arc<AtomicU64>, SystemTime)>,
     ) -> Arc<ExchangeLog> {
         Arc::new(ExchangeLog {
             id,
@@ -71,7 +72,7 @@ impl ExchangeLog {
         if self.settled_before.contains(&(partition_index, offset)) {
             return None;
         }
-        if let Some(replayed) = &self.replayed {
+        if let Some((replayed, _)) = &self.replayed {
             replayed.fetch_add(1, Ordering::Relaxed);
         }
         Some(Arc::new(RecordMark {
@@ -79,6 +80,7 @@ impl ExchangeLog {
             partition_index,
             offset,
             settled: AtomicBool::new(false),
+            stored_asked: AtomicBool::new(false),
         }))
     }
 }
@@ -101,6 +103,8 @@ struct RecordMark {
     partition_index: u32,
     offset: i64,
     settled: AtomicBool,
+    /// Whether the writer asked already if it may be in Kinesis.
+    stored_asked: AtomicBool,
 }
 
 impl std::fmt::Debug for RecordMark {
@@ -122,6 +126,11 @@ impl Settle for RecordMark {
                 offset: self.offset,
             }));
         }
+    }
+
+    fn maybe_stored_since(&self) -> Option<SystemTime> {
+        let (_, logged_at) = self.exchange.replayed.as_ref()?;
+        (!self.stored_asked.swap(true, Ordering::AcqRel)).then_some(*logged_at)
     }
 }
 

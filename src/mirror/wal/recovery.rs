@@ -189,7 +189,10 @@ impl Replay {
                 exchange.id,
                 commands.clone(),
                 settled,
-                Some(self.records.clone()),
+                Some((
+                    self.records.clone(),
+                    UNIX_EPOCH + std::time::Duration::from_millis(exchange.unix_ms),
+                )),
             );
             out.push(Replayed::Exchange(exchange, log));
         }
