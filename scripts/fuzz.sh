@@ -19,6 +19,9 @@ COMMON=(-timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1)
 # Release build with AddressSanitizer, as the proxy ships (no debug assertions: -O); set
 # FUZZ_BUILD_FLAGS=-a for overflow checks and debug assertions (slower, a separate build).
 read -r -a BUILD_FLAGS <<<"${FUZZ_BUILD_FLAGS:--O}"
+# The proxy links librdkafka (for `verify`), whose configure script test-links the zstd library
+# that cargo-fuzz builds with AddressSanitizer: those test programs need the sanitizer's runtime.
+export LDFLAGS="${LDFLAGS:+$LDFLAGS }-fsanitize=address"
 
 ensure_tools() {
     if ! rustup toolchain list | grep -q '^nightly'; then
