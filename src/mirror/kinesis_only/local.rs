@@ -144,6 +144,13 @@ impl KinesisOnly {
         });
     }
 
+    /// Whether `partition` exists: below the route's `partitions` when there is no Kafka (the
+    /// proxy's Metadata names that many); with Kafka, the topic's partitions are Kafka's, and
+    /// reading a missing one's log-end offset fails its Produce.
+    fn has_partition(&self, route: &super::super::Route, partition: i32) -> bool {
+        partition >= 0 && (self.log_ends.get().is_some() || partition < route.partitions)
+    }
+
     fn log(&self) -> Option<Arc<SyntheticLog>> {
         self.log.lock().expect("no panic under the lock").clone()
     }
@@ -324,6 +331,13 @@ impl Mirror {
                     (None, _) => Err((
                         UNKNOWN_TOPIC_OR_PARTITION,
                         format!("topic {} has no kinesis-only route", topic.name),
+                    )),
+                    (Some(route), _) if !self.kinesis_only.has_partition(route, index) => Err((
+                        UNKNOWN_TOPIC_OR_PARTITION,
+                        format!(
+                            "topic {} has no partition {index}: its route has {} (`partitions`)",
+                            topic.name, route.partitions
+                        ),
                     )),
                     (Some(_), None) => Err((
                         KAFKA_STORAGE_ERROR,

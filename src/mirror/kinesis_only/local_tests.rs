@@ -202,6 +202,34 @@ async fn a_transactional_produce_is_refused_naming_the_topic_and_the_mode() {
     assert!(rig.in_stream().is_empty());
 }
 
+/// A hostile or misconfigured client naming partitions the proxy's Metadata never gave out
+/// gets UNKNOWN_TOPIC_OR_PARTITION, as from a broker, and takes no offset counter.
+#[tokio::test]
+async fn a_partition_beyond_the_routes_partitions_is_unknown() {
+    let rig = Rig::start(false, Duration::from_secs(1), None).await;
+    for partition in [1, 1 << 30, -1] {
+        let mut request =
+            ProduceRequestView::decode(VERSION, idempotent_produce("topic-a", &values(0..2), 7, 0))
+                .unwrap();
+        request.topics[0].partitions[0].partition = partition;
+        let body = encode_request_body(&request).unwrap();
+        let frame = start(&rig.mirror, &body).await.settle().await.unwrap();
+        let offset = response_body_offset(&frame, ApiKey::Produce, VERSION).unwrap();
+        let view = ProduceResponseView::decode(VERSION, frame.slice(offset..)).unwrap();
+        let answer = view.partition("topic-a", partition).unwrap();
+        assert_eq!(
+            (answer.error_code, answer.base_offset),
+            (3, -1),
+            "partition {partition}"
+        );
+    }
+    assert!(rig.in_stream().is_empty());
+    // The route's one partition still starts at offset 0.
+    let body = idempotent_produce("topic-a", &values(0..1), 7, 0);
+    assert_eq!(settled(start(&rig.mirror, &body).await).await.0, 0);
+    assert_eq!(rig.in_stream(), ["v0"]);
+}
+
 #[tokio::test]
 async fn a_partition_that_is_not_one_v2_batch_is_refused_as_a_broker_refuses_it() {
     let rig = Rig::start(false, Duration::from_secs(1), None).await;
