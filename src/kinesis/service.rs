@@ -141,26 +141,22 @@ impl PutRecordsService {
             .await
         {
             Ok(resolutions) => {
+                let mut counts = [0usize; 3];
                 for (i, resolution) in doubtful.iter().zip(resolutions) {
-                    if let Resolution::Found { shard } = resolution {
-                        outcomes[*i] = Some(EntryOutcome::Delivered { shard });
+                    match resolution {
+                        Resolution::Found { shard } => {
+                            counts[0] += 1;
+                            outcomes[*i] = Some(EntryOutcome::Delivered { shard });
+                        }
+                        Resolution::Absent => counts[1] += 1,
+                        Resolution::Unreadable => counts[2] += 1,
                     }
                 }
+                self.count_read_back(metrics, counts);
             }
             Err(error) => {
                 tracing::warn!(stream = %self.stream, records = doubtful.len(), %error, "cannot read the stream back for records replayed after a restart: sending them, some may be stored twice");
-            }
-        }
-        let found = outcomes.iter().filter(|o| o.is_some()).count();
-        if let Some(metrics) = metrics {
-            for (kind, n) in [
-                ("ambiguous_found", found),
-                ("ambiguous_resent", doubtful.len() - found),
-            ] {
-                metrics
-                    .mirror_attempts
-                    .with_label_values(&[&self.stream, kind])
-                    .inc_by(n as u64);
+                self.count_read_back(metrics, [0, 0, doubtful.len()]);
             }
         }
         let unsent: Vec<usize> = (0..entries.len())
@@ -207,19 +203,11 @@ impl PutRecordsService {
         failure: &RequestFailure,
         metrics: Option<&Metrics>,
     ) -> Option<Vec<EntryOutcome>> {
-        let count = |kind: &str, n: usize| {
-            if let Some(metrics) = metrics {
-                metrics
-                    .mirror_attempts
-                    .with_label_values(&[&self.stream, kind])
-                    .inc_by(n as u64);
-            }
-        };
         let resolutions = match self.read_back.resolve(entries, sending).await {
             Ok(resolutions) => resolutions,
             Err(error) => {
                 tracing::warn!(stream = %self.stream, records = entries.len(), %error, "cannot read back a PutRecords of unknown fate: resending it whole");
-                count("ambiguous_unreadable", entries.len());
+                self.count_read_back(metrics, [0, 0, entries.len()]);
                 return None;
             }
         };
@@ -243,10 +231,23 @@ impl PutRecordsService {
             .collect();
         let [found, absent, unreadable] = counts;
         tracing::warn!(stream = %self.stream, found, absent, unreadable, error = %failure.message, "PutRecords of unknown fate read back: resending only what is not stored");
-        count("ambiguous_found", found);
-        count("ambiguous_resent", absent);
-        count("ambiguous_unreadable", unreadable);
+        self.count_read_back(metrics, counts);
         Some(outcomes)
+    }
+
+    /// Counts read-back entries by what was found: `[found, absent (resent), unreadable]`.
+    fn count_read_back(&self, metrics: Option<&Metrics>, [found, absent, unreadable]: [usize; 3]) {
+        let Some(metrics) = metrics else { return };
+        for (kind, n) in [
+            ("ambiguous_found", found),
+            ("ambiguous_resent", absent),
+            ("ambiguous_unreadable", unreadable),
+        ] {
+            metrics
+                .mirror_attempts
+                .with_label_values(&[&self.stream, kind])
+                .inc_by(n as u64);
+        }
     }
 
     async fn put_once(
