@@ -15,8 +15,12 @@
 //!
 //! It lives in the writer, not in the sampling stage, because a record's fate (queued,
 //! spooled, dead-lettered) begins there, per stream: a topic re-pointed to another stream is
-//! not a duplicate in the new one. The durable log that replaces the spool keeps its
-//! per-partition checkpoint of delivered offsets in the same place.
+//! not a duplicate in the new one. The window forgets on restart: after a crash, a replay of
+//! the write-ahead log is kept from storing a record twice by the log's done marks
+//! (`mirror::wal::marks`: records settled before the crash are not handed on again) and, for
+//! the replayed records that may have been stored just before it, by reading their shards
+//! back first (`read_back`, through `PutRecordsService::put_resuming`) and sending only what
+//! is not found.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
