@@ -1,12 +1,16 @@
 //! `kafka-kinesis-proxy status`: a compact terminal view of a running proxy, read from its
-//! admin endpoint (`/metrics`, `/routes`, `/readyz`), for a person watching a cutover.
+//! admin endpoint (`/metrics`, `/routes`, `/readyz`), for a person watching a cutover, or an
+//! outage: where the mirror's backlog waits and how close the disk limit is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use indicatif::HumanBytes;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::backlog::Backlog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -113,6 +117,9 @@ fn parse_metrics(text: &str) -> Sample {
 #[derive(Debug, Deserialize)]
 struct Routes {
     routes: Vec<RouteView>,
+    /// Absent from proxies older than the backlog view.
+    #[serde(default)]
+    backlog: Option<Backlog>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +134,9 @@ struct RouteView {
     open_shards: usize,
     records_failed: u64,
     success_ratio: Option<f64>,
+    /// Absent from proxies older than the backlog view.
+    #[serde(default)]
+    queued_records: u64,
     spool_bytes: u64,
 }
 
@@ -139,20 +149,42 @@ async fn sample(addr: &str) -> Result<Sample, StatusError> {
     Ok(parse_metrics(&metrics))
 }
 
-/// Renders the view from two samples `elapsed` apart.
-async fn render(
-    addr: &str,
-    before: &Sample,
-    after: &Sample,
-    elapsed: Duration,
-) -> Result<String, StatusError> {
+/// What the view shows besides the two samples: `/readyz`'s answer and `/routes`.
+struct Answers {
+    ready_code: u16,
+    ready_body: String,
+    routes: Routes,
+}
+
+async fn answers(addr: &str) -> Result<Answers, StatusError> {
     let (ready_code, ready_body) = get(addr, "/readyz").await?;
     let (_, routes_body) = get(addr, "/routes").await?;
-    let routes: Routes = serde_json::from_str(&routes_body).map_err(|e| StatusError::Answer {
+    let routes = serde_json::from_str(&routes_body).map_err(|e| StatusError::Answer {
         addr: addr.to_owned(),
         path: "/routes",
         detail: e.to_string(),
     })?;
+    Ok(Answers {
+        ready_code,
+        ready_body,
+        routes,
+    })
+}
+
+/// Renders the view from two samples `elapsed` apart.
+fn render(
+    addr: &str,
+    answers: &Answers,
+    before: &Sample,
+    after: &Sample,
+    elapsed: Duration,
+) -> String {
+    let Answers {
+        ready_code,
+        ready_body,
+        routes,
+    } = answers;
+    let ready_code = *ready_code;
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate =
         |map_after: &BTreeMap<String, f64>, map_before: &BTreeMap<String, f64>, topic: &str| {
@@ -168,15 +200,21 @@ async fn render(
     };
     let _ = writeln!(out, "kafka-kinesis-proxy at {addr}: {ready}");
     if ready_code != 200 {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ready_body) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(ready_body) {
             for problem in v["problems"].as_array().into_iter().flatten() {
                 let _ = writeln!(out, "  ! {}", problem.as_str().unwrap_or_default());
             }
         }
     }
+    if let Some(backlog) = &routes.backlog {
+        let _ = writeln!(out, "{}", backlog.summary());
+        for problem in backlog.problems() {
+            let _ = writeln!(out, "  ! {problem}");
+        }
+    }
     let _ = writeln!(
         out,
-        "{:<24} {:<24} {:<15} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  STREAM STATE",
+        "{:<24} {:<24} {:<15} {:>7} {:>10} {:>10} {:>9} {:>7} {:>7} {:>18}  STREAM STATE",
         "TOPIC",
         "STREAM",
         "MODE",
@@ -186,7 +224,7 @@ async fn render(
         "MIRRORED",
         "SUCCESS",
         "FAILED",
-        "SPOOL BYTES",
+        "BACKLOG",
     );
     for r in &routes.routes {
         let kafka = after.kafka_ok.get(&r.topic).copied().unwrap_or(0.0);
@@ -201,7 +239,7 @@ async fn render(
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<24} {:<15} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7} {:>12}  {}",
+            "{:<24} {:<24} {:<15} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>7} {:>7} {:>18}  {}",
             r.topic,
             r.stream,
             r.mode,
@@ -211,7 +249,8 @@ async fn render(
             format!("{:.0}/{:.0}", mirrored, kafka),
             ratio,
             r.records_failed,
-            r.spool_bytes,
+            // Records queued in memory + bytes in the spool.
+            format!("{} + {}", r.queued_records, HumanBytes(r.spool_bytes)),
             state
         );
     }
@@ -232,7 +271,7 @@ async fn render(
             .collect();
         let _ = writeln!(out, "shard spread {stream}: {}", spread.join(" "));
     }
-    Ok(out)
+    out
 }
 
 /// Prints the view once (`once`), or refreshes it every `interval` until interrupted.
@@ -242,7 +281,7 @@ pub async fn run(addr: &str, interval: Duration, once: bool) -> Result<(), Statu
     loop {
         tokio::time::sleep(interval).await;
         let after = sample(addr).await?;
-        let view = render(addr, &before, &after, at.elapsed()).await?;
+        let view = render(addr, &answers(addr).await?, &before, &after, at.elapsed());
         if once {
             print!("{view}");
             return Ok(());

@@ -228,6 +228,10 @@ impl WriterTask {
                 self.spool_remaining().await;
             }
             self.dispatch(!input_open || closing.is_some());
+            self.state.queued_records.store(
+                (self.lanes.queued_records() + self.held.len()) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let settled = self.lanes.is_idle()
                 && self.requests_in_flight == 0
                 && self.held.is_empty()
