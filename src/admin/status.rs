@@ -316,4 +316,120 @@ kafka_kinesis_proxy_shard_records_total{shard=\"shardId-000000000001\",stream=\"
             4.0
         );
     }
+
+    const METRICS: &str = "\
+kafka_kinesis_proxy_kafka_records_total{result=\"ok\",topic=\"orders\"} 500
+kafka_kinesis_proxy_mirror_records_total{result=\"sent\",stream=\"orders-stream\",topic=\"orders\"} 100
+";
+
+    /// The view of a proxy whose `/routes` answers one route `orders` (120 records queued in
+    /// memory, 4 MiB spooled) and `backlog`.
+    fn view(backlog: serde_json::Value) -> String {
+        let routes = serde_json::json!({
+            "routes": [{
+                "topic": "orders", "stream": "orders-stream", "percent": 100.0,
+                "mode": "mirror", "stream_healthy": false, "open_shards": 4,
+                "records_failed": 0, "success_ratio": null,
+                "queued_records": 120, "spool_bytes": 4 * 1024 * 1024,
+            }],
+            "backlog": backlog,
+        });
+        let answers = Answers {
+            ready_code: 200,
+            ready_body: String::new(),
+            routes: serde_json::from_value(routes).unwrap(),
+        };
+        let sample = parse_metrics(METRICS);
+        render(
+            "127.0.0.1:9464",
+            &answers,
+            &sample,
+            &sample,
+            Duration::from_secs(2),
+        )
+    }
+
+    fn backlog(durability: &str, log_open: bool, log_bytes: u64) -> serde_json::Value {
+        serde_json::json!({
+            "durability": durability, "log_open": log_open,
+            "log_bytes": log_bytes, "spool_bytes": 4 * 1024 * 1024,
+            "max_bytes": 1024 * 1024 * 1024, "oldest_undelivered_age_seconds": 42,
+            "replay_remaining_bytes": 0, "memory_bytes": 3 * 1024 * 1024 / 2,
+        })
+    }
+
+    fn problems(view: &str) -> Vec<&str> {
+        view.lines().filter(|l| l.starts_with("  ! ")).collect()
+    }
+
+    #[test]
+    fn the_backlog_line_says_where_records_wait_and_how_close_the_disk_limit_is() {
+        let view = view(backlog("wal", true, 12 * 1024 * 1024 + 300 * 1024));
+        let lines: Vec<&str> = view.lines().collect();
+        assert_eq!(
+            lines[1],
+            "backlog: wal, in memory 1.50 MiB, log 12.29 MiB + spools 4.00 MiB of 1.00 GiB (1.6%), oldest undelivered 42 s, replaying 0 B",
+            "{view}"
+        );
+        assert!(problems(&view).is_empty(), "{view}");
+        assert!(lines[2].contains("BACKLOG"), "{view}");
+        assert!(
+            lines[3].contains(" 120 + 4.00 MiB  UNHEALTHY"),
+            "the route's backlog: records in memory + spool bytes\n{view}"
+        );
+        assert!(
+            view.lines().all(|l| l.len() <= 160),
+            "readable at 160 columns\n{view}"
+        );
+    }
+
+    #[test]
+    fn a_configured_log_that_is_not_open_is_a_problem() {
+        let view = view(backlog("wal", false, 0));
+        assert!(
+            view.contains("backlog: wal (log NOT open), in memory 1.50 MiB, spools 4.00 MiB of 1.00 GiB (0.4%)"),
+            "{view}"
+        );
+        assert_eq!(
+            problems(&view),
+            ["  ! durability wal configured but the write-ahead log is not open: a crash loses what waits in memory; see the proxy's log"],
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn memory_mode_has_no_log_and_no_problem_about_it() {
+        let view = view(backlog("memory", false, 0));
+        assert!(
+            view.contains(
+                "backlog: memory, in memory 1.50 MiB, spools 4.00 MiB of 1.00 GiB (0.4%)\n"
+            ),
+            "{view}"
+        );
+        assert!(problems(&view).is_empty(), "memory was asked for\n{view}");
+    }
+
+    #[test]
+    fn a_full_disk_says_routed_producers_are_held() {
+        let mut full = backlog("wal", true, 1024 * 1024 * 1024 - 4 * 1024 * 1024);
+        let view_full = view(full.clone());
+        assert!(view_full.contains("of 1.00 GiB (100.0%)"), "{view_full}");
+        assert_eq!(
+            problems(&view_full),
+            ["  ! disk limit reached (1.00 GiB of spool.max_bytes 1.00 GiB): Produce responses for routed topics are held until Kinesis takes the backlog"],
+            "{view_full}"
+        );
+        full["log_bytes"] = serde_json::json!(1024 * 1024 * 1024 - 4 * 1024 * 1024 - 1);
+        assert!(problems(&view(full)).is_empty(), "one byte below the limit");
+    }
+
+    #[test]
+    fn a_proxy_without_the_backlog_view_still_renders() {
+        let routes: Routes = serde_json::from_str(
+            r#"{"routes":[{"topic":"t","stream":"s","percent":1.0,"stream_healthy":true,"open_shards":1,"records_failed":0,"success_ratio":null,"spool_bytes":0}]}"#,
+        )
+        .unwrap();
+        assert!(routes.backlog.is_none());
+        assert_eq!(routes.routes[0].queued_records, 0);
+    }
 }
