@@ -413,6 +413,9 @@ impl WriterTask {
                 return;
             }
             self.requests_in_flight += 1;
+            self.state
+                .in_flight_records
+                .fetch_add(request.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.health.sent();
             let service = self.service.clone();
             let metrics = self.metrics.clone();
@@ -433,6 +436,10 @@ impl WriterTask {
 
     async fn complete(&mut self, completion: Completion) {
         self.requests_in_flight -= 1;
+        self.state.in_flight_records.fetch_sub(
+            completion.request.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let now = Instant::now();
         self.lanes.finished(&completion.request);
         let stream = self.state.stream.clone();
