@@ -22,30 +22,31 @@ use support::{check_produced, run_client, wait_until_async, words, KafkaCluster,
 const RECORDS: usize = 400;
 const PARTITIONS: i32 = 2;
 
+/// kinesis-local behind its fault layer, and the proxy mirroring topic `backlog-STREAM` to
+/// `stream`.
 struct Rig {
-    topic: String,
-    stream: String,
+    stream: &'static str,
     behind: FaultyKinesis,
     proxy: Proxy,
 }
 
 impl Rig {
-    /// One route `backlog-STREAM` → `stream`, with `tables` (whole TOML tables) added: the
-    /// proxy's defaults otherwise.
-    async fn start(stream: &str, tables: &str) -> Rig {
+    /// The one route, with `tables` (whole TOML tables) added: the proxy's defaults otherwise.
+    async fn start(stream: &'static str, tables: &str) -> Rig {
         let cluster = KafkaCluster::shared();
-        let topic = format!("backlog-{stream}");
         let behind = FaultyKinesis::start(stream, 2).await;
-        let config = format!(
-            "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
-             [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100.0\n\n{tables}\n",
-            behind.faults.endpoint
+        let topic = format!("backlog-{stream}");
+        let proxy = Proxy::start_with(
+            cluster,
+            &format!(
+                "[kinesis]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
+                 [[mirror]]\ntopic = \"{topic}\"\nstream = \"{stream}\"\npercent = 100.0\n\n{tables}\n",
+                behind.faults.endpoint
+            ),
         );
-        let proxy = Proxy::start_with(cluster, &config);
         cluster.create_topic(&topic, PARTITIONS);
         Rig {
-            topic,
-            stream: stream.to_owned(),
+            stream,
             behind,
             proxy,
         }
@@ -75,9 +76,9 @@ impl Rig {
 
     fn produce(&self, count: usize) {
         let args = format!(
-            "produce --bootstrap {} --topic {} --count {count} --codec none --acks all",
+            "produce --bootstrap {} --topic backlog-{} --count {count} --codec none --acks all",
             self.proxy.bootstrap(),
-            self.topic
+            self.stream
         );
         check_produced(&run_client("confluent", &words(&args)), count as i64).unwrap();
     }
@@ -189,7 +190,7 @@ async fn an_outage_backlog_shows_in_routes_and_status_and_drains_when_kinesis_re
     let stored = wait_until_async(
         "every record in Kinesis",
         Duration::from_secs(60),
-        async || rig.behind.kinesis.read_all(&rig.stream).await,
+        async || rig.behind.kinesis.read_all(rig.stream).await,
         |stored| stored.len() >= RECORDS,
     )
     .await;
