@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use kafka_kinesis_proxy::admin::backlog::BacklogSettings;
 use kafka_kinesis_proxy::admin::http::{self, AdminState};
 use kafka_kinesis_proxy::admin::reload::Reloader;
 use kafka_kinesis_proxy::admin::{shard_for, status};
@@ -214,6 +215,10 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         )),
         dead_letters,
     };
+    let backlog = BacklogSettings {
+        durability: config.mirror_buffer.durability,
+        max_bytes: config.spool.max_bytes,
+    };
     let mirror = Mirror::start(&config.mirror, settings, metrics.clone(), inventory.clone()).await;
 
     let admin_bind = config.admin.bind;
@@ -243,6 +248,7 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
             mirror: mirror.clone(),
             inventory,
             proxy: proxy.clone(),
+            backlog,
         },
     )
     .await?;

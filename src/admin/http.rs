@@ -7,7 +7,8 @@
 //! - `/readyz/mirror`: 200 only when every routed stream is healthy (its latest PutRecords or
 //!   probe was answered), else 503 with each stream's error;
 //! - `/routes`: every route with its percent, mode, stream state, shard count, records mirrored,
-//!   success ratio and spool backlog;
+//!   success ratio and backlog (records queued in memory, spool bytes), and the whole mirror's
+//!   backlog: where it waits, how old it is, how close the disk limit, the durability in force;
 //! - `/clients`: the producer inventory.
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
+use super::backlog::{Backlog, BacklogSettings};
 use crate::mirror::Mirror;
 use crate::proxy::Proxy;
 use crate::telemetry::inventory::Inventory;
@@ -40,6 +42,7 @@ pub struct AdminState {
     pub mirror: Mirror,
     pub inventory: Arc<Inventory>,
     pub proxy: Arc<Proxy>,
+    pub backlog: BacklogSettings,
 }
 
 /// Binds the admin listener; serving starts when the returned future is awaited.
@@ -134,6 +137,8 @@ struct RouteView {
     records_sent: u64,
     records_failed: u64,
     records_skipped: u64,
+    /// Records of the stream queued in its writer's memory, neither sent nor spooled.
+    queued_records: u64,
     /// Bytes waiting in the stream's spool (the backlog to replay).
     spool_bytes: u64,
     /// Over the dual-write window; absent when no record's fate was decided in it.
@@ -168,12 +173,14 @@ async fn routes(State(state): State<AdminState>) -> impl IntoResponse {
             records_sent: count(topic, &route.stream, "sent"),
             records_failed: count(topic, &route.stream, "failed"),
             records_skipped: count(topic, &route.stream, "skipped"),
+            queued_records: route.writer.state().queued_records(),
             spool_bytes: route.writer.state().spool_bytes(),
             success_ratio: m.dual_write.ratio(topic),
         })
         .collect();
     views.sort_by(|a, b| a.topic.cmp(&b.topic));
-    Json(json!({ "routes": views }))
+    let backlog = Backlog::read(state.backlog, &state.mirror, m);
+    Json(json!({ "routes": views, "backlog": backlog }))
 }
 
 async fn clients(State(state): State<AdminState>) -> impl IntoResponse {

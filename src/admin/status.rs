@@ -1,12 +1,16 @@
 //! `kafka-kinesis-proxy status`: a compact terminal view of a running proxy, read from its
-//! admin endpoint (`/metrics`, `/routes`, `/readyz`), for a person watching a cutover.
+//! admin endpoint (`/metrics`, `/routes`, `/readyz`), for a person watching a cutover, or an
+//! outage: where the mirror's backlog waits and how close the disk limit is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use indicatif::HumanBytes;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::backlog::Backlog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -113,6 +117,9 @@ fn parse_metrics(text: &str) -> Sample {
 #[derive(Debug, Deserialize)]
 struct Routes {
     routes: Vec<RouteView>,
+    /// Absent from proxies older than the backlog view.
+    #[serde(default)]
+    backlog: Option<Backlog>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +134,9 @@ struct RouteView {
     open_shards: usize,
     records_failed: u64,
     success_ratio: Option<f64>,
+    /// Absent from proxies older than the backlog view.
+    #[serde(default)]
+    queued_records: u64,
     spool_bytes: u64,
 }
 
@@ -139,20 +149,42 @@ async fn sample(addr: &str) -> Result<Sample, StatusError> {
     Ok(parse_metrics(&metrics))
 }
 
-/// Renders the view from two samples `elapsed` apart.
-async fn render(
-    addr: &str,
-    before: &Sample,
-    after: &Sample,
-    elapsed: Duration,
-) -> Result<String, StatusError> {
+/// What the view shows besides the two samples: `/readyz`'s answer and `/routes`.
+struct Answers {
+    ready_code: u16,
+    ready_body: String,
+    routes: Routes,
+}
+
+async fn answers(addr: &str) -> Result<Answers, StatusError> {
     let (ready_code, ready_body) = get(addr, "/readyz").await?;
     let (_, routes_body) = get(addr, "/routes").await?;
-    let routes: Routes = serde_json::from_str(&routes_body).map_err(|e| StatusError::Answer {
+    let routes = serde_json::from_str(&routes_body).map_err(|e| StatusError::Answer {
         addr: addr.to_owned(),
         path: "/routes",
         detail: e.to_string(),
     })?;
+    Ok(Answers {
+        ready_code,
+        ready_body,
+        routes,
+    })
+}
+
+/// Renders the view from two samples `elapsed` apart.
+fn render(
+    addr: &str,
+    answers: &Answers,
+    before: &Sample,
+    after: &Sample,
+    elapsed: Duration,
+) -> String {
+    let Answers {
+        ready_code,
+        ready_body,
+        routes,
+    } = answers;
+    let ready_code = *ready_code;
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate =
         |map_after: &BTreeMap<String, f64>, map_before: &BTreeMap<String, f64>, topic: &str| {
@@ -168,15 +200,21 @@ async fn render(
     };
     let _ = writeln!(out, "kafka-kinesis-proxy at {addr}: {ready}");
     if ready_code != 200 {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ready_body) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(ready_body) {
             for problem in v["problems"].as_array().into_iter().flatten() {
                 let _ = writeln!(out, "  ! {}", problem.as_str().unwrap_or_default());
             }
         }
     }
+    if let Some(backlog) = &routes.backlog {
+        let _ = writeln!(out, "{}", backlog.summary());
+        for problem in backlog.problems() {
+            let _ = writeln!(out, "  ! {problem}");
+        }
+    }
     let _ = writeln!(
         out,
-        "{:<24} {:<24} {:<15} {:>7} {:>10} {:>10} {:>9} {:>10} {:>7} {:>12}  STREAM STATE",
+        "{:<24} {:<24} {:<15} {:>7} {:>10} {:>10} {:>9} {:>7} {:>7} {:>18}  STREAM STATE",
         "TOPIC",
         "STREAM",
         "MODE",
@@ -186,7 +224,7 @@ async fn render(
         "MIRRORED",
         "SUCCESS",
         "FAILED",
-        "SPOOL BYTES",
+        "BACKLOG",
     );
     for r in &routes.routes {
         let kafka = after.kafka_ok.get(&r.topic).copied().unwrap_or(0.0);
@@ -201,7 +239,7 @@ async fn render(
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<24} {:<15} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>10} {:>7} {:>12}  {}",
+            "{:<24} {:<24} {:<15} {:>6.1}% {:>10.1} {:>10.1} {:>9} {:>7} {:>7} {:>18}  {}",
             r.topic,
             r.stream,
             r.mode,
@@ -211,7 +249,8 @@ async fn render(
             format!("{:.0}/{:.0}", mirrored, kafka),
             ratio,
             r.records_failed,
-            r.spool_bytes,
+            // Records queued in memory + bytes in the spool.
+            format!("{} + {}", r.queued_records, HumanBytes(r.spool_bytes)),
             state
         );
     }
@@ -232,7 +271,7 @@ async fn render(
             .collect();
         let _ = writeln!(out, "shard spread {stream}: {}", spread.join(" "));
     }
-    Ok(out)
+    out
 }
 
 /// Prints the view once (`once`), or refreshes it every `interval` until interrupted.
@@ -242,7 +281,7 @@ pub async fn run(addr: &str, interval: Duration, once: bool) -> Result<(), Statu
     loop {
         tokio::time::sleep(interval).await;
         let after = sample(addr).await?;
-        let view = render(addr, &before, &after, at.elapsed()).await?;
+        let view = render(addr, &answers(addr).await?, &before, &after, at.elapsed());
         if once {
             print!("{view}");
             return Ok(());
@@ -276,5 +315,121 @@ kafka_kinesis_proxy_shard_records_total{shard=\"shardId-000000000001\",stream=\"
             s.shard_records[&("s".to_owned(), "shardId-000000000001".to_owned())],
             4.0
         );
+    }
+
+    const METRICS: &str = "\
+kafka_kinesis_proxy_kafka_records_total{result=\"ok\",topic=\"orders\"} 500
+kafka_kinesis_proxy_mirror_records_total{result=\"sent\",stream=\"orders-stream\",topic=\"orders\"} 100
+";
+
+    /// The view of a proxy whose `/routes` answers one route `orders` (120 records queued in
+    /// memory, 4 MiB spooled) and `backlog`.
+    fn view(backlog: serde_json::Value) -> String {
+        let routes = serde_json::json!({
+            "routes": [{
+                "topic": "orders", "stream": "orders-stream", "percent": 100.0,
+                "mode": "mirror", "stream_healthy": false, "open_shards": 4,
+                "records_failed": 0, "success_ratio": null,
+                "queued_records": 120, "spool_bytes": 4 * 1024 * 1024,
+            }],
+            "backlog": backlog,
+        });
+        let answers = Answers {
+            ready_code: 200,
+            ready_body: String::new(),
+            routes: serde_json::from_value(routes).unwrap(),
+        };
+        let sample = parse_metrics(METRICS);
+        render(
+            "127.0.0.1:9464",
+            &answers,
+            &sample,
+            &sample,
+            Duration::from_secs(2),
+        )
+    }
+
+    fn backlog(durability: &str, log_open: bool, log_bytes: u64) -> serde_json::Value {
+        serde_json::json!({
+            "durability": durability, "log_open": log_open,
+            "log_bytes": log_bytes, "spool_bytes": 4 * 1024 * 1024,
+            "max_bytes": 1024 * 1024 * 1024, "oldest_undelivered_age_seconds": 42,
+            "replay_remaining_bytes": 0, "memory_bytes": 3 * 1024 * 1024 / 2,
+        })
+    }
+
+    fn problems(view: &str) -> Vec<&str> {
+        view.lines().filter(|l| l.starts_with("  ! ")).collect()
+    }
+
+    #[test]
+    fn the_backlog_line_says_where_records_wait_and_how_close_the_disk_limit_is() {
+        let view = view(backlog("wal", true, 12 * 1024 * 1024 + 300 * 1024));
+        let lines: Vec<&str> = view.lines().collect();
+        assert_eq!(
+            lines[1],
+            "backlog: wal, in memory 1.50 MiB, log 12.29 MiB + spools 4.00 MiB of 1.00 GiB (1.6%), oldest undelivered 42 s, replaying 0 B",
+            "{view}"
+        );
+        assert!(problems(&view).is_empty(), "{view}");
+        assert!(lines[2].contains("BACKLOG"), "{view}");
+        assert!(
+            lines[3].contains(" 120 + 4.00 MiB  UNHEALTHY"),
+            "the route's backlog: records in memory + spool bytes\n{view}"
+        );
+        assert!(
+            view.lines().all(|l| l.len() <= 160),
+            "readable at 160 columns\n{view}"
+        );
+    }
+
+    #[test]
+    fn a_configured_log_that_is_not_open_is_a_problem() {
+        let view = view(backlog("wal", false, 0));
+        assert!(
+            view.contains("backlog: wal (log NOT open), in memory 1.50 MiB, spools 4.00 MiB of 1.00 GiB (0.4%)"),
+            "{view}"
+        );
+        assert_eq!(
+            problems(&view),
+            ["  ! durability wal configured but the write-ahead log is not open: a crash loses what waits in memory; see the proxy's log"],
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn memory_mode_has_no_log_and_no_problem_about_it() {
+        let view = view(backlog("memory", false, 0));
+        assert!(
+            view.contains(
+                "backlog: memory, in memory 1.50 MiB, spools 4.00 MiB of 1.00 GiB (0.4%)\n"
+            ),
+            "{view}"
+        );
+        assert!(problems(&view).is_empty(), "memory was asked for\n{view}");
+    }
+
+    #[test]
+    fn a_full_disk_says_routed_producers_are_held() {
+        let mut full = backlog("wal", true, 1024 * 1024 * 1024 - 4 * 1024 * 1024);
+        let view_full = view(full.clone());
+        assert!(view_full.contains("of 1.00 GiB (100.0%)"), "{view_full}");
+        assert_eq!(
+            problems(&view_full),
+            ["  ! disk limit reached (1.00 GiB of spool.max_bytes 1.00 GiB): Produce responses for routed topics are held until Kinesis takes the backlog"],
+            "{view_full}"
+        );
+        full["log_bytes"] = serde_json::json!(1024 * 1024 * 1024 - 4 * 1024 * 1024 - 1);
+        assert!(problems(&view(full)).is_empty(), "one byte below the limit");
+    }
+
+    #[test]
+    fn a_proxy_without_the_backlog_view_still_renders() {
+        let routes: Routes = serde_json::from_str(
+            r#"{"routes":[{"topic":"t","stream":"s","percent":1.0,"stream_healthy":true,"open_shards":1,"records_failed":0,"success_ratio":null,"spool_bytes":0}]}"#,
+        )
+        .unwrap();
+        assert!(routes.backlog.is_none());
+        assert_eq!(routes.routes[0].queued_records, 0);
     }
 }

@@ -164,6 +164,11 @@ pub struct StreamState {
     open_shards: AtomicUsize,
     pub(super) map: ArcSwap<ShardMap>,
     pub(super) spool_bytes: AtomicU64,
+    /// Records queued in the writer's memory, not in a request yet: set by the writer once per
+    /// loop turn, so that `/routes` can show where the backlog waits...
+    pub(super) queued_records: AtomicU64,
+    /// ...and those in PutRecords requests in flight, which during an outage is most of them.
+    pub(super) in_flight_records: AtomicU64,
 }
 
 impl StreamState {
@@ -176,6 +181,8 @@ impl StreamState {
             open_shards: AtomicUsize::new(0),
             map: ArcSwap::from_pointee(ShardMap::default()),
             spool_bytes: AtomicU64::new(0),
+            queued_records: AtomicU64::new(0),
+            in_flight_records: AtomicU64::new(0),
         }
     }
 
@@ -203,6 +210,12 @@ impl StreamState {
     /// Bytes waiting in the stream's spool.
     pub fn spool_bytes(&self) -> u64 {
         self.spool_bytes.load(Ordering::Acquire)
+    }
+
+    /// Records in the writer's memory, neither delivered nor spooled: queued, waiting for
+    /// room in the budget, or in a request in flight.
+    pub fn queued_records(&self) -> u64 {
+        self.queued_records.load(Ordering::Relaxed) + self.in_flight_records.load(Ordering::Relaxed)
     }
 
     pub(super) fn install_map(&self, map: ShardMap) {

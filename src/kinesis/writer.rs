@@ -228,6 +228,10 @@ impl WriterTask {
                 self.spool_remaining().await;
             }
             self.dispatch(!input_open || closing.is_some());
+            self.state.queued_records.store(
+                (self.lanes.queued_records() + self.held.len()) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let settled = self.lanes.is_idle()
                 && self.requests_in_flight == 0
                 && self.held.is_empty()
@@ -409,6 +413,9 @@ impl WriterTask {
                 return;
             }
             self.requests_in_flight += 1;
+            self.state
+                .in_flight_records
+                .fetch_add(request.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.health.sent();
             let service = self.service.clone();
             let metrics = self.metrics.clone();
@@ -429,6 +436,10 @@ impl WriterTask {
 
     async fn complete(&mut self, completion: Completion) {
         self.requests_in_flight -= 1;
+        self.state.in_flight_records.fetch_sub(
+            completion.request.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let now = Instant::now();
         self.lanes.finished(&completion.request);
         let stream = self.state.stream.clone();

@@ -7,6 +7,7 @@
 //! plus its position in the request. Transactional records wait in [`transactions`] until the
 //! EndTxn exchange that ends their transaction, which connections hand over the same way.
 
+mod backlog;
 mod decode;
 pub(crate) mod kinesis_only;
 pub mod partition_key;
