@@ -38,6 +38,8 @@ use crate::kinesis::segment_log::{SegmentDir, SegmentLogError};
 use crate::kinesis::spool::DEFAULT_SEGMENT_BYTES;
 use crate::telemetry::wal_metrics::WalMetrics;
 use appender::{Appender, AppenderSettings, Command};
+pub(crate) use appender::LogPosition;
+use entry::{decode, Entry, MAX_PAYLOAD_BYTES};
 pub(crate) use entry::{Logged, LoggedExchange};
 pub(in crate::mirror) use feed::open_in_background;
 pub(crate) use marks::ExchangeLog;
@@ -73,6 +75,8 @@ pub fn wal_dir(spool_dir: &std::path::Path) -> PathBuf {
 /// The handle exchanges are logged through.
 pub(crate) struct Wal {
     commands: Sender<Command>,
+    /// The log's files, to read deferred exchanges back from.
+    files: SegmentDir,
     /// `sync`: appends complete after their fsync.
     durable: bool,
     next_id: AtomicU64,
@@ -122,10 +126,17 @@ impl Wal {
             .set(recovery.replay.remaining_bytes() as i64);
         let (commands, received) = std::sync::mpsc::channel();
         recovery.replay.attach(commands.clone());
-        Appender::spawn((files, lock), recovery.state, settings, metrics, received)
-            .map_err(|e| WalError::from(crate::kinesis::segment_log::io_err(dir)(e)))?;
+        Appender::spawn(
+            (files.clone(), lock),
+            recovery.state,
+            settings,
+            metrics,
+            received,
+        )
+        .map_err(|e| WalError::from(crate::kinesis::segment_log::io_err(dir)(e)))?;
         let wal = Wal {
             commands,
+            files,
             durable: durability == Durability::Sync,
             next_id: AtomicU64::new(recovery.next_id),
         };
@@ -163,8 +174,8 @@ impl Wal {
             response_frame: response_frame.cloned(),
         };
         match self.log(Logged::Exchange(exchange)).await {
-            Ok(()) => Some(ExchangeLog::new(
-                id,
+            Ok(position) => Some(ExchangeLog::new(
+                (id, position),
                 self.commands.clone(),
                 HashSet::new(),
                 None,
@@ -183,7 +194,19 @@ impl Wal {
         }
     }
 
-    async fn log(&self, logged: Logged) -> Result<(), WalError> {
+    /// Reads `logged`'s exchange back from where it was written, while the mirror holds it
+    /// (so its segment is kept). Blocking file I/O.
+    pub(crate) fn read_back(&self, logged: &ExchangeLog) -> Result<LoggedExchange, WalError> {
+        let LogPosition {
+            segment, offset, ..
+        } = logged.position();
+        match read_logged(&self.files, segment, offset)? {
+            Logged::Exchange(exchange) if exchange.id == logged.id() => Ok(exchange),
+            _ => Err(WalError::NotAnExchange { segment, offset }),
+        }
+    }
+
+    async fn log(&self, logged: Logged) -> Result<LogPosition, WalError> {
         let (done, written) = oneshot::channel();
         let command = Command::Append {
             logged,
@@ -194,5 +217,15 @@ impl Wal {
             Ok(()) => written.await.unwrap_or(Err(WalError::Closed)),
             Err(_) => Err(WalError::Closed),
         }
+    }
+}
+
+/// The entry a Produce or transaction-control exchange was logged as at `offset` of `segment`.
+/// Blocking file I/O.
+fn read_logged(files: &SegmentDir, segment: u64, offset: u64) -> Result<Logged, WalError> {
+    let payload = files.read_frame(segment, offset, MAX_PAYLOAD_BYTES)?;
+    match decode(payload) {
+        Ok(Entry::Logged(logged)) => Ok(logged),
+        _ => Err(WalError::NotAnExchange { segment, offset }),
     }
 }
