@@ -8,6 +8,8 @@
 //! EndTxn exchange that ends their transaction, which connections hand over the same way.
 
 mod decode;
+#[cfg(test)]
+mod deferred_tests;
 mod intake;
 pub(crate) mod kinesis_only;
 pub mod partition_key;

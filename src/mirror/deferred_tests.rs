@@ -1,0 +1,186 @@
+//! The default `when_full = "spill"` with the default write-ahead log: exchanges the stage has
+//! no room for are deferred to the log and read back, never shed. A real stage and writers in
+//! front of a [`FakeKinesis`] that stores everything; real clock (decoding runs on its own
+//! threads), on a single-threaded runtime so that the stage cannot run while a test hands
+//! exchanges over without awaiting.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::tests::{kinesis_with_a_down, route, stored, Stored};
+use super::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
+use crate::config::Durability;
+use crate::kinesis::test_support::{spilling_settings, wait_until};
+use crate::kinesis::writer::WriterSettings;
+use crate::telemetry::inventory::Inventory;
+use crate::telemetry::metrics::{Metrics, MirrorResult};
+
+/// Records per exchange, keyed `key-0`, `key-1`.
+pub(super) const RECORDS: usize = 2;
+
+/// The exchange numbered `seq` of a run: [`RECORDS`] records to partition 0 of `topic-a`,
+/// valued `SEQ-INDEX`, which Kafka stored from offset `seq * RECORDS`.
+pub(super) fn numbered(seq: usize) -> ProduceExchange {
+    let values: Vec<Bytes> = (0..RECORDS)
+        .map(|i| Bytes::from(format!("{seq}-{i}")))
+        .collect();
+    stored("topic-a", (seq * RECORDS) as i64, &values)
+}
+
+/// The default settings (spill, write-ahead log) with a spool in `spool`, and a writer fast
+/// enough that the stage, not Kinesis, is what falls behind.
+pub(super) fn default_settings(spool: &std::path::Path) -> WriterSettings {
+    let mut settings = spilling_settings(spool, 1 << 30);
+    // The test helpers default to memory; the product's default is the log.
+    settings.buffer.durability = Durability::Wal;
+    settings.kinesis.shard_rate_factor = 100.0;
+    settings
+}
+
+/// A mirror of `topic-a` to `stream-a` with `settings`, in front of a Kinesis that stores
+/// into `stored` (down while `down`).
+pub(super) async fn mirror_of_a(
+    settings: WriterSettings,
+    down: &Arc<AtomicBool>,
+    stored: &Stored,
+    metrics: &Arc<Metrics>,
+) -> Mirror {
+    Mirror::start_with(
+        &[route("topic-a", "stream-a")],
+        settings,
+        metrics.clone(),
+        Arc::new(Inventory::default()),
+        kinesis_with_a_down(down, stored).clients(),
+    )
+    .await
+}
+
+/// Hands the exchanges `seqs` over as a burst faster than the stage can take any: each is
+/// logged first, then all are handed to the stage without an await between them, so that on
+/// this single-threaded runtime the stage does not run until the burst is over.
+pub(super) async fn burst(mirror: &Mirror, seqs: std::ops::Range<usize>) {
+    let mut logged = Vec::new();
+    for seq in seqs {
+        let exchange = numbered(seq);
+        let log = mirror.log_exchange(&exchange).await;
+        assert!(log.is_some(), "the default config logs routed exchanges");
+        logged.push((exchange, log));
+    }
+    for (exchange, log) in logged {
+        // Spill and drop modes never wait here.
+        futures::FutureExt::now_or_never(mirror.stage_exchange(exchange, log))
+            .expect("handing over does not wait");
+    }
+}
+
+fn stream_a(stored: &Stored) -> Vec<String> {
+    let stored = stored.lock().unwrap();
+    stored.get("stream-a").cloned().unwrap_or_default()
+}
+
+/// Asserts that stream-a holds every record of exchanges `0..exchanges` exactly once, and
+/// each key's records in the order produced.
+fn assert_all_once_in_order(stored: &Stored, exchanges: usize) {
+    let data = stream_a(stored);
+    let mut by_key: HashMap<usize, Vec<usize>> = HashMap::new();
+    for value in &data {
+        let (seq, key) = value.split_once('-').expect("SEQ-INDEX");
+        by_key
+            .entry(key.parse().unwrap())
+            .or_default()
+            .push(seq.parse().unwrap());
+    }
+    assert_eq!(data.len(), exchanges * RECORDS, "every record exactly once");
+    for (key, seqs) in by_key {
+        let expected: Vec<usize> = (0..exchanges).collect();
+        assert!(seqs == expected, "key-{key} out of order or incomplete");
+    }
+}
+
+fn dropped(metrics: &Metrics) -> u64 {
+    metrics
+        .mirror_records
+        .with_label_values(&["topic-a", "stream-a", MirrorResult::Dropped.as_str()])
+        .get()
+}
+
+#[tokio::test]
+async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed() {
+    let spool = tempfile::tempdir().unwrap();
+    let (up, kinesis, metrics) = (
+        Arc::new(AtomicBool::new(false)),
+        Stored::default(),
+        Arc::new(Metrics::new()),
+    );
+    let mirror = mirror_of_a(default_settings(spool.path()), &up, &kinesis, &metrics).await;
+    let exchanges = EXCHANGE_QUEUE + 3000;
+    burst(&mirror, 0..exchanges).await;
+    let deferred_bytes = metrics.wal.replay_remaining_bytes.get();
+    wait_until(
+        "every record in Kinesis or dropped",
+        Duration::from_secs(120),
+        || stream_a(&kinesis).len() as u64 + dropped(&metrics) >= (exchanges * RECORDS) as u64,
+    )
+    .await;
+    mirror
+        .shut_down(std::time::Instant::now() + Duration::from_secs(10))
+        .await;
+    assert_eq!(metrics.mirror_dropped_requests.get(), 0, "nothing shed");
+    assert_eq!(dropped(&metrics), 0, "no record counted dropped");
+    assert!(
+        deferred_bytes > 0,
+        "the exchanges past the queue waited in the log"
+    );
+    assert_eq!(
+        metrics.wal.replay_remaining_bytes.get(),
+        0,
+        "all read back"
+    );
+    assert_all_once_in_order(&kinesis, exchanges);
+}
+
+#[tokio::test]
+async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones() {
+    let spool = tempfile::tempdir().unwrap();
+    let (up, kinesis, metrics) = (
+        Arc::new(AtomicBool::new(false)),
+        Stored::default(),
+        Arc::new(Metrics::new()),
+    );
+    let mirror = mirror_of_a(default_settings(spool.path()), &up, &kinesis, &metrics).await;
+    let backlog = EXCHANGE_QUEUE + 3000;
+    burst(&mirror, 0..backlog).await;
+    // Live exchanges, one at a time as a connection hands them over (each waits for its
+    // append, so the stage and the catch-up run meanwhile), while the mirror is behind and
+    // after it caught up.
+    let (mut during, mut after, mut seq) = (0, 0, backlog);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while after < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        if metrics.wal.replay_remaining_bytes.get() > 0 {
+            during += 1;
+        } else {
+            after += 1;
+        }
+        mirror.hand_over(numbered(seq)).await;
+        seq += 1;
+    }
+    wait_until(
+        "every record in Kinesis or dropped",
+        Duration::from_secs(120),
+        || stream_a(&kinesis).len() as u64 + dropped(&metrics) >= (seq * RECORDS) as u64,
+    )
+    .await;
+    mirror
+        .shut_down(std::time::Instant::now() + Duration::from_secs(10))
+        .await;
+    assert!(during > 0, "live exchanges arrived while the mirror was behind");
+    assert_eq!(metrics.mirror_dropped_requests.get(), 0, "nothing shed");
+    assert_eq!(metrics.wal.replay_remaining_bytes.get(), 0);
+    assert_all_once_in_order(&kinesis, seq);
+    eprintln!("backlog {backlog}, live during the catch-up {during}, after {after}");
+}
