@@ -135,11 +135,7 @@ async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed()
         deferred_bytes > 0,
         "the exchanges past the queue waited in the log"
     );
-    assert_eq!(
-        metrics.wal.replay_remaining_bytes.get(),
-        0,
-        "all read back"
-    );
+    assert_eq!(metrics.wal.replay_remaining_bytes.get(), 0, "all read back");
     assert_all_once_in_order(&kinesis, exchanges);
 }
 
@@ -178,7 +174,10 @@ async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones()
     mirror
         .shut_down(std::time::Instant::now() + Duration::from_secs(10))
         .await;
-    assert!(during > 0, "live exchanges arrived while the mirror was behind");
+    assert!(
+        during > 0,
+        "live exchanges arrived while the mirror was behind"
+    );
     assert_eq!(metrics.mirror_dropped_requests.get(), 0, "nothing shed");
     assert_eq!(metrics.wal.replay_remaining_bytes.get(), 0);
     assert_all_once_in_order(&kinesis, seq);

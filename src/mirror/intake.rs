@@ -38,6 +38,9 @@ const CATCH_UP_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 /// wait for it, and they are behind already.
 const BYTE_ROOM_POLL: Duration = Duration::from_millis(2);
 
+/// An exchange the stage's queue had no room for, with its entry in the log.
+type Refused = (ProduceExchange, Option<Arc<ExchangeLog>>);
+
 /// The exchanges the mirror deferred, oldest first; connections queue behind them while any
 /// is left.
 #[derive(Default)]
@@ -72,7 +75,9 @@ struct DeferredExchange {
 impl Deferred {
     fn lock(&self) -> MutexGuard<'_, DeferredState> {
         // The state is consistent after every statement: a panic elsewhere does not spoil it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -114,7 +119,7 @@ impl Mirror {
         let logged = match logged {
             Some(logged) if self.when_full == WhenFull::Spill => logged,
             logged => {
-                if let Err((shed, logged)) = self.offer(exchange, bytes, logged) {
+                if let Some((shed, logged)) = self.offer(exchange, bytes, logged) {
                     self.shed(shed, logged);
                 }
                 return;
@@ -125,8 +130,8 @@ impl Mirror {
         // exchange is either sent behind every deferred one, or deferred behind them.
         let (exchange, logged) = if state.waiting.is_empty() {
             match self.offer(exchange, bytes, Some(logged)) {
-                Ok(()) => return,
-                Err((exchange, logged)) => (exchange, logged.expect("offered logged")),
+                None => return,
+                Some((exchange, logged)) => (exchange, logged.expect("offered logged")),
             }
         } else {
             (exchange, logged)
@@ -151,26 +156,30 @@ impl Mirror {
             // Shutting down: it waits in the log for the next start.
             None if closed => {}
             None => {
-                tracing::warn!("the mirror fell behind: exchanges are read back from the write-ahead log");
+                tracing::warn!(
+                    "the mirror fell behind: exchanges are read back from the write-ahead log"
+                );
                 state.behind = Some(Behind {
                     since: Instant::now(),
                     exchanges: 1,
                     bytes: log_bytes,
                 });
-                let wal = self.wal.clone().expect("only logged exchanges are deferred");
+                let wal = self
+                    .wal
+                    .clone()
+                    .expect("only logged exchanges are deferred");
                 tokio::spawn(self.clone().catch_up(wal));
             }
         }
     }
 
-    /// Sends an exchange to the stage if its queue has room.
-    #[allow(clippy::type_complexity)]
+    /// Sends an exchange to the stage if its queue has room; what it refused otherwise.
     fn offer(
         &self,
         exchange: ProduceExchange,
         bytes: usize,
         logged: Option<Arc<ExchangeLog>>,
-    ) -> Result<(), (ProduceExchange, Option<Arc<ExchangeLog>>)> {
+    ) -> Option<Refused> {
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
         let refused = if fits {
@@ -178,7 +187,7 @@ impl Mirror {
                 .tx
                 .try_send(StageInput::Exchange(exchange, Rooms::new(), logged))
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => return None,
                 Err(full) => match full.into_inner() {
                     StageInput::Exchange(exchange, _, logged) => (exchange, logged),
                     _ => unreachable!("a Produce exchange was sent"),
@@ -188,7 +197,7 @@ impl Mirror {
             (exchange, logged)
         };
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        Err(refused)
+        Some(refused)
     }
 
     /// Drops an exchange the stage has no room for, and counts it.
@@ -198,18 +207,24 @@ impl Mirror {
         if let Some(logged) = logged {
             logged.dropped();
         }
-        self.metrics.mirror_dropped_requests.inc();
-        self.count_shed(&exchange);
-        tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
+        // An exchange that owed the mirror nothing (its topics are not routed) costs the mirror
+        // nothing: only the producer inventory misses it.
+        if self.count_shed(&exchange) {
+            self.metrics.mirror_dropped_requests.inc();
+            tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
+        }
     }
 
     /// Counts the records a shed exchange owed the mirror as dropped, so that the dual-write
-    /// ratio shows the loss. Only batch headers are read: the proxy is short of CPU already.
-    fn count_shed(&self, exchange: &ProduceExchange) {
+    /// ratio shows the loss; whether it owed any (or could not be read to tell). Only batch
+    /// headers are read: the proxy is short of CPU already.
+    fn count_shed(&self, exchange: &ProduceExchange) -> bool {
         let Ok(partitions) = produced_partitions(exchange, &self.routes.load()) else {
-            return;
+            return true;
         };
+        let mut owed = false;
         for produced in partitions.iter().filter(|p| p.is_mirrored()) {
+            owed = true;
             let (Some(route), Ok(summary)) = (&produced.route, summarize(&produced.records)) else {
                 continue;
             };
@@ -220,6 +235,7 @@ impl Mirror {
                 sampled_estimate(summary.records, route.percent),
             );
         }
+        owed
     }
 
     /// Reads the deferred exchanges back from the log, oldest first, and sends each to the
@@ -232,7 +248,10 @@ impl Mirror {
             }
             let reader = wal.clone();
             let read = tokio::task::spawn_blocking(move || {
-                chunk.iter().map(|l| reader.read_back(l)).collect::<Vec<_>>()
+                chunk
+                    .iter()
+                    .map(|l| reader.read_back(l))
+                    .collect::<Vec<_>>()
             })
             .await
             .expect("write-ahead log read-back task");
@@ -289,7 +308,10 @@ impl Mirror {
     /// the mirror is not shutting down).
     fn pop_deferred(&self) -> bool {
         let mut state = self.deferred.lock();
-        let sent = state.waiting.pop_front().expect("the front stays until sent");
+        let sent = state
+            .waiting
+            .pop_front()
+            .expect("the front stays until sent");
         self.metrics
             .wal
             .replay_remaining_bytes
@@ -314,7 +336,11 @@ impl Mirror {
         let mut state = self.deferred.lock();
         state.closed = true;
         if !state.waiting.is_empty() {
-            let bytes: u64 = state.waiting.iter().map(|d| d.logged.position().bytes).sum();
+            let bytes: u64 = state
+                .waiting
+                .iter()
+                .map(|d| d.logged.position().bytes)
+                .sum();
             tracing::info!(
                 exchanges = state.waiting.len(),
                 bytes,

@@ -59,8 +59,8 @@ use stream_queue::{Rooms, StreamQueue, StreamQueues};
 use transactions::{HeldId, Transactions};
 use wal::{ExchangeLog, Wal};
 
-/// Produce exchanges the stage may hold before connections start dropping them (spill and
-/// drop modes: deep, so a spool fsync never costs an exchange)...
+/// Produce exchanges the stage may hold before connections start deferring them to the log, or
+/// dropping them (spill and drop modes: deep, so a spool fsync never costs an exchange)...
 const EXCHANGE_QUEUE: usize = 8 * 1024;
 /// ...as long as they hold no more than this many bytes, counting those the stage is decoding:
 /// waiting exchanges pin whole request frames outside the memory budget, so this is what keeps

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{Durability, WhenFull};
-use crate::mirror::deferred_tests::{burst, default_settings, mirror_of_a, RECORDS};
 use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
+use crate::mirror::deferred_tests::{burst, default_settings, mirror_of_a, RECORDS};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
 use crate::mirror::wal::wal_dir;
