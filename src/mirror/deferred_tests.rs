@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::tests::produce_response;
 use super::tests::{kinesis_with_a_down, route, stored, Stored};
-use super::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
-use crate::config::Durability;
+use super::{Mirror, PrimaryAnswer, ProduceExchange, EXCHANGE_QUEUE};
+use crate::config::{Durability, MirrorRoute, RouteMode};
 use crate::kinesis::test_support::{spilling_settings, wait_until};
 use crate::kinesis::writer::WriterSettings;
 use crate::telemetry::inventory::Inventory;
@@ -33,7 +34,7 @@ pub(super) fn numbered(seq: usize) -> ProduceExchange {
 
 /// The default settings (spill, write-ahead log) with a spool in `spool`, and a writer fast
 /// enough that the stage, not Kinesis, is what falls behind.
-pub(super) fn default_settings(spool: &std::path::Path) -> WriterSettings {
+fn default_settings(spool: &std::path::Path) -> WriterSettings {
     let mut settings = spilling_settings(spool, 1 << 30);
     // The test helpers default to memory; the product's default is the log.
     settings.buffer.durability = Durability::Wal;
@@ -41,31 +42,71 @@ pub(super) fn default_settings(spool: &std::path::Path) -> WriterSettings {
     settings
 }
 
-/// A mirror of `topic-a` to `stream-a` with `settings`, in front of a Kinesis that stores
-/// into `stored` (down while `down`).
-pub(super) async fn mirror_of_a(
-    settings: WriterSettings,
-    down: &Arc<AtomicBool>,
-    stored: &Stored,
-    metrics: &Arc<Metrics>,
-) -> Mirror {
-    Mirror::start_with(
-        &[route("topic-a", "stream-a")],
-        settings,
-        metrics.clone(),
-        Arc::new(Inventory::default()),
-        kinesis_with_a_down(down, stored).clients(),
-    )
-    .await
+/// A mirror of `topic-a` to `stream-a`, in front of a Kinesis that stores everything.
+pub(super) struct Run {
+    pub(super) mirror: Mirror,
+    pub(super) kinesis: Stored,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) spool: tempfile::TempDir,
+}
+
+impl Run {
+    /// With [`default_settings`], changed by `adjust`.
+    pub(super) async fn start(adjust: impl FnOnce(&mut WriterSettings)) -> Run {
+        let spool = tempfile::tempdir().unwrap();
+        let mut settings = default_settings(spool.path());
+        adjust(&mut settings);
+        let (kinesis, metrics) = (Stored::default(), Arc::new(Metrics::new()));
+        let mirror = Mirror::start_with(
+            &[route("topic-a", "stream-a")],
+            settings,
+            metrics.clone(),
+            Arc::new(Inventory::default()),
+            kinesis_with_a_down(&Arc::new(AtomicBool::new(false)), &kinesis).clients(),
+        )
+        .await;
+        Run {
+            mirror,
+            kinesis,
+            metrics,
+            spool,
+        }
+    }
+
+    /// Waits until each record of exchanges `0..exchanges` is in Kinesis or counted dropped,
+    /// then shuts the mirror down, which writes every mark in the log.
+    pub(super) async fn finish(&self, exchanges: usize) {
+        wait_until(
+            "every record in Kinesis or dropped",
+            Duration::from_secs(120),
+            || {
+                stream_a(&self.kinesis).len() as u64 + dropped(&self.metrics)
+                    >= (exchanges * RECORDS) as u64
+            },
+        )
+        .await;
+        self.mirror
+            .shut_down(std::time::Instant::now() + Duration::from_secs(10))
+            .await;
+    }
 }
 
 /// Hands the exchanges `seqs` over as a burst faster than the stage can take any: each is
 /// logged first, then all are handed to the stage without an await between them, so that on
 /// this single-threaded runtime the stage does not run until the burst is over.
-pub(super) async fn burst(mirror: &Mirror, seqs: std::ops::Range<usize>) {
-    let mut logged = Vec::new();
+/// Returns what each exchange's response waits for, on a kinesis-primary route.
+pub(super) async fn burst(
+    mirror: &Mirror,
+    seqs: std::ops::Range<usize>,
+) -> Vec<(usize, Option<PrimaryAnswer>)> {
+    let (mut logged, mut answers) = (Vec::new(), Vec::new());
     for seq in seqs {
-        let exchange = numbered(seq);
+        let mut exchange = numbered(seq);
+        // As `hand_over` opens them.
+        let answer = mirror
+            .primary
+            .open(&mut exchange, &mirror.routes.load(), &mirror.metrics);
+        answers.push((seq, answer));
         let log = mirror.log_exchange(&exchange).await;
         assert!(log.is_some(), "the default config logs routed exchanges");
         logged.push((exchange, log));
@@ -75,6 +116,7 @@ pub(super) async fn burst(mirror: &Mirror, seqs: std::ops::Range<usize>) {
         futures::FutureExt::now_or_never(mirror.stage_exchange(exchange, log))
             .expect("handing over does not wait");
     }
+    answers
 }
 
 fn stream_a(stored: &Stored) -> Vec<String> {
@@ -110,46 +152,30 @@ fn dropped(metrics: &Metrics) -> u64 {
 
 #[tokio::test]
 async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed() {
-    let spool = tempfile::tempdir().unwrap();
-    let (up, kinesis, metrics) = (
-        Arc::new(AtomicBool::new(false)),
-        Stored::default(),
-        Arc::new(Metrics::new()),
-    );
-    let mirror = mirror_of_a(default_settings(spool.path()), &up, &kinesis, &metrics).await;
+    let run = Run::start(|_| {}).await;
     let exchanges = EXCHANGE_QUEUE + 3000;
-    burst(&mirror, 0..exchanges).await;
-    let deferred_bytes = metrics.wal.replay_remaining_bytes.get();
-    wait_until(
-        "every record in Kinesis or dropped",
-        Duration::from_secs(120),
-        || stream_a(&kinesis).len() as u64 + dropped(&metrics) >= (exchanges * RECORDS) as u64,
-    )
-    .await;
-    mirror
-        .shut_down(std::time::Instant::now() + Duration::from_secs(10))
-        .await;
-    assert_eq!(metrics.mirror_dropped_requests.get(), 0, "nothing shed");
-    assert_eq!(dropped(&metrics), 0, "no record counted dropped");
+    burst(&run.mirror, 0..exchanges).await;
+    let deferred_bytes = run.metrics.wal.replay_remaining_bytes.get();
+    run.finish(exchanges).await;
+    assert_eq!(run.metrics.mirror_dropped_requests.get(), 0, "nothing shed");
+    assert_eq!(dropped(&run.metrics), 0, "no record counted dropped");
     assert!(
         deferred_bytes > 0,
         "the exchanges past the queue waited in the log"
     );
-    assert_eq!(metrics.wal.replay_remaining_bytes.get(), 0, "all read back");
-    assert_all_once_in_order(&kinesis, exchanges);
+    assert_eq!(
+        run.metrics.wal.replay_remaining_bytes.get(),
+        0,
+        "all read back"
+    );
+    assert_all_once_in_order(&run.kinesis, exchanges);
 }
 
 #[tokio::test]
 async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones() {
-    let spool = tempfile::tempdir().unwrap();
-    let (up, kinesis, metrics) = (
-        Arc::new(AtomicBool::new(false)),
-        Stored::default(),
-        Arc::new(Metrics::new()),
-    );
-    let mirror = mirror_of_a(default_settings(spool.path()), &up, &kinesis, &metrics).await;
+    let run = Run::start(|_| {}).await;
     let backlog = EXCHANGE_QUEUE + 3000;
-    burst(&mirror, 0..backlog).await;
+    burst(&run.mirror, 0..backlog).await;
     // Live exchanges, one at a time as a connection hands them over (each waits for its
     // append, so the stage and the catch-up run meanwhile), while the mirror is behind and
     // after it caught up.
@@ -157,29 +183,55 @@ async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones()
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while after < 100 {
         assert!(tokio::time::Instant::now() < deadline, "never caught up");
-        if metrics.wal.replay_remaining_bytes.get() > 0 {
+        if run.metrics.wal.replay_remaining_bytes.get() > 0 {
             during += 1;
         } else {
             after += 1;
         }
-        mirror.hand_over(numbered(seq)).await;
+        run.mirror.hand_over(numbered(seq)).await;
         seq += 1;
     }
-    wait_until(
-        "every record in Kinesis or dropped",
-        Duration::from_secs(120),
-        || stream_a(&kinesis).len() as u64 + dropped(&metrics) >= (seq * RECORDS) as u64,
-    )
-    .await;
-    mirror
-        .shut_down(std::time::Instant::now() + Duration::from_secs(10))
-        .await;
+    run.finish(seq).await;
     assert!(
         during > 0,
         "live exchanges arrived while the mirror was behind"
     );
-    assert_eq!(metrics.mirror_dropped_requests.get(), 0, "nothing shed");
-    assert_eq!(metrics.wal.replay_remaining_bytes.get(), 0);
-    assert_all_once_in_order(&kinesis, seq);
+    assert_eq!(run.metrics.mirror_dropped_requests.get(), 0, "nothing shed");
+    assert_eq!(run.metrics.wal.replay_remaining_bytes.get(), 0);
+    assert_all_once_in_order(&run.kinesis, seq);
     eprintln!("backlog {backlog}, live during the catch-up {during}, after {after}");
+}
+
+#[tokio::test]
+async fn a_deferred_kinesis_primary_exchange_is_answered_once_it_is_delivered() {
+    // The setting under test: a kinesis-primary route, whose answers wait for delivery.
+    let run = Run::start(|_| {}).await;
+    let primary = MirrorRoute {
+        mode: RouteMode::KinesisPrimary,
+        primary_timeout: Duration::from_secs(120),
+        ..route("topic-a", "stream-a")
+    };
+    run.mirror.apply_routes(&[primary]).await;
+    let exchanges = EXCHANGE_QUEUE + 1000;
+    let answers = burst(&run.mirror, 0..exchanges).await;
+    assert!(
+        run.metrics.wal.replay_remaining_bytes.get() > 0,
+        "some deferred"
+    );
+    let received = std::time::Instant::now();
+    let answered = futures::future::join_all(answers.into_iter().map(|(seq, answer)| {
+        let response = produce_response("topic-a", (seq * RECORDS) as i64);
+        async move {
+            let answer = answer.expect("a kinesis-primary exchange waits for delivery");
+            answer.settle(response.clone(), received).await.unwrap() == response
+        }
+    }))
+    .await;
+    let unchanged = answered.iter().filter(|ok| **ok).count();
+    assert_eq!(
+        unchanged, exchanges,
+        "every response goes back as Kafka gave it: delivered, none timed out"
+    );
+    run.finish(exchanges).await;
+    assert_all_once_in_order(&run.kinesis, exchanges);
 }

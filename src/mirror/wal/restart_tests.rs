@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::config::{Durability, WhenFull};
 use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
-use crate::mirror::deferred_tests::{burst, default_settings, mirror_of_a, RECORDS};
+use crate::mirror::deferred_tests::{burst, Run, RECORDS};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
 use crate::mirror::wal::wal_dir;
@@ -202,33 +202,19 @@ async fn a_full_log_holds_routed_answers_until_kinesis_frees_room_and_others_pas
 
 #[tokio::test]
 async fn in_drop_mode_an_exchange_shed_from_a_full_stage_is_not_replayed_after_a_restart() {
-    let first_spool = tempfile::tempdir().unwrap();
-    let (up, before, metrics) = (
-        Arc::new(AtomicBool::new(false)),
-        Stored::default(),
-        Arc::new(Metrics::new()),
-    );
     // The setting under test: `when_full = "drop"`, with the default log.
-    let mut settings = default_settings(first_spool.path());
-    settings.buffer.when_full = WhenFull::Drop;
-    let first = mirror_of_a(settings, &up, &before, &metrics).await;
+    let first = Run::start(|settings| settings.buffer.when_full = WhenFull::Drop).await;
     let shed = 3;
-    burst(&first, 0..EXCHANGE_QUEUE + shed).await;
-    assert_eq!(metrics.mirror_dropped_requests.get(), shed as u64);
-    wait_until(
-        "the exchanges the stage took in Kinesis",
-        Duration::from_secs(60),
-        || stream_a(&before).len() >= EXCHANGE_QUEUE * RECORDS,
-    )
-    .await;
-    // Every mark written: the log is what a kill now would leave.
-    first
-        .shut_down(std::time::Instant::now() + Duration::from_secs(10))
-        .await;
+    burst(&first.mirror, 0..EXCHANGE_QUEUE + shed).await;
+    assert_eq!(first.metrics.mirror_dropped_requests.get(), shed as u64);
+    // Its shutdown writes every mark: the log is what a kill now would leave.
+    first.finish(EXCHANGE_QUEUE + shed).await;
+    assert_eq!(stream_a(&first.kinesis).len(), EXCHANGE_QUEUE * RECORDS);
     let second_spool = tempfile::tempdir().unwrap();
-    copy_log(first_spool.path(), second_spool.path());
+    copy_log(first.spool.path(), second_spool.path());
     let after_restart = Stored::default();
     // Its start replays what the log holds, and its shutdown delivers it.
+    let up = Arc::new(AtomicBool::new(false));
     let second = mirror(second_spool.path(), &up, &after_restart).await;
     second
         .shut_down(std::time::Instant::now() + Duration::from_secs(10))
