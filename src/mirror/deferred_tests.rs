@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::stage_transactions::tests::end_txn;
 use super::tests::produce_response;
-use super::tests::{kinesis_with_a_down, route, stored, Stored};
+use super::tests::{acks0_produce, client, kinesis_with_a_down, route, stored, Stored};
 use super::{Mirror, PrimaryAnswer, ProduceExchange, EXCHANGE_QUEUE};
 use crate::config::{Durability, MirrorRoute, RouteMode};
 use crate::kinesis::test_support::{spilling_settings, wait_until};
@@ -73,16 +74,13 @@ impl Run {
         }
     }
 
-    /// Waits until each record of exchanges `0..exchanges` is in Kinesis or counted dropped,
-    /// then shuts the mirror down, which writes every mark in the log.
-    pub(super) async fn finish(&self, exchanges: usize) {
+    /// Waits until `records` records are in Kinesis or counted dropped, then shuts the mirror
+    /// down, which writes every mark in the log.
+    pub(super) async fn finish(&self, records: usize) {
         wait_until(
             "every record in Kinesis or dropped",
             Duration::from_secs(120),
-            || {
-                stream_a(&self.kinesis).len() as u64 + dropped(&self.metrics)
-                    >= (exchanges * RECORDS) as u64
-            },
+            || stream_a(&self.kinesis).len() as u64 + dropped(&self.metrics) >= records as u64,
         )
         .await;
         self.mirror
@@ -91,22 +89,22 @@ impl Run {
     }
 }
 
-/// Hands the exchanges `seqs` over as a burst faster than the stage can take any: each is
-/// logged first, then all are handed to the stage without an await between them, so that on
-/// this single-threaded runtime the stage does not run until the burst is over.
-/// Returns what each exchange's response waits for, on a kinesis-primary route.
+/// Hands `exchanges` over as a burst faster than the stage can take any: each is logged
+/// first, then all are handed to the stage without an await between them, so that on this
+/// single-threaded runtime the stage does not run until the burst is over. Returns what each
+/// exchange's response waits for, on a kinesis-primary route.
 pub(super) async fn burst(
     mirror: &Mirror,
-    seqs: std::ops::Range<usize>,
-) -> Vec<(usize, Option<PrimaryAnswer>)> {
+    exchanges: impl IntoIterator<Item = ProduceExchange>,
+) -> Vec<Option<PrimaryAnswer>> {
     let (mut logged, mut answers) = (Vec::new(), Vec::new());
-    for seq in seqs {
-        let mut exchange = numbered(seq);
+    for mut exchange in exchanges {
         // As `hand_over` opens them.
-        let answer = mirror
-            .primary
-            .open(&mut exchange, &mirror.routes.load(), &mirror.metrics);
-        answers.push((seq, answer));
+        answers.push(
+            mirror
+                .primary
+                .open(&mut exchange, &mirror.routes.load(), &mirror.metrics),
+        );
         let log = mirror.log_exchange(&exchange).await;
         assert!(log.is_some(), "the default config logs routed exchanges");
         logged.push((exchange, log));
@@ -154,9 +152,9 @@ fn dropped(metrics: &Metrics) -> u64 {
 async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed() {
     let run = Run::start(|_| {}).await;
     let exchanges = EXCHANGE_QUEUE + 3000;
-    burst(&run.mirror, 0..exchanges).await;
+    burst(&run.mirror, (0..exchanges).map(numbered)).await;
     let deferred_bytes = run.metrics.wal.replay_remaining_bytes.get();
-    run.finish(exchanges).await;
+    run.finish(exchanges * RECORDS).await;
     assert_eq!(run.metrics.mirror_dropped_requests.get(), 0, "nothing shed");
     assert_eq!(dropped(&run.metrics), 0, "no record counted dropped");
     assert!(
@@ -175,7 +173,7 @@ async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed()
 async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones() {
     let run = Run::start(|_| {}).await;
     let backlog = EXCHANGE_QUEUE + 3000;
-    burst(&run.mirror, 0..backlog).await;
+    burst(&run.mirror, (0..backlog).map(numbered)).await;
     // Live exchanges, one at a time as a connection hands them over (each waits for its
     // append, so the stage and the catch-up run meanwhile), while the mirror is behind and
     // after it caught up.
@@ -191,7 +189,7 @@ async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones()
         run.mirror.hand_over(numbered(seq)).await;
         seq += 1;
     }
-    run.finish(seq).await;
+    run.finish(seq * RECORDS).await;
     assert!(
         during > 0,
         "live exchanges arrived while the mirror was behind"
@@ -213,25 +211,56 @@ async fn a_deferred_kinesis_primary_exchange_is_answered_once_it_is_delivered() 
     };
     run.mirror.apply_routes(&[primary]).await;
     let exchanges = EXCHANGE_QUEUE + 1000;
-    let answers = burst(&run.mirror, 0..exchanges).await;
+    let answers = burst(&run.mirror, (0..exchanges).map(numbered)).await;
     assert!(
         run.metrics.wal.replay_remaining_bytes.get() > 0,
         "some deferred"
     );
     let received = std::time::Instant::now();
-    let answered = futures::future::join_all(answers.into_iter().map(|(seq, answer)| {
-        let response = produce_response("topic-a", (seq * RECORDS) as i64);
-        async move {
-            let answer = answer.expect("a kinesis-primary exchange waits for delivery");
-            answer.settle(response.clone(), received).await.unwrap() == response
-        }
-    }))
-    .await;
+    let answered =
+        futures::future::join_all(answers.into_iter().enumerate().map(|(seq, answer)| {
+            let response = produce_response("topic-a", (seq * RECORDS) as i64);
+            async move {
+                let answer = answer.expect("a kinesis-primary exchange waits for delivery");
+                answer.settle(response.clone(), received).await.unwrap() == response
+            }
+        }))
+        .await;
     let unchanged = answered.iter().filter(|ok| **ok).count();
     assert_eq!(
         unchanged, exchanges,
         "every response goes back as Kafka gave it: delivered, none timed out"
     );
-    run.finish(exchanges).await;
+    run.finish(exchanges * RECORDS).await;
     assert_all_once_in_order(&run.kinesis, exchanges);
+}
+
+#[tokio::test]
+async fn a_transaction_ended_while_its_records_are_deferred_ends_after_them() {
+    let run = Run::start(|_| {}).await;
+    let backlog = EXCHANGE_QUEUE + 1000;
+    // The last exchanges of the burst are producer 9's transaction, deferred to the log.
+    let (transactional, records) = (10, 5);
+    let txn = (0..transactional).map(|_| ProduceExchange {
+        client: client(),
+        version: 7,
+        request_body: acks0_produce("topic-a", records, Some((9, 0))),
+        response_frame: None,
+        deliveries: Default::default(),
+    });
+    burst(&run.mirror, (0..backlog).map(numbered).chain(txn)).await;
+    assert!(
+        run.metrics.wal.replay_remaining_bytes.get() > 0,
+        "some deferred"
+    );
+    // Its EndTxn comes while they wait: were it staged first, their records would be held
+    // for a look-up in Kafka, which this mirror has none to make.
+    run.mirror.hand_over_txn_control(end_txn(9, 0, true)).await;
+    let expected = backlog * RECORDS + transactional * records;
+    run.finish(expected).await;
+    assert_eq!(
+        stream_a(&run.kinesis).len(),
+        expected,
+        "the committed records too"
+    );
 }

@@ -20,7 +20,7 @@ use super::primary::Deliveries;
 use super::stream_queue::{make_room, Rooms};
 use super::wal::{ExchangeLog, LoggedExchange, Wal};
 use super::{
-    produced_partitions, sampled_estimate, Mirror, ProduceExchange, StageInput,
+    produced_partitions, sampled_estimate, Mirror, ProduceExchange, StageInput, TxnControlExchange,
     EXCHANGE_QUEUE_BYTES,
 };
 use crate::config::WhenFull;
@@ -50,7 +50,7 @@ pub(super) struct Deferred {
 
 #[derive(Default)]
 struct DeferredState {
-    waiting: VecDeque<DeferredExchange>,
+    waiting: VecDeque<DeferredInput>,
     /// Set while the catch-up runs: since when, and what was deferred since.
     behind: Option<Behind>,
     /// Shutting down: the catch-up stops, and what is left is replayed at the next start.
@@ -63,13 +63,39 @@ struct Behind {
     bytes: u64,
 }
 
-/// A logged exchange waiting to be read back: what the log does not hold.
-struct DeferredExchange {
-    logged: Arc<ExchangeLog>,
-    client: Arc<ClientKey>,
-    /// Taken when the catch-up sends it; the entry stays until then, so that exchanges
-    /// arriving meanwhile still queue behind it.
-    deliveries: Deliveries,
+/// What waits for the stage behind the deferred exchanges, in the order handed over. Each
+/// stays until the catch-up sent it, so that inputs arriving meanwhile still queue behind it.
+enum DeferredInput {
+    /// A logged exchange waiting to be read back: what the log does not hold.
+    Exchange {
+        logged: Arc<ExchangeLog>,
+        client: Arc<ClientKey>,
+        /// Taken when the catch-up sends it.
+        deliveries: Deliveries,
+    },
+    /// A transaction-control exchange, which must reach the stage after the Produce exchanges
+    /// of its transaction: rare and small, so it waits in memory; `None` once taken to send.
+    TxnControl(Option<TxnControlExchange>),
+}
+
+impl DeferredInput {
+    fn logged(&self) -> Option<&Arc<ExchangeLog>> {
+        match self {
+            DeferredInput::Exchange { logged, .. } => Some(logged),
+            DeferredInput::TxnControl(_) => None,
+        }
+    }
+
+    /// Its bytes in the log, still to read into the mirror.
+    fn log_bytes(&self) -> u64 {
+        self.logged().map_or(0, |logged| logged.position().bytes)
+    }
+}
+
+/// The front input, taken to send.
+enum Front {
+    Exchange(Arc<ExchangeLog>, Arc<ClientKey>, Deliveries),
+    TxnControl(TxnControlExchange),
 }
 
 impl Deferred {
@@ -137,7 +163,7 @@ impl Mirror {
             (exchange, logged)
         };
         let log_bytes = logged.position().bytes;
-        state.waiting.push_back(DeferredExchange {
+        state.waiting.push_back(DeferredInput::Exchange {
             logged,
             client: exchange.client,
             deliveries: exchange.deliveries,
@@ -238,6 +264,22 @@ impl Mirror {
         owed
     }
 
+    /// A transaction-control exchange, unless deferred: while Produce exchanges are deferred
+    /// it queues behind them, since its transaction's records must reach the stage first.
+    pub(super) fn defer_txn_control(
+        &self,
+        control: TxnControlExchange,
+    ) -> Option<TxnControlExchange> {
+        let mut state = self.deferred.lock();
+        if state.waiting.is_empty() {
+            return Some(control);
+        }
+        state
+            .waiting
+            .push_back(DeferredInput::TxnControl(Some(control)));
+        None
+    }
+
     /// Reads the deferred exchanges back from the log, oldest first, and sends each to the
     /// stage, until none is left (or the mirror shuts down).
     async fn catch_up(self, wal: Arc<Wal>) {
@@ -250,44 +292,55 @@ impl Mirror {
             let read = tokio::task::spawn_blocking(move || {
                 chunk
                     .iter()
-                    .map(|l| reader.read_back(l))
+                    .map(|logged| logged.as_ref().map(|l| reader.read_back(l)))
                     .collect::<Vec<_>>()
             })
             .await
             .expect("write-ahead log read-back task");
-            for exchange in read {
-                // Only this task pops, so the front is the exchange just read.
-                let (logged, client, deliveries) = {
-                    let mut state = self.deferred.lock();
-                    let front = state.waiting.front_mut().expect("read exchanges wait");
-                    let deliveries = std::mem::take(&mut front.deliveries);
-                    (front.logged.clone(), front.client.clone(), deliveries)
-                };
-                match exchange {
-                    Ok(exchange) => {
-                        if !self
-                            .send_read_back(exchange, client, deliveries, logged)
-                            .await
-                        {
-                            return;
-                        }
+            for read in read {
+                let sent = match (self.take_front(), read) {
+                    (Front::TxnControl(control), _) => {
+                        self.tx.send(StageInput::TxnControl(control)).await.is_ok()
                     }
-                    Err(e) => {
+                    (Front::Exchange(logged, client, deliveries), Some(Ok(exchange))) => {
+                        self.send_read_back(exchange, client, deliveries, logged)
+                            .await
+                    }
+                    (Front::Exchange(logged, ..), Some(Err(e))) => {
                         // The log keeps it: the next start replays it.
                         tracing::error!(error = %e, "cannot read a deferred exchange back from the write-ahead log: it is mirrored after the next restart");
                         logged.shed();
                         self.metrics.mirror_dropped_requests.inc();
+                        true
                     }
-                }
-                if !self.pop_deferred() {
+                    (Front::Exchange(..), None) => unreachable!("every exchange is read"),
+                };
+                if !sent || !self.pop_deferred() {
                     return;
                 }
             }
         }
     }
 
-    /// The next deferred exchanges to read back, oldest first; empty once shut down.
-    fn deferred_chunk(&self) -> Vec<Arc<ExchangeLog>> {
+    /// The front input, to send; it stays queued, so that what arrives meanwhile queues
+    /// behind it. Only the catch-up pops, so the front is the input it read last.
+    fn take_front(&self) -> Front {
+        let mut state = self.deferred.lock();
+        match state.waiting.front_mut().expect("read inputs wait") {
+            DeferredInput::Exchange {
+                logged,
+                client,
+                deliveries,
+            } => Front::Exchange(logged.clone(), client.clone(), std::mem::take(deliveries)),
+            DeferredInput::TxnControl(control) => {
+                Front::TxnControl(control.take().expect("taken once"))
+            }
+        }
+    }
+
+    /// The next deferred inputs to read back (`None` for what the log need not give back),
+    /// oldest first; empty once shut down.
+    fn deferred_chunk(&self) -> Vec<Option<Arc<ExchangeLog>>> {
         let state = self.deferred.lock();
         if state.closed {
             return Vec::new();
@@ -295,16 +348,16 @@ impl Mirror {
         let mut bytes = 0;
         let mut chunk = Vec::new();
         for deferred in state.waiting.iter().take(CATCH_UP_CHUNK) {
-            bytes += deferred.logged.position().bytes;
+            bytes += deferred.log_bytes();
             if !chunk.is_empty() && bytes > CATCH_UP_CHUNK_BYTES {
                 break;
             }
-            chunk.push(deferred.logged.clone());
+            chunk.push(deferred.logged().cloned());
         }
         chunk
     }
 
-    /// Forgets the front exchange once sent; whether the catch-up goes on (some are left, and
+    /// Forgets the front input once sent; whether the catch-up goes on (some are left, and
     /// the mirror is not shutting down).
     fn pop_deferred(&self) -> bool {
         let mut state = self.deferred.lock();
@@ -315,7 +368,7 @@ impl Mirror {
         self.metrics
             .wal
             .replay_remaining_bytes
-            .sub(sent.logged.position().bytes as i64);
+            .sub(sent.log_bytes() as i64);
         if !state.waiting.is_empty() {
             return !state.closed;
         }
@@ -335,14 +388,11 @@ impl Mirror {
     pub(super) fn stop_catch_up(&self) {
         let mut state = self.deferred.lock();
         state.closed = true;
-        if !state.waiting.is_empty() {
-            let bytes: u64 = state
-                .waiting
-                .iter()
-                .map(|d| d.logged.position().bytes)
-                .sum();
+        let exchanges = state.waiting.iter().filter(|d| d.logged().is_some());
+        let (exchanges, bytes) = exchanges.fold((0, 0), |(n, b), d| (n + 1, b + d.log_bytes()));
+        if exchanges > 0 {
             tracing::info!(
-                exchanges = state.waiting.len(),
+                exchanges,
                 bytes,
                 "deferred exchanges not read back yet stay in the write-ahead log: they are mirrored after the next start"
             );

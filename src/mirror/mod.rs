@@ -438,7 +438,9 @@ impl Mirror {
         if let Some(wal) = &self.wal {
             wal.append_txn_control(&exchange).await;
         }
-        let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
+        if let Some(exchange) = self.defer_txn_control(exchange) {
+            let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
+        }
     }
 
     /// Lets the stage read the outcomes of transactions it never saw end from Kafka.

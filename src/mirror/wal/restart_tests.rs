@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::config::{Durability, WhenFull};
 use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
-use crate::mirror::deferred_tests::{burst, Run, RECORDS};
+use crate::mirror::deferred_tests::{burst, numbered, Run, RECORDS};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
 use crate::mirror::wal::wal_dir;
@@ -205,10 +205,10 @@ async fn in_drop_mode_an_exchange_shed_from_a_full_stage_is_not_replayed_after_a
     // The setting under test: `when_full = "drop"`, with the default log.
     let first = Run::start(|settings| settings.buffer.when_full = WhenFull::Drop).await;
     let shed = 3;
-    burst(&first.mirror, 0..EXCHANGE_QUEUE + shed).await;
+    burst(&first.mirror, (0..EXCHANGE_QUEUE + shed).map(numbered)).await;
     assert_eq!(first.metrics.mirror_dropped_requests.get(), shed as u64);
     // Its shutdown writes every mark: the log is what a kill now would leave.
-    first.finish(EXCHANGE_QUEUE + shed).await;
+    first.finish((EXCHANGE_QUEUE + shed) * RECORDS).await;
     assert_eq!(stream_a(&first.kinesis).len(), EXCHANGE_QUEUE * RECORDS);
     let second_spool = tempfile::tempdir().unwrap();
     copy_log(first.spool.path(), second_spool.path());
