@@ -4,7 +4,8 @@
 //! are marked in the same log as the writers finish with them; an exchange whose records are
 //! all done is marked complete, and the oldest segments go once all theirs are. After a
 //! restart the exchanges not complete are replayed into the stage, their settled records
-//! skipped.
+//! skipped. While running, an exchange the stage had no room for is read back from where it
+//! was written ([`Wal::read_back`], for `mirror::intake`'s catch-up).
 //!
 //! The log lives in `<spool.dir>/wal/`, segments `NNNNNNNNNNNNNNNNNNNN.log` of the frames of
 //! `kinesis::segment_log` (see [`entry`] for the payloads). One thread owns the files
