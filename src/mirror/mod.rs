@@ -9,6 +9,9 @@
 
 mod backlog;
 mod decode;
+#[cfg(test)]
+mod deferred_tests;
+mod intake;
 pub(crate) mod kinesis_only;
 pub mod partition_key;
 mod primary;
@@ -45,21 +48,20 @@ use crate::config::{MirrorRoute, PartitionKeyRule, RouteMode, StreamTarget, When
 use crate::kafka::header::{response_body_offset, HeaderError};
 use crate::kafka::message::MessageError;
 use crate::kafka::produce::{ProduceDecodeError, ProduceRequestView, ProduceResponseView};
-use crate::kafka::records::summarize;
 use crate::kafka::transaction::TxnControlError;
 use crate::kinesis::client::Clients;
 use crate::kinesis::spool::streams_with_records;
 use crate::kinesis::writer::{StreamState, StreamWriter, WriterSettings};
 use crate::telemetry::inventory::{ClientKey, Inventory};
-use crate::telemetry::metrics::{Metrics, MirrorResult};
+use crate::telemetry::metrics::Metrics;
 use decode::DECODE_THREADS;
 use stage::Stage;
-use stream_queue::{make_room, Rooms, StreamQueue, StreamQueues};
+use stream_queue::{Rooms, StreamQueue, StreamQueues};
 use transactions::{HeldId, Transactions};
 use wal::{ExchangeLog, Wal};
 
-/// Produce exchanges the stage may hold before connections start dropping them (spill and
-/// drop modes: deep, so a spool fsync never costs an exchange)...
+/// Produce exchanges the stage may hold before connections start deferring them to the log, or
+/// dropping them (spill and drop modes: deep, so a spool fsync never costs an exchange)...
 const EXCHANGE_QUEUE: usize = 8 * 1024;
 /// ...as long as they hold no more than this many bytes, counting those the stage is decoding:
 /// waiting exchanges pin whole request frames outside the memory budget, so this is what keeps
@@ -136,8 +138,10 @@ pub struct Mirror {
     tx: mpsc::Sender<StageInput>,
     /// Bytes of the exchanges waiting for the stage.
     queued_bytes: Arc<AtomicUsize>,
-    /// `when_full = "block"`: connections wait for room instead of dropping exchanges.
-    block: bool,
+    /// What connections do when the stage has no room for an exchange: wait (`block`), defer
+    /// it to the log (`spill`, with a log) or shed it.
+    when_full: WhenFull,
+    deferred: Arc<intake::Deferred>,
     metrics: Arc<Metrics>,
     routes: Arc<ArcSwap<RouteTable>>,
     writers: Arc<tokio::sync::Mutex<Writers>>,
@@ -231,7 +235,8 @@ impl Mirror {
             wal,
             tx,
             queued_bytes,
-            block,
+            when_full: settings.buffer.when_full,
+            deferred: Default::default(),
             queues: Arc::new(StreamQueues::new(block, metrics.clone())),
             metrics,
             routes: table,
@@ -355,6 +360,7 @@ impl Mirror {
     /// Shutdown: processes every exchange already handed over and moves its records into the
     /// writers' inputs, then lets each writer deliver until `deadline` and spool the rest.
     pub async fn shut_down(&self, deadline: std::time::Instant) {
+        self.stop_catch_up();
         let (done, flushed) = tokio::sync::oneshot::channel();
         if self.tx.send(StageInput::Flush(done)).await.is_ok() {
             let _ = flushed.await;
@@ -408,30 +414,6 @@ impl Mirror {
         answer
     }
 
-    async fn stage_exchange(&self, exchange: ProduceExchange, logged: Option<Arc<ExchangeLog>>) {
-        let bytes = exchange.bytes();
-        if self.block {
-            // Only the topics are decoded, not the records. An undecodable request takes no
-            // room; the stage counts it.
-            let rooms =
-                match ProduceRequestView::decode(exchange.version, exchange.request_body.clone()) {
-                    Ok(request) => make_room(&request, &self.routes.load_full()).await,
-                    Err(_) => Rooms::new(),
-                };
-            self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-            if self
-                .tx
-                .send(StageInput::Exchange(exchange, rooms, logged))
-                .await
-                .is_err()
-            {
-                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            }
-        } else {
-            self.observe(exchange, bytes, logged);
-        }
-    }
-
     /// The proxy's own answer to a Produce request (`version`, `body`) that a kinesis-primary
     /// or kinesis-only route refuses: a transactional one naming such a topic. `None` to
     /// forward it, as always when no route is in either mode (then nothing is decoded).
@@ -457,62 +439,14 @@ impl Mirror {
         if let Some(wal) = &self.wal {
             wal.append_txn_control(&exchange).await;
         }
-        let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
+        if let Some(exchange) = self.defer_txn_control(exchange) {
+            let _ = self.tx.send(StageInput::TxnControl(exchange)).await;
+        }
     }
 
     /// Lets the stage read the outcomes of transactions it never saw end from Kafka.
     pub fn read_markers_with(&self, markers: Arc<dyn TransactionMarkers>) {
         let _ = self.markers.set(markers);
-    }
-
-    /// Hands an exchange to the stage without waiting: the Kafka path never blocks on the
-    /// mirror. A full queue (by count or by bytes; one exchange alone always fits) drops the
-    /// exchange and counts it.
-    fn observe(&self, exchange: ProduceExchange, bytes: usize, logged: Option<Arc<ExchangeLog>>) {
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
-        let shed = if fits {
-            match self
-                .tx
-                .try_send(StageInput::Exchange(exchange, Rooms::new(), logged))
-            {
-                Ok(()) => return,
-                Err(full) => match full.into_inner() {
-                    StageInput::Exchange(exchange, _, logged) => (exchange, logged),
-                    _ => unreachable!("a Produce exchange was sent"),
-                },
-            }
-        } else {
-            (exchange, logged)
-        };
-        let (shed, logged) = shed;
-        if let Some(logged) = logged {
-            // The log keeps it: a restart replays it.
-            logged.shed();
-        }
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.metrics.mirror_dropped_requests.inc();
-        self.count_shed(&shed);
-        tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
-    }
-
-    /// Counts the records a shed exchange owed the mirror as dropped, so that the dual-write
-    /// ratio shows the loss. Only batch headers are read: the proxy is short of CPU already.
-    fn count_shed(&self, exchange: &ProduceExchange) {
-        let Ok(partitions) = produced_partitions(exchange, &self.routes.load()) else {
-            return;
-        };
-        for produced in partitions.iter().filter(|p| p.is_mirrored()) {
-            let (Some(route), Ok(summary)) = (&produced.route, summarize(&produced.records)) else {
-                continue;
-            };
-            self.metrics.mirror_outcome(
-                &produced.topic,
-                &route.stream,
-                MirrorResult::Dropped,
-                sampled_estimate(summary.records, route.percent),
-            );
-        }
     }
 }
 

@@ -208,7 +208,11 @@ pub(super) async fn unreachable_mirror(percent: f64) -> (Mirror, Arc<Metrics>, t
 
 #[tokio::test]
 async fn exchanges_shed_from_a_full_queue_count_as_dropped_for_the_dual_write_ratio() {
+    // The setting under test: `durability = "memory"` (the test helpers' setting) with the
+    // default `when_full = "spill"`, the one mode that sheds without a log to read the
+    // exchanges back from (see deferred_tests.rs for the default, logged, mode).
     let (mirror, metrics, _spool) = unreachable_mirror(50.0).await;
+    assert!(mirror.wal.is_none(), "memory mode keeps no log");
     let client = client();
     let body = acks0_produce("orders", 10, None);
     // On this single-threaded runtime the stage cannot run between these hand-overs, so the

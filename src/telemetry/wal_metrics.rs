@@ -9,7 +9,8 @@ pub struct WalMetrics {
     pub fsync_duration: Histogram,
     /// Age of the oldest exchange whose records are not all done (0 when none waits).
     pub oldest_undelivered_age_seconds: IntGauge,
-    /// Bytes of the log still to replay after a restart (0 once replay finished).
+    /// Bytes of the log still to read into the mirror: the replay after a restart, and the
+    /// exchanges deferred while the mirror is behind (0 once none is left).
     pub replay_remaining_bytes: IntGauge,
     /// Bytes of all the log's segments on disk.
     pub bytes: IntGauge,
@@ -43,7 +44,7 @@ impl WalMetrics {
             ),
             replay_remaining_bytes: gauge(
                 "wal_replay_remaining_bytes",
-                "Bytes of the write-ahead log still to replay after a restart.",
+                "Bytes of the write-ahead log still to read into the mirror: the replay after a restart, and exchanges deferred while the mirror is behind.",
             ),
             bytes: gauge("wal_bytes", "Bytes of the write-ahead log on disk."),
         }

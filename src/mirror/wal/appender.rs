@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::entry::{encode_complete, encode_settled, Logged, RecordId};
 use super::WalError;
-use crate::kinesis::segment_log::SegmentDir;
+use crate::kinesis::segment_log::{SegmentDir, FRAME_HEADER_BYTES};
 use crate::telemetry::wal_metrics::WalMetrics;
 
 /// How often the gauges are refreshed when nothing happens.
@@ -22,13 +22,44 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 const MAX_WRITE_BYTES: u64 = 4 * 1024 * 1024;
 
 pub(crate) type Completion = oneshot::Sender<Result<(), WalError>>;
+/// An append's answer: where its entry was written.
+pub(crate) type Appended = oneshot::Sender<Result<LogPosition, WalError>>;
+
+/// Where an entry is in the log, to read it again while its segment is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogPosition {
+    pub(crate) segment: u64,
+    /// Of its frame in the segment.
+    pub(crate) offset: u64,
+    /// Of its payload, as a replay counts what is left to read.
+    pub(crate) bytes: u64,
+}
+
+/// Who waits for the next fsync.
+enum SyncWaiter {
+    Flush(Completion),
+    /// A durable append, answered with where it was written.
+    Append(Appended, LogPosition),
+}
+
+impl SyncWaiter {
+    fn answer(self, result: &Result<(), WalError>) {
+        // A waiter that went away does not need the answer.
+        match self {
+            SyncWaiter::Flush(done) => drop(done.send(result.clone())),
+            SyncWaiter::Append(done, position) => {
+                drop(done.send(result.clone().map(|()| position)))
+            }
+        }
+    }
+}
 
 pub(crate) enum Command {
     /// Log an exchange; `done` is answered after the write, or after its fsync if `durable`.
     Append {
         logged: Logged,
         durable: bool,
-        done: Completion,
+        done: Appended,
     },
     Settled(RecordId),
     /// Every record of the exchange is done.
@@ -70,7 +101,7 @@ pub(crate) struct LogState {
 /// fsyncs to run, and who waits for them.
 struct SyncJob {
     files: Vec<Arc<File>>,
-    waiters: Vec<Completion>,
+    waiters: Vec<SyncWaiter>,
 }
 
 pub(crate) struct Appender {
@@ -85,10 +116,10 @@ pub(crate) struct Appender {
     roll_next: bool,
     bytes: u64,
     /// Appends waiting for room (the log is full).
-    waiting: VecDeque<(Logged, bool, Completion)>,
+    waiting: VecDeque<(Logged, bool, Appended)>,
     unsynced_bytes: u64,
     unsynced_files: Vec<Arc<File>>,
-    sync_waiters: Vec<Completion>,
+    sync_waiters: Vec<SyncWaiter>,
     last_sync: Instant,
     syncs: Sender<SyncJob>,
     metrics: WalMetrics,
@@ -181,8 +212,9 @@ impl Appender {
         self.waiting.extend(batch.appends);
         self.delete_done_segments();
         // Answered with the fsync after this write, which covers the marks before them.
-        self.sync_waiters.extend(batch.flushes);
-        // The exchanges whose frames `buf` holds: (id, segment, durable, completion).
+        self.sync_waiters
+            .extend(batch.flushes.into_iter().map(SyncWaiter::Flush));
+        // The entries whose frames `buf` holds: (exchange id, durable, completion, position).
         let mut in_buf = Vec::new();
         let spooled = if self.waiting.is_empty() {
             0
@@ -219,8 +251,13 @@ impl Appender {
                 }
                 Logged::TxnControl { .. } => None,
             };
+            let position = LogPosition {
+                segment: seq,
+                offset: self.segments.get(&seq).map_or(0, |s| s.len) + buf.len() as u64,
+                bytes: frame - FRAME_HEADER_BYTES,
+            };
             logged.encode(&mut buf);
-            in_buf.push((id, durable, done));
+            in_buf.push((id, durable, done, position));
         }
         self.write_exchanges(&mut buf, in_buf);
     }
@@ -230,14 +267,14 @@ impl Appender {
     fn write_exchanges(
         &mut self,
         buf: &mut Vec<u8>,
-        exchanges: Vec<(Option<u64>, bool, Completion)>,
+        exchanges: Vec<(Option<u64>, bool, Appended, LogPosition)>,
     ) {
         let result = self.flush(buf);
-        for (id, durable, done) in exchanges {
+        for (id, durable, done, position) in exchanges {
             match &result {
-                Ok(()) if durable => self.sync_waiters.push(done),
+                Ok(()) if durable => self.sync_waiters.push(SyncWaiter::Append(done, position)),
                 Ok(()) => {
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(Ok(position));
                 }
                 Err(e) => {
                     if let Some(seq) = id.and_then(|id| self.open.remove(&id)) {
@@ -385,7 +422,7 @@ impl Appender {
 /// Commands gathered for one write.
 #[derive(Default)]
 struct Batch {
-    appends: Vec<(Logged, bool, Completion)>,
+    appends: Vec<(Logged, bool, Appended)>,
     settled: Vec<RecordId>,
     complete: Vec<u64>,
     flushes: Vec<Completion>,
@@ -434,7 +471,7 @@ fn run_syncs(jobs: Receiver<SyncJob>, delay: Duration, histogram: prometheus::Hi
             WalError::Sync(Arc::new(e))
         });
         for waiter in job.waiters {
-            let _ = waiter.send(result.clone());
+            waiter.answer(&result);
         }
     }
 }

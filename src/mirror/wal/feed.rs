@@ -8,7 +8,6 @@ use std::sync::Arc;
 use super::{ExchangeLog, Replay, Replayed, Wal};
 use crate::kafka::produce::ProduceRequestView;
 use crate::kinesis::writer::WriterSettings;
-use crate::mirror::stream_queue::Rooms;
 use crate::mirror::{Mirror, ProduceExchange, StageInput};
 use crate::telemetry::inventory::ClientKey;
 use crate::telemetry::metrics::Metrics;
@@ -97,21 +96,14 @@ impl Mirror {
                         continue;
                     }
                 };
-                let exchange = ProduceExchange {
-                    client: Arc::new(ClientKey {
-                        client_id: logged_exchange.client_id,
-                        address: Ipv4Addr::UNSPECIFIED.into(),
-                    }),
-                    version: logged_exchange.version,
-                    request_body: logged_exchange.request_body,
-                    response_frame: logged_exchange.response_frame,
-                    deliveries: Default::default(),
-                };
-                let bytes = exchange.bytes();
-                self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-                let input = StageInput::Exchange(exchange, Rooms::new(), Some(logged));
-                if self.tx.send(input).await.is_err() {
-                    self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                let client = Arc::new(ClientKey {
+                    client_id: logged_exchange.client_id.clone(),
+                    address: Ipv4Addr::UNSPECIFIED.into(),
+                });
+                let sent = self
+                    .send_read_back(logged_exchange, client, Default::default(), logged)
+                    .await;
+                if !sent {
                     return;
                 }
             }

@@ -9,13 +9,15 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::appender::Command;
+use super::appender::{Command, LogPosition};
 use super::entry::RecordId;
 use crate::kinesis::settle::Settle;
 
 /// One exchange of the log, while the mirror holds it.
 pub(crate) struct ExchangeLog {
     id: u64,
+    /// Where the exchange is in the log.
+    position: LogPosition,
     commands: Sender<Command>,
     /// Records settled before a restart (by partition index and offset): a replay skips them.
     settled_before: HashSet<(u32, i64)>,
@@ -30,13 +32,14 @@ pub(crate) struct ExchangeLog {
 
 impl ExchangeLog {
     pub(super) fn new(
-        id: u64,
+        (id, position): (u64, LogPosition),
         commands: Sender<Command>,
         settled_before: HashSet<(u32, i64)>,
         replayed: Option<(Arc<AtomicU64>, SystemTime)>,
     ) -> Arc<ExchangeLog> {
         Arc::new(ExchangeLog {
             id,
+            position,
             commands,
             settled_before,
             replayed,
@@ -44,6 +47,14 @@ impl ExchangeLog {
             staged: AtomicBool::new(false),
             unsettled: AtomicBool::new(false),
         })
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn position(&self) -> LogPosition {
+        self.position
     }
 
     /// The stage expanded the exchange into `partitions` partitions to finish.
@@ -60,6 +71,12 @@ impl ExchangeLog {
     /// The mirror could not take the exchange now: it stays in the log.
     pub(crate) fn shed(&self) {
         self.unsettled.store(true, Ordering::Release);
+    }
+
+    /// `when_full = "drop"` dropped the whole exchange: done with, as the writers settle the
+    /// records they drop, so that a restart does not bring back what the operator let go.
+    pub(crate) fn dropped(&self) {
+        self.staged(0);
     }
 
     /// The mark of the record at `offset` of partition `partition_index`, or `None` when it

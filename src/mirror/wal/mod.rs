@@ -4,7 +4,8 @@
 //! are marked in the same log as the writers finish with them; an exchange whose records are
 //! all done is marked complete, and the oldest segments go once all theirs are. After a
 //! restart the exchanges not complete are replayed into the stage, their settled records
-//! skipped.
+//! skipped. While running, an exchange the stage had no room for is read back from where it
+//! was written ([`Wal::read_back`], for `mirror::intake`'s catch-up).
 //!
 //! The log lives in `<spool.dir>/wal/`, segments `NNNNNNNNNNNNNNNNNNNN.log` of the frames of
 //! `kinesis::segment_log` (see [`entry`] for the payloads). One thread owns the files
@@ -37,7 +38,9 @@ use crate::config::{Durability, SpoolConfig};
 use crate::kinesis::segment_log::{SegmentDir, SegmentLogError};
 use crate::kinesis::spool::DEFAULT_SEGMENT_BYTES;
 use crate::telemetry::wal_metrics::WalMetrics;
+pub(crate) use appender::LogPosition;
 use appender::{Appender, AppenderSettings, Command};
+use entry::{decode, Entry, MAX_PAYLOAD_BYTES};
 pub(crate) use entry::{Logged, LoggedExchange};
 pub(in crate::mirror) use feed::open_in_background;
 pub(crate) use marks::ExchangeLog;
@@ -73,6 +76,8 @@ pub fn wal_dir(spool_dir: &std::path::Path) -> PathBuf {
 /// The handle exchanges are logged through.
 pub(crate) struct Wal {
     commands: Sender<Command>,
+    /// The log's files, to read deferred exchanges back from.
+    files: SegmentDir,
     /// `sync`: appends complete after their fsync.
     durable: bool,
     next_id: AtomicU64,
@@ -122,10 +127,17 @@ impl Wal {
             .set(recovery.replay.remaining_bytes() as i64);
         let (commands, received) = std::sync::mpsc::channel();
         recovery.replay.attach(commands.clone());
-        Appender::spawn((files, lock), recovery.state, settings, metrics, received)
-            .map_err(|e| WalError::from(crate::kinesis::segment_log::io_err(dir)(e)))?;
+        Appender::spawn(
+            (files.clone(), lock),
+            recovery.state,
+            settings,
+            metrics,
+            received,
+        )
+        .map_err(|e| WalError::from(crate::kinesis::segment_log::io_err(dir)(e)))?;
         let wal = Wal {
             commands,
+            files,
             durable: durability == Durability::Sync,
             next_id: AtomicU64::new(recovery.next_id),
         };
@@ -163,8 +175,8 @@ impl Wal {
             response_frame: response_frame.cloned(),
         };
         match self.log(Logged::Exchange(exchange)).await {
-            Ok(()) => Some(ExchangeLog::new(
-                id,
+            Ok(position) => Some(ExchangeLog::new(
+                (id, position),
                 self.commands.clone(),
                 HashSet::new(),
                 None,
@@ -183,7 +195,19 @@ impl Wal {
         }
     }
 
-    async fn log(&self, logged: Logged) -> Result<(), WalError> {
+    /// Reads `logged`'s exchange back from where it was written, while the mirror holds it
+    /// (so its segment is kept). Blocking file I/O.
+    pub(crate) fn read_back(&self, logged: &ExchangeLog) -> Result<LoggedExchange, WalError> {
+        let LogPosition {
+            segment, offset, ..
+        } = logged.position();
+        match read_logged(&self.files, segment, offset)? {
+            Logged::Exchange(exchange) if exchange.id == logged.id() => Ok(exchange),
+            _ => Err(WalError::NotAnExchange { segment, offset }),
+        }
+    }
+
+    async fn log(&self, logged: Logged) -> Result<LogPosition, WalError> {
         let (done, written) = oneshot::channel();
         let command = Command::Append {
             logged,
@@ -194,5 +218,15 @@ impl Wal {
             Ok(()) => written.await.unwrap_or(Err(WalError::Closed)),
             Err(_) => Err(WalError::Closed),
         }
+    }
+}
+
+/// The entry a Produce or transaction-control exchange was logged as at `offset` of `segment`.
+/// Blocking file I/O.
+fn read_logged(files: &SegmentDir, segment: u64, offset: u64) -> Result<Logged, WalError> {
+    let payload = files.read_frame(segment, offset, MAX_PAYLOAD_BYTES)?;
+    match decode(payload) {
+        Ok(Entry::Logged(logged)) => Ok(logged),
+        _ => Err(WalError::NotAnExchange { segment, offset }),
     }
 }

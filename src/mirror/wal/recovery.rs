@@ -8,10 +8,10 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::appender::{Command, LogState, Segment};
+use super::appender::{Command, LogPosition, LogState, Segment};
 use super::entry::{decode, Entry, Logged, LoggedExchange, MAX_PAYLOAD_BYTES, MIN_PAYLOAD_BYTES};
 use super::marks::ExchangeLog;
-use super::WalError;
+use super::{read_logged, WalError};
 use crate::kinesis::segment_log::SegmentDir;
 use crate::mirror::TxnControlExchange;
 
@@ -173,20 +173,22 @@ impl Replay {
         let end = (self.next + max).min(self.pending.len());
         let mut out = Vec::with_capacity(end - self.next);
         for found in &self.pending[self.next..end] {
-            let (segment, offset) = (found.segment, found.offset);
-            let payload = self.files.read_frame(segment, offset, MAX_PAYLOAD_BYTES)?;
-            let exchange = match decode(payload) {
-                Ok(Entry::Logged(Logged::Exchange(exchange))) => exchange,
-                Ok(Entry::Logged(control)) => {
+            let position = LogPosition {
+                segment: found.segment,
+                offset: found.offset,
+                bytes: found.bytes,
+            };
+            let exchange = match read_logged(&self.files, position.segment, position.offset)? {
+                Logged::Exchange(exchange) => exchange,
+                control => {
                     let control = control.into_txn_control().expect("not an exchange");
                     out.push(Replayed::TxnControl(control));
                     continue;
                 }
-                _ => return Err(WalError::NotAnExchange { segment, offset }),
             };
             let settled = self.settled.remove(&exchange.id).unwrap_or_default();
             let log = ExchangeLog::new(
-                exchange.id,
+                (exchange.id, position),
                 commands.clone(),
                 settled,
                 Some((

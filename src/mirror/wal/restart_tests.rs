@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::Durability;
+use crate::config::{Durability, WhenFull};
 use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
+use crate::mirror::deferred_tests::{burst, numbered, Run, RECORDS};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
 use crate::mirror::wal::wal_dir;
-use crate::mirror::{Mirror, ProduceExchange};
+use crate::mirror::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
 use crate::telemetry::inventory::ClientKey;
 use crate::telemetry::inventory::Inventory;
 use crate::telemetry::metrics::Metrics;
@@ -197,4 +198,30 @@ async fn a_full_log_holds_routed_answers_until_kinesis_frees_room_and_others_pas
         || stream_a(&kinesis).len() == 6,
     )
     .await;
+}
+
+#[tokio::test]
+async fn in_drop_mode_an_exchange_shed_from_a_full_stage_is_not_replayed_after_a_restart() {
+    // The setting under test: `when_full = "drop"`, with the default log.
+    let first = Run::start(|settings| settings.buffer.when_full = WhenFull::Drop).await;
+    let shed = 3;
+    burst(&first.mirror, (0..EXCHANGE_QUEUE + shed).map(numbered)).await;
+    assert_eq!(first.metrics.mirror_dropped_requests.get(), shed as u64);
+    // Its shutdown writes every mark: the log is what a kill now would leave.
+    first.finish((EXCHANGE_QUEUE + shed) * RECORDS).await;
+    assert_eq!(stream_a(&first.kinesis).len(), EXCHANGE_QUEUE * RECORDS);
+    let second_spool = tempfile::tempdir().unwrap();
+    copy_log(first.spool.path(), second_spool.path());
+    let after_restart = Stored::default();
+    // Its start replays what the log holds, and its shutdown delivers it.
+    let up = Arc::new(AtomicBool::new(false));
+    let second = mirror(second_spool.path(), &up, &after_restart).await;
+    second
+        .shut_down(std::time::Instant::now() + Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        stream_a(&after_restart),
+        Vec::<String>::new(),
+        "the operator chose to drop them: not resurrected"
+    );
 }
