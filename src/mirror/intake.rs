@@ -12,9 +12,8 @@
 //!   exchange and counts it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::primary::Deliveries;
 use super::stream_queue::{make_room, Rooms};
@@ -33,10 +32,6 @@ use crate::telemetry::metrics::MirrorResult;
 const CATCH_UP_CHUNK: usize = 256;
 /// ...holding at most this many bytes (one exchange always goes).
 const CATCH_UP_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
-/// How often an exchange read back from the log looks for byte room in the stage's queue. The
-/// stage frees bytes as it finishes partitions and tells no one; only the catch-up and a replay
-/// wait for it, and they are behind already.
-const BYTE_ROOM_POLL: Duration = Duration::from_millis(2);
 
 /// An exchange the stage's queue had no room for, with its entry in the log.
 type Refused = (ProduceExchange, Option<Arc<ExchangeLog>>);
@@ -122,14 +117,14 @@ impl Mirror {
                     Ok(request) => make_room(&request, &self.routes.load_full()).await,
                     Err(_) => Rooms::new(),
                 };
-            self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+            self.queued_bytes.add(bytes);
             if self
                 .tx
                 .send(StageInput::Exchange(exchange, rooms, logged))
                 .await
                 .is_err()
             {
-                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                self.queued_bytes.release(bytes);
             }
         } else {
             self.observe(exchange, bytes, logged);
@@ -206,7 +201,7 @@ impl Mirror {
         bytes: usize,
         logged: Option<Arc<ExchangeLog>>,
     ) -> Option<Refused> {
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let before = self.queued_bytes.add(bytes);
         let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
         let refused = if fits {
             match self
@@ -222,7 +217,7 @@ impl Mirror {
         } else {
             (exchange, logged)
         };
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.queued_bytes.release(bytes);
         Some(refused)
     }
 
@@ -416,17 +411,11 @@ impl Mirror {
             deliveries,
         };
         let bytes = exchange.bytes();
-        loop {
-            let before = self.queued_bytes.load(Ordering::Acquire);
-            if before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES {
-                break;
-            }
-            tokio::time::sleep(BYTE_ROOM_POLL).await;
-        }
-        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.queued_bytes.room_for(bytes).await;
+        self.queued_bytes.add(bytes);
         let input = StageInput::Exchange(exchange, Rooms::new(), Some(logged));
         if self.tx.send(input).await.is_err() {
-            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.queued_bytes.release(bytes);
             return false;
         }
         true

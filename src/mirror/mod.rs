@@ -97,6 +97,44 @@ impl ProduceExchange {
     }
 }
 
+/// Bytes of the exchanges waiting for the stage or being decoded by it, and a wake-up for the
+/// inputs that wait for room by bytes (the catch-up and the startup replay).
+#[derive(Default)]
+pub(crate) struct StageBytes {
+    bytes: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+impl StageBytes {
+    fn add(&self, bytes: usize) -> usize {
+        self.bytes.fetch_add(bytes, Ordering::AcqRel)
+    }
+
+    fn release(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+
+    fn get(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Waits until `bytes` more fit within [`EXCHANGE_QUEUE_BYTES`] (always, when none wait).
+    async fn room_for(&self, bytes: usize) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a release between the two is not missed.
+            freed.as_mut().enable();
+            let before = self.get();
+            if before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
 /// What connections send the stage: exchanges (with the room block mode took for them in
 /// their streams' queues), or a marker that resolves once every exchange sent before it has
 /// been processed.
@@ -137,7 +175,7 @@ pub type RouteTable = HashMap<String, Arc<Route>>;
 pub struct Mirror {
     tx: mpsc::Sender<StageInput>,
     /// Bytes of the exchanges waiting for the stage.
-    queued_bytes: Arc<AtomicUsize>,
+    queued_bytes: Arc<StageBytes>,
     /// What connections do when the stage has no room for an exchange: wait (`block`), defer
     /// it to the log (`spill`, with a log) or shed it.
     when_full: WhenFull,
@@ -209,7 +247,7 @@ impl Mirror {
             EXCHANGE_QUEUE
         });
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = Arc::new(StageBytes::default());
         let markers = Arc::new(OnceLock::new());
         let stage = Stage {
             input: tx.downgrade(),

@@ -3,7 +3,6 @@
 //! [`Stage::run`]), along with the transaction-control work that must wait for them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use super::stream_queue::Room;
 use super::transactions::{HeldId, Transactions};
 use super::wal::ExchangeLog;
 use super::{
-    produced_partitions, sampled_estimate, Route, RouteTable, StageError, StageInput,
+    produced_partitions, sampled_estimate, Route, RouteTable, StageBytes, StageError, StageInput,
     TransactionMarkers, TxnControlExchange, Verdict, DECODE_WINDOW,
 };
 use crate::kinesis::delivery::PartitionDelivery;
@@ -36,13 +35,13 @@ enum PartitionError {
 /// Keeps an exchange's bytes counted in the queue's bytes until its last partition is done,
 /// since until then its partitions' records pin its frames.
 struct QueuedBytes {
-    counter: Arc<AtomicUsize>,
+    counter: Arc<StageBytes>,
     bytes: usize,
 }
 
 impl Drop for QueuedBytes {
     fn drop(&mut self) {
-        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.counter.release(self.bytes);
     }
 }
 
@@ -81,7 +80,7 @@ struct InFlight {
 }
 
 pub(super) struct Stage {
-    pub(super) queued_bytes: Arc<AtomicUsize>,
+    pub(super) queued_bytes: Arc<StageBytes>,
     pub(super) routes: Arc<ArcSwap<RouteTable>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) inventory: Arc<Inventory>,

@@ -405,7 +405,7 @@ impl OneStreamStuck {
     /// Waits until the stage has taken every exchange handed over.
     async fn stage_drained(&self, what: &str) {
         wait_until(what, Duration::from_secs(10), || {
-            self.mirror.queued_bytes.load(Ordering::Acquire) == 0
+            self.mirror.queued_bytes.get() == 0
         })
         .await;
     }
