@@ -264,3 +264,50 @@ async fn a_transaction_ended_while_its_records_are_deferred_ends_after_them() {
         "the committed records too"
     );
 }
+
+/// The records in stream-a as (key, seq), in the order stored.
+fn stored_seqs(stored: &Stored) -> Vec<(usize, usize)> {
+    stream_a(stored)
+        .iter()
+        .map(|value| {
+            let (seq, key) = value.split_once('-').expect("SEQ-INDEX");
+            (key.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_exchange_the_log_could_not_take_while_behind_does_not_overtake_the_deferred_ones() {
+    let run = Run::start(|_| {}).await;
+    let backlog = EXCHANGE_QUEUE + 3000;
+    burst(&run.mirror, (0..backlog).map(numbered)).await;
+    // While the catch-up reads the backlog back, exchanges whose append failed (handed over
+    // unlogged) to the same partition: later offsets than every deferred one.
+    let (mut seq, mut unlogged_while_behind) = (backlog, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while run.metrics.wal.replay_remaining_bytes.get() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        futures::FutureExt::now_or_never(run.mirror.stage_exchange(numbered(seq), None))
+            .expect("handing over does not wait");
+        (seq, unlogged_while_behind) = (seq + 1, unlogged_while_behind + 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    run.finish(seq * RECORDS).await;
+    let mut last_by_key: HashMap<usize, usize> = HashMap::new();
+    let mut out_of_order = 0;
+    for (key, seq) in stored_seqs(&run.kinesis) {
+        if last_by_key.insert(key, seq).is_some_and(|last| last > seq) {
+            out_of_order += 1;
+        }
+    }
+    let shed = run.metrics.mirror_dropped_requests.get();
+    eprintln!("backlog {backlog}, unlogged while behind {unlogged_while_behind}, shed {shed}, out of order {out_of_order}");
+    assert!(unlogged_while_behind > 0);
+    assert_eq!(out_of_order, 0, "each key's records in the order produced");
+    assert_eq!(
+        shed, unlogged_while_behind as u64,
+        "every unlogged exchange handed over while behind is shed, and counted"
+    );
+    assert_eq!(dropped(&run.metrics), shed * RECORDS as u64);
+    assert_eq!(run.metrics.wal.replay_remaining_bytes.get(), 0);
+}

@@ -248,13 +248,18 @@ impl Stage {
                     transactional: summary.transactional(),
                 };
                 let records = summary.records as u64;
-                self.inventory.produced(
-                    &work.client,
-                    topic,
-                    records,
-                    traits,
-                    summary.codecs.iter(),
-                );
+                // The run that received a replayed exchange counted its client: no client of
+                // this run produced it. Its records still count for Kafka, as this run
+                // mirrors them.
+                if !logged.is_some_and(|(logged, _)| logged.is_replayed()) {
+                    self.inventory.produced(
+                        &work.client,
+                        topic,
+                        records,
+                        traits,
+                        summary.codecs.iter(),
+                    );
+                }
                 self.count_kafka(topic, work.verdict, records);
             }
             Err(e) => return self.decode_error(&work, &e.into(), 0),

@@ -57,6 +57,11 @@ impl ExchangeLog {
         self.position
     }
 
+    /// Whether an earlier run logged it, and this one replays it.
+    pub(crate) fn is_replayed(&self) -> bool {
+        self.replayed.is_some()
+    }
+
     /// The stage expanded the exchange into `partitions` partitions to finish.
     pub(crate) fn staged(&self, partitions: usize) {
         self.partitions_pending.store(partitions, Ordering::Release);

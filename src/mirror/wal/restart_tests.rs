@@ -18,7 +18,7 @@ use crate::mirror::wal::wal_dir;
 use crate::mirror::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
 use crate::telemetry::inventory::ClientKey;
 use crate::telemetry::inventory::Inventory;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, MirrorResult};
 
 fn values(prefix: &str, n: usize) -> Vec<Bytes> {
     (0..n)
@@ -38,6 +38,18 @@ async fn mirror_with_limit(
     stored: &Stored,
     max_bytes: u64,
 ) -> Mirror {
+    let observed = (Arc::new(Metrics::new()), Arc::new(Inventory::default()));
+    mirror_observed(spool, a_down, stored, max_bytes, observed).await
+}
+
+/// [`mirror_with_limit`] counting into `metrics` and `inventory`.
+async fn mirror_observed(
+    spool: &Path,
+    a_down: &Arc<AtomicBool>,
+    stored: &Stored,
+    max_bytes: u64,
+    (metrics, inventory): (Arc<Metrics>, Arc<Inventory>),
+) -> Mirror {
     let mut settings = spilling_settings(spool, 1 << 30);
     settings.buffer.durability = Durability::Wal;
     settings.spool.max_bytes = max_bytes;
@@ -45,8 +57,8 @@ async fn mirror_with_limit(
     Mirror::start_with(
         &[route("topic-a", "stream-a")],
         settings,
-        Arc::new(Metrics::new()),
-        Arc::new(Inventory::default()),
+        metrics,
+        inventory,
         kinesis.clients(),
     )
     .await
@@ -77,6 +89,17 @@ fn stream_a(stored: &Stored) -> Vec<String> {
 /// copy of its log in front of a Kinesis that is up, and returns what the restarted mirror
 /// sent once it sent `expected` records.
 async fn kill_and_restart(first: &Mirror, first_spool: &Path, expected: usize) -> Vec<String> {
+    let observed = (Arc::new(Metrics::new()), Arc::new(Inventory::default()));
+    kill_and_restart_observed(first, first_spool, expected, observed).await
+}
+
+/// [`kill_and_restart`], the restarted mirror counting into `metrics` and `inventory`.
+async fn kill_and_restart_observed(
+    first: &Mirror,
+    first_spool: &Path,
+    expected: usize,
+    observed: (Arc<Metrics>, Arc<Inventory>),
+) -> Vec<String> {
     first
         .wal
         .as_ref()
@@ -87,7 +110,14 @@ async fn kill_and_restart(first: &Mirror, first_spool: &Path, expected: usize) -
     copy_log(first_spool, second_spool.path());
     let after_kill = Stored::default();
     let up = Arc::new(AtomicBool::new(false));
-    let second = mirror(second_spool.path(), &up, &after_kill).await;
+    let second = mirror_observed(
+        second_spool.path(),
+        &up,
+        &after_kill,
+        SPOOL_MAX_BYTES,
+        observed,
+    )
+    .await;
     wait_until("the records in Kinesis", Duration::from_secs(20), || {
         stream_a(&after_kill).len() >= expected
     })
@@ -224,4 +254,35 @@ async fn in_drop_mode_an_exchange_shed_from_a_full_stage_is_not_replayed_after_a
         Vec::<String>::new(),
         "the operator chose to drop them: not resurrected"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_records_count_as_kafka_records_again_but_add_no_client_to_the_inventory() {
+    let first_spool = tempfile::tempdir().unwrap();
+    let a_down = Arc::new(AtomicBool::new(true));
+    let first = mirror(first_spool.path(), &a_down, &Stored::default()).await;
+    first
+        .hand_over(stored("topic-a", 0, &values("waiting", 4)))
+        .await;
+    let (metrics, inventory) = (Arc::new(Metrics::new()), Arc::new(Inventory::default()));
+    let observed = (metrics.clone(), inventory.clone());
+    let sent = kill_and_restart_observed(&first, first_spool.path(), 4, observed).await;
+    assert_eq!(sent.len(), 4);
+    let clients: Vec<_> = inventory
+        .snapshot()
+        .into_iter()
+        .map(|c| (c.client_id, c.address, c.records_per_topic))
+        .collect();
+    // The run that received them counted their client; this one saw no client at all.
+    assert!(clients.is_empty(), "no client entry: {clients:?}");
+    let kafka_ok = metrics
+        .kafka_records
+        .with_label_values(&["topic-a", "ok"])
+        .get();
+    let mirrored = metrics
+        .mirror_records
+        .with_label_values(&["topic-a", "stream-a", MirrorResult::Sent.as_str()])
+        .get();
+    // Counted where they are mirrored: this run's Kafka and mirror counts stay paired.
+    assert_eq!((kafka_ok, mirrored), (4, 4));
 }
