@@ -14,7 +14,7 @@ use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTE
 use crate::mirror::deferred_tests::{burst, numbered, Run, RECORDS};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
-use crate::mirror::wal::wal_dir;
+use crate::mirror::wal::{wal_dir, Wal};
 use crate::mirror::{Mirror, ProduceExchange, EXCHANGE_QUEUE};
 use crate::telemetry::inventory::ClientKey;
 use crate::telemetry::inventory::Inventory;
@@ -285,4 +285,44 @@ async fn replayed_records_count_as_kafka_records_again_but_add_no_client_to_the_
         .get();
     // Counted where they are mirrored: this run's Kafka and mirror counts stay paired.
     assert_eq!((kafka_ok, mirrored), (4, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_replay_cut_short_by_a_read_error_leaves_nothing_counted_as_to_replay() {
+    // A log an earlier run left with an exchange not delivered...
+    let first_spool = tempfile::tempdir().unwrap();
+    let first = mirror(
+        first_spool.path(),
+        &Arc::new(AtomicBool::new(true)),
+        &Stored::default(),
+    )
+    .await;
+    first
+        .hand_over(stored("topic-a", 0, &values("waiting", 4)))
+        .await;
+    first.wal.as_ref().expect("logged").flush().await;
+    let left = tempfile::tempdir().unwrap();
+    copy_log(first_spool.path(), left.path());
+    // ...opened, counting its bytes into a mirror's gauge, then unreadable when replayed.
+    let run = Run::start(|_| {}).await;
+    let spool = spilling_settings(left.path(), 1 << 30).spool;
+    let (_log, replay) = Wal::open(
+        &spool,
+        Durability::Wal,
+        run.metrics.wal.clone(),
+        Arc::new(|| 0),
+    )
+    .unwrap()
+    .expect("a log");
+    let to_replay = run.metrics.wal.replay_remaining_bytes.get();
+    assert!(to_replay > 0);
+    for segment in std::fs::read_dir(wal_dir(left.path())).unwrap().flatten() {
+        std::fs::remove_file(segment.path()).unwrap();
+    }
+    run.mirror.replay_wal(replay).await;
+    assert_eq!(
+        run.metrics.wal.replay_remaining_bytes.get(),
+        0,
+        "this run reads none of it back (it had {to_replay} bytes to replay): the mirror is not behind"
+    );
 }
