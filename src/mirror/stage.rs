@@ -249,8 +249,9 @@ impl Stage {
                 };
                 let records = summary.records as u64;
                 // The run that received a replayed exchange counted its client: no client of
-                // this run produced it. Its records still count for Kafka, as this run
-                // mirrors them.
+                // this run produced it. Its records count for Kafka in the run that mirrors
+                // them, but not those this run skips, delivered before the restart: the
+                // Kafka and mirror counts stay paired.
                 if !logged.is_some_and(|(logged, _)| logged.is_replayed()) {
                     self.inventory.produced(
                         &work.client,
@@ -260,7 +261,12 @@ impl Stage {
                         summary.codecs.iter(),
                     );
                 }
-                self.count_kafka(topic, work.verdict, records);
+                let delivered_before = logged.map_or(0, |(l, i)| l.settled_before_in(*i));
+                self.count_kafka(
+                    topic,
+                    work.verdict,
+                    records.saturating_sub(delivered_before),
+                );
             }
             Err(e) => return self.decode_error(&work, &e.into(), 0),
         }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{Durability, WhenFull};
-use crate::kinesis::test_support::{spilling_settings, wait_until, SPOOL_MAX_BYTES};
+use crate::kinesis::test_support::{
+    control_plane, entry_data, spilling_settings, wait_until, FakeKinesis, SPOOL_MAX_BYTES,
+};
 use crate::mirror::deferred_tests::{burst, numbered, Run, RECORDS};
 use crate::mirror::stage_transactions::tests::end_txn;
 use crate::mirror::tests::{acks0_produce, kinesis_with_a_down, route, stored, Stored};
@@ -39,21 +41,20 @@ async fn mirror_with_limit(
     max_bytes: u64,
 ) -> Mirror {
     let observed = (Arc::new(Metrics::new()), Arc::new(Inventory::default()));
-    mirror_observed(spool, a_down, stored, max_bytes, observed).await
+    let kinesis = kinesis_with_a_down(a_down, stored);
+    mirror_observed(spool, kinesis, max_bytes, observed).await
 }
 
-/// [`mirror_with_limit`] counting into `metrics` and `inventory`.
+/// [`mirror_with_limit`] in front of `kinesis`, counting into `metrics` and `inventory`.
 async fn mirror_observed(
     spool: &Path,
-    a_down: &Arc<AtomicBool>,
-    stored: &Stored,
+    kinesis: FakeKinesis,
     max_bytes: u64,
     (metrics, inventory): (Arc<Metrics>, Arc<Inventory>),
 ) -> Mirror {
     let mut settings = spilling_settings(spool, 1 << 30);
     settings.buffer.durability = Durability::Wal;
     settings.spool.max_bytes = max_bytes;
-    let kinesis = kinesis_with_a_down(a_down, stored);
     Mirror::start_with(
         &[route("topic-a", "stream-a")],
         settings,
@@ -110,14 +111,8 @@ async fn kill_and_restart_observed(
     copy_log(first_spool, second_spool.path());
     let after_kill = Stored::default();
     let up = Arc::new(AtomicBool::new(false));
-    let second = mirror_observed(
-        second_spool.path(),
-        &up,
-        &after_kill,
-        SPOOL_MAX_BYTES,
-        observed,
-    )
-    .await;
+    let kinesis = kinesis_with_a_down(&up, &after_kill);
+    let second = mirror_observed(second_spool.path(), kinesis, SPOOL_MAX_BYTES, observed).await;
     wait_until("the records in Kinesis", Duration::from_secs(20), || {
         stream_a(&after_kill).len() >= expected
     })
@@ -324,5 +319,70 @@ async fn a_startup_replay_cut_short_by_a_read_error_leaves_nothing_counted_as_to
         run.metrics.wal.replay_remaining_bytes.get(),
         0,
         "this run reads none of it back (it had {to_replay} bytes to replay): the mirror is not behind"
+    );
+}
+
+/// Kinesis that stores every record but those whose data starts with `stuck`, which it
+/// refuses (throttled) each time.
+fn kinesis_refusing_stuck() -> FakeKinesis {
+    FakeKinesis::new(|operation, body| {
+        if let Some(answer) = control_plane(operation) {
+            return answer;
+        }
+        let answers: Vec<serde_json::Value> = entry_data(body)
+            .iter()
+            .map(|data| match data.starts_with("stuck") {
+                true => serde_json::json!({"ErrorCode": "ProvisionedThroughputExceededException",
+                    "ErrorMessage": "slow down"}),
+                false => serde_json::json!({"SequenceNumber": "1", "ShardId": "shardId-0"}),
+            })
+            .collect();
+        let failed = answers
+            .iter()
+            .filter(|a| a.get("ErrorCode").is_some())
+            .count();
+        (
+            200,
+            serde_json::json!({"FailedRecordCount": failed, "Records": answers}),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_exchange_counts_as_kafka_records_only_what_it_mirrors_again() {
+    let first_spool = tempfile::tempdir().unwrap();
+    let first_metrics = Arc::new(Metrics::new());
+    let observed = (first_metrics.clone(), Arc::new(Inventory::default()));
+    let first = mirror_observed(
+        first_spool.path(),
+        kinesis_refusing_stuck(),
+        SPOOL_MAX_BYTES,
+        observed,
+    )
+    .await;
+    // Keys key-0..key-2: the throttled key-1 does not hold the others up.
+    let values =
+        ["delivered-0", "stuck-1", "delivered-2"].map(|v| Bytes::from_static(v.as_bytes()));
+    first.hand_over(stored("topic-a", 0, &values)).await;
+    let sent = |metrics: &Metrics| {
+        let labels = ["topic-a", "stream-a", MirrorResult::Sent.as_str()];
+        metrics.mirror_records.with_label_values(&labels).get()
+    };
+    wait_until("two of three delivered", Duration::from_secs(20), || {
+        sent(&first_metrics) == 2
+    })
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let observed = (metrics.clone(), Arc::new(Inventory::default()));
+    let resent = kill_and_restart_observed(&first, first_spool.path(), 1, observed).await;
+    assert_eq!(resent, ["stuck-1"]);
+    let kafka_ok = metrics
+        .kafka_records
+        .with_label_values(&["topic-a", "ok"])
+        .get();
+    assert_eq!(
+        (kafka_ok, sent(&metrics)),
+        (1, 1),
+        "the two delivered before the kill were counted, and mirrored, by the first run"
     );
 }
