@@ -145,7 +145,7 @@ impl Mirror {
             // Not logged in spill mode (its append failed, or it names no routed topic):
             // nothing to read it back from.
             None if spill => return self.observe_unlogged(exchange, bytes),
-            logged => return self.offer_or_shed(exchange, bytes, logged),
+            logged => return self.shed_refused(self.offer(exchange, bytes, logged)),
         };
         let mut state = self.deferred.lock();
         // Decided under the lock: the catch-up pops its last exchange under it too, so an
@@ -207,20 +207,7 @@ impl Mirror {
         }
         let refused = self.offer(exchange, bytes, None);
         drop(state);
-        if let Some((shed, logged)) = refused {
-            self.shed(shed, logged);
-        }
-    }
-
-    fn offer_or_shed(
-        &self,
-        exchange: ProduceExchange,
-        bytes: usize,
-        logged: Option<Arc<ExchangeLog>>,
-    ) {
-        if let Some((shed, logged)) = self.offer(exchange, bytes, logged) {
-            self.shed(shed, logged);
-        }
+        self.shed_refused(refused);
     }
 
     /// Sends an exchange to the stage if its queue has room; what it refused otherwise.
@@ -250,8 +237,11 @@ impl Mirror {
         Some(refused)
     }
 
-    /// Drops an exchange the stage has no room for, and counts it.
-    fn shed(&self, exchange: ProduceExchange, logged: Option<Arc<ExchangeLog>>) {
+    /// Drops the exchange the stage had no room for, if any, and counts it.
+    fn shed_refused(&self, refused: Option<Refused>) {
+        let Some((exchange, logged)) = refused else {
+            return;
+        };
         // Only `when_full = "drop"` sheds a logged exchange: the operator chose to lose it, so
         // a restart must not replay it.
         if let Some(logged) = logged {
