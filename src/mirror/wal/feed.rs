@@ -101,6 +101,8 @@ impl Mirror {
                         continue;
                     }
                 };
+                // Its address is not logged, so unknown: the key names the client in log lines
+                // only, as the stage counts no client for a replayed exchange.
                 let client = Arc::new(ClientKey {
                     client_id: logged_exchange.client_id.clone(),
                     address: Ipv4Addr::UNSPECIFIED.into(),
