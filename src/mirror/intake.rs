@@ -143,8 +143,8 @@ impl Mirror {
         let logged = match logged {
             Some(logged) if spill => logged,
             // Not logged in spill mode (its append failed, or it names no routed topic):
-            // nothing to read it back from.
-            None if spill => return self.observe_unlogged(exchange, bytes),
+            // nothing to read it back from. Without a log, nothing is ever deferred.
+            None if spill && self.wal.is_some() => return self.observe_unlogged(exchange, bytes),
             logged => return self.shed_refused(self.offer(exchange, bytes, logged)),
         };
         let mut state = self.deferred.lock();
