@@ -74,6 +74,14 @@ impl Run {
         }
     }
 
+    /// With the default settings, behind: `backlog` exchanges handed over as a [`burst`], the
+    /// ones past the stage's queue deferred to the log.
+    async fn behind(backlog: usize) -> Run {
+        let run = Run::start(|_| {}).await;
+        burst(&run.mirror, (0..backlog).map(numbered)).await;
+        run
+    }
+
     /// Waits until `records` records are in Kinesis or counted dropped, then shuts the mirror
     /// down, which writes every mark in the log.
     pub(super) async fn finish(&self, records: usize) {
@@ -125,14 +133,10 @@ fn stream_a(stored: &Stored) -> Vec<String> {
 /// Asserts that stream-a holds every record of exchanges `0..exchanges` exactly once, and
 /// each key's records in the order produced.
 fn assert_all_once_in_order(stored: &Stored, exchanges: usize) {
-    let data = stream_a(stored);
+    let data = stored_seqs(stored);
     let mut by_key: HashMap<usize, Vec<usize>> = HashMap::new();
-    for value in &data {
-        let (seq, key) = value.split_once('-').expect("SEQ-INDEX");
-        by_key
-            .entry(key.parse().unwrap())
-            .or_default()
-            .push(seq.parse().unwrap());
+    for &(key, seq) in &data {
+        by_key.entry(key).or_default().push(seq);
     }
     assert_eq!(data.len(), exchanges * RECORDS, "every record exactly once");
     for (key, seqs) in by_key {
@@ -150,9 +154,8 @@ fn dropped(metrics: &Metrics) -> u64 {
 
 #[tokio::test]
 async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed() {
-    let run = Run::start(|_| {}).await;
     let exchanges = EXCHANGE_QUEUE + 3000;
-    burst(&run.mirror, (0..exchanges).map(numbered)).await;
+    let run = Run::behind(exchanges).await;
     let deferred_bytes = run.metrics.wal.replay_remaining_bytes.get();
     run.finish(exchanges * RECORDS).await;
     assert_eq!(run.metrics.mirror_dropped_requests.get(), 0, "nothing shed");
@@ -171,9 +174,8 @@ async fn exchanges_past_a_full_stage_queue_are_read_back_from_the_log_not_shed()
 
 #[tokio::test]
 async fn exchanges_arriving_during_the_catch_up_queue_behind_the_deferred_ones() {
-    let run = Run::start(|_| {}).await;
     let backlog = EXCHANGE_QUEUE + 3000;
-    burst(&run.mirror, (0..backlog).map(numbered)).await;
+    let run = Run::behind(backlog).await;
     // Live exchanges, one at a time as a connection hands them over (each waits for its
     // append, so the stage and the catch-up run meanwhile), while the mirror is behind and
     // after it caught up.
@@ -263,4 +265,50 @@ async fn a_transaction_ended_while_its_records_are_deferred_ends_after_them() {
         expected,
         "the committed records too"
     );
+}
+
+/// The records in stream-a as (key, seq), in the order stored.
+fn stored_seqs(stored: &Stored) -> Vec<(usize, usize)> {
+    stream_a(stored)
+        .iter()
+        .map(|value| {
+            let (seq, key) = value.split_once('-').expect("SEQ-INDEX");
+            (key.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_exchange_the_log_could_not_take_while_behind_does_not_overtake_the_deferred_ones() {
+    let backlog = EXCHANGE_QUEUE + 3000;
+    let run = Run::behind(backlog).await;
+    // While the catch-up reads the backlog back, exchanges whose append failed (handed over
+    // unlogged) to the same partition: later offsets than every deferred one.
+    let (mut seq, mut unlogged_while_behind) = (backlog, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while run.metrics.wal.replay_remaining_bytes.get() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        futures::FutureExt::now_or_never(run.mirror.stage_exchange(numbered(seq), None))
+            .expect("handing over does not wait");
+        (seq, unlogged_while_behind) = (seq + 1, unlogged_while_behind + 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    run.finish(seq * RECORDS).await;
+    let mut last_by_key: HashMap<usize, usize> = HashMap::new();
+    let mut out_of_order = 0;
+    for (key, seq) in stored_seqs(&run.kinesis) {
+        if last_by_key.insert(key, seq).is_some_and(|last| last > seq) {
+            out_of_order += 1;
+        }
+    }
+    let shed = run.metrics.mirror_dropped_requests.get();
+    eprintln!("backlog {backlog}, unlogged while behind {unlogged_while_behind}, shed {shed}, out of order {out_of_order}");
+    assert!(unlogged_while_behind > 0);
+    assert_eq!(out_of_order, 0, "each key's records in the order produced");
+    assert_eq!(
+        shed, unlogged_while_behind as u64,
+        "every unlogged exchange handed over while behind is shed, and counted"
+    );
+    assert_eq!(dropped(&run.metrics), shed * RECORDS as u64);
+    assert_eq!(run.metrics.wal.replay_remaining_bytes.get(), 0);
 }

@@ -9,7 +9,11 @@
 //!   back from the log, oldest first, and sends them to the stage, waiting for room, until
 //!   none is left and connections hand exchanges over directly again;
 //! - `"drop"`, or without a log (`durability = "memory"`, or an append that failed), sheds the
-//!   exchange and counts it.
+//!   exchange and counts it. While the mirror is behind, an exchange that could not be logged
+//!   and owes the mirror records is shed too, even when the queue has room: the stage would
+//!   take it ahead of the deferred exchanges, whose records of the same partitions came first.
+//!   Shed, not held in memory: appends fail when the log's disk does, so every exchange would
+//!   be held, for as long as the backlog takes to read back.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -135,16 +139,13 @@ impl Mirror {
     /// mirror. A full queue (by count or by bytes; one exchange alone always fits) defers a
     /// logged exchange in spill mode, and sheds it otherwise.
     fn observe(&self, exchange: ProduceExchange, bytes: usize, logged: Option<Arc<ExchangeLog>>) {
-        // Not logged (in spill mode: its append failed, or it names no routed topic): nothing
-        // to read it back from.
+        let spill = self.when_full == WhenFull::Spill;
         let logged = match logged {
-            Some(logged) if self.when_full == WhenFull::Spill => logged,
-            logged => {
-                if let Some((shed, logged)) = self.offer(exchange, bytes, logged) {
-                    self.shed(shed, logged);
-                }
-                return;
-            }
+            Some(logged) if spill => logged,
+            // Not logged in spill mode (its append failed, or it names no routed topic):
+            // nothing to read it back from. Without a log, nothing is ever deferred.
+            None if spill && self.wal.is_some() => return self.observe_unlogged(exchange, bytes),
+            logged => return self.shed_refused(self.offer(exchange, bytes, logged)),
         };
         let mut state = self.deferred.lock();
         // Decided under the lock: the catch-up pops its last exchange under it too, so an
@@ -194,6 +195,21 @@ impl Mirror {
         }
     }
 
+    /// Spill mode, an exchange not logged: shed while the mirror is behind, if it owes the
+    /// mirror records (one that owes nothing cannot break their order).
+    fn observe_unlogged(&self, exchange: ProduceExchange, bytes: usize) {
+        // Under the lock, like a logged exchange: the catch-up cannot pop its last one between
+        // the look and the offer.
+        let state = self.deferred.lock();
+        if !state.waiting.is_empty() && self.count_shed(&exchange) {
+            drop(state);
+            return self.count_shed_request();
+        }
+        let refused = self.offer(exchange, bytes, None);
+        drop(state);
+        self.shed_refused(refused);
+    }
+
     /// Sends an exchange to the stage if its queue has room; what it refused otherwise.
     fn offer(
         &self,
@@ -221,8 +237,11 @@ impl Mirror {
         Some(refused)
     }
 
-    /// Drops an exchange the stage has no room for, and counts it.
-    fn shed(&self, exchange: ProduceExchange, logged: Option<Arc<ExchangeLog>>) {
+    /// Drops the exchange the stage had no room for, if any, and counts it.
+    fn shed_refused(&self, refused: Option<Refused>) {
+        let Some((exchange, logged)) = refused else {
+            return;
+        };
         // Only `when_full = "drop"` sheds a logged exchange: the operator chose to lose it, so
         // a restart must not replay it.
         if let Some(logged) = logged {
@@ -231,9 +250,13 @@ impl Mirror {
         // An exchange that owed the mirror nothing (its topics are not routed) costs the mirror
         // nothing: only the producer inventory misses it.
         if self.count_shed(&exchange) {
-            self.metrics.mirror_dropped_requests.inc();
-            tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
+            self.count_shed_request();
         }
+    }
+
+    fn count_shed_request(&self) {
+        self.metrics.mirror_dropped_requests.inc();
+        tracing::warn!("mirror queue full: a Produce request was not mirrored (kafka_kinesis_proxy_mirror_dropped_requests_total)");
     }
 
     /// Counts the records a shed exchange owed the mirror as dropped, so that the dual-write

@@ -248,14 +248,25 @@ impl Stage {
                     transactional: summary.transactional(),
                 };
                 let records = summary.records as u64;
-                self.inventory.produced(
-                    &work.client,
+                // The run that received a replayed exchange counted its client: no client of
+                // this run produced it. Its records count for Kafka in the run that mirrors
+                // them, but not those this run skips, delivered before the restart: the
+                // Kafka and mirror counts stay paired.
+                if !logged.is_some_and(|(logged, _)| logged.is_replayed()) {
+                    self.inventory.produced(
+                        &work.client,
+                        topic,
+                        records,
+                        traits,
+                        summary.codecs.iter(),
+                    );
+                }
+                let delivered_before = logged.map_or(0, |(l, i)| l.settled_before_in(*i));
+                self.count_kafka(
                     topic,
-                    records,
-                    traits,
-                    summary.codecs.iter(),
+                    work.verdict,
+                    records.saturating_sub(delivered_before),
                 );
-                self.count_kafka(topic, work.verdict, records);
             }
             Err(e) => return self.decode_error(&work, &e.into(), 0),
         }

@@ -67,10 +67,12 @@ impl Mirror {
 
     /// Hands the exchanges an earlier run left in the log to the stage, in log order, and
     /// waits until the stage has taken them all: live exchanges then queue behind them.
+    /// It owns `wal_replay_remaining_bytes` meanwhile: nothing is deferred before the mirror
+    /// is handed out, once this is done.
     pub(in crate::mirror) async fn replay_wal(&self, mut replay: Replay) {
         let size = replay.size();
         let records = replay.records.clone();
-        loop {
+        let cut_short = loop {
             let (back, chunk) = tokio::task::spawn_blocking(move || {
                 let chunk = replay.next_entries(REPLAY_CHUNK);
                 (replay, chunk)
@@ -79,11 +81,14 @@ impl Mirror {
             .expect("write-ahead log replay task");
             replay = back;
             let chunk = match chunk {
-                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) if chunk.is_empty() => break false,
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the write-ahead log: what is left of it is replayed after the next restart");
-                    break;
+                    tracing::error!(error = %e, bytes_left = replay.remaining_bytes(), "cannot read the write-ahead log: what is left of it is replayed after the next restart");
+                    // This run reads none of it back: left counted, it would show the mirror
+                    // behind until the next restart, and hide when deferrals are caught up.
+                    self.metrics.wal.replay_remaining_bytes.set(0);
+                    break true;
                 }
             };
             for replayed in chunk {
@@ -96,6 +101,8 @@ impl Mirror {
                         continue;
                     }
                 };
+                // Its address is not logged, so unknown: the key names the client in log lines
+                // only, as the stage counts no client for a replayed exchange.
                 let client = Arc::new(ClientKey {
                     client_id: logged_exchange.client_id.clone(),
                     address: Ipv4Addr::UNSPECIFIED.into(),
@@ -111,10 +118,13 @@ impl Mirror {
                 .wal
                 .replay_remaining_bytes
                 .set(replay.remaining_bytes() as i64);
-        }
+        };
         let (done, flushed) = tokio::sync::oneshot::channel();
         if self.tx.send(StageInput::Flush(done)).await.is_ok() {
             let _ = flushed.await;
+        }
+        if cut_short {
+            return;
         }
         tracing::info!(
             exchanges = size.exchanges,

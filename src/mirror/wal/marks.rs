@@ -57,6 +57,19 @@ impl ExchangeLog {
         self.position
     }
 
+    /// Whether an earlier run logged it, and this one replays it.
+    pub(crate) fn is_replayed(&self) -> bool {
+        self.replayed.is_some()
+    }
+
+    /// Records of partition `partition_index` settled before a restart.
+    pub(crate) fn settled_before_in(&self, partition_index: u32) -> u64 {
+        let settled = self.settled_before.iter();
+        settled
+            .filter(|(index, _)| *index == partition_index)
+            .count() as u64
+    }
+
     /// The stage expanded the exchange into `partitions` partitions to finish.
     pub(crate) fn staged(&self, partitions: usize) {
         self.partitions_pending.store(partitions, Ordering::Release);
