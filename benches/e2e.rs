@@ -598,6 +598,8 @@ struct PathUnderTest {
     drain: Option<Drain>,
     /// Records produced through this path so far (what the mirror must have sent).
     produced: u64,
+    /// The proxy's admin port, when it mirrors: where it says what it shed.
+    admin: Option<u16>,
 }
 
 #[derive(Default, Clone)]
@@ -851,17 +853,17 @@ impl Bench {
         let (off, off_port, _) = start_proxy(&settings, dir.path(), "kkp-off", broker_port, None);
         let endpoint = format!("http://127.0.0.1:{mock_port}");
         // One mirroring proxy per durability mode; only the path being measured has load.
-        let mirrors: Vec<(&str, Daemon, u16)> = durability::PATHS
+        let mirrors: Vec<(&str, Daemon, u16, u16)> = durability::PATHS
             .iter()
             .map(|&(id, mode, _)| {
-                let (proxy, port, _) = start_proxy(
+                let (proxy, port, admin) = start_proxy(
                     &settings,
                     dir.path(),
                     id,
                     broker_port,
                     Some((&endpoint, mode)),
                 );
-                (id, proxy, port)
+                (id, proxy, port, admin)
             })
             .collect();
         let peer_port = free_port();
@@ -882,6 +884,7 @@ impl Bench {
             proxy,
             drain,
             produced: 0,
+            admin: None,
         };
         let mut paths = vec![
             path("direct", "direct to broker", broker_port, None, None),
@@ -893,14 +896,17 @@ impl Bench {
                 None,
             ),
         ];
-        for ((id, proxy, port), (_, _, label)) in mirrors.iter().zip(durability::PATHS) {
-            paths.push(path(
-                id,
-                label,
-                *port,
-                Some(proxy.pid()),
-                Some(Drain::Mock(mock_port)),
-            ));
+        for ((id, proxy, port, admin), (_, _, label)) in mirrors.iter().zip(durability::PATHS) {
+            paths.push(PathUnderTest {
+                admin: Some(*admin),
+                ..path(
+                    id,
+                    label,
+                    *port,
+                    Some(proxy.pid()),
+                    Some(Drain::Mock(mock_port)),
+                )
+            });
         }
         paths.push(path(
             "tansu-proxy",
@@ -910,7 +916,7 @@ impl Bench {
             None,
         ));
         let mut proxies = vec![off, peer];
-        proxies.extend(mirrors.into_iter().map(|(_, proxy, _)| proxy));
+        proxies.extend(mirrors.into_iter().map(|(_, proxy, _, _)| proxy));
         Bench {
             ticks: clock_ticks(),
             payload: Payload::new(),
@@ -985,6 +991,21 @@ impl Bench {
             m.mirror_drain_s = Some(secs);
             m.mirror_msgs_per_sec =
                 Some((mirrored - mirrored_before) as f64 / (peak.seconds + secs));
+            if let Some(admin) = path.admin {
+                // Cumulative over the proxy's runs: what it says it shed, and where.
+                eprintln!(
+                    "e2e: {} so far: records dropped {}, requests dropped {}, spooled now {} B",
+                    path.id,
+                    mirror_count(admin, "dropped").unwrap_or(0),
+                    metric_sum(
+                        admin,
+                        "kafka_kinesis_proxy_mirror_dropped_requests_total",
+                        ""
+                    )
+                    .unwrap_or(0),
+                    metric_sum(admin, "kafka_kinesis_proxy_spool_bytes{", "").unwrap_or(0),
+                );
+            }
         }
         let cpu = |pid: u32, t0: u64| (cpu_ticks(pid).saturating_sub(t0)) as f64 / ticks / mb;
         m.proxy_cpu_s_per_mb = proxy.map(|pid| cpu(pid, before.0));
@@ -1091,6 +1112,7 @@ impl Bench {
             proxy: Some(proxy.pid()),
             drain: Some(Drain::Metrics(admin)),
             produced: 0,
+            admin: Some(admin),
         });
         let i = self.paths.len() - 1;
         let m = self.measure(

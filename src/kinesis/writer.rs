@@ -121,6 +121,16 @@ impl StreamWriter {
         }
     }
 
+    /// A writer with no task behind it: the test reads what it is sent from the receiver, and
+    /// so decides when it takes records.
+    #[cfg(test)]
+    pub(crate) fn detached(stream: &str) -> (StreamWriter, mpsc::Receiver<MirrorRecord>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (control, _) = mpsc::channel(1);
+        let state = Arc::new(StreamState::new(stream));
+        (StreamWriter { tx, control, state }, rx)
+    }
+
     pub fn state(&self) -> &Arc<StreamState> {
         &self.state
     }

@@ -249,7 +249,10 @@ impl Mirror {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
         let queued_bytes = Arc::new(StageBytes::default());
         let markers = Arc::new(OnceLock::new());
+        let hold = wal.is_some() && settings.buffer.when_full == WhenFull::Spill;
+        let queues = Arc::new(StreamQueues::new(block, hold, metrics.clone()));
         let stage = Stage {
+            queues: queues.clone(),
             input: tx.downgrade(),
             markers: markers.clone(),
             queued_bytes: queued_bytes.clone(),
@@ -275,7 +278,7 @@ impl Mirror {
             queued_bytes,
             when_full: settings.buffer.when_full,
             deferred: Default::default(),
-            queues: Arc::new(StreamQueues::new(block, metrics.clone())),
+            queues,
             metrics,
             routes: table,
             writers: Arc::new(tokio::sync::Mutex::new(Writers {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::decode::{decode_partition, DecodePool, Decoded, DECODE_THREADS};
-use super::stream_queue::Room;
+use super::stream_queue::{Room, StreamQueues};
 use super::transactions::{HeldId, Transactions};
 use super::wal::ExchangeLog;
 use super::{
@@ -81,6 +81,8 @@ struct InFlight {
 
 pub(super) struct Stage {
     pub(super) queued_bytes: Arc<StageBytes>,
+    /// The streams' queues, which may hold the stage (spill mode with a log).
+    pub(super) queues: Arc<StreamQueues>,
     pub(super) routes: Arc<ArcSwap<RouteTable>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) inventory: Arc<Inventory>,
@@ -116,6 +118,14 @@ impl Stage {
             // Read ahead while the pool works, so the next exchange's partitions are ready
             // when a decode thread frees up; wait for input only when there is nothing else.
             let input = if !waiting.is_empty() {
+                None
+            } else if self.queues.hold_the_stage() {
+                // A stream's writer is behind: new exchanges wait (in the log) until it
+                // catches up, rather than be shed.
+                if in_flight.is_empty() {
+                    self.queues.wait_until_released().await;
+                    continue;
+                }
                 None
             } else if in_flight.is_empty() {
                 match rx.recv().await {

@@ -5,17 +5,26 @@
 //! forwarder task per stream feeds them to the writer, in the order handed, and is the only
 //! one to wait when that writer is slow or stuck. Each queue keeps its own account of the
 //! bytes it holds, bounded by [`STREAM_QUEUE_BYTES`]. When one is full:
-//! - spill and drop modes: a partition bound for it is shed, and its records are counted as
-//!   `dropped` under their topic and stream;
+//! - spill mode with a write-ahead log: the partition is queued over the bound, and the stage
+//!   takes no new exchange until every queue over its bound is back under it, so exchanges wait
+//!   in the log (see [`super::intake`]) and the mirror runs at its writers' pace instead of
+//!   shedding when they fall behind (CPU overload). A queue that hands its writer nothing for
+//!   [`STUCK_AFTER`] is stuck (its writer's disk stalled): the stage stops waiting for it, and
+//!   its partitions are shed as below; they stay in the log, replayed at the next start;
+//! - drop mode, and spill mode without a log: a partition bound for it is shed, and its
+//!   records are counted as `dropped` under their topic and stream;
 //! - block mode: a Produce exchange waits, in [`super::Mirror::hand_over`], for room in the
 //!   queues of the streams it routes to, and only those.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::time::Instant as ClockInstant;
+
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{RouteTable, EXCHANGE_QUEUE_BLOCKING};
 use crate::kafka::produce::ProduceRequestView;
@@ -30,10 +39,63 @@ use crate::telemetry::metrics::{Metrics, MirrorResult};
 /// has to absorb a writer's pauses (a spool fsync): records wait in the budget, not here.
 pub const STREAM_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
+/// How long a queue with records may go without handing one to its writer before it counts
+/// as stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+
 /// Room taken in a stream's queue, given back once the records it was taken for are in the
 /// writer's input.
 pub(super) struct Room {
-    _permit: OwnedSemaphorePermit,
+    _taken: Taken,
+}
+
+enum Taken {
+    Permit {
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Queued over the bound: counted until forwarded.
+    Overflow {
+        _bytes: OverflowBytes,
+    },
+}
+
+/// Bytes a queue holds over its bound, released (waking the stage) once forwarded.
+struct OverflowBytes {
+    bytes: usize,
+    queue: Arc<Overflow>,
+}
+
+impl Drop for OverflowBytes {
+    fn drop(&mut self) {
+        self.queue.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.queue.total.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.queue.freed.notify_waiters();
+    }
+}
+
+/// A queue's account of what it holds over its bound, and of its forwarder's progress.
+struct Overflow {
+    bytes: AtomicUsize,
+    /// Every queue's overflow together, so that the stage checks one number while none is over.
+    total: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+    /// Milliseconds from `since` to the forwarder's last step (took an input, or handed a
+    /// record to the writer).
+    progress_ms: AtomicU64,
+    since: ClockInstant,
+}
+
+impl Overflow {
+    fn progressed(&self) {
+        self.progress_ms
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.since.elapsed().saturating_sub(Duration::from_millis(
+            self.progress_ms.load(Ordering::Acquire),
+        ))
+    }
 }
 
 /// Room block mode took for one exchange, by stream.
@@ -54,25 +116,39 @@ pub(crate) struct StreamQueue {
     stream: String,
     /// `when_full = "block"`: room is taken before the exchange reaches the stage.
     block: bool,
+    /// Spill mode with a write-ahead log: a full queue holds the stage instead of shedding.
+    hold: bool,
     /// One permit per byte.
     room: Arc<Semaphore>,
+    overflow: Arc<Overflow>,
     input: mpsc::UnboundedSender<QueueInput>,
     metrics: Arc<Metrics>,
     last_shed_warning: Mutex<Option<Instant>>,
 }
 
 impl StreamQueue {
-    fn start(
-        stream: &str,
-        writer: StreamWriter,
-        block: bool,
-        metrics: Arc<Metrics>,
-    ) -> Arc<StreamQueue> {
+    fn start(stream: &str, writer: StreamWriter, queues: &StreamQueues) -> Arc<StreamQueue> {
         let (input, queued) = mpsc::unbounded_channel();
-        tokio::spawn(forward(queued, writer, stream.to_owned(), metrics.clone()));
+        let metrics = queues.metrics.clone();
+        let overflow = Arc::new(Overflow {
+            bytes: AtomicUsize::new(0),
+            total: queues.overflow_total.clone(),
+            freed: queues.freed.clone(),
+            progress_ms: AtomicU64::new(0),
+            since: ClockInstant::now(),
+        });
+        tokio::spawn(forward(
+            queued,
+            writer,
+            stream.to_owned(),
+            metrics.clone(),
+            overflow.clone(),
+        ));
         Arc::new(StreamQueue {
             stream: stream.to_owned(),
-            block,
+            block: queues.block,
+            hold: queues.hold,
+            overflow,
             room: Arc::new(Semaphore::new(STREAM_QUEUE_BYTES)),
             input,
             metrics,
@@ -92,12 +168,15 @@ impl StreamQueue {
             .acquire_many_owned(permits(bytes))
             .await
             .ok()?;
-        Some(Arc::new(Room { _permit: permit }))
+        Some(Arc::new(Room {
+            _taken: Taken::Permit { _permit: permit },
+        }))
     }
 
     /// Queues a partition's records for the writer, behind those queued before. `room` is what
-    /// block mode took for them. Without it, in spill and drop modes, they take room now, or
-    /// are shed, and counted as dropped, when the queue is full.
+    /// block mode took for them. Without it, in spill and drop modes, they take room now; when
+    /// the queue is full they go over its bound (spill mode with a log, unless the queue is
+    /// stuck), or are shed and counted as dropped.
     pub(super) fn hand_on(
         &self,
         topic: &Arc<str>,
@@ -115,7 +194,10 @@ impl StreamQueue {
             None => {
                 let bytes = records.iter().map(MirrorRecord::memory_bytes).sum();
                 match self.room.clone().try_acquire_many_owned(permits(bytes)) {
-                    Ok(permit) => Some(Arc::new(Room { _permit: permit })),
+                    Ok(permit) => Some(Arc::new(Room {
+                        _taken: Taken::Permit { _permit: permit },
+                    })),
+                    Err(_) if self.hold && !self.is_stuck() => Some(self.over_bound(bytes)),
                     Err(_) => return self.shed(topic, records.len()),
                 }
             }
@@ -136,6 +218,31 @@ impl StreamQueue {
                 );
             }
         }
+    }
+
+    fn over_bound(&self, bytes: usize) -> Arc<Room> {
+        self.overflow.bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.overflow.total.fetch_add(bytes, Ordering::AcqRel);
+        Arc::new(Room {
+            _taken: Taken::Overflow {
+                _bytes: OverflowBytes {
+                    bytes,
+                    queue: self.overflow.clone(),
+                },
+            },
+        })
+    }
+
+    /// Holds records, and its forwarder has handed none to the writer for [`STUCK_AFTER`].
+    fn is_stuck(&self) -> bool {
+        let holds = self.room.available_permits() < STREAM_QUEUE_BYTES
+            || self.overflow.bytes.load(Ordering::Acquire) > 0;
+        holds && self.overflow.idle_for() > STUCK_AFTER
+    }
+
+    /// Over its bound and still moving: the stage waits for it.
+    fn holds_the_stage(&self) -> bool {
+        self.overflow.bytes.load(Ordering::Acquire) > 0 && !self.is_stuck()
     }
 
     fn shed(&self, topic: &str, records: usize) {
@@ -204,8 +311,10 @@ async fn forward(
     writer: StreamWriter,
     stream: String,
     metrics: Arc<Metrics>,
+    overflow: Arc<Overflow>,
 ) {
     while let Some(input) = queued.recv().await {
+        overflow.progressed();
         match input {
             QueueInput::Records {
                 topic,
@@ -216,6 +325,7 @@ async fn forward(
                     if writer.send(record).await.is_err() {
                         metrics.mirror_outcome(&topic, &stream, MirrorResult::Failed, 1);
                     }
+                    overflow.progressed();
                 }
                 // The records are in the writer's input now.
                 drop(room);
@@ -232,16 +342,50 @@ async fn forward(
 /// later gets the same queue, so its records stay in order.
 pub(super) struct StreamQueues {
     block: bool,
+    hold: bool,
     metrics: Arc<Metrics>,
     by_stream: Mutex<HashMap<String, Arc<StreamQueue>>>,
+    overflow_total: Arc<AtomicUsize>,
+    /// Woken whenever records over a bound are forwarded.
+    freed: Arc<Notify>,
 }
 
 impl StreamQueues {
-    pub(super) fn new(block: bool, metrics: Arc<Metrics>) -> StreamQueues {
+    /// `hold`: full queues hold the stage instead of shedding (spill mode with a log).
+    pub(super) fn new(block: bool, hold: bool, metrics: Arc<Metrics>) -> StreamQueues {
         StreamQueues {
             block,
+            hold,
             metrics,
             by_stream: Mutex::new(HashMap::new()),
+            overflow_total: Arc::new(AtomicUsize::new(0)),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Whether the stage should take no new exchange: a queue is over its bound and moving.
+    pub(super) fn hold_the_stage(&self) -> bool {
+        self.overflow_total.load(Ordering::Acquire) > 0
+            && self
+                .by_stream
+                .lock()
+                .expect("no panic under the lock")
+                .values()
+                .any(|q| q.holds_the_stage())
+    }
+
+    /// Waits until no queue holds the stage; looks again at least every 250 ms, since a queue
+    /// that gets stuck wakes no one.
+    pub(super) async fn wait_until_released(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a release between the two is not missed.
+            freed.as_mut().enable();
+            if !self.hold_the_stage() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
         }
     }
 
@@ -250,9 +394,7 @@ impl StreamQueues {
         let mut queues = self.by_stream.lock().expect("no panic under the lock");
         queues
             .entry(stream.to_owned())
-            .or_insert_with(|| {
-                StreamQueue::start(stream, writer.clone(), self.block, self.metrics.clone())
-            })
+            .or_insert_with(|| StreamQueue::start(stream, writer.clone(), self))
             .clone()
     }
 
@@ -267,5 +409,123 @@ impl StreamQueues {
             .cloned()
             .collect();
         futures::future::join_all(queues.iter().map(|q| q.flush())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinesis::test_support::record;
+
+    /// Partitions of 100 records of 4 KiB, about 0.4 MiB each: 100 fill the writer's input (4,096
+    /// records) and then the queue twice over.
+    const PARTITIONS: i64 = 100;
+    const PER_PARTITION: i64 = 100;
+
+    fn partition(n: i64) -> Vec<MirrorRecord> {
+        (n * PER_PARTITION..(n + 1) * PER_PARTITION)
+            .map(|offset| MirrorRecord {
+                data: Bytes::from(vec![b'x'; 4096]),
+                ..record(offset)
+            })
+            .collect()
+    }
+
+    fn dropped(metrics: &Metrics) -> u64 {
+        metrics
+            .mirror_records
+            .with_label_values(&["orders", "stream-a", "dropped"])
+            .get()
+    }
+
+    /// A queue in front of a writer that takes nothing until the test reads it.
+    fn queue_in_front_of_a_paused_writer(
+        hold: bool,
+    ) -> (
+        StreamQueues,
+        Arc<StreamQueue>,
+        mpsc::Receiver<MirrorRecord>,
+        Arc<Metrics>,
+    ) {
+        let metrics = Arc::new(Metrics::new());
+        let queues = StreamQueues::new(false, hold, metrics.clone());
+        let (writer, taken) = StreamWriter::detached("stream-a");
+        let queue = queues.queue("stream-a", &writer);
+        (queues, queue, taken, metrics)
+    }
+
+    async fn take_all(taken: &mut mpsc::Receiver<MirrorRecord>, records: i64) -> Vec<i64> {
+        let mut offsets = Vec::new();
+        while offsets.len() < records as usize {
+            let record = tokio::time::timeout(Duration::from_secs(10), taken.recv())
+                .await
+                .expect("records keep coming")
+                .expect("the queue is open");
+            offsets.push(record.offset);
+        }
+        offsets
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_log_a_writer_that_falls_behind_holds_the_stage_and_loses_nothing() {
+        let (queues, queue, mut taken, metrics) = queue_in_front_of_a_paused_writer(true);
+        let topic: Arc<str> = Arc::from("orders");
+        for n in 0..PARTITIONS {
+            queue.hand_on(&topic, partition(n), None);
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            dropped(&metrics),
+            0,
+            "nothing shed while the writer is behind"
+        );
+        assert!(queues.hold_the_stage(), "the stage waits for the writer");
+        // The writer catches up: the stage is let go once the overflow is forwarded.
+        let offsets = take_all(&mut taken, PARTITIONS * PER_PARTITION).await;
+        assert_eq!(offsets, (0..PARTITIONS * PER_PARTITION).collect::<Vec<_>>());
+        tokio::time::timeout(Duration::from_secs(1), queues.wait_until_released())
+            .await
+            .expect("released once the writer took the overflow");
+        assert!(!queues.hold_the_stage());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_log_a_stuck_writer_lets_the_stage_go_and_sheds_only_after_the_stuck_time() {
+        let (queues, queue, mut taken, metrics) = queue_in_front_of_a_paused_writer(true);
+        let topic: Arc<str> = Arc::from("orders");
+        for n in 0..PARTITIONS {
+            queue.hand_on(&topic, partition(n), None);
+        }
+        tokio::task::yield_now().await;
+        assert!(queues.hold_the_stage());
+        // The writer takes nothing for longer than STUCK_AFTER: the stage stops waiting
+        // for it, and what comes next for the stream is shed (the log keeps it).
+        tokio::time::timeout(STUCK_AFTER * 2, queues.wait_until_released())
+            .await
+            .expect("a stuck queue lets the stage go");
+        // Its room fills again, and then its partitions are shed instead of held over.
+        for n in PARTITIONS..PARTITIONS + 40 {
+            queue.hand_on(&topic, partition(n), None);
+        }
+        assert!(
+            dropped(&metrics) >= PER_PARTITION as u64,
+            "a stuck queue sheds"
+        );
+        assert!(!queues.hold_the_stage(), "and holds no one");
+        // What was queued before it got stuck still arrives, in order.
+        let offsets = take_all(&mut taken, PARTITIONS * PER_PARTITION).await;
+        assert_eq!(offsets, (0..PARTITIONS * PER_PARTITION).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_log_a_full_queue_sheds() {
+        let (queues, queue, _taken, metrics) = queue_in_front_of_a_paused_writer(false);
+        let topic: Arc<str> = Arc::from("orders");
+        for n in 0..PARTITIONS {
+            queue.hand_on(&topic, partition(n), None);
+        }
+        tokio::task::yield_now().await;
+        assert!(dropped(&metrics) > 0, "memory mode sheds a full queue");
+        assert!(!queues.hold_the_stage(), "and never holds the stage");
     }
 }
