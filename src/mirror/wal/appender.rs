@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -66,6 +67,9 @@ pub(crate) enum Command {
     Complete(u64),
     /// Answered once everything sent before it is written and fsynced.
     Flush(Completion),
+    /// From the fsync thread: an fsync finished, so durable appends written meanwhile can have
+    /// theirs.
+    Synced,
 }
 
 #[derive(Clone)]
@@ -122,6 +126,8 @@ pub(crate) struct Appender {
     sync_waiters: Vec<SyncWaiter>,
     last_sync: Instant,
     syncs: Sender<SyncJob>,
+    /// An fsync job is with the fsync thread.
+    syncing: Arc<AtomicBool>,
     metrics: WalMetrics,
 }
 
@@ -132,14 +138,22 @@ impl Appender {
         state: LogState,
         settings: AppenderSettings,
         metrics: WalMetrics,
-        commands: Receiver<Command>,
+        (wake, commands): (FsyncWake, Receiver<Command>),
     ) -> std::io::Result<()> {
         let (syncs, jobs) = std::sync::mpsc::channel();
         let delay = settings.fsync_delay;
         let histogram = metrics.fsync_duration.clone();
+        let syncing = Arc::new(AtomicBool::new(false));
+        let fsync = FsyncThread {
+            jobs,
+            delay,
+            histogram,
+            syncing: syncing.clone(),
+            wake,
+        };
         std::thread::Builder::new()
             .name("wal-fsync".into())
-            .spawn(move || run_syncs(jobs, delay, histogram))?;
+            .spawn(move || fsync.run())?;
         let bytes = state.segments.values().map(|s| s.len).sum();
         let appender = Appender {
             files,
@@ -156,6 +170,7 @@ impl Appender {
             sync_waiters: Vec::new(),
             last_sync: Instant::now(),
             syncs,
+            syncing,
             metrics,
         };
         std::thread::Builder::new()
@@ -359,14 +374,18 @@ impl Appender {
     }
 
     /// Group commit: hands the fsync of what was written to the fsync thread once
-    /// `fsync_bytes` were written or `fsync_interval` passed since the last one.
+    /// `fsync_bytes` were written or `fsync_interval` passed since the last one, and at once
+    /// when a durable append (`sync`) waits and no fsync is running: its answer then waits one
+    /// fsync, not the interval, and appends written during an fsync share the next one.
     fn sync_if_due(&mut self, now: bool) {
         // Nothing written since the last fsync: only a flush that waits needs one.
         let flush_waits = now && !self.sync_waiters.is_empty();
         if self.unsynced_bytes == 0 && !flush_waits {
             return;
         }
+        let waiters_idle = !self.sync_waiters.is_empty() && !self.syncing.load(Ordering::Acquire);
         let due = now
+            || waiters_idle
             || self.unsynced_bytes >= self.settings.fsync_bytes
             || self.last_sync.elapsed() >= self.settings.fsync_interval;
         if !due {
@@ -378,6 +397,7 @@ impl Appender {
         };
         self.unsynced_bytes = 0;
         self.last_sync = Instant::now();
+        self.syncing.store(true, Ordering::Release);
         let _ = self.syncs.send(job);
     }
 
@@ -449,29 +469,53 @@ impl Batch {
                 self.complete.push(id);
             }
             Command::Flush(done) => self.flushes.push(done),
+            // Only wakes the loop, which then looks whether an fsync is due.
+            Command::Synced => {}
         }
     }
 }
 
-fn run_syncs(jobs: Receiver<SyncJob>, delay: Duration, histogram: prometheus::Histogram) {
-    while let Ok(mut job) = jobs.recv() {
-        while let Ok(more) = jobs.try_recv() {
-            job.files.extend(more.files);
-            job.waiters.extend(more.waiters);
-        }
-        job.files.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        let started = Instant::now();
-        let result = job.files.iter().try_for_each(|f| f.sync_data());
-        histogram.observe(started.elapsed().as_secs_f64());
-        let result = result.map_err(|e| {
-            tracing::error!(error = %e, "cannot fsync the write-ahead log");
-            WalError::Sync(Arc::new(e))
-        });
-        for waiter in job.waiters {
-            waiter.answer(&result);
+/// The thread that runs the fsyncs, one job at a time, jobs that queued meanwhile together.
+struct FsyncThread {
+    jobs: Receiver<SyncJob>,
+    delay: Duration,
+    histogram: prometheus::Histogram,
+    syncing: Arc<AtomicBool>,
+    wake: FsyncWake,
+}
+
+/// How the fsync thread wakes the appender after each fsync: a sender of its commands, which
+/// the log's handle takes back when it is dropped, so that the appender still ends once
+/// nobody else can send it anything.
+pub(crate) type FsyncWake = Arc<std::sync::Mutex<Option<Sender<Command>>>>;
+
+impl FsyncThread {
+    fn run(self) {
+        while let Ok(mut job) = self.jobs.recv() {
+            while let Ok(more) = self.jobs.try_recv() {
+                job.files.extend(more.files);
+                job.waiters.extend(more.waiters);
+            }
+            job.files.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            let started = Instant::now();
+            let result = job.files.iter().try_for_each(|f| f.sync_data());
+            self.histogram.observe(started.elapsed().as_secs_f64());
+            let result = result.map_err(|e| {
+                tracing::error!(error = %e, "cannot fsync the write-ahead log");
+                WalError::Sync(Arc::new(e))
+            });
+            for waiter in job.waiters {
+                waiter.answer(&result);
+            }
+            self.syncing.store(false, Ordering::Release);
+            let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(wake) = wake.as_ref() {
+                // The appender is gone at exit: nothing waits for the wake-up then.
+                let _ = wake.send(Command::Synced);
+            }
         }
     }
 }

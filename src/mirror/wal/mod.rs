@@ -39,7 +39,7 @@ use crate::kinesis::segment_log::{SegmentDir, SegmentLogError};
 use crate::kinesis::spool::DEFAULT_SEGMENT_BYTES;
 use crate::telemetry::wal_metrics::WalMetrics;
 pub(crate) use appender::LogPosition;
-use appender::{Appender, AppenderSettings, Command};
+use appender::{Appender, AppenderSettings, Command, FsyncWake};
 use entry::{decode, Entry, MAX_PAYLOAD_BYTES};
 pub(crate) use entry::{Logged, LoggedExchange};
 pub(in crate::mirror) use feed::open_in_background;
@@ -81,6 +81,17 @@ pub(crate) struct Wal {
     /// `sync`: appends complete after their fsync.
     durable: bool,
     next_id: AtomicU64,
+    fsync_wake: FsyncWake,
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // The fsync thread's sender must not keep the appender alive once the log is let go.
+        self.fsync_wake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 impl Wal {
@@ -127,12 +138,13 @@ impl Wal {
             .set(recovery.replay.remaining_bytes() as i64);
         let (commands, received) = std::sync::mpsc::channel();
         recovery.replay.attach(commands.clone());
+        let fsync_wake: FsyncWake = Arc::new(std::sync::Mutex::new(Some(commands.clone())));
         Appender::spawn(
             (files.clone(), lock),
             recovery.state,
             settings,
             metrics,
-            received,
+            (fsync_wake.clone(), received),
         )
         .map_err(|e| WalError::from(crate::kinesis::segment_log::io_err(dir)(e)))?;
         let wal = Wal {
@@ -140,6 +152,7 @@ impl Wal {
             files,
             durable: durability == Durability::Sync,
             next_id: AtomicU64::new(recovery.next_id),
+            fsync_wake,
         };
         Ok((wal, recovery.replay))
     }
