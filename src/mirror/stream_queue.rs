@@ -454,6 +454,15 @@ mod tests {
         (queues, queue, taken, metrics)
     }
 
+    /// Hands `partitions` to the queue, then lets its forwarder run.
+    async fn hand_on(queue: &StreamQueue, partitions: std::ops::Range<i64>) {
+        let topic: Arc<str> = Arc::from("orders");
+        for n in partitions {
+            queue.hand_on(&topic, partition(n), None);
+        }
+        tokio::task::yield_now().await;
+    }
+
     async fn take_all(taken: &mut mpsc::Receiver<MirrorRecord>, records: i64) -> Vec<i64> {
         let mut offsets = Vec::new();
         while offsets.len() < records as usize {
@@ -469,11 +478,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_a_log_a_writer_that_falls_behind_holds_the_stage_and_loses_nothing() {
         let (queues, queue, mut taken, metrics) = queue_in_front_of_a_paused_writer(true);
-        let topic: Arc<str> = Arc::from("orders");
-        for n in 0..PARTITIONS {
-            queue.hand_on(&topic, partition(n), None);
-        }
-        tokio::task::yield_now().await;
+        hand_on(&queue, 0..PARTITIONS).await;
         assert_eq!(
             dropped(&metrics),
             0,
@@ -492,11 +497,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_a_log_a_stuck_writer_lets_the_stage_go_and_sheds_only_after_the_stuck_time() {
         let (queues, queue, mut taken, metrics) = queue_in_front_of_a_paused_writer(true);
-        let topic: Arc<str> = Arc::from("orders");
-        for n in 0..PARTITIONS {
-            queue.hand_on(&topic, partition(n), None);
-        }
-        tokio::task::yield_now().await;
+        hand_on(&queue, 0..PARTITIONS).await;
         assert!(queues.hold_the_stage());
         // The writer takes nothing for longer than STUCK_AFTER: the stage stops waiting
         // for it, and what comes next for the stream is shed (the log keeps it).
@@ -504,9 +505,7 @@ mod tests {
             .await
             .expect("a stuck queue lets the stage go");
         // Its room fills again, and then its partitions are shed instead of held over.
-        for n in PARTITIONS..PARTITIONS + 40 {
-            queue.hand_on(&topic, partition(n), None);
-        }
+        hand_on(&queue, PARTITIONS..PARTITIONS + 40).await;
         assert!(
             dropped(&metrics) >= PER_PARTITION as u64,
             "a stuck queue sheds"
@@ -520,11 +519,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_log_a_full_queue_sheds() {
         let (queues, queue, _taken, metrics) = queue_in_front_of_a_paused_writer(false);
-        let topic: Arc<str> = Arc::from("orders");
-        for n in 0..PARTITIONS {
-            queue.hand_on(&topic, partition(n), None);
-        }
-        tokio::task::yield_now().await;
+        hand_on(&queue, 0..PARTITIONS).await;
         assert!(dropped(&metrics) > 0, "memory mode sheds a full queue");
         assert!(!queues.hold_the_stage(), "and never holds the stage");
     }
