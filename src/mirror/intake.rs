@@ -23,8 +23,8 @@ use super::primary::Deliveries;
 use super::stream_queue::{make_room, Rooms};
 use super::wal::{ExchangeLog, LoggedExchange, Wal};
 use super::{
-    produced_partitions, sampled_estimate, Mirror, ProduceExchange, StageInput, TxnControlExchange,
-    EXCHANGE_QUEUE_BYTES,
+    produced_partitions, sampled_estimate, Mirror, ProduceExchange, StageBytes, StageInput,
+    TxnControlExchange,
 };
 use crate::config::WhenFull;
 use crate::kafka::produce::ProduceRequestView;
@@ -218,8 +218,7 @@ impl Mirror {
         logged: Option<Arc<ExchangeLog>>,
     ) -> Option<Refused> {
         let before = self.queued_bytes.add(bytes);
-        let fits = before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES;
-        let refused = if fits {
+        let refused = if StageBytes::fits(before, bytes) {
             match self
                 .tx
                 .try_send(StageInput::Exchange(exchange, Rooms::new(), logged))

@@ -119,18 +119,36 @@ impl StageBytes {
         self.bytes.load(Ordering::Acquire)
     }
 
-    /// Waits until `bytes` more fit within [`EXCHANGE_QUEUE_BYTES`] (always, when none wait).
+    /// Whether `bytes` more fit beside `before` within [`EXCHANGE_QUEUE_BYTES`]: always when
+    /// none wait, so that one exchange alone always fits.
+    fn fits(before: usize, bytes: usize) -> bool {
+        before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES
+    }
+
+    /// Waits until `bytes` more fit.
     async fn room_for(&self, bytes: usize) {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before the check, so a release between the two is not missed.
-            freed.as_mut().enable();
-            let before = self.get();
-            if before == 0 || before + bytes <= EXCHANGE_QUEUE_BYTES {
-                return;
-            }
-            freed.await;
+        wait_until_woken(&self.freed, None, || StageBytes::fits(self.get(), bytes)).await;
+    }
+}
+
+/// Waits on `wake` until `done()` holds, looking again at least every `recheck` (for
+/// conditions that can change without a wake-up). Each look comes after registering for the
+/// wake-up, so that one sent between the look and the wait is not missed.
+async fn wait_until_woken(
+    wake: &tokio::sync::Notify,
+    recheck: Option<std::time::Duration>,
+    done: impl Fn() -> bool,
+) {
+    loop {
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if done() {
+            return;
+        }
+        match recheck {
+            Some(every) => drop(tokio::time::timeout(every, woken).await),
+            None => woken.await,
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant as ClockInstant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{RouteTable, EXCHANGE_QUEUE_BLOCKING};
+use super::{wait_until_woken, RouteTable, EXCHANGE_QUEUE_BLOCKING};
 use crate::kafka::produce::ProduceRequestView;
 use crate::kinesis::request::MirrorRecord;
 use crate::kinesis::writer::StreamWriter;
@@ -377,16 +377,8 @@ impl StreamQueues {
     /// Waits until no queue holds the stage; looks again at least every 250 ms, since a queue
     /// that gets stuck wakes no one.
     pub(super) async fn wait_until_released(&self) {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before the check, so a release between the two is not missed.
-            freed.as_mut().enable();
-            if !self.hold_the_stage() {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
-        }
+        let recheck = Some(Duration::from_millis(250));
+        wait_until_woken(&self.freed, recheck, || !self.hold_the_stage()).await;
     }
 
     /// `stream`'s queue, started in front of `writer` on first use.
@@ -415,7 +407,7 @@ impl StreamQueues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinesis::test_support::record;
+    use crate::kinesis::test_support::{outcomes, record};
 
     /// Partitions of 100 records of 4 KiB, about 0.4 MiB each: 100 fill the writer's input (4,096
     /// records) and then the queue twice over.
@@ -432,10 +424,7 @@ mod tests {
     }
 
     fn dropped(metrics: &Metrics) -> u64 {
-        metrics
-            .mirror_records
-            .with_label_values(&["orders", "stream-a", "dropped"])
-            .get()
+        outcomes(metrics, "dropped")
     }
 
     /// A queue in front of a writer that takes nothing until the test reads it.
@@ -449,8 +438,9 @@ mod tests {
     ) {
         let metrics = Arc::new(Metrics::new());
         let queues = StreamQueues::new(false, hold, metrics.clone());
-        let (writer, taken) = StreamWriter::detached("stream-a");
-        let queue = queues.queue("stream-a", &writer);
+        // Stream `s`, which the test-support counters read.
+        let (writer, taken) = StreamWriter::detached("s");
+        let queue = queues.queue("s", &writer);
         (queues, queue, taken, metrics)
     }
 
